@@ -1,0 +1,236 @@
+"""Reading and writing weights safely, and filling models built on the meta device.
+
+- ``.safetensors`` files are memory-mapped (``safetensors.safe_open``): nothing is copied until a
+  tensor is used, and a truncated or corrupt file raises :class:`CheckpointError` in one line.
+- ``.pth``/``.pt``/``.bin`` files go through ``torch.load(weights_only=True)`` only; a file that
+  would need to unpickle code is refused with a one-line error.
+- Models are built on the meta device and filled with ``load_state_dict(strict=True,
+  assign=True)``; missing or unexpected keys raise an error that names them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, TypeVar
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from .keymap import _preview
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Memory-map one safetensors file into a dict of tensors (views into the mapped file on CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # header or size mismatch
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {_one_line(e)}"
+        ) from None
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored in a safetensors header (empty dict when there is none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {_one_line(e)}") from None
+
+
+def load_pickle_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a ``.pth`` state dict with ``torch.load(weights_only=True)``: tensors only, no code.
+
+    Accepts the usual wrappers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"module": ...}``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} needs to unpickle code to load, which kinema refuses for safety; "
+            f"convert it to safetensors with the tool that made it ({_one_line(e)[:120]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch weights file (truncated or corrupt?): {_one_line(e)}") from None
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load one weights file by its suffix: safetensors (memory-mapped) or ``.pth`` (weights only)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return load_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return load_pickle_weights(path)
+    raise CheckpointError(f"unknown weights file type {suffix!r} for {path}: expected .safetensors or .pth")
+
+
+def load_sharded_safetensors(directory: str | os.PathLike, stem: str) -> dict[str, torch.Tensor]:
+    """Load ``{stem}.safetensors`` or the shards named by ``{stem}.safetensors.index.json``."""
+    directory = Path(directory)
+    single = directory / f"{stem}.safetensors"
+    if single.is_file():
+        return load_safetensors(single)
+    index = directory / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index: {_one_line(e)}") from None
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_safetensors(directory / shard))
+        return state
+    raise CheckpointError(f"no {stem}.safetensors (or sharded index) in {directory}")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON config file with a one-line error when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"config file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {_one_line(e)}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and filling models
+# ------------------------------------------------------------------------------------------------
+def build_on_meta(factory: Callable[[], M]) -> M:
+    """Construct a model on the meta device: no memory is allocated for its parameters."""
+    with torch.device("meta"):
+        return factory()
+
+
+def load_into(
+    model: M,
+    state: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    what: str = "model",
+) -> M:
+    """Fill ``model`` (usually on meta) from ``state``, strictly: every key must match.
+
+    Args:
+        model: the module to fill; parameters are replaced (``assign=True``), so a meta model works.
+        state: kinema-named tensors.
+        dtype: cast floating-point tensors to this dtype (None keeps each tensor's own); modules
+            listed in ``model._keep_in_fp32`` (dotted prefixes) stay float32.
+        device: move tensors here (None keeps them where they are, e.g. memory-mapped on CPU).
+        what: a name for the error message ("Wan transformer").
+    """
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_preview(unexpected)}")
+        raise CheckpointError(f"{what} weights do not match the architecture; " + "; ".join(parts))
+    bad_shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if bad_shapes:
+        raise CheckpointError(f"{what} weights have the wrong shapes (config mismatch?): {_preview(bad_shapes, 4)}")
+    keep_fp32 = tuple(getattr(model, "_keep_in_fp32", ()))
+    converted = {}
+    for k, t in state.items():
+        target_dtype = None
+        if t.is_floating_point():
+            target_dtype = torch.float32 if any(k.startswith(p + ".") or k == p for p in keep_fp32) else dtype
+        converted[k] = t.to(device=device if device is not None else t.device, dtype=target_dtype or t.dtype)
+    model.load_state_dict(converted, strict=True, assign=True)
+    # Buffers that are not saved (persistent=False) are still on meta: rebuild them in place.
+    _materialize_meta_buffers(model, device)
+    return model
+
+
+def _materialize_meta_buffers(model: torch.nn.Module, device) -> None:
+    for module in model.modules():
+        reset = getattr(module, "reset_buffers", None)
+        has_meta = any(b.is_meta for b in module.buffers(recurse=False))
+        if has_meta:
+            if reset is None:
+                raise RuntimeError(f"{type(module).__name__} has meta buffers and no reset_buffers()")
+            reset(device=device if device is not None else "cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    Nothing half-written is ever left at ``path``: a crash leaves the old file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict to safetensors atomically (contiguous copies of shared or strided tensors)."""
+    tensors = {k: v.detach().contiguous().clone() if v.data_ptr() in _shared_ptrs(state) else v.detach().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _shared_ptrs(state: Mapping[str, torch.Tensor]) -> set[int]:
+    seen, shared = set(), set()
+    for v in state.values():
+        p = v.data_ptr()
+        (shared if p in seen else seen).add(p)
+    return shared
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
