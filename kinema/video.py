@@ -1,0 +1,82 @@
+"""Video files through PyAV: write H.264 mp4 (atomically) and read frames back."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .checkpoints.io import atomic_path
+from .errors import KinemaError
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, rounding like diffusers' postprocess."""
+    video = (video.float() / 2 + 0.5).clamp(0, 1)  # (B, 3, F, H, W) in [0, 1]
+    return (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()  # (B, F, H, W, 3)
+
+
+def write_video(
+    frames: np.ndarray | torch.Tensor | Iterable[np.ndarray],
+    path: str | os.PathLike,
+    fps: float,
+    *,
+    crf: int = 18,
+    codec: str = "libx264",
+) -> Path:
+    """Write uint8 frames (F, H, W, 3), or an iterable of (h, w, 3) / (n, h, w, 3) chunks, to a video file.
+
+    The file appears only when it is complete: it is written beside ``path`` and renamed.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in {".mp4", ".mkv", ".mov"}:
+        raise KinemaError(f"output must be an .mp4, .mkv or .mov file; got {path.name!r}")
+    import av
+
+    if isinstance(frames, (np.ndarray, torch.Tensor)):
+        frames = [np.asarray(frames)]
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format=path.suffix.lstrip(".").replace("mkv", "matroska")) as container:
+            stream = None
+            for chunk in frames:
+                chunk = np.asarray(chunk)
+                if chunk.ndim == 3:
+                    chunk = chunk[None]
+                if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
+                    raise KinemaError(f"frames must be uint8 (F, H, W, 3); got {chunk.dtype} {chunk.shape}")
+                if stream is None:
+                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                    stream.height, stream.width = chunk.shape[1], chunk.shape[2]
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf)}
+                for frame in chunk:
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                        container.mux(packet)
+            if stream is None:
+                raise KinemaError("no frames to write")
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read a whole video as uint8 (F, H, W, 3) and its frame rate."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise KinemaError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    except (av.FFmpegError, IndexError) as e:
+        raise KinemaError(f"could not read video {path}: {e}") from None
+    if not frames:
+        raise KinemaError(f"video {path} has no frames")
+    return np.stack(frames), fps
