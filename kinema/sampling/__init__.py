@@ -1,0 +1,301 @@
+"""Samplers for flow-matching denoisers: schedules, steps, guidance, and the plain loop.
+
+Every sampler has one interface, so the pipeline loop need not know which it drives::
+
+    spec = SamplerSpec.from_diffusers(json.load(open(".../scheduler/scheduler_config.json")))
+    sampler, sigmas, timesteps = spec.build(num_inference_steps=50)   # (51,), (50,)
+
+    def velocity(x, i):                                               # the model as a callable
+        t = timesteps[i].expand(x.shape[0])
+        return cfg(model(x, t, uncond), model(x, t, cond), guidance_scale)
+
+    video_latents = sample(velocity, noise, sigmas, sampler)
+
+Samplers are immutable values; a sampler's memory between steps (UniPC's earlier x0 estimates)
+is an explicit state value that ``step`` takes and returns. No step counter is hidden anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+from torch import Tensor
+
+from ..errors import KinemaError
+from .flow_match import EulerSampler, euler_step, flow_interpolate, predict_x0
+from .guidance import cfg
+from .schedules import (
+    NUM_TRAIN_TIMESTEPS,
+    Schedule,
+    flow_match_euler_schedule,
+    flow_sigmas,
+    model_timesteps,
+    schedule_from_sigmas,
+    shift_sigmas,
+    unipc_flow_schedule,
+)
+from .unipc import UniPCSampler, UniPCState, unipc_step
+
+__all__ = [
+    "NUM_TRAIN_TIMESTEPS",
+    "SAMPLERS",
+    "EulerSampler",
+    "Sampler",
+    "SamplerSpec",
+    "Schedule",
+    "UniPCSampler",
+    "UniPCState",
+    "cfg",
+    "euler_step",
+    "flow_interpolate",
+    "flow_match_euler_schedule",
+    "flow_sigmas",
+    "model_timesteps",
+    "predict_x0",
+    "sample",
+    "sampling_from_scheduler_config",
+    "schedule_from_sigmas",
+    "shift_sigmas",
+    "unipc_flow_schedule",
+    "unipc_step",
+]
+
+
+class Sampler(Protocol):
+    """The interface every sampler offers the denoising loop."""
+
+    name: str
+    default_schedule: Callable[..., Schedule]
+    """``(num_inference_steps, shift=1.0, num_train_timesteps=1000) -> Schedule`` it is used with."""
+
+    def init_state(self) -> Any:
+        """The state before the first step (``None`` for memoryless samplers)."""
+
+    def step(self, x: Tensor, model_output: Tensor, sigmas: Tensor, index: int, state: Any) -> tuple[Tensor, Any]:
+        """``x`` at ``sigmas[index]`` and the model's velocity there -> ``(x at sigmas[index + 1], state)``."""
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "euler": EulerSampler(),
+    "unipc": UniPCSampler(),  # Wan 2.1's default: order 2, bh2, corrector on
+}
+
+
+def sample(
+    model_fn: Callable[[Tensor, int], Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    sampler: Sampler,
+    *,
+    callback: Callable[[int, Tensor], None] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Run ``sampler`` over the whole schedule: the plain denoising loop.
+
+    Args:
+        model_fn: ``(x, index) -> velocity`` at ``sigmas[index]``; look up ``Schedule.timesteps[index]``
+            for the value the denoiser is conditioned on, and apply guidance inside.
+        x: the starting sample at ``sigmas[0]`` (noise, for text-to-video), e.g. ``(B, C, F, H, W)``.
+        sigmas: ``(steps + 1,)`` schedule ending in 0, e.g. ``Schedule.sigmas``.
+        sampler: one of :data:`SAMPLERS` (or any :class:`Sampler`).
+        callback: called as ``callback(index, x_next)`` after each step (previews, cancellation).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The sample at ``sigmas[-1] = 0``, same shape and dtype as ``x``.
+    """
+    steps = range(len(sigmas) - 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"sampling ({sampler.name})")
+    state = sampler.init_state()
+    for i in steps:
+        x, state = sampler.step(x, model_fn(x, i), sigmas, i, state)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# From a diffusers scheduler config (``scheduler/scheduler_config.json``)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Which sampler, with which schedule settings: what a model's scheduler config decides.
+
+    A small immutable value the pipeline keeps per model and overrides per call::
+
+        spec = SamplerSpec.from_diffusers(scheduler_config)     # or SamplerSpec("unipc", shift=5.0)
+        sampler, sigmas, timesteps = spec.with_overrides(shift=8.0).build(50, device="cuda")
+    """
+
+    name: str = "unipc"  # a key of SAMPLERS; its default_schedule is used
+    shift: float = 1.0  # resolution shift of the sigma schedule (Wan 2.1: 3.0 at 480p, 5.0 at 720p)
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS  # timestep = sigma * this
+    sampler: Sampler | None = None  # a configured sampler named `name`; None: SAMPLERS[name]
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise KinemaError(f"unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}")
+        if self.sampler is not None and self.sampler.name != self.name:
+            raise KinemaError(f"SamplerSpec named {self.name!r} holds a {self.sampler.name!r} sampler")
+        if isinstance(self.shift, bool) or not isinstance(self.shift, (int, float)) or not self.shift > 0:
+            raise KinemaError(f"shift must be a number > 0 (Wan 2.1: 3.0 at 480p, 5.0 at 720p); got {self.shift!r}")
+        n = self.num_train_timesteps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise KinemaError(f"num_train_timesteps must be an integer >= 2; got {n!r}")
+        object.__setattr__(self, "shift", float(self.shift))
+
+    @classmethod
+    def from_diffusers(cls, config: Mapping[str, Any]) -> SamplerSpec:
+        """From a diffusers ``scheduler/scheduler_config.json`` dict; see :func:`sampling_from_scheduler_config`."""
+        return sampling_from_scheduler_config(config)
+
+    def with_overrides(self, name: str | None = None, shift: float | None = None) -> SamplerSpec:
+        """A copy with another sampler and/or shift; ``None`` keeps the current one. Switching to
+        another sampler takes that sampler's defaults and its own default schedule."""
+        spec = self
+        if name is not None and name != self.name:
+            spec = replace(spec, name=name, sampler=None)
+        if shift is not None:
+            spec = replace(spec, shift=shift)
+        return spec
+
+    def get_sampler(self) -> Sampler:
+        return self.sampler if self.sampler is not None else SAMPLERS[self.name]
+
+    def schedule(self, num_inference_steps: int) -> Schedule:
+        """The sampler's default schedule with this spec's shift and ``num_train_timesteps``."""
+        return self.get_sampler().default_schedule(num_inference_steps, self.shift, self.num_train_timesteps)
+
+    def build(
+        self, num_inference_steps: int, device: torch.device | str | None = None
+    ) -> tuple[Sampler, Tensor, Tensor]:
+        """``(sampler, sigmas, timesteps)`` for a run of ``num_inference_steps``.
+
+        ``sigmas`` ``(steps + 1,)`` stay float32 on the CPU (the steps read them as scalars, as
+        diffusers does, so no device sync per step); ``timesteps`` ``(steps,)`` go to ``device``,
+        ready for the denoiser: ``timesteps[i]`` conditions the model at ``sigmas[i]``.
+        """
+        s = self.schedule(num_inference_steps)
+        timesteps = s.timesteps if device is None else s.timesteps.to(device)
+        return self.get_sampler(), s.sigmas, timesteps
+
+
+_UNIPC_KEYS: dict[str, tuple[Any, str, Any]] = {
+    "num_train_timesteps": (1000, "read", None),
+    "flow_shift": (1.0, "read", None),
+    "solver_order": (2, "read", None),
+    "solver_type": ("bh2", "read", None),
+    "lower_order_final": (True, "read", None),
+    "disable_corrector": ([], "read", None),
+    "prediction_type": ("epsilon", "must", "flow_prediction"),
+    "use_flow_sigmas": (False, "must", True),
+    "predict_x0": (True, "must", True),
+    "thresholding": (False, "must", False),
+    "use_karras_sigmas": (False, "must", False),
+    "use_exponential_sigmas": (False, "must", False),
+    "use_beta_sigmas": (False, "must", False),
+    "use_dynamic_shifting": (False, "must", False),
+    "final_sigmas_type": ("zero", "must", "zero"),
+    "shift_terminal": (None, "must", None),
+    "solver_p": (None, "must", None),
+    **{
+        key: (None, "ignored", None)
+        for key in (
+            "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
+            "timestep_spacing", "steps_offset", "dynamic_thresholding_ratio", "sample_max_value",
+            "time_shift_type", "sigma_min", "sigma_max",
+        )
+    },
+}  # fmt: skip
+
+_EULER_KEYS: dict[str, tuple[Any, str, Any]] = {
+    "num_train_timesteps": (1000, "read", None),
+    "shift": (1.0, "read", None),
+    "use_dynamic_shifting": (False, "must", False),
+    "invert_sigmas": (False, "must", False),
+    "shift_terminal": (None, "must", None),
+    "use_karras_sigmas": (False, "must", False),
+    "use_exponential_sigmas": (False, "must", False),
+    "use_beta_sigmas": (False, "must", False),
+    "stochastic_sampling": (False, "must", False),
+    **{
+        key: (None, "ignored", None)
+        for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "time_shift_type")
+    },
+}  # fmt: skip
+
+# diffusers maps these old UniPC solver names to "bh2" (UniPCMultistepScheduler.__init__).
+_UNIPC_SOLVER_ALIASES = {"bh1": "bh1", "bh2": "bh2", "midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}
+
+
+def _read(config: Mapping[str, Any], table: dict[str, tuple[Any, str, Any]]) -> dict[str, Any]:
+    """Apply diffusers' defaults, check the "must" keys, reject unknown ones; return the read keys."""
+    cls = config.get("_class_name")
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in table)
+    if unknown:
+        raise KinemaError(
+            f"{cls} config has settings kinema does not know: {unknown}; results could differ from "
+            "diffusers, so remove them or add support for them in kinema.sampling"
+        )
+    read = {}
+    for key, (default, kind, required) in table.items():
+        value = config.get(key, default)
+        if kind == "read":
+            read[key] = value
+        elif kind == "must":
+            # diffusers tests shift_terminal for truth: None, 0 and 0.0 all mean "off".
+            off = key == "shift_terminal" and not value
+            if not off and value != required:
+                raise KinemaError(
+                    f"{cls} with {key}={value!r} is not supported by kinema (only {key}={required!r}); "
+                    "use a Wan-style flow-matching scheduler config"
+                )
+    return read
+
+
+def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
+    """Build kinema's sampler and schedule settings from a diffusers ``scheduler_config.json`` dict.
+
+    Supports ``UniPCMultistepScheduler`` with flow sigmas (Wan 2.1's) and
+    ``FlowMatchEulerDiscreteScheduler`` with a static shift. Missing keys take diffusers' defaults.
+    Raises :class:`KinemaError` for any other class, and for any setting that would make the
+    result differ from diffusers' (Karras sigmas, another prediction type, dynamic shifting...).
+    """
+    cls = config.get("_class_name")
+    if cls == "UniPCMultistepScheduler":
+        r = _read(config, _UNIPC_KEYS)
+        solver_type = _UNIPC_SOLVER_ALIASES.get(r["solver_type"])
+        if solver_type is None:
+            raise KinemaError(f"UniPCMultistepScheduler solver_type must be 'bh1' or 'bh2'; got {r['solver_type']!r}")
+        order = r["solver_order"]
+        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
+            raise KinemaError(f"UniPCMultistepScheduler solver_order must be an integer >= 1; got {order!r}")
+        if not r["lower_order_final"] and order > 1:
+            raise KinemaError(
+                "UniPCMultistepScheduler with lower_order_final=false and solver_order > 1 steps into "
+                "sigma 0 with a multistep update, which gives inf/NaN; set lower_order_final to true"
+            )
+        sampler: Sampler = UniPCSampler(
+            order=order,
+            solver_type=solver_type,
+            lower_order_final=bool(r["lower_order_final"]),
+            disable_corrector=frozenset(r["disable_corrector"] or ()),
+        )
+        shift = r["flow_shift"]
+    elif cls == "FlowMatchEulerDiscreteScheduler":
+        r = _read(config, _EULER_KEYS)
+        sampler, shift = EulerSampler(), r["shift"]
+    else:
+        raise KinemaError(
+            f"scheduler _class_name {cls!r} is not supported; kinema reads UniPCMultistepScheduler "
+            "(flow sigmas) and FlowMatchEulerDiscreteScheduler configs"
+        )
+    configured = None if sampler == SAMPLERS[sampler.name] else sampler  # keep specs comparable
+    return SamplerSpec(sampler.name, shift, r["num_train_timesteps"], sampler=configured)
