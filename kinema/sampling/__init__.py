@@ -89,7 +89,7 @@ def sample(
     sigmas: Tensor,
     sampler: Sampler,
     *,
-    callback: Callable[[int, Tensor], None] | None = None,
+    callback: Callable[[int, Tensor], Tensor | None] | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Run ``sampler`` over the whole schedule: the plain denoising loop.
@@ -100,7 +100,8 @@ def sample(
         x: the starting sample at ``sigmas[0]`` (noise, for text-to-video), e.g. ``(B, C, F, H, W)``.
         sigmas: ``(steps + 1,)`` schedule ending in 0, e.g. ``Schedule.sigmas``.
         sampler: one of :data:`SAMPLERS` (or any :class:`Sampler`).
-        callback: called as ``callback(index, x_next)`` after each step (previews, cancellation).
+        callback: called as ``callback(index, x_next)`` after each step (previews, cancellation);
+            a tensor it returns replaces ``x_next``.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -110,12 +111,13 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc=f"sampling ({sampler.name})")
+        steps = tqdm(steps, desc=f"sampling ({sampler.name})", leave=False)
     state = sampler.init_state()
     for i in steps:
         x, state = sampler.step(x, model_fn(x, i), sigmas, i, state)
         if callback is not None:
-            callback(i, x)
+            replaced = callback(i, x)
+            x = x if replaced is None else replaced
     return x
 
 
