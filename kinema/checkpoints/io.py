@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -146,7 +147,8 @@ def load_into(
         model: the module to fill; parameters are replaced (``assign=True``), so a meta model works.
         state: kinema-named tensors.
         dtype: cast floating-point tensors to this dtype (None keeps each tensor's own); modules
-            listed in ``model._keep_in_fp32`` (dotted prefixes) stay float32.
+            listed in ``model._keep_in_fp32`` (dotted prefixes; ``*`` matches one component) stay
+            float32.
         device: move tensors here (None keeps them where they are, e.g. memory-mapped on CPU).
         what: a name for the error message ("Wan transformer").
     """
@@ -165,17 +167,25 @@ def load_into(
     ]
     if bad_shapes:
         raise CheckpointError(f"{what} weights have the wrong shapes (config mismatch?): {_preview(bad_shapes, 4)}")
-    keep_fp32 = tuple(getattr(model, "_keep_in_fp32", ()))
+    keep_fp32 = module_pattern(getattr(model, "_keep_in_fp32", ()))
     converted = {}
     for k, t in state.items():
         target_dtype = None
         if t.is_floating_point():
-            target_dtype = torch.float32 if any(k.startswith(p + ".") or k == p for p in keep_fp32) else dtype
+            target_dtype = torch.float32 if keep_fp32 is not None and keep_fp32.match(k) else dtype
         converted[k] = t.to(device=device if device is not None else t.device, dtype=target_dtype or t.dtype)
     model.load_state_dict(converted, strict=True, assign=True)
     # Buffers that are not saved (persistent=False) are still on meta: rebuild them in place.
     _materialize_meta_buffers(model, device)
     return model
+
+
+def module_pattern(prefixes: tuple[str, ...] | list[str]) -> re.Pattern[str] | None:
+    """One regex for dotted module prefixes, where ``*`` stands for one component (``blocks.*.norm3``)."""
+    if not prefixes:
+        return None
+    parts = [re.escape(p).replace(r"\*", r"[^.]+") for p in prefixes]
+    return re.compile(r"^(?:" + "|".join(parts) + r")(?:\..*)?$")
 
 
 def _materialize_meta_buffers(model: torch.nn.Module, device) -> None:

@@ -397,16 +397,13 @@ class WanTransformer(nn.Module):
         self.head = WanHead(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
         self.img_emb = WanImageEmbedding(c.image_dim, c.dim) if c.image_dim is not None else None
 
-    @property
-    def _keep_in_fp32(self) -> tuple[str, ...]:
-        """Dotted prefixes of the modules whose weights stay float32 whatever the load dtype (read
-        by ``kinema.checkpoints.io.load_into``): the patch embedding (tiny, and the first op on the
-        float32 stream), the time path, the modulation tables and the norms with weights."""
-        per_block = ("modulation", "norm3")
-        return (
-            "patch_embedding", "time_embedding", "time_projection", "head.modulation", "img_emb.proj.0", "img_emb.proj.4",
-            *(f"blocks.{i}.{name}" for i in range(len(self.blocks)) for name in per_block),
-        )  # fmt: skip
+    # Dotted prefixes of the modules whose weights stay float32 whatever the load dtype (read by
+    # ``kinema.checkpoints.io.load_into``; ``*`` is one component): the patch embedding (tiny, and
+    # the first op on the float32 stream), the time path, the modulation tables and the norms.
+    _keep_in_fp32 = (
+        "patch_embedding", "time_embedding", "time_projection", "head.modulation", "img_emb.proj.0", "img_emb.proj.4",
+        "blocks.*.modulation", "blocks.*.norm3",
+    )  # fmt: skip
 
     @property
     def compute_dtype(self) -> torch.dtype:

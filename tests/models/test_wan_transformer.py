@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kinema.checkpoints.io import build_on_meta, load_into
+from kinema.checkpoints.io import build_on_meta, load_into, module_pattern
 from kinema.checkpoints.wan_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
@@ -159,12 +159,14 @@ def test_meta_build_and_load_into_matches():
 
 def test_bf16_runs_with_fp32_modules_kept():
     model = _tiny(TINY_I2V)
-    prefixes = model._keep_in_fp32
     state = model.state_dict()
-    assert all(any(k == p or k.startswith(p + ".") for k in state) for p in prefixes)  # no stale prefix
+    for prefix in model._keep_in_fp32:  # no stale prefix
+        assert any(module_pattern([prefix]).match(k) for k in state), prefix
+    kept_pattern = module_pattern(model._keep_in_fp32)
+    assert kept_pattern.match("blocks.1.norm3.weight") and not kept_pattern.match("blocks.1.norm30.weight")
     bf16 = load_into(build_on_meta(lambda: WanTransformer(TINY_I2V)), state, dtype=torch.bfloat16)
     for name, p in bf16.named_parameters():
-        kept = any(name == q or name.startswith(q + ".") for q in prefixes)
+        kept = kept_pattern.match(name) is not None
         assert p.dtype == (torch.float32 if kept else torch.bfloat16), name
     x, t, context, image = _inputs(TINY_I2V, batch=2)
     with torch.no_grad():
