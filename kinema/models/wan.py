@@ -283,6 +283,26 @@ class WanSelfAttention(nn.Module):
         return self.o(rearrange(out, "b h s d -> b s (h d)"))  # (B, S, dim)
 
 
+# Cross-attention keys and values of the text tokens (and of the CLIP image tokens, or None).
+CrossKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class WanConditioning:
+    """The conditioning of a batch, projected once: per block, the cross-attention keys and values.
+
+    Made by :meth:`WanTransformer.prepare_context` and passed to ``forward`` in place of the raw
+    states, so that a sampling loop does not recompute the text embedding and 2 x num_layers
+    key/value projections of 512 tokens at every step. The result is bit-identical.
+    """
+
+    kv: tuple[CrossKV, ...]  # one per block
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv[0][0].shape[0]
+
+
 class WanCrossAttention(nn.Module):
     """Cross-attention to the text tokens; for i2v, plus a second attention to the CLIP image
     tokens (its own key/value projections), the two results summed before the output projection."""
@@ -297,16 +317,26 @@ class WanCrossAttention(nn.Module):
         self.v_img = nn.Linear(dim, dim) if image else None
         self.norm_k_img = (RMSNorm(dim, eps) if qk_norm else nn.Identity()) if image else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, S, dim), context (B, L, dim), image_context (B, Li, dim) or None -> (B, S, dim)."""
-        q = rearrange(self.norm_q(self.q(x)), "b s (h d) -> b h s d", h=self.num_heads)  # (B, H, S, D)
+    def project_context(self, context: torch.Tensor, image_context: torch.Tensor | None = None) -> CrossKV:
+        """Keys and values of the conditioning tokens, which stay the same over all sampling steps.
+
+        context (B, L, dim), image_context (B, Li, dim) or None -> (k, v, k_img, v_img), each (B, H, L, D) or None.
+        """
         k = rearrange(self.norm_k(self.k(context)), "b l (h d) -> b h l d", h=self.num_heads)  # (B, H, L, D)
         v = rearrange(self.v(context), "b l (h d) -> b h l d", h=self.num_heads)  # (B, H, L, D)
+        if self.k_img is None:
+            return k, v, None, None
+        k_img = self.norm_k_img(self.k_img(image_context))  # (B, Li, dim)
+        k_img = rearrange(k_img, "b l (h d) -> b h l d", h=self.num_heads)  # (B, H, Li, D)
+        v_img = rearrange(self.v_img(image_context), "b l (h d) -> b h l d", h=self.num_heads)  # (B, H, Li, D)
+        return k, v, k_img, v_img
+
+    def forward(self, x: torch.Tensor, kv: CrossKV) -> torch.Tensor:
+        """x (B, S, dim), kv from :meth:`project_context` -> (B, S, dim)."""
+        k, v, k_img, v_img = kv
+        q = rearrange(self.norm_q(self.q(x)), "b s (h d) -> b h s d", h=self.num_heads)  # (B, H, S, D)
         out = attention(q, k, v)  # (B, H, S, D)
-        if self.k_img is not None:
-            k_img = self.norm_k_img(self.k_img(image_context))  # (B, Li, dim)
-            k_img = rearrange(k_img, "b l (h d) -> b h l d", h=self.num_heads)  # (B, H, Li, D)
-            v_img = rearrange(self.v_img(image_context), "b l (h d) -> b h l d", h=self.num_heads)  # (B, H, Li, D)
+        if k_img is not None:
             out = out + attention(q, k_img, v_img)  # (B, H, S, D)
         return self.o(rearrange(out, "b h s d -> b s (h d)"))  # (B, S, dim)
 
@@ -328,18 +358,17 @@ class WanBlock(nn.Module):
         self,
         x: torch.Tensor,
         e: torch.Tensor,
-        context: torch.Tensor,
-        image_context: torch.Tensor | None,
+        kv: CrossKV,
         cos: torch.Tensor,
         sin: torch.Tensor,
     ) -> torch.Tensor:
-        """x (B, S, dim) float32, e (B, 6, dim) float32, context (B, L, dim), cos/sin (S, D/2) -> (B, S, dim) float32."""
+        """x (B, S, dim) float32, e (B, 6, dim) float32, kv (cross-attention keys/values), cos/sin (S, D/2) -> (B, S, dim) float32."""
         dtype = self.ffn[0].weight.dtype  # compute dtype of the linears
         mod = (self.modulation.float() + e).chunk(6, dim=1)  # 6 x (B, 1, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod
         h = modulate(layer_norm_fp32(x, self.eps), shift_sa, scale_sa).to(dtype)  # (B, S, dim)
         x = x + self.self_attn(h, cos, sin) * gate_sa  # (B, S, dim) float32
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context, image_context)  # (B, S, dim) float32
+        x = x + self.cross_attn(self.norm3(x).to(dtype), kv)  # (B, S, dim) float32
         h = modulate(layer_norm_fp32(x, self.eps), shift_ff, scale_ff).to(dtype)  # (B, S, dim)
         return x + self.ffn(h) * gate_ff  # (B, S, dim) float32
 
@@ -414,11 +443,34 @@ class WanTransformer(nn.Module):
         """Number of parameters (works on the meta device)."""
         return sum(p.numel() for p in self.parameters())
 
+    def prepare_context(self, context: torch.Tensor, image_context: torch.Tensor | None = None) -> WanConditioning:
+        """Embed and project the conditioning once, for reuse at every sampling step.
+
+        Args:
+            context: (B, L, text_dim) text states, L <= text_len; zero-padded to text_len (as the
+                original model does; padding changes the result, so pass unpadded or zero-padded
+                states, not states of pad tokens).
+            image_context: (B, 257, image_dim) CLIP image features for i2v; None for t2v.
+        """
+        c = self.config
+        if (image_context is None) != (self.img_emb is None):
+            need = "needs image_context (CLIP features)" if self.img_emb is not None else "takes no image_context (t2v)"
+            raise ValueError(f"this Wan transformer {need}")
+        if context.shape[1] > c.text_len:
+            raise ValueError(f"context has {context.shape[1]} tokens; the model takes at most text_len={c.text_len}")
+        dtype = self.compute_dtype
+        if context.shape[1] < c.text_len:
+            context = F.pad(context, (0, 0, 0, c.text_len - context.shape[1]))  # (B, text_len, text_dim)
+        context = self.text_embedding(context.to(dtype))  # (B, text_len, dim)
+        if self.img_emb is not None:
+            image_context = self.img_emb(image_context.to(dtype))  # (B, 257, dim)
+        return WanConditioning(tuple(block.cross_attn.project_context(context, image_context) for block in self.blocks))
+
     def forward(
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        context: torch.Tensor,
+        context: torch.Tensor | WanConditioning,
         image_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the velocity.
@@ -430,6 +482,7 @@ class WanTransformer(nn.Module):
             context: (B, L, text_dim) text encoder states, L <= text_len; zero-padded to text_len
                 (as the original model does; padding changes the result, so pass unpadded or
                 zero-padded states, not states of pad tokens).
+                Or a :class:`WanConditioning` from :meth:`prepare_context` (then no image_context).
             image_context: (B, 257, image_dim) CLIP image features for i2v; None for t2v.
 
         Returns:
@@ -443,12 +496,9 @@ class WanTransformer(nn.Module):
         grid = (f // pt, h // ph, w // pw)
         if max(grid) > c.rope_max_seq_len:
             raise ValueError(f"token grid {grid} exceeds rope_max_seq_len {c.rope_max_seq_len} along an axis")
-        if (image_context is None) != (self.img_emb is None):
-            need = "needs image_context (CLIP features)" if self.img_emb is not None else "takes no image_context (t2v)"
-            raise ValueError(f"this Wan transformer {need}")
-        if context.shape[1] > c.text_len:
-            raise ValueError(f"context has {context.shape[1]} tokens; the model takes at most text_len={c.text_len}")
-        dtype = self.compute_dtype
+        cond = context if isinstance(context, WanConditioning) else self.prepare_context(context, image_context)
+        if cond.batch_size != b:
+            raise ValueError(f"conditioning has batch {cond.batch_size}, latents have {b}")
 
         # Patchify: the Conv3d with stride == kernel as one float32 matmul over flattened patches.
         patches = rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=pt, ph=ph, pw=pw)  # (B, S, C*pt*ph*pw)
@@ -462,16 +512,9 @@ class WanTransformer(nn.Module):
         e6 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()  # (B, 6*dim)
         e6 = e6.unflatten(1, (6, c.dim))  # (B, 6, dim)
 
-        # Conditioning tokens.
-        if context.shape[1] < c.text_len:
-            context = F.pad(context, (0, 0, 0, c.text_len - context.shape[1]))  # (B, text_len, text_dim)
-        context = self.text_embedding(context.to(dtype))  # (B, text_len, dim)
-        if self.img_emb is not None:
-            image_context = self.img_emb(image_context.to(dtype))  # (B, 257, dim)
-
         cos, sin = rope_3d(grid, wan_rope_dims(c.head_dim), ROPE_THETA, device=x.device)  # (S, D/2) each
-        for block in self.blocks:
-            tokens = block(tokens, e6, context, image_context, cos, sin)  # (B, S, dim) float32
+        for block, kv in zip(self.blocks, cond.kv):
+            tokens = block(tokens, e6, kv, cos, sin)  # (B, S, dim) float32
 
         out = self.head(tokens, e)  # (B, S, pt*ph*pw*out_dim)
         out = rearrange(

@@ -188,3 +188,13 @@ def test_bad_inputs_raise():
         model(x, t, context, image)
     with pytest.raises(ValueError, match="text_len"):
         model(x, t, context.new_zeros(1, TINY.text_len + 1, TINY.text_dim))
+
+
+def test_prepared_context_is_bit_identical_and_checked():
+    model = _tiny(TINY_I2V)
+    x, t, context, image = _inputs(TINY_I2V, batch=2)
+    with torch.no_grad():
+        prepared = model.prepare_context(context, image)
+        assert torch.equal(model(x, t, prepared), model(x, t, context, image))
+        with pytest.raises(ValueError, match="conditioning has batch 2"):
+            model(x[:1], t[:1], prepared)
