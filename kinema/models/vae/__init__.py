@@ -1,0 +1,6 @@
+"""Video autoencoders: a causal 3D conv with an explicit cache, and each autoencoder built on it."""
+
+from .causal import CausalCache, CausalConv3d
+from .wan_vae import WanPosterior, WanVAE, WanVAEConfig, load_wan_vae
+
+__all__ = ["CausalCache", "CausalConv3d", "WanPosterior", "WanVAE", "WanVAEConfig", "load_wan_vae"]
