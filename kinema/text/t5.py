@@ -173,7 +173,14 @@ def _infer_umt5_config(state: dict[str, torch.Tensor]) -> dict:
 def _hf_call(fn, path: Path, *, what: str, **kwargs):
     if not path.exists():
         raise CheckpointError(f"{what} not found: {path}")
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading a local file needs no bar of its own
     try:
         return fn(str(path), local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, EnvironmentError) as e:
         raise CheckpointError(f"could not load the {what} from {path}: {' '.join(str(e).split())[:300]}") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()

@@ -19,6 +19,7 @@ from kinema.checkpoints.io import (
 )
 from kinema.checkpoints.keymap import KeyMap
 from kinema.errors import CheckpointError
+from tests.helpers import Evil
 
 MAP = KeyMap(
     "demo",
@@ -84,11 +85,6 @@ def test_truncated_and_garbage_safetensors_are_one_line_errors(tmp_path):
         with pytest.raises(CheckpointError, match="not a readable safetensors") as e:
             load_weights(tmp_path / f"{name}.safetensors")
         assert "\n" not in str(e.value)
-
-
-class Evil:
-    def __reduce__(self):
-        return (print, ("this must never run",))
 
 
 def test_pth_that_needs_code_is_refused(tmp_path, capsys):

@@ -583,7 +583,8 @@ def load_wan_vae(
             or a ``.safetensors`` with original (or diffusers) keys.
         dtype: cast the weights to this dtype (None keeps the stored dtype).
         device: put the weights here (None: CPU).
-        config: the architecture of a single weights file (default: the released Wan 2.1 VAE).
+        config: the architecture of a single weights file (default: the released Wan 2.1 VAE's
+            structure, with the base width read off the first convolution).
             A directory's ``config.json`` is the source of truth; a different ``config`` raises.
     Returns:
         the :class:`WanVAE` in eval mode, without gradients.
@@ -602,9 +603,11 @@ def load_wan_vae(
         state = load_sharded_safetensors(path, DIFFUSERS_WEIGHTS_STEM)
         keymap = diffusers_keys(config)
     else:
-        config = config or WanVAEConfig()
         state = load_weights(path)
         is_diffusers = any(k.startswith("encoder.conv_in.") for k in state)
+        if config is None:  # Wan 2.1's structure, at the width the tensors have
+            first_conv = state.get("encoder.conv_in.weight" if is_diffusers else "encoder.conv1.weight")
+            config = WanVAEConfig(base_dim=first_conv.shape[0]) if first_conv is not None else WanVAEConfig()
         keymap = diffusers_keys(config) if is_diffusers else original_keys(config)
     model = build_on_meta(lambda: WanVAE(config))
     load_into(model, keymap.to_ours(state), dtype=dtype, device=device, what="Wan VAE")

@@ -1,0 +1,123 @@
+"""The ``kinema`` command line: ``generate`` and ``info``.
+
+Bad input (arguments, paths, checkpoints) prints one line, ``error: ...``, on stderr and exits
+with status 2; it never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import KinemaError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT, e.g. 832x480; got {text!r}") from None
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kinema", description="Text to video with Wan 2.1 and friends.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="generate a video from a prompt")
+    g.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="the prompt")
+    g.add_argument("--prompt", help="the prompt (instead of the positional PROMPT)")
+    g.add_argument("--model", required=True, help="model directory (diffusers or original Wan layout)")
+    g.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model's)")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--shift", type=float, default=None, help="flow-matching shift (default: the model's)")
+    g.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="solver (default: the model's)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--output", "-o", default="out.mp4", help="output .mp4 path (default out.mp4)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="describe a preset or a model directory as JSON")
+    i.add_argument("target", metavar="PRESET_OR_PATH")
+    return parser
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipelines.loading import load_pipeline, pipeline_class, resolve_model
+    from .video import write_video
+
+    if args.prompt_pos and args.prompt:
+        raise KinemaError("give the prompt once: either positionally or with --prompt")
+    prompt = args.prompt or args.prompt_pos
+    if not prompt:
+        raise KinemaError("no prompt: kinema generate \"a red circle moving left\" --model PATH")
+    if args.steps is not None and args.steps < 1:
+        raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
+    output = Path(args.output)
+    if output.suffix.lower() != ".mp4":
+        raise KinemaError(f"--output must end in .mp4; got {output.name!r}")
+    t0 = time.perf_counter()
+    width, height = args.size if args.size else (None, None)
+    layout = resolve_model(args.model)
+    pipeline_class(layout).check_request(height, width, args.frames, args.steps)  # before loading any weights
+    pipe = load_pipeline(layout, device=args.device, dtype=args.dtype)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    result = pipe(
+        prompt=prompt,
+        negative_prompt=args.negative_prompt,
+        height=height,
+        width=width,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        shift=args.shift,
+        sampler=args.sampler,
+        seed=args.seed,
+    )
+    write_video(result.frames[0], output, fps=result.fps)
+    n, h, w = result.frames.shape[1:4]
+    if not args.quiet:
+        print(f"wrote {output} ({n} frames, {w}x{h}, {result.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .pipelines.info import describe
+
+    print(json.dumps(describe(args.target), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors (status 2) and --help (status 0)
+        return int(e.code or 0)
+    handler = {"generate": cmd_generate, "info": cmd_info}[args.command]
+    try:
+        return handler(args)
+    except KinemaError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""``kinema info``: what a preset or a model directory is, without loading its weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..checkpoints.io import build_on_meta, read_json
+from ..errors import KinemaError
+from .loading import detect_layout
+
+
+def _count(config) -> int:
+    from ..models.wan import WanTransformer
+
+    return sum(p.numel() for p in build_on_meta(lambda: WanTransformer(config)).parameters())
+
+
+def _jsonable(config) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe(target: str) -> dict[str, Any]:
+    """A JSON-able description: denoiser ``parameters``, ``architecture`` and ``components``."""
+    from ..models.wan import WAN_PRESETS, WanTransformerConfig
+
+    path = Path(target)
+    if not path.exists():
+        if target not in WAN_PRESETS:
+            raise KinemaError(f"{target!r} is neither a path nor a preset; presets: {', '.join(sorted(WAN_PRESETS))}")
+        config = WAN_PRESETS[target]()
+        return {
+            "name": target,
+            "kind": "preset",
+            "architecture": "WanTransformer",
+            "parameters": _count(config),
+            "config": _jsonable(config),
+            "components": {},
+        }
+    layout = detect_layout(path)
+    if layout.format == "diffusers":
+        config = WanTransformerConfig.from_diffusers(read_json(layout.components["transformer"] / "config.json"))
+    else:
+        config = WanTransformerConfig.from_original(read_json(layout.root / "config.json"))
+    return {
+        "name": str(path),
+        "kind": "model",
+        "format": layout.format,
+        "pipeline": layout.pipeline,
+        "architecture": "WanTransformer",
+        "parameters": _count(config),
+        "config": _jsonable(config),
+        "components": {name: {"path": str(p), "bytes": _size(p)} for name, p in layout.components.items()},
+    }

@@ -1,0 +1,26 @@
+"""What every pipeline returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class VideoOutput:
+    """The result of a pipeline call.
+
+    Attributes:
+        frames: uint8 video of shape (batch, frames, height, width, 3) as a numpy array
+            (``output_type="np"``) or a torch tensor (``output_type="pt"``); None for
+            ``output_type="latent"``.
+        latents: the final latent video, unpacked: (batch, channels, frames, height, width), in the
+            model's sampling space (what ``latents=`` accepts as input).
+        fps: frames per second the model was trained at (what ``kinema generate`` writes).
+    """
+
+    frames: np.ndarray | torch.Tensor | None
+    latents: torch.Tensor
+    fps: float

@@ -1,0 +1,272 @@
+"""Wan 2.1 text-to-video: encode the prompt -> sample latents with flow matching -> decode.
+
+The pipeline holds no model logic: it wires a text encoder, the Wan transformer (the denoiser),
+a sampler over an explicit sigma schedule, and the causal VAE. Arguments follow diffusers'
+``WanPipeline`` names, so code written for diffusers calls kinema unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import KinemaError
+from ..models.vae.wan_vae import WanVAE
+from ..models.wan import WanTransformer
+from ..sampling import SamplerSpec, cfg, sample
+from ..text import TextEncoder
+from ..video import to_uint8
+from .common import as_prompt_list, check_frames, check_latents, check_size, check_steps, initial_noise, make_generators
+from .output import VideoOutput
+
+# Wan 2.1's published sampling defaults (wan/configs/shared_config.py, generate.py).
+WAN_FPS = 16
+WAN_DEFAULT_STEPS = 50
+WAN_DEFAULT_GUIDANCE = 5.0
+
+StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
+
+
+@dataclass
+class WanDefaults:
+    """Per-model defaults that a checkpoint's files decide (size, frames, sampler)."""
+
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    num_inference_steps: int = WAN_DEFAULT_STEPS
+    guidance_scale: float = WAN_DEFAULT_GUIDANCE
+    fps: float = WAN_FPS
+
+
+class WanPipeline:
+    """Wan 2.1 text-to-video.
+
+    Args:
+        transformer: the denoiser.
+        vae: the causal video autoencoder.
+        text_encoder: prompts -> (batch, length, text_dim) states (UMT5 for the published models).
+        sampler: which solver and schedule (``SamplerSpec``); the shift can be overridden per call.
+        defaults: size, frame count and sampling defaults of this model.
+        device: where the denoiser and VAE run.
+    """
+
+    # Wan 2.1's VAE compresses time 4x and space 8x, and the transformer patches 2x2 latents:
+    # frames are 4k+1 and sizes multiples of 16. (An instance re-derives both from its modules.)
+    temporal_multiple = 4
+    spatial_multiple = 16
+
+    def __init__(
+        self,
+        transformer: WanTransformer,
+        vae: WanVAE,
+        text_encoder: TextEncoder | None,
+        sampler: SamplerSpec,
+        defaults: WanDefaults | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.sampler = sampler
+        self.defaults = defaults or WanDefaults()
+        self.device = torch.device(device)
+        self.progress = True
+
+    # -- facts derived from the components ---------------------------------------------------------
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return self.vae.temporal_compression
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        return self.vae.spatial_compression
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE stride x patch size)."""
+        return self.vae_scale_factor_spatial * max(self.transformer.config.patch_size[1:])
+
+    @property
+    def fps(self) -> float:
+        return self.defaults.fps
+
+    @classmethod
+    def check_request(
+        cls,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        defaults: WanDefaults | None = None,
+        temporal_multiple: int | None = None,
+        spatial_multiple: int | None = None,
+    ) -> tuple[int, int, int, int]:
+        """Fill defaults and check sizes before any work (the CLI calls it before loading weights).
+
+        Returns (height, width, num_frames, num_inference_steps); raises KinemaError on bad values.
+        """
+        d = defaults or WanDefaults()
+        height = d.height if height is None else height
+        width = d.width if width is None else width
+        num_frames = d.num_frames if num_frames is None else num_frames
+        num_inference_steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
+        check_frames(num_frames, temporal_multiple or cls.temporal_multiple)
+        check_size(height, width, spatial_multiple or cls.spatial_multiple)
+        check_steps(num_inference_steps)
+        return height, width, num_frames, num_inference_steps
+
+    def set_progress_bar_config(self, disable: bool = False) -> None:
+        """diffusers-style switch for the per-step progress bar."""
+        self.progress = not disable
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(batch, text_len, text_dim) states in the denoiser's dtype, on its device."""
+        if self.text_encoder is None:
+            raise KinemaError("this pipeline was loaded without a text encoder; pass prompt_embeds= instead of a prompt")
+        return self.text_encoder(prompts, device=self.device, dtype=self.transformer.compute_dtype)
+
+    # -- the call ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        shift: float | None = None,
+        sampler: str | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        max_sequence_length: int | None = None,
+    ) -> VideoOutput:
+        """Generate videos.
+
+        Args:
+            prompt: one prompt or a list (a batch). Or pass ``prompt_embeds``.
+            negative_prompt: what to steer away from (one, or one per prompt); "" by default.
+            height, width: pixels, multiples of ``size_multiple`` (16 for Wan).
+            num_frames: 4k+1.
+            num_inference_steps: sampler steps.
+            guidance_scale: classifier-free guidance; at 1.0 or below no unconditional pass is run.
+            num_videos_per_prompt: videos per prompt.
+            generator: a torch.Generator (or one per video) for the initial noise; or ``seed``.
+            seed: an integer seed (a CPU generator): the same seed gives the same video on CPU.
+            latents: initial noise (batch, channels, frames, height, width), float32, instead of drawing it.
+            prompt_embeds, negative_prompt_embeds: precomputed text states (batch, length, text_dim).
+            output_type: "np" (uint8 numpy frames), "pt" (uint8 torch frames) or "latent" (no decode).
+            shift: flow-matching shift (None: the model's scheduler default).
+            sampler: "unipc" or "euler" (None: the model's scheduler default).
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None``; a
+                returned "latents" replaces the current latents.
+            max_sequence_length: accepted for diffusers compatibility; Wan always uses its text length.
+
+        Returns:
+            VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8 and ``latents``.
+        """
+        height, width, num_frames, num_inference_steps = self.check_request(
+            height, width, num_frames, num_inference_steps, self.defaults, self.vae_scale_factor_temporal, self.size_multiple
+        )
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if output_type not in ("np", "pt", "latent"):
+            raise KinemaError(f"output_type must be 'np', 'pt' or 'latent'; got {output_type!r}")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise KinemaError(f"num_videos_per_prompt must be a positive integer; got {num_videos_per_prompt}")
+        spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
+        do_cfg = guidance_scale > 1.0
+
+        # 1. text states: (B, L, text_dim)
+        prompts = as_prompt_list(prompt)
+        if (prompts is None) == (prompt_embeds is None):
+            raise KinemaError("pass exactly one of prompt= and prompt_embeds=")
+        cond = self.encode_prompt(prompts) if prompts is not None else prompt_embeds.to(self.device, self.transformer.compute_dtype)
+        n_prompts = cond.shape[0]
+        uncond = None
+        if do_cfg:
+            if negative_prompt_embeds is not None:
+                uncond = negative_prompt_embeds.to(self.device, self.transformer.compute_dtype)
+            else:
+                negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
+                if len(negatives) == 1:
+                    negatives = negatives * n_prompts
+                if len(negatives) != n_prompts:
+                    raise KinemaError(f"got {len(negatives)} negative prompts for {n_prompts} prompts; pass one, or one per prompt")
+                uncond = self.encode_prompt(negatives)
+            if uncond.shape[0] != n_prompts:
+                raise KinemaError(f"negative_prompt_embeds has batch {uncond.shape[0]}, prompts have {n_prompts}")
+        cond = cond.repeat_interleave(num_videos_per_prompt, dim=0)  # (B, L, text_dim)
+        uncond = uncond.repeat_interleave(num_videos_per_prompt, dim=0) if uncond is not None else None
+        batch = cond.shape[0]
+
+        # 2. initial noise: (B, C, F', H', W')
+        shape = (
+            batch,
+            self.transformer.config.out_dim,
+            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        if latents is None:
+            latents = initial_noise(shape, make_generators(generator, seed, batch), self.device)
+        else:
+            check_latents(latents, shape)
+            latents = latents.to(self.device, torch.float32)
+
+        # 3. sample
+        latents = self.denoise(latents, cond, uncond, guidance_scale, num_inference_steps, spec, callback_on_step_end)
+        if output_type == "latent":
+            return VideoOutput(frames=None, latents=latents, fps=self.fps)
+
+        # 4. decode: (B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3)
+        frames = to_uint8(self.decode_latents(latents))
+        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=self.fps)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+        spec: SamplerSpec,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Run the sampler from noise ``latents`` (B, C, F, H, W) float32 to clean latents."""
+        sampler, sigmas, timesteps = spec.build(num_inference_steps, device=self.device)
+        model_dtype = self.transformer.compute_dtype
+        # The text embedding and every block's cross-attention keys/values depend only on the
+        # prompt: project them once here instead of at every step (bit-identical results).
+        cond = self.transformer.prepare_context(cond)
+        uncond = self.transformer.prepare_context(uncond) if uncond is not None else None
+
+        def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
+            x = x.to(model_dtype)  # (B, C, F, H, W)
+            t = timesteps[i].expand(x.shape[0])  # (B,)
+            v = self.transformer(x, t, cond).float()  # (B, C, F, H, W)
+            if uncond is None:
+                return v
+            return cfg(self.transformer(x, t, uncond).float(), v, guidance_scale)
+
+        def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
+            out = callback(self, i, timesteps[i], {"latents": x}) if callback is not None else None
+            return out.get("latents") if out else None
+
+        return sample(velocity, latents, sigmas, sampler, callback=on_step, progress=self.progress)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""
+        z = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+        return self.vae.decode(z).float()

@@ -1,0 +1,162 @@
+"""The command line: generate writes a playable mp4; bad input is one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kinema.cli import main
+from kinema.video import read_video
+from tests.helpers import save_diffusers_wan_pipeline
+
+SMALL = ["--size", "32x32", "--frames", "9", "--steps", "2", "--guidance", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "model"
+    save_diffusers_wan_pipeline(root)
+    return root
+
+
+def test_generate_writes_h264_mp4_at_model_fps(model_dir, tmp_path):
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a red circle moving left", "--model", str(model_dir), "--output", str(out), *SMALL]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (9, 32, 32, 3) and fps == 16
+    import av
+
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left behind
+
+
+def test_generate_same_seed_same_file_frames(model_dir, tmp_path):
+    args = ["--prompt", "a blue square moving up", "--model", str(model_dir), "--seed", "5", *SMALL]
+    main(["generate", *args, "-o", str(tmp_path / "a.mp4")])
+    main(["generate", *args, "-o", str(tmp_path / "b.mp4")])
+    assert (read_video(tmp_path / "a.mp4")[0] == read_video(tmp_path / "b.mp4")[0]).all()
+
+
+def _broken_copy(model_dir, tmp_path, how):
+    root = tmp_path / "broken"
+    shutil.copytree(model_dir, root)
+    if how == "truncated":
+        f = root / "transformer" / "diffusion_pytorch_model.safetensors"
+        f.write_bytes(f.read_bytes()[:1000])
+    elif how == "corrupt":
+        (root / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x07" * 64)
+    elif how == "missing":
+        shutil.rmtree(root / "vae")
+    elif how == "extra-key":
+        from safetensors.torch import load_file, save_file
+
+        f = root / "transformer" / "diffusion_pytorch_model.safetensors"
+        sd = load_file(f)
+        sd["blocks.0.mystery.weight"] = torch.zeros(1)
+        save_file(sd, f)
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (["--frames", "30"], "num_frames must be 4k\\+1.*got 30, try 29 or 33"),
+        (["--size", "33x32"], "width must be a positive multiple of 16"),
+        (["--size", "big"], "WIDTHxHEIGHT"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--steps", "-3"], "--steps must be a positive integer"),
+        (["--model", "/no/such/dir"], "neither a model directory nor a known model name"),
+        (["--model", "wan2.1-t2v-1.3b"], "preset without weights"),
+        (["--model", "not-a-preset"], "neither a model directory nor a known model name"),
+        (["--output", "clip.gif"], "must end in .mp4"),
+        (["--dtype", "int7"], "unknown dtype"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--dtype", "int8"], "CUDA|unknown dtype"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, case, message):
+    args = ["generate", "a red circle", "--model", str(model_dir), "-o", str(tmp_path / "x.mp4"), *SMALL]
+    for i in range(0, len(case), 2):  # later flags win in argparse; replace --model in place for clarity
+        if case[i] in args:
+            args[args.index(case[i]) + 1] = case[i + 1]
+        else:
+            args += case[i : i + 2]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncated", "not a readable safetensors file"),
+        ("corrupt", "not a readable safetensors file"),
+        ("missing", "missing component 'vae'"),
+        ("extra-key", "blocks.0.mystery.weight"),
+    ],
+)
+def test_broken_checkpoints_are_one_line_errors(model_dir, tmp_path, capsys, how, message):
+    root = _broken_copy(model_dir, tmp_path, how)
+    assert main(["generate", "a red circle", "--model", str(root), "-o", str(tmp_path / "x.mp4"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_pth_that_needs_code_is_refused_from_the_cli(model_dir, tmp_path, capsys):
+    """An original-layout directory whose VAE .pth would run code when unpickled."""
+    from tests.helpers import Evil, save_original_wan_layout
+
+    root = save_original_wan_layout(model_dir, tmp_path / "original")
+    torch.save({"encoder.conv1.weight": Evil()}, root / "Wan2.1_VAE.pth")
+    assert main(["generate", "a red circle", "--model", str(root), "-o", str(tmp_path / "x.mp4"), *SMALL]) == 2
+    err = capsys.readouterr()
+    assert "unpickle code" in err.err and len(err.err.strip().splitlines()) == 1
+    assert "must never run" not in err.out
+
+
+def test_subprocess_exit_code_and_no_traceback(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "kinema.cli", "generate", "x", "--model", str(tmp_path / "nope"), "--frames", "8"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_info_preset_and_directory(model_dir, capsys):
+    assert main(["info", "wan2.1-t2v-1.3b"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 1_418_996_800 and info["architecture"] == "WanTransformer"
+    assert main(["info", "wan2.1-t2v-14b"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 14_288_491_584
+    assert main(["info", str(model_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    from diffusers import WanTransformer3DModel
+
+    ref = WanTransformer3DModel.from_pretrained(str(model_dir / "transformer"))
+    assert info["parameters"] == sum(p.numel() for p in ref.parameters())
+    assert info["format"] == "diffusers"
+    assert set(info["components"]) == {"transformer", "vae", "text_encoder", "tokenizer", "scheduler"}
+    assert main(["info", "nonsense"]) == 2
+
+
+def test_info_original_layout(model_dir, tmp_path, capsys):
+    from tests.helpers import save_original_wan_layout
+
+    root = save_original_wan_layout(model_dir, tmp_path / "original")
+    assert main(["info", str(model_dir)]) == 0
+    diffusers_info = json.loads(capsys.readouterr().out)
+    assert main(["info", str(root)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "wan-original" and info["parameters"] == diffusers_info["parameters"]
+    assert info["components"]["vae"]["path"].endswith("Wan2.1_VAE.pth")
+    assert info["components"]["transformer"]["path"].endswith("diffusion_pytorch_model.safetensors")
