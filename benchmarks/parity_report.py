@@ -1,0 +1,87 @@
+"""Print kinema's max abs difference from diffusers for each Wan component, in fp32.
+
+The same measurements the parity tests assert (limit 1e-4), printed as figures: tiny random
+components are built by diffusers, saved with ``save_pretrained``, loaded through kinema's real
+loaders (and, for the original layout, rewritten with original keys first), and run on the same
+inputs.
+
+    python benchmarks/parity_report.py            # needs the test extra: pip install -e ".[test]"
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers
+
+import kinema  # noqa: E402
+from kinema.models.vae.wan_vae import load_wan_vae  # noqa: E402
+from kinema.models.wan import load_wan_transformer  # noqa: E402
+from tests.helpers import save_diffusers_wan_pipeline, save_original_wan_layout  # noqa: E402
+
+
+def max_diff(a, b) -> float:
+    return float((torch.as_tensor(a).float() - torch.as_tensor(b).float()).abs().max())
+
+
+@torch.no_grad()
+def main() -> None:
+    torch.manual_seed(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "wan"
+        ref = save_diffusers_wan_pipeline(root, scheduler="unipc", shift=3.0)
+        ref.set_progress_bar_config(disable=True)
+        original = save_original_wan_layout(root, Path(tmp) / "wan-original")
+        g = torch.Generator().manual_seed(0)
+
+        # transformer: (B=2, 16, 3, 8, 8) latents, two timesteps, 20 text tokens
+        x = torch.randn(2, 16, 3, 8, 8, generator=g)
+        t = torch.tensor([999.0, 250.0])
+        ctx = torch.randn(2, 20, 32, generator=g)
+        padded = torch.cat([ctx, ctx.new_zeros(2, 492, 32)], 1)
+        expected = ref.transformer(hidden_states=x, timestep=t, encoder_hidden_states=padded, return_dict=False)[0]
+        for layout, path in (("diffusers", root / "transformer"), ("original", original)):
+            ours = load_wan_transformer(path)(x, t, ctx)
+            rows.append((f"transformer forward ({layout} files)", max_diff(ours, expected), float(expected.abs().max())))
+
+        # VAE: 13 frames of 32x32 video -> latents -> video
+        vae = load_wan_vae(root / "vae")
+        video = torch.rand(1, 3, 13, 32, 32, generator=g) * 2 - 1
+        post = ref.vae.encode(video).latent_dist
+        ours = vae.encode(video)
+        rows.append(("VAE encode, posterior mean", max_diff(ours.mean, post.mean), float(post.mean.abs().max())))
+        rows.append(("VAE encode, posterior logvar", max_diff(ours.logvar, post.logvar), float(post.logvar.abs().max())))
+        z = torch.randn(1, 16, 4, 4, 4, generator=g)
+        dec = ref.vae.decode(z, return_dict=False)[0]
+        rows.append(("VAE decode (4 latent frames)", max_diff(vae.decode(z), dec), float(dec.abs().max())))
+        original_vae = load_wan_vae(original / "Wan2.1_VAE.pth")
+        rows.append(("VAE decode (original .pth)", max_diff(original_vae.decode(z), dec), float(dec.abs().max())))
+
+        # whole pipeline, same latents, UniPC shift 3, guidance 4, 4 steps, 9 frames of 32x32
+        pipe = kinema.load_pipeline(root, device="cpu", dtype="float32")
+        pipe.set_progress_bar_config(disable=True)
+        noise = torch.randn(1, 16, 3, 4, 4, generator=g)
+        kw = dict(prompt="a red circle moving left", negative_prompt="blurry", height=32, width=32, num_frames=9,
+                  num_inference_steps=4, guidance_scale=4.0)  # fmt: skip
+        ref_latents = ref(**kw, latents=noise.clone(), output_type="latent").frames
+        ref_video = ref(**kw, latents=noise.clone(), output_type="np").frames
+        out = pipe(**kw, latents=noise.clone())
+        rows.append(("pipeline latents (UniPC, CFG 4)", max_diff(out.latents, ref_latents), float(ref_latents.abs().max())))
+        ours_video = (pipe.decode_latents(out.latents) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
+        rows.append(("pipeline video in [0, 1]", max_diff(ours_video, ref_video), 1.0))
+
+    print(f"{'component (fp32, vs diffusers)':40s} {'max abs diff':>12s} {'max |ref|':>10s}")
+    for name, diff, scale in rows:
+        print(f"{name:40s} {diff:12.2e} {scale:10.3f}")
+    worst = max(d for _, d, _ in rows)
+    print(f"worst: {worst:.2e} (limit 1e-4): {'OK' if worst <= 1e-4 else 'FAIL'}")
+    sys.exit(0 if worst <= 1e-4 else 1)
+
+
+if __name__ == "__main__":
+    main()
