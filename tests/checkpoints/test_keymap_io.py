@@ -107,3 +107,13 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    with atomic_path(tmp_path / "a.bin") as tmp:
+        tmp.write_bytes(b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~mask
