@@ -8,12 +8,11 @@ from typing import Any
 
 from ..checkpoints.io import build_on_meta, read_json
 from ..errors import KinemaError
+from ..models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
 from .loading import detect_layout
 
 
 def _count(config) -> int:
-    from ..models.wan import WanTransformer
-
     return sum(p.numel() for p in build_on_meta(lambda: WanTransformer(config)).parameters())
 
 
@@ -29,8 +28,6 @@ def _size(path: Path) -> int:
 
 def describe(target: str) -> dict[str, Any]:
     """A JSON-able description: denoiser ``parameters``, ``architecture`` and ``components``."""
-    from ..models.wan import WAN_PRESETS, WanTransformerConfig
-
     path = Path(target)
     if not path.exists():
         if target not in WAN_PRESETS:

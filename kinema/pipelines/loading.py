@@ -17,6 +17,11 @@ import torch
 
 from ..checkpoints.io import read_json
 from ..errors import CheckpointError, KinemaError
+from ..models.vae.wan_vae import load_wan_vae
+from ..models.wan import WAN_PRESETS, load_wan_transformer
+from ..sampling import SamplerSpec
+from ..text.t5 import T5TextEncoder
+from .wan import WanPipeline
 
 DTYPES = {
     "float32": torch.float32,
@@ -139,8 +144,6 @@ def resolve_model(path_or_name: str | os.PathLike) -> ModelLayout:
     """Find what ``path_or_name`` is, reading only small files; one-line errors for anything else."""
     path = Path(path_or_name)
     if not path.exists():
-        from ..models.wan import WAN_PRESETS
-
         name = str(path_or_name)
         if name in WAN_PRESETS:
             raise KinemaError(
@@ -178,12 +181,6 @@ def load_pipeline(
 
 
 def _load_wan_t2v(layout: ModelLayout, device: torch.device, dtype: torch.dtype | None):
-    from ..models.vae.wan_vae import load_wan_vae
-    from ..models.wan import load_wan_transformer
-    from ..sampling import SamplerSpec
-    from ..text.t5 import T5TextEncoder
-    from .wan import WanPipeline
-
     c = layout.components
     transformer = load_wan_transformer(c["transformer"], dtype=dtype, device=device)
     vae = load_wan_vae(c["vae"], dtype=dtype, device=device)
@@ -196,11 +193,5 @@ def _load_wan_t2v(layout: ModelLayout, device: torch.device, dtype: torch.dtype 
     return WanPipeline(transformer, vae, text_encoder, sampler, device=device)
 
 
-def _wan_pipeline_class() -> type:
-    from .wan import WanPipeline
-
-    return WanPipeline
-
-
 # kinema pipeline name -> (pipeline class, loader)
-PIPELINES: dict[str, tuple[type, Callable]] = {"wan-t2v": (_wan_pipeline_class(), _load_wan_t2v)}
+PIPELINES: dict[str, tuple[type, Callable]] = {"wan-t2v": (WanPipeline, _load_wan_t2v)}
