@@ -8,7 +8,8 @@ import torch
 from kinema.checkpoints.io import save_safetensors
 from kinema.checkpoints.t5_keys import WAN_T5_KEYS
 from kinema.errors import CheckpointError
-from kinema.text.t5 import T5TextEncoder, clean_prompt
+from kinema.text.encoder import clean_prompt
+from kinema.text.t5 import T5TextEncoder
 from tests.helpers import make_tokenizer, make_umt5
 
 PROMPTS = ["a red circle moving left", "the cat walks on grass in snow at night"]

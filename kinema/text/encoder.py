@@ -1,0 +1,112 @@
+"""A transformers encoder and its tokenizer as a kinema text encoder: token states, zero-padded.
+
+Every text encoder of kinema (UMT5 for Wan, the small sentence encoder of the shapes-world models)
+is one of these: prompts -> (batch, max_length, dim) token states with zeros past each prompt's
+last token. Files are read from local directories only; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+
+def clean_prompt(text: str) -> str:
+    """Unescape HTML entities and collapse whitespace, as Wan's and diffusers' pipelines do."""
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+
+class TokenStateEncoder:
+    """An encoder-only transformers model and its tokenizer, returning zero-padded token states.
+
+    Args:
+        model: a transformers encoder (``UMT5EncoderModel``, ``BertModel``, ...).
+        tokenizer: its tokenizer.
+        max_length: positions per prompt in the output (longer prompts are truncated).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.dim = int(model.config.hidden_size)
+
+    @classmethod
+    def from_directory(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        max_length: int,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> "TokenStateEncoder":
+        """Load a model and tokenizer saved together (``save_pretrained``) in one directory."""
+        from transformers import AutoModel
+
+        directory = Path(directory)
+        if not any(directory.glob("*.safetensors")):
+            raise CheckpointError(f"{directory}: no safetensors weights (kinema does not unpickle text encoder weights)")
+        model = _hf_call(AutoModel.from_pretrained, directory, what="text encoder", dtype=dtype or torch.float32, use_safetensors=True)
+        return cls(model.to(device or "cpu"), load_tokenizer(directory), max_length)
+
+    # -- encoding ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self, prompts: Sequence[str], *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Encode prompts to (batch, max_length, dim) states, zero past each prompt's last token.
+
+        The encoder runs only over the longest prompt of the batch (padding tokens are masked, so
+        the states of real tokens do not depend on how much padding follows) and the result is
+        zero-padded to ``max_length`` (Wan's convention, and diffusers').
+        """
+        tokens = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            padding="longest",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        model_device = next(self.model.parameters()).device
+        ids = tokens.input_ids.to(model_device)  # (B, L)
+        mask = tokens.attention_mask.to(model_device)  # (B, L)
+        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, dim)
+        states = states * mask.unsqueeze(-1).to(states.dtype)  # zero the padding positions
+        out = states.new_zeros(states.shape[0], self.max_length, states.shape[2])  # (B, max_length, dim)
+        out[:, : states.shape[1]] = states
+        return out.to(device=device or out.device, dtype=dtype or out.dtype)
+
+
+def load_tokenizer(tokenizer_dir: str | os.PathLike):
+    """A transformers tokenizer from a local directory, with a one-line error when it fails."""
+    from transformers import AutoTokenizer
+
+    return _hf_call(AutoTokenizer.from_pretrained, Path(tokenizer_dir), what="tokenizer")
+
+
+def _hf_call(fn, path: Path, *, what: str, **kwargs):
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: {path}")
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading a local file needs no bar of its own
+    try:
+        return fn(str(path), local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as e:
+        raise CheckpointError(f"could not load the {what} from {path}: {' '.join(str(e).split())[:300]}") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
