@@ -1,0 +1,41 @@
+"""Data sets: the procedural shapes world (more sources, video folders and latent caches, later)."""
+
+from .shapes import (
+    ALL_COMBOS,
+    BACKGROUND,
+    COLOURS,
+    HELD_OUT,
+    HELD_OUT_COMBOS,
+    MOTIONS,
+    PALETTE,
+    SHAPES,
+    TRAIN_COMBOS,
+    ClipSpec,
+    ShapesDataset,
+    ShapeSpec,
+    canonical_caption,
+    caption,
+    render_clip,
+    reworded_caption,
+    sample_spec,
+)
+
+__all__ = [
+    "ALL_COMBOS",
+    "BACKGROUND",
+    "COLOURS",
+    "HELD_OUT",
+    "HELD_OUT_COMBOS",
+    "MOTIONS",
+    "PALETTE",
+    "SHAPES",
+    "TRAIN_COMBOS",
+    "ClipSpec",
+    "ShapeSpec",
+    "ShapesDataset",
+    "canonical_caption",
+    "caption",
+    "render_clip",
+    "reworded_caption",
+    "sample_spec",
+]

@@ -1,0 +1,333 @@
+"""The shapes world: a procedural text-to-video data set that a program can score exactly.
+
+The fixed parts (canvas, palette, shapes and their sizes, motions) follow
+``shared/design/SHAPES-WORLD.md``. One clip holds one filled shape of one palette colour moving
+left, right, up or down at constant speed on a plain background, fully inside the canvas on every
+frame. Captions vary their wording; a separate set of reworded templates, never used in training,
+tests paraphrase following; a fixed set of (colour, shape, motion) combinations is held out of
+training to test composition.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import KinemaError
+
+# ------------------------------------------------------------------------------------------------
+# The fixed world (SHAPES-WORLD.md)
+# ------------------------------------------------------------------------------------------------
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+    "purple": (160, 60, 220),
+    "cyan": (40, 210, 220),
+    "orange": (245, 140, 30),
+    "white": (240, 240, 240),
+}
+COLOURS: tuple[str, ...] = tuple(PALETTE)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+MOTIONS: tuple[str, ...] = ("left", "right", "up", "down")
+BACKGROUND: tuple[int, int, int] = (20, 20, 20)  # the default `black` background
+DEFAULT_SIZE = 64  # canvas side in pixels; any square side >= MIN_SIZE works
+MIN_SIZE = 64
+DEFAULT_FRAMES = 33  # 4k + 1, as causal video VAEs want
+DEFAULT_FPS = 16
+SIZE_RANGE = (0.20, 0.35)  # object bounding-box side, as a fraction of the canvas side
+TRAVEL_RANGE = (0.25, 0.50)  # distance the centre travels over the clip, fraction of the side
+MARGIN = 0.02  # free border kept between the object and the canvas edge, fraction of the side
+SUPERSAMPLE = 4  # anti-aliasing: coverage from SUPERSAMPLE x SUPERSAMPLE samples per pixel
+
+# Unit direction of each motion in image coordinates (x right, y down).
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+Combo = tuple[str, str, str]  # (colour, shape, motion)
+ALL_COMBOS: tuple[Combo, ...] = tuple(itertools.product(COLOURS, SHAPES, MOTIONS))  # 96
+
+# Held out of training (10 of 96, about 10%). Chosen so that every colour, shape and motion, and
+# every pair of them (colour-shape, colour-motion, shape-motion) of a held-out combination, still
+# appears in training: a model can only get these right by composing what it has seen.
+# Never change this list: results are compared across versions on it.
+HELD_OUT: frozenset[Combo] = frozenset(
+    {
+        ("red", "circle", "left"),
+        ("green", "square", "right"),
+        ("blue", "triangle", "up"),
+        ("yellow", "circle", "down"),
+        ("purple", "square", "left"),
+        ("cyan", "triangle", "right"),
+        ("orange", "circle", "up"),
+        ("white", "square", "down"),
+        ("red", "triangle", "down"),
+        ("blue", "square", "left"),
+    }
+)
+TRAIN_COMBOS: tuple[Combo, ...] = tuple(c for c in ALL_COMBOS if c not in HELD_OUT)  # 86, fixed order
+HELD_OUT_COMBOS: tuple[Combo, ...] = tuple(c for c in ALL_COMBOS if c in HELD_OUT)  # 10, fixed order
+SPLITS: dict[str, tuple[Combo, ...]] = {"train": TRAIN_COMBOS, "held_out": HELD_OUT_COMBOS, "all": ALL_COMBOS}
+
+
+def combos(split: str) -> tuple[Combo, ...]:
+    """The (colour, shape, motion) combinations of a split: "train", "held_out" or "all"."""
+    if split not in SPLITS:
+        raise KinemaError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return SPLITS[split]
+
+
+# ------------------------------------------------------------------------------------------------
+# Clip parameters
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything that decides a clip's pixels; positions are fractions of the canvas side."""
+
+    colour: str  # a PALETTE name
+    shape: str  # one of SHAPES
+    motion: str  # one of MOTIONS
+    size: float = 0.25  # bounding-box side / canvas side, in SIZE_RANGE
+    start: tuple[float, float] = (0.5, 0.5)  # bounding-box centre (x, y) on the first frame
+    travel: float = 0.3  # distance the centre moves from first to last frame, in TRAVEL_RANGE
+
+    def __post_init__(self) -> None:
+        if self.colour not in PALETTE:
+            raise KinemaError(f"unknown colour {self.colour!r}; use one of {', '.join(PALETTE)}")
+        if self.shape not in SHAPES:
+            raise KinemaError(f"unknown shape {self.shape!r}; use one of {', '.join(SHAPES)}")
+        if self.motion not in MOTIONS:
+            raise KinemaError(f"unknown motion {self.motion!r}; use one of {', '.join(MOTIONS)}")
+
+    def centre(self, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Centre (x, y) at clip time t in [0, 1] (0 = first frame, 1 = last): constant speed."""
+        dx, dy = DIRECTIONS[self.motion]
+        t = np.asarray(t, dtype=np.float64)
+        return self.start[0] + dx * self.travel * t, self.start[1] + dy * self.travel * t
+
+    @property
+    def end(self) -> tuple[float, float]:
+        """Bounding-box centre (x, y) on the last frame."""
+        x, y = self.centre(1.0)
+        return float(x), float(y)
+
+
+ShapeSpec = ClipSpec  # one object per clip in version 1: the clip's spec is its shape's spec
+
+
+def sample_spec(colour: str, shape: str, motion: str, rng: np.random.Generator) -> ClipSpec:
+    """Draw size, start and travel so the object stays inside the canvas (with MARGIN) on every frame."""
+    size = float(rng.uniform(*SIZE_RANGE))
+    travel = float(rng.uniform(*TRAVEL_RANGE))
+    lo, hi = size / 2 + MARGIN, 1 - size / 2 - MARGIN  # allowed range of the centre on each axis
+    dx, dy = DIRECTIONS[motion]
+    start = []
+    for d in (dx, dy):
+        if d > 0:
+            start.append(float(rng.uniform(lo, hi - travel)))
+        elif d < 0:
+            start.append(float(rng.uniform(lo + travel, hi)))
+        else:
+            start.append(float(rng.uniform(lo, hi)))
+    return ClipSpec(colour, shape, motion, size=size, start=(start[0], start[1]), travel=travel)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+
+
+def _coverage(spec: ClipSpec, size: int, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fraction of each pixel covered by the shape, in a window around the object on each frame.
+
+    Samples SUPERSAMPLE x SUPERSAMPLE points per pixel. Returns the coverage, float32
+    (frames, win, win) in [0, 1], and the windows' top-left corners ``oy``, ``ox`` (frames,) in
+    pixels; the shape lies wholly inside its window.
+    """
+    s = SUPERSAMPLE
+    t = np.linspace(0.0, 1.0, frames)
+    cx, cy = spec.centre(t)
+    cx, cy = cx * size, cy * size  # (F,) centre in pixels
+    half = spec.size * size / 2
+    win = min(size, int(np.ceil(2 * half)) + 3)  # window side in pixels, holds the whole object
+    ox = np.clip(np.floor(cx - half).astype(int) - 1, 0, size - win)  # (F,) window origin
+    oy = np.clip(np.floor(cy - half).astype(int) - 1, 0, size - win)
+    u = (np.arange(win * s) + 0.5) / s  # (win*s,) sample offsets inside the window, in pixels
+    x = (ox - cx)[:, None, None] + u[None, None, :]  # (F, 1, win*s) relative to the centre
+    y = (oy - cy)[:, None, None] + u[None, :, None]  # (F, win*s, 1)
+    if spec.shape == "square":  # separable: coverage is a product of 1D coverages
+        cov_x = (np.abs(x) <= half).reshape(frames, 1, win, s).mean(-1, dtype=np.float32)  # (F, 1, win)
+        cov_y = (np.abs(y) <= half).reshape(frames, win, s, 1).mean(-2, dtype=np.float32)  # (F, win, 1)
+        local = cov_x * cov_y  # (F, win, win)
+    else:
+        if spec.shape == "circle":
+            inside = x * x + y * y <= half * half  # (F, win*s, win*s)
+        else:  # triangle: apex (0, -half), base (-half, half) to (half, half); width at y is y + half
+            inside = (y <= half) & (2 * np.abs(x) <= y + half)
+        local = inside.reshape(frames, win, s, win, s).mean(axis=(2, 4), dtype=np.float32)  # (F, win, win)
+    return local, oy, ox
+
+
+def render_clip(
+    spec: ClipSpec,
+    size: int = DEFAULT_SIZE,
+    frames: int = DEFAULT_FRAMES,
+    background: tuple[int, int, int] = BACKGROUND,
+) -> np.ndarray:
+    """Render a clip as uint8 (frames, size, size, 3).
+
+    Inside the shape every pixel is exactly the palette colour, away from it exactly ``background``;
+    edge pixels blend the two by their supersampled coverage.
+    """
+    if size < MIN_SIZE:
+        raise KinemaError(f"the shapes canvas must be at least {MIN_SIZE} pixels; got {size}")
+    if frames < 2:
+        raise KinemaError(f"a clip needs at least 2 frames to show motion; got {frames} (the default is 33)")
+    colour = PALETTE[spec.colour]
+    if tuple(colour) == tuple(background):
+        raise KinemaError(f"the object colour {spec.colour!r} equals the background; pick another background")
+    cov, oy, ox = _coverage(spec, size, frames)  # (F, win, win), (F,), (F,)
+    bg = np.asarray(background, dtype=np.float32)
+    fg = np.asarray(colour, dtype=np.float32)
+    local = np.rint(bg + cov[..., None] * (fg - bg)).astype(np.uint8)  # (F, win, win, 3); exact at 0 and 1
+    clip = np.empty((frames, size, size, 3), dtype=np.uint8)
+    clip[:] = np.asarray(background, dtype=np.uint8)
+    r = np.arange(cov.shape[1])
+    f = np.arange(frames)[:, None, None]
+    clip[f, oy[:, None, None] + r[None, :, None], ox[:, None, None] + r[None, None, :]] = local
+    return clip  # (F, H, W, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Captions
+# ------------------------------------------------------------------------------------------------
+
+# Training captions: {c} colour, {s} shape noun, {v} verb, {d} direction phrase.
+TEMPLATES: tuple[str, ...] = (
+    "a {c} {s} {v} {d}",
+    "{c} {s} {v} {d}",
+    "a {s}, {c}, {v} {d}",
+    "the {c} {s} is {v} {d}",
+    "a {c} {s} that is {v} {d}",
+    "{v} {d}: a {c} {s}",
+    "a {c} {s} {v} {d} across the frame",
+    "one {c} {s} {v} {d} on a dark background",
+    "a {s} in {c} {v} {d}",
+    "a {c}-coloured {s} {v} {d}",
+    "{c} {s}, {v} {d}",
+    "a single {c} {s} {v} {d}",
+    "there is a {c} {s} {v} {d}",
+    "a {c} {s} {v} steadily {d}",
+    "{d} {v}, a {c} {s}",
+)
+SHAPE_WORDS: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "disc", "round shape"),
+    "square": ("square", "box", "square shape"),
+    "triangle": ("triangle", "triangular shape", "upright triangle"),
+}
+VERBS: tuple[str, ...] = ("moving", "going", "drifting", "sliding", "travelling", "gliding")
+DIRECTION_WORDS: dict[str, tuple[str, ...]] = {
+    "left": ("left", "to the left", "leftward", "leftwards", "towards the left"),
+    "right": ("right", "to the right", "rightward", "rightwards", "towards the right"),
+    "up": ("up", "upward", "upwards", "towards the top", "upwards through the frame"),
+    "down": ("down", "downward", "downwards", "towards the bottom", "downwards through the frame"),
+}
+
+# Paraphrases for evaluation only: their verbs and sentence patterns never occur in TEMPLATES,
+# so a model that follows them has learned meaning, not a sentence.
+REWORDED_TEMPLATES: tuple[str, ...] = (
+    "watch the {c} {s} as it heads {d}",
+    "{c} is the colour of this {s}, which makes its way {d}",
+    "a {s} painted {c} keeps heading {d}",
+    "here a {c} {s} is on its way {d}",
+)
+REWORDED_DIRECTIONS: dict[str, str] = {"left": "left", "right": "right", "up": "upward", "down": "downward"}
+
+
+def canonical_caption(colour: str, shape: str, motion: str) -> str:
+    """The evaluation prompt for a combination: "a {colour} {shape} moving {motion}"."""
+    return f"a {colour} {shape} moving {motion}"
+
+
+def caption(spec: ClipSpec, rng: np.random.Generator) -> str:
+    """A training caption for ``spec`` with randomly chosen template and synonyms."""
+    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    words = SHAPE_WORDS[spec.shape]
+    dirs = DIRECTION_WORDS[spec.motion]
+    noun = words[rng.integers(len(words))]
+    verb = VERBS[rng.integers(len(VERBS))]
+    direction = dirs[rng.integers(len(dirs))]
+    return template.format(c=spec.colour, s=noun, v=verb, d=direction)
+
+
+def training_captions(colour: str, shape: str, motion: str) -> set[str]:
+    """Every caption the training templates can produce for one combination."""
+    return {
+        t.format(c=colour, s=s, v=v, d=d)
+        for t in TEMPLATES
+        for s in SHAPE_WORDS[shape]
+        for v in VERBS
+        for d in DIRECTION_WORDS[motion]
+    }
+
+
+def reworded_caption(colour: str, shape: str, motion: str, variant: int = 0) -> str:
+    """An evaluation paraphrase (variant modulo len(REWORDED_TEMPLATES)); never a training caption."""
+    template = REWORDED_TEMPLATES[variant % len(REWORDED_TEMPLATES)]
+    return template.format(c=colour, s=shape, d=REWORDED_DIRECTIONS[motion])
+
+
+# ------------------------------------------------------------------------------------------------
+# Data set
+# ------------------------------------------------------------------------------------------------
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """Procedural clips: item i is a pure function of (seed, i), so any worker can make any item.
+
+    Each item is a dict: ``video`` float32 (3, frames, size, size) in [-1, 1], ``caption`` str and
+    the ``colour``, ``shape``, ``motion`` names. The combination is drawn uniformly from the split.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        size: int = DEFAULT_SIZE,
+        frames: int = DEFAULT_FRAMES,
+        seed: int = 0,
+        length: int = 100_000,
+    ) -> None:
+        if size < MIN_SIZE:
+            raise KinemaError(f"the shapes canvas must be at least {MIN_SIZE} pixels; got {size}")
+        if length < 1:
+            raise KinemaError(f"length must be positive; got {length}")
+        self.split = split
+        self.combos = combos(split)
+        self.size = size  # canvas side in pixels
+        self.frames = frames  # frames per clip
+        self.seed = seed  # base seed: item i uses np.random.default_rng([seed, i])
+        self.length = length  # number of items (the world is infinite; this is an epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def spec(self, index: int) -> tuple[ClipSpec, str]:
+        """The clip spec and caption of item ``index``, without rendering."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a data set of length {self.length}")
+        rng = np.random.default_rng([self.seed, index])
+        colour, shape, motion = self.combos[rng.integers(len(self.combos))]
+        spec = sample_spec(colour, shape, motion, rng)
+        return spec, caption(spec, rng)
+
+    def __getitem__(self, index: int) -> dict:
+        spec, text = self.spec(int(index))
+        clip = render_clip(spec, self.size, self.frames)  # (F, H, W, 3) uint8
+        video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # (3, F, H, W)
+        return {"video": video, "caption": text, "colour": spec.colour, "shape": spec.shape, "motion": spec.motion}

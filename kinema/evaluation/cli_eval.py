@@ -1,0 +1,112 @@
+"""Judge a folder of clips against their prompts, and write reference folders to check the judge.
+
+A clips folder holds video files and ``prompts.jsonl``, one JSON object per clip:
+``{"file": "clip_000.mp4", "colour": "red", "shape": "circle", "motion": "left", "prompt": "..."}``
+(``file`` relative to the folder). Functions take plain values so an argparse command can call them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.shapes import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE, render_clip, sample_spec
+from ..errors import KinemaError
+from ..video import read_video, write_video
+from .judge import eval_prompts, format_table, judge_clip, score
+
+PROMPTS_FILE = "prompts.jsonl"
+PROMPT_KEYS = ("file", "colour", "shape", "motion", "prompt")
+
+
+def read_prompts(clips_dir: Path) -> list[dict]:
+    """The entries of ``clips_dir/prompts.jsonl``, checked for the keys every line needs."""
+    path = Path(clips_dir) / PROMPTS_FILE
+    if not path.is_file():
+        raise KinemaError(
+            f"{path} not found; a clips folder needs a {PROMPTS_FILE} with one line per clip "
+            f"(keys {', '.join(PROMPT_KEYS)}); render_reference_set writes an example"
+        )
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise KinemaError(f"{path}:{n} is not valid JSON: {e}") from None
+        missing = [k for k in PROMPT_KEYS if k not in entry]
+        if missing:
+            raise KinemaError(f"{path}:{n} lacks {', '.join(missing)}; every line needs {', '.join(PROMPT_KEYS)}")
+        entries.append(entry)
+    if not entries:
+        raise KinemaError(f"{path} lists no clips")
+    return entries
+
+
+def run_eval(
+    clips_dir: str | Path | None,
+    *,
+    out_json: str | Path | None = None,
+    print_table: bool = True,
+) -> dict:
+    """Judge every clip listed in ``clips_dir/prompts.jsonl``; return (and optionally save) the report.
+
+    The report is :func:`~kinema.evaluation.judge.score`'s dict plus ``clips``: per clip its entry,
+    what the judge read and whether each attribute matched.
+    """
+    if clips_dir is None:
+        raise KinemaError(
+            "no clips folder given: generating clips from a model is not wired in yet; pass a folder "
+            "of clips with a prompts.jsonl (render_reference_set writes one from the renderer)"
+        )
+    clips_dir = Path(clips_dir)
+    if not clips_dir.is_dir():
+        raise KinemaError(f"clips folder not found: {clips_dir}")
+    entries = read_prompts(clips_dir)
+    results, prompts, clips = [], [], []
+    for entry in entries:
+        frames, _ = read_video(clips_dir / entry["file"])  # (F, H, W, 3) uint8
+        result = judge_clip(frames)
+        prompt = (entry["colour"], entry["shape"], entry["motion"], entry["prompt"])
+        results.append(result)
+        prompts.append(prompt)
+        clips.append({**entry, "judged": result.to_dict(), "match": result.matches(*prompt[:3])})
+    report = score(results, prompts)
+    report["clips"] = clips
+    if print_table:
+        print(format_table(report))
+    if out_json is not None:
+        Path(out_json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def render_reference_set(
+    out_dir: str | Path,
+    split: str = "all",
+    size: int = DEFAULT_SIZE,
+    frames: int = DEFAULT_FRAMES,
+    seed: int = 0,
+    *,
+    style: str = "canonical",
+    fps: float = DEFAULT_FPS,
+    limit: int | None = None,
+) -> Path:
+    """Write one ground-truth clip per evaluation prompt of ``split`` plus ``prompts.jsonl``.
+
+    Clip i uses ``np.random.default_rng([seed, i])`` for its size and path. ``limit`` keeps only the
+    first clips (for quick checks). Returns ``out_dir``; :func:`run_eval` on it should score 100%.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = eval_prompts(split, style)[:limit]
+    lines = []
+    for i, (colour, shape, motion, prompt) in enumerate(prompts):
+        spec = sample_spec(colour, shape, motion, np.random.default_rng([seed, i]))
+        name = f"clip_{i:03d}.mp4"
+        write_video(render_clip(spec, size, frames), out_dir / name, fps)
+        lines.append(json.dumps({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt}))
+    (out_dir / PROMPTS_FILE).write_text("\n".join(lines) + "\n")
+    return out_dir

@@ -1,0 +1,181 @@
+"""The shapes world: exact colours, geometry inside the canvas, captions, splits and determinism."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.data.shapes import (
+    ALL_COMBOS,
+    BACKGROUND,
+    COLOURS,
+    DIRECTION_WORDS,
+    HELD_OUT,
+    HELD_OUT_COMBOS,
+    MOTIONS,
+    PALETTE,
+    SHAPES,
+    SIZE_RANGE,
+    TRAIN_COMBOS,
+    TRAVEL_RANGE,
+    ClipSpec,
+    ShapesDataset,
+    canonical_caption,
+    caption,
+    render_clip,
+    reworded_caption,
+    sample_spec,
+    training_captions,
+    REWORDED_TEMPLATES,
+)
+from kinema.errors import KinemaError
+
+SHAPE_KEYWORDS = {
+    "circle": ("circle", "disc", "round"),
+    "square": ("square", "box"),
+    "triangle": ("triangle", "triangular"),
+}
+FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+
+
+def _specs(n_seeds: int = 2):
+    for seed in range(n_seeds):
+        for i, combo in enumerate(ALL_COMBOS):
+            yield sample_spec(*combo, np.random.default_rng([seed, i]))
+
+
+def test_sampled_parameters_in_range_and_inside_canvas():
+    for spec in _specs(3):
+        assert SIZE_RANGE[0] <= spec.size <= SIZE_RANGE[1]
+        assert TRAVEL_RANGE[0] <= spec.travel <= TRAVEL_RANGE[1]
+        half = spec.size / 2
+        for x, y in (spec.start, spec.end):
+            assert half <= x <= 1 - half and half <= y <= 1 - half
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_render_exact_colours_inside_canvas_and_fill(size):
+    bg = np.asarray(BACKGROUND, dtype=np.uint8)
+    for spec in itertools.islice(_specs(), 0, None, 5):
+        clip = render_clip(spec, size=size)
+        assert clip.shape == (33, size, size, 3) and clip.dtype == np.uint8
+        colour = np.asarray(PALETTE[spec.colour], dtype=np.uint8)
+        for f in (0, 16, 32):
+            t = f / 32
+            cx, cy = (c * size for c in spec.centre(t))
+            # the centre pixel is exactly the palette colour (for a triangle, a point below the centre)
+            py = int(cy + (spec.size * size / 4 if spec.shape == "triangle" else 0))
+            assert (clip[f, py, int(cx)] == colour).all()
+            # the border rows/columns of the canvas are exactly background: the object stays inside
+            frame = clip[f]
+            for edge in (frame[0], frame[-1], frame[:, 0], frame[:, -1]):
+                assert (edge == bg).all()
+            # every pixel is background, palette colour or a blend on the segment between them
+            other = (frame != bg).any(-1) & (frame != colour).any(-1)
+            n_exact = (frame == colour).all(-1).sum()
+            assert other.sum() < n_exact  # anti-aliasing only at the edges
+            # coverage (blend weight) sums to the shape's area: fill ratio of its bounding box
+            k = np.argmax(np.abs(colour.astype(float) - bg))
+            cov = (frame[..., k].astype(float) - bg[k]) / (float(colour[k]) - bg[k])
+            side = spec.size * size
+            assert cov.sum() / side**2 == pytest.approx(FILL[spec.shape], abs=0.03)
+
+
+def test_render_constant_speed():
+    for spec in itertools.islice(_specs(), 0, None, 7):
+        clip = render_clip(spec, size=64).astype(float)
+        w = np.abs(clip - np.asarray(BACKGROUND)).sum(-1)  # (F, H, W) blend weight
+        ys, xs = np.mgrid[0:64, 0:64]
+        cx = (w * xs).sum((1, 2)) / w.sum((1, 2))
+        cy = (w * ys).sum((1, 2)) / w.sum((1, 2))
+        pos = cx if spec.motion in ("left", "right") else cy  # (F,) pixels along the motion axis
+        t = np.arange(33)
+        slope, offset = np.polyfit(t, pos, 1)
+        # a straight line in time (constant speed), up to the 1/4-pixel supersampling quantisation
+        assert np.abs(pos - (slope * t + offset)).max() < 0.15
+        assert abs(slope) == pytest.approx(spec.travel * 64 / 32, rel=0.02)
+        total = np.hypot(cx[-1] - cx[0], cy[-1] - cy[0]) / 64
+        assert total == pytest.approx(spec.travel, abs=0.005)
+
+
+def test_render_is_fast_enough_and_rejects_bad_input():
+    import time
+
+    spec = sample_spec("red", "circle", "left", np.random.default_rng(0))
+    t = time.perf_counter()
+    for _ in range(5):
+        render_clip(spec)
+    assert (time.perf_counter() - t) / 5 < 0.05
+    with pytest.raises(KinemaError, match="at least 64"):
+        render_clip(spec, size=32)
+    with pytest.raises(KinemaError, match="unknown colour"):
+        ClipSpec("pink", "circle", "left")
+
+
+def test_held_out_split():
+    assert len(ALL_COMBOS) == 96 and len(HELD_OUT_COMBOS) == len(HELD_OUT) == 10
+    assert set(TRAIN_COMBOS).isdisjoint(HELD_OUT) and set(TRAIN_COMBOS) | HELD_OUT == set(ALL_COMBOS)
+    for names, pos in ((COLOURS, 0), (SHAPES, 1), (MOTIONS, 2)):
+        assert {c[pos] for c in TRAIN_COMBOS} == set(names)
+    # every pair inside a held-out combination is still seen in training
+    for c in HELD_OUT:
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            assert any(t[a] == c[a] and t[b] == c[b] for t in TRAIN_COMBOS)
+
+
+def test_dataset_split_disjoint_and_covering():
+    train = ShapesDataset("train", length=10_000)
+    seen = {(s.colour, s.shape, s.motion) for s in (train.spec(i)[0] for i in range(3000))}
+    assert seen.isdisjoint(HELD_OUT)
+    assert seen == set(TRAIN_COMBOS)  # 3000 uniform draws over 86 combos cover them all
+    held = ShapesDataset("held_out", length=100)
+    assert {(s.colour, s.shape, s.motion) for s in (held.spec(i)[0] for i in range(100))} <= HELD_OUT
+    with pytest.raises(KinemaError, match="unknown split"):
+        ShapesDataset("test")
+
+
+def test_dataset_deterministic_and_dataloader():
+    a, b = ShapesDataset(seed=3, length=50), ShapesDataset(seed=3, length=50)
+    x, y = a[7], b[7]
+    assert x["video"].shape == (3, 33, 64, 64) and x["video"].dtype == torch.float32
+    assert x["video"].min() >= -1 and x["video"].max() <= 1
+    assert torch.equal(x["video"], y["video"]) and x["caption"] == y["caption"]
+    assert not torch.equal(a[8]["video"], x["video"])
+    assert not torch.equal(ShapesDataset(seed=4, length=50)[7]["video"], x["video"])
+    # background maps to (20 / 127.5 - 1) exactly
+    assert torch.isclose(x["video"][:, 0, 0, 0], torch.full((3,), 20 / 127.5 - 1)).all()
+    batch = next(iter(torch.utils.data.DataLoader(a, batch_size=4)))
+    assert batch["video"].shape == (4, 3, 33, 64, 64) and len(batch["caption"]) == 4
+    assert torch.equal(batch["video"][1], a[1]["video"])
+    with pytest.raises(IndexError):
+        a[50]
+
+
+def test_captions_varied_and_name_attributes():
+    texts = []
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        spec = sample_spec(*ALL_COMBOS[i % 96], rng)
+        text = caption(spec, rng)
+        texts.append(text)
+        assert spec.colour in text.split(" ") or f"{spec.colour}-coloured" in text or f"{spec.colour}," in text
+        assert any(k in text for k in SHAPE_KEYWORDS[spec.shape])
+        assert any(d in text for d in DIRECTION_WORDS[spec.motion])
+        assert any(v in text for v in ("moving", "going", "drifting", "sliding", "travelling", "gliding"))
+        assert text in training_captions(spec.colour, spec.shape, spec.motion)
+    assert len(set(texts)) >= 150
+    assert canonical_caption("red", "circle", "left") == "a red circle moving left"
+
+
+def test_canonical_is_a_training_caption_and_reworded_never_is():
+    for combo in ALL_COMBOS:
+        produced = training_captions(*combo)
+        assert canonical_caption(*combo) in produced
+        reworded = {reworded_caption(*combo, v) for v in range(len(REWORDED_TEMPLATES))}
+        assert len(reworded) == len(REWORDED_TEMPLATES)
+        assert reworded.isdisjoint(produced)
+        for text in reworded:
+            assert combo[0] in text and combo[1] in text
