@@ -1,4 +1,4 @@
-"""The ``kinema`` command line: ``generate`` and ``info``.
+"""The ``kinema`` command line: ``generate``, ``train`` and ``info``.
 
 Bad input (arguments, paths, checkpoints) prints one line, ``error: ...``, on stderr and exits
 with status 2; it never shows a traceback.
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+    t = sub.add_parser("train", help="train a Wan VAE or transformer from a YAML config")
+    t.add_argument("config", help="training config (YAML), e.g. configs/tiny-vae.yaml")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     i = sub.add_parser("info", help="describe a preset or a model directory as JSON")
     i.add_argument("target", metavar="PRESET_OR_PATH")
     return parser
@@ -96,6 +102,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    if args.steps is not None and args.steps < 1:
+        raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
+    out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress)
+    print(f"model written to {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .pipelines.info import describe
 
@@ -108,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors (status 2) and --help (status 0)
         return int(e.code or 0)
-    handler = {"generate": cmd_generate, "info": cmd_info}[args.command]
+    handler = {"generate": cmd_generate, "train": cmd_train, "info": cmd_info}[args.command]
     try:
         return handler(args)
     except KinemaError as e:

@@ -1,0 +1,90 @@
+"""A folder of video files with captions, as a data set of fixed-size clips.
+
+The captions file is JSON lines, one per video: ``{"file": "a.mp4", "caption": "a red ball"}``
+(``file`` relative to the folder). Item ``i`` is ``frames`` consecutive frames of video ``i``,
+starting at a frame chosen deterministically from ``i`` (so every epoch and every process sees
+the same clip), resized so the shorter side is ``size`` and centre-cropped to ``size x size``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import KinemaError
+
+CAPTIONS_FILE = "captions.jsonl"  # default captions file name inside the folder
+
+
+def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Parse a jsonl captions file into (file, caption) pairs, with one-line errors naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise KinemaError(f"captions file not found: {path} (jsonl lines like {{\"file\": \"a.mp4\", \"caption\": \"...\"}})")
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            entries.append((str(obj["file"]), str(obj["caption"])))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise KinemaError(f"{path}:{n}: expected a JSON object with 'file' and 'caption'; got {line[:80]!r}") from None
+    if not entries:
+        raise KinemaError(f"{path} lists no videos")
+    return entries
+
+
+def resize_center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, F, H, W) -> (C, F, size, size): shorter side resized to ``size`` (bilinear, antialiased), centre crop."""
+    c, f, h, w = video.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    frames = video.permute(1, 0, 2, 3)  # (F, C, H, W)
+    if (nh, nw) != (h, w):
+        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    frames = frames[:, :, top : top + size, left : left + size]  # (F, C, size, size)
+    return frames.permute(1, 0, 2, 3).contiguous()  # (C, F, size, size)
+
+
+class VideoFolderDataset(torch.utils.data.Dataset):
+    """Clips from the videos listed in a captions file; items are dicts like the shapes world's:
+    ``video`` float32 (3, frames, size, size) in [-1, 1] and ``caption`` str.
+
+    Args:
+        path: the folder of video files.
+        captions: the jsonl captions file (default ``path/captions.jsonl``).
+        size: output side in pixels.
+        frames: consecutive frames per clip; videos shorter than this raise KinemaError.
+    """
+
+    def __init__(self, path: str | os.PathLike, captions: str | os.PathLike | None = None, size: int = 64, frames: int = 33) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise KinemaError(f"video folder not found: {self.path}")
+        self.entries = read_captions(captions if captions is not None else self.path / CAPTIONS_FILE)
+        self.size = size
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        from ..video import read_video
+
+        file, caption = self.entries[index]
+        video, _fps = read_video(self.path / file)  # (N, H, W, 3) uint8
+        n = video.shape[0]
+        if n < self.frames:
+            raise KinemaError(f"{self.path / file} has {n} frames; clips need {self.frames} (lower data.frames or drop the video)")
+        start = int(np.random.default_rng([index, n]).integers(n - self.frames + 1))  # deterministic in the index
+        clip = torch.from_numpy(video[start : start + self.frames]).permute(3, 0, 1, 2).float()  # (3, F, H, W) in [0, 255]
+        clip = clip / 127.5 - 1.0  # [-1, 1]
+        clip = resize_center_crop(clip, self.size).clamp_(-1.0, 1.0)  # (3, F, size, size)
+        return {"video": clip, "caption": caption}

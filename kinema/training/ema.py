@@ -1,0 +1,44 @@
+"""Exponential moving average of a model's weights, kept in float32 beside the model."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """``shadow = decay * shadow + (1 - decay) * weights`` after every optimiser step.
+
+    Floating-point parameters and buffers are averaged; other buffers are copied. The shadow is a
+    plain state dict with the model's keys, so it saves and loads like the model's weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1); got {decay}")
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the shadow towards the model's current weights."""
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if s.is_floating_point():
+                s.lerp_(v.detach().float(), 1.0 - self.decay)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights (float32), keyed like the model's state dict."""
+        return self.shadow
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore the shadow (e.g. from a checkpoint's ema.safetensors); keys must match exactly."""
+        if set(state) != set(self.shadow):
+            diff = sorted(set(state) ^ set(self.shadow))[:6]
+            raise ValueError(f"EMA state does not match the model; differing keys: {diff}")
+        for k, v in state.items():
+            self.shadow[k].copy_(v)

