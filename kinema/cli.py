@@ -1,4 +1,4 @@
-"""The ``kinema`` command line: ``generate``, ``train`` and ``info``.
+"""The ``kinema`` command line: ``generate``, ``train``, ``eval`` and ``info``.
 
 Bad input (arguments, paths, checkpoints) prints one line, ``error: ...``, on stderr and exits
 with status 2; it never shows a traceback.
@@ -58,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    e = sub.add_parser("eval", help="score clips with the shapes-world judge (seen and held-out combinations)")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--clips", help="judge the clips of this folder (video files + prompts.jsonl)")
+    src.add_argument("--model", help="generate the prompt set with this model into --out, then judge it")
+    src.add_argument("--reference", action="store_true", help="render ground-truth clips into --out, then judge them")
+    e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
+    e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
+    e.add_argument("--style", choices=("canonical", "reworded"), default="canonical", help="prompt wording")
+    e.add_argument("--size", type=int, default=64, help="square clip side in pixels (default 64)")
+    e.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
+    e.add_argument("--steps", type=int, default=20, help="sampling steps with --model (default 20)")
+    e.add_argument("--guidance", type=float, default=None, help="guidance scale with --model (default: the model's)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first clip (clip i uses seed + i)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    e.add_argument("--device", default=None, help="cpu, cuda ... with --model")
+    e.add_argument("--json", help="also write the report here")
+
     i = sub.add_parser("info", help="describe a preset or a model directory as JSON")
     i.add_argument("target", metavar="PRESET_OR_PATH")
     return parser
@@ -112,6 +129,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.cli_eval import generate_set, render_reference_set, run_eval
+
+    if args.limit is not None and args.limit < 1:
+        raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
+    clips = args.clips
+    if args.reference:
+        clips = render_reference_set(args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit)
+    elif args.model:
+        from .pipelines.loading import load_pipeline, pipeline_class, resolve_model
+
+        layout = resolve_model(args.model)
+        pipeline_class(layout).check_request(args.size, args.size, args.frames, args.steps)
+        pipe = load_pipeline(layout, device=args.device)
+        clips = generate_set(
+            pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, limit=args.limit,
+        )  # fmt: skip
+    report = run_eval(clips, out_json=args.json)
+    print(json.dumps({k: report[k] for k in ("seen", "held_out", "all") if k in report}))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .pipelines.info import describe
 
@@ -124,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors (status 2) and --help (status 0)
         return int(e.code or 0)
-    handler = {"generate": cmd_generate, "train": cmd_train, "info": cmd_info}[args.command]
+    handler = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval, "info": cmd_info}[args.command]
     try:
         return handler(args)
     except KinemaError as e:

@@ -160,3 +160,31 @@ def test_info_original_layout(model_dir, tmp_path, capsys):
     assert info["format"] == "wan-original" and info["parameters"] == diffusers_info["parameters"]
     assert info["components"]["vae"]["path"].endswith("Wan2.1_VAE.pth")
     assert info["components"]["transformer"]["path"].endswith("diffusion_pytorch_model.safetensors")
+
+
+def test_eval_reference_clips_score_100_percent(tmp_path, capsys):
+    report_file = tmp_path / "report.json"
+    args = ["eval", "--reference", "--out", str(tmp_path / "ref"), "--limit", "12", "--json", str(report_file)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held_out" in out and "overall" in out  # the table
+    report = json.loads(report_file.read_text())
+    assert report["all"]["n"] == 12 and report["all"]["overall"] == 1.0
+    assert main(["eval", "--clips", str(tmp_path / "ref")]) == 0  # the same folder, read back
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["all"]["overall"] == 1.0
+
+
+def test_eval_generates_with_a_model(model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "gen"
+    args = ["eval", "--model", str(model_dir), "--out", str(out_dir), "--size", "32", "--frames", "9", "--steps", "2", "--limit", "3"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["all"]["n"] == 3  # a random model follows no prompt; the run itself must work
+    assert len(list(out_dir.glob("*.mp4"))) == 3 and (out_dir / "prompts.jsonl").is_file()
+
+
+def test_eval_bad_input(tmp_path, capsys):
+    assert main(["eval"]) == 2
+    assert main(["eval", "--clips", str(tmp_path / "none")]) == 2
+    assert main(["eval", "--model", str(tmp_path / "none")]) == 2
+    assert all(line.startswith("error: ") for line in capsys.readouterr().err.strip().splitlines())

@@ -47,7 +47,7 @@ def read_prompts(clips_dir: Path) -> list[dict]:
 
 
 def run_eval(
-    clips_dir: str | Path | None,
+    clips_dir: str | Path,
     *,
     out_json: str | Path | None = None,
     print_table: bool = True,
@@ -58,10 +58,7 @@ def run_eval(
     what the judge read and whether each attribute matched.
     """
     if clips_dir is None:
-        raise KinemaError(
-            "no clips folder given: generating clips from a model is not wired in yet; pass a folder "
-            "of clips with a prompts.jsonl (render_reference_set writes one from the renderer)"
-        )
+        raise KinemaError("no clips folder given; generate_set or render_reference_set writes one")
     clips_dir = Path(clips_dir)
     if not clips_dir.is_dir():
         raise KinemaError(f"clips folder not found: {clips_dir}")
@@ -107,6 +104,55 @@ def render_reference_set(
         spec = sample_spec(colour, shape, motion, np.random.default_rng([seed, i]))
         name = f"clip_{i:03d}.mp4"
         write_video(render_clip(spec, size, frames), out_dir / name, fps)
-        lines.append(json.dumps({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt}))
-    (out_dir / PROMPTS_FILE).write_text("\n".join(lines) + "\n")
+        lines.append({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt})
+    _write_prompts(out_dir, lines)
+    return out_dir
+
+
+def _write_prompts(out_dir: Path, lines: list[dict]) -> None:
+    (out_dir / PROMPTS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def generate_set(
+    pipe,
+    out_dir: str | Path,
+    split: str = "all",
+    size: int = DEFAULT_SIZE,
+    frames: int = DEFAULT_FRAMES,
+    seed: int = 0,
+    *,
+    style: str = "canonical",
+    num_inference_steps: int = 20,
+    guidance_scale: float | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+) -> Path:
+    """Generate one clip per evaluation prompt of ``split`` with ``pipe`` and write ``prompts.jsonl``.
+
+    Prompts go through the pipeline in batches of ``batch_size``; clip i's noise comes from seed
+    ``seed + i``, so a clip does not depend on the batch it was generated in.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = eval_prompts(split, style)[:limit]
+    lines = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        generators = [torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(chunk))]
+        out = pipe(
+            prompt=[p[3] for p in chunk],
+            height=size,
+            width=size,
+            num_frames=frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
+        )
+        for j, (colour, shape, motion, prompt) in enumerate(chunk):
+            name = f"clip_{start + j:03d}.mp4"
+            write_video(out.frames[j], out_dir / name, out.fps)
+            lines.append({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt})
+    _write_prompts(out_dir, lines)
     return out_dir
