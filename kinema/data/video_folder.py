@@ -8,7 +8,6 @@ the same clip), resized so the shorter side is ``size`` and centre-cropped to ``
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,27 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KinemaError
+from .records import read_records
 
 CAPTIONS_FILE = "captions.jsonl"  # default captions file name inside the folder
 
 
 def read_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Parse a jsonl captions file into (file, caption) pairs, with one-line errors naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise KinemaError(f"captions file not found: {path} (jsonl lines like {{\"file\": \"a.mp4\", \"caption\": \"...\"}})")
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            entries.append((str(obj["file"]), str(obj["caption"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise KinemaError(f"{path}:{n}: expected a JSON object with 'file' and 'caption'; got {line[:80]!r}") from None
-    if not entries:
-        raise KinemaError(f"{path} lists no videos")
-    return entries
+    records = read_records(path, ("file", "caption"), example='{"file": "a.mp4", "caption": "..."}')
+    return [(str(r["file"]), str(r["caption"])) for r in records]
 
 
 def resize_center_crop(video: torch.Tensor, size: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.records import read_records
 from ..data.shapes import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE, render_clip, sample_spec
 from ..errors import KinemaError
 from ..video import read_video, write_video
@@ -23,27 +24,8 @@ PROMPT_KEYS = ("file", "colour", "shape", "motion", "prompt")
 
 def read_prompts(clips_dir: Path) -> list[dict]:
     """The entries of ``clips_dir/prompts.jsonl``, checked for the keys every line needs."""
-    path = Path(clips_dir) / PROMPTS_FILE
-    if not path.is_file():
-        raise KinemaError(
-            f"{path} not found; a clips folder needs a {PROMPTS_FILE} with one line per clip "
-            f"(keys {', '.join(PROMPT_KEYS)}); render_reference_set writes an example"
-        )
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise KinemaError(f"{path}:{n} is not valid JSON: {e}") from None
-        missing = [k for k in PROMPT_KEYS if k not in entry]
-        if missing:
-            raise KinemaError(f"{path}:{n} lacks {', '.join(missing)}; every line needs {', '.join(PROMPT_KEYS)}")
-        entries.append(entry)
-    if not entries:
-        raise KinemaError(f"{path} lists no clips")
-    return entries
+    example = '{"file": "clip_000.mp4", "colour": "red", "shape": "circle", "motion": "left", "prompt": "..."}'
+    return read_records(Path(clips_dir) / PROMPTS_FILE, PROMPT_KEYS, example=example)
 
 
 def run_eval(

@@ -133,7 +133,7 @@ def test_run_eval_on_reference_set(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(KinemaError, match="prompts.jsonl"):
         run_eval(tmp_path / "empty")
-    with pytest.raises(KinemaError, match="not wired in yet"):
+    with pytest.raises(KinemaError, match="no clips folder given"):
         run_eval(None)
 
 
