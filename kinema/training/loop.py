@@ -434,6 +434,17 @@ def accumulate_gradients(model: nn.Module, objective, dataset, config: TrainConf
     return step_loss
 
 
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the metrics of steps up to ``last_step``: a resumed run logs the later ones again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
+    if len(kept) != len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(kept))
+
+
 def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = False, steps: int | None = None, progress: bool = True) -> Path:
     """Train (or continue training) the model a config describes; returns the export directory.
 
@@ -465,6 +476,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     start = load_checkpoint(found, model, ema, optimizer, chash) if found is not None else 0
+    _truncate_metrics(out_dir / METRICS_FILE, start)  # steps a killed run logged past its checkpoint
 
     batch_total = config.batch_size * config.grad_accum
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))

@@ -22,6 +22,7 @@ from kinema.training.loop import (
     KILL_AFTER_STEP_ENV,
     METRICS_FILE,
     FlowObjective,
+    _truncate_metrics,
     accumulate_gradients,
     enable_grad_checkpointing,
     make_generator,
@@ -91,6 +92,15 @@ def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path):
     ema = _tensors(resumed / "checkpoints/step-0000006/ema.safetensors")
     raw = _tensors(resumed / "checkpoints/step-0000006/model.safetensors")
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    logged = [json.loads(line)["step"] for line in (resumed / METRICS_FILE).read_text().splitlines()]
+    assert logged == list(range(1, 7))
+
+
+def test_resume_drops_metrics_logged_past_the_checkpoint(tmp_path):
+    path = tmp_path / METRICS_FILE
+    path.write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(1, 6)))
+    _truncate_metrics(path, 3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
 
 
 def test_exports_load_with_kinema_loaders(tiny_vae, tmp_path):
