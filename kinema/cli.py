@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipelines.loading import load_pipeline, pipeline_class, resolve_model
+    from .pipelines.loading import check_before_loading, load_pipeline, resolve_model
     from .video import write_video
 
     if args.prompt_pos and args.prompt:
@@ -97,7 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     width, height = args.size if args.size else (None, None)
     layout = resolve_model(args.model)
-    pipeline_class(layout).check_request(height, width, args.frames, args.steps)  # before loading any weights
+    check_before_loading(layout, height, width, args.frames, args.steps)
     pipe = load_pipeline(layout, device=args.device, dtype=args.dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     result = pipe(
@@ -138,10 +138,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
         clips = render_reference_set(args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit)
     elif args.model:
-        from .pipelines.loading import load_pipeline, pipeline_class, resolve_model
+        from .pipelines.loading import check_before_loading, load_pipeline, resolve_model
 
         layout = resolve_model(args.model)
-        pipeline_class(layout).check_request(args.size, args.size, args.frames, args.steps)
+        check_before_loading(layout, args.size, args.size, args.frames, args.steps)
         pipe = load_pipeline(layout, device=args.device)
         clips = generate_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,

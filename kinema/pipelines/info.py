@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints.io import build_on_meta, read_json
+from ..checkpoints.io import build_on_meta
 from ..errors import KinemaError
-from ..models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
+from ..models.wan import WAN_PRESETS, WanTransformer
 from .loading import detect_layout
 
 
@@ -42,10 +42,7 @@ def describe(target: str) -> dict[str, Any]:
             "components": {},
         }
     layout = detect_layout(path)
-    if layout.format == "diffusers":
-        config = WanTransformerConfig.from_diffusers(read_json(layout.components["transformer"] / "config.json"))
-    else:
-        config = WanTransformerConfig.from_original(read_json(layout.root / "config.json"))
+    config = layout.transformer_config()
     return {
         "name": str(path),
         "kind": "model",

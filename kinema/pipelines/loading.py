@@ -17,11 +17,16 @@ import torch
 
 from ..checkpoints.io import read_json
 from ..errors import CheckpointError, KinemaError
-from ..models.vae.wan_vae import load_wan_vae
-from ..models.wan import WAN_PRESETS, load_wan_transformer
+from ..models.vae.wan_vae import WanVAEConfig, load_wan_vae
+from ..models.wan import WAN_PRESETS, WanTransformerConfig, load_wan_transformer
 from ..sampling import SamplerSpec
+from ..text.minilm import load_minilm
 from ..text.t5 import T5TextEncoder
-from .wan import WanPipeline
+from .package import KINEMA_MODEL_FILE, read_kinema_card
+from .wan import WanDefaults, WanPipeline
+
+# text encoders a kinema-format model may name in its card (all load from local files only)
+TEXT_ENCODERS: dict[str, Callable] = {"minilm": load_minilm}
 
 DTYPES = {
     "float32": torch.float32,
@@ -44,10 +49,30 @@ WAN_ORIGINAL_SHIFT = {"t2v": 5.0}
 class ModelLayout:
     """What was found at a path: which format, which pipeline, which component files."""
 
-    format: str  # "diffusers" or "wan-original"
+    format: str  # "kinema", "diffusers" or "wan-original"
     pipeline: str  # kinema pipeline name, e.g. "wan-t2v"
     root: Path
     components: dict[str, Path] = field(default_factory=dict)  # component name -> file or folder
+    card: dict = field(default_factory=dict)  # kinema.json of a kinema-format model (else empty)
+
+    def transformer_config(self) -> WanTransformerConfig:
+        """The denoiser's architecture, read from its config.json (no weights are read)."""
+        path = self.components["transformer"]
+        raw = read_json((path if path.is_dir() else path.parent) / "config.json")
+        if raw.get("_class_name") == "WanTransformer3DModel":
+            return WanTransformerConfig.from_diffusers(raw)
+        return WanTransformerConfig.from_original(raw)
+
+    def size_rules(self) -> tuple[int, int]:
+        """(frames multiple, size multiple): frames are ``k * first + 1``, sizes multiples of the second."""
+        vae = self.components["vae"]
+        config = WanVAEConfig.from_diffusers(read_json(vae / "config.json")) if vae.is_dir() else WanVAEConfig()
+        patch = max(self.transformer_config().patch_size[1:])
+        return config.temporal_compression, config.spatial_compression * patch
+
+    def defaults(self) -> WanDefaults:
+        """Size, frames and sampling defaults: the model card's, else Wan 2.1's."""
+        return WanDefaults(**self.card.get("defaults", {}))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -79,6 +104,8 @@ def detect_layout(path: str | os.PathLike) -> ModelLayout:
         raise CheckpointError(f"no such file or directory: {root}")
     if not root.is_dir():
         raise CheckpointError(f"{root} is a file; pass the model directory that contains it")
+    if (root / KINEMA_MODEL_FILE).is_file():
+        return _kinema_layout(root)
     if (root / "model_index.json").is_file():
         return _diffusers_layout(root)
     if (root / "config.json").is_file():
@@ -88,9 +115,19 @@ def detect_layout(path: str | os.PathLike) -> ModelLayout:
         if config.get("model_type") == "i2v":
             raise KinemaError(f"{root} is a Wan image-to-video model; the image-to-video pipeline is not available yet")
     raise CheckpointError(
-        f"{root} is not a model directory kinema knows: expected model_index.json (diffusers) "
-        "or a Wan 2.1 config.json with its weight files"
+        f"{root} is not a model directory kinema knows: expected {KINEMA_MODEL_FILE} (kinema), "
+        "model_index.json (diffusers) or a Wan 2.1 config.json with its weight files"
     )
+
+
+def _kinema_layout(root: Path) -> ModelLayout:
+    card = read_kinema_card(root)
+    components = {}
+    for name in ("transformer", "vae"):
+        if not (root / name / "config.json").is_file():
+            raise CheckpointError(f"{root}: missing component {name!r} (no {name}/config.json)")
+        components[name] = root / name
+    return ModelLayout("kinema", card["pipeline"], root, components, card)
 
 
 # diffusers pipeline class -> (kinema pipeline, the components it needs)
@@ -154,9 +191,12 @@ def resolve_model(path_or_name: str | os.PathLike) -> ModelLayout:
     return detect_layout(path)
 
 
-def pipeline_class(layout: ModelLayout) -> type:
-    """The pipeline class a layout loads into (for checks that must not wait for the weights)."""
-    return PIPELINES[layout.pipeline][0]
+def check_before_loading(layout: ModelLayout, height, width, num_frames, num_inference_steps) -> None:
+    """Check a request against the model's size rules and defaults, reading only config files."""
+    temporal, spatial = layout.size_rules()
+    PIPELINES[layout.pipeline][0].check_request(
+        height, width, num_frames, num_inference_steps, layout.defaults(), temporal, spatial
+    )
 
 
 def load_pipeline(
@@ -184,13 +224,17 @@ def _load_wan_t2v(layout: ModelLayout, device: torch.device, dtype: torch.dtype 
     c = layout.components
     transformer = load_wan_transformer(c["transformer"], dtype=dtype, device=device)
     vae = load_wan_vae(c["vae"], dtype=dtype, device=device)
-    if layout.format == "diffusers":
+    if layout.format == "kinema":
+        text = layout.card["text_encoder"]
+        text_encoder = TEXT_ENCODERS[text["kind"]](max_length=text["max_length"], dtype=dtype, device=device)
+        sampler = SamplerSpec(**layout.card["sampler"])
+    elif layout.format == "diffusers":
         text_encoder = T5TextEncoder.from_diffusers(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
         sampler = SamplerSpec.from_diffusers(read_json(c["scheduler"] / "scheduler_config.json"))
     else:
         text_encoder = T5TextEncoder.from_wan_original(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
         sampler = SamplerSpec(name="unipc", shift=WAN_ORIGINAL_SHIFT["t2v"])
-    return WanPipeline(transformer, vae, text_encoder, sampler, device=device)
+    return WanPipeline(transformer, vae, text_encoder, sampler, defaults=layout.defaults(), device=device)
 
 
 # kinema pipeline name -> (pipeline class, loader)
