@@ -43,6 +43,7 @@ from .objectives import flow_matching_loss, sample_sigma, vae_loss
 KILL_AFTER_STEP_ENV = "KINEMA_TRAIN_KILL_AFTER_STEP"  # tests: SIGKILL the process right after saving this step
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights file (kinema's loaders read it)
 CACHE_FILE = "latent_cache.safetensors"  # the transformer's latent cache, under out_dir
+CACHE_BATCH = 16  # clips encoded together when building the cache (one at a time is ~5x slower on a CPU)
 METRICS_FILE = "metrics.jsonl"  # one {"step", "loss", "lr"} line per optimiser step, under out_dir
 
 
@@ -297,13 +298,13 @@ def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
     from tqdm import tqdm
 
     with torch.no_grad():
-        for i in tqdm(range(len(dataset)), desc="latent cache", leave=False):
-            item = dataset[i]
-            posterior = vae.encode(item["video"][None])  # (1, z, F', h, w)
-            means.append(posterior.mean[0].float())
-            logvars.append(posterior.logvar[0].float())
-            captions.append(item["caption"])
-    mean, logvar = torch.stack(means), torch.stack(logvars)
+        for start in tqdm(range(0, len(dataset), CACHE_BATCH), desc="latent cache", leave=False):
+            items = [dataset[i] for i in range(start, min(start + CACHE_BATCH, len(dataset)))]
+            posterior = vae.encode(torch.stack([item["video"] for item in items]))  # (n, z, F', h, w)
+            means.append(posterior.mean.float())
+            logvars.append(posterior.logvar.float())
+            captions += [item["caption"] for item in items]
+    mean, logvar = torch.cat(means), torch.cat(logvars)
     save_safetensors({"mean": mean, "logvar": logvar}, path, metadata={"key": key, "captions": json.dumps(captions)})
     return LatentCacheDataset(mean, logvar, captions)
 

@@ -214,9 +214,9 @@ def test_latent_cache_is_built_once_and_reused(tiny_vae, tmp_path, monkeypatch):
     cfg = transformer_config(tmp_path / "c", tiny_vae, steps=2, latent_cache=True)
     calls = []
     encode = WanVAE.encode
-    monkeypatch.setattr(WanVAE, "encode", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    monkeypatch.setattr(WanVAE, "encode", lambda self, video, *a, **k: calls.append(video.shape[0]) or encode(self, video, *a, **k))
     train(cfg, progress=False)
-    assert len(calls) == cfg["data"]["length"]  # once per item, none per step
+    assert sum(calls) == cfg["data"]["length"]  # every item once, in batches; none per step
     cache = tmp_path / "c" / "latent_cache.safetensors"
     stamp = cache.stat().st_mtime_ns
 
