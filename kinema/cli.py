@@ -80,8 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _load_checked(model: str, height, width, num_frames, num_inference_steps, device=None, dtype=None):
+    """Resolve the model, check the request against its size rules (reading only config files),
+    then load it: bad arguments fail before minutes of weight loading."""
     from .pipelines.loading import check_before_loading, load_pipeline, resolve_model
+
+    layout = resolve_model(model)
+    check_before_loading(layout, height, width, num_frames, num_inference_steps)
+    return load_pipeline(layout, device=device, dtype=dtype)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     from .video import write_video
 
     if args.prompt_pos and args.prompt:
@@ -96,9 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise KinemaError(f"--output must end in .mp4; got {output.name!r}")
     t0 = time.perf_counter()
     width, height = args.size if args.size else (None, None)
-    layout = resolve_model(args.model)
-    check_before_loading(layout, height, width, args.frames, args.steps)
-    pipe = load_pipeline(layout, device=args.device, dtype=args.dtype)
+    pipe = _load_checked(args.model, height, width, args.frames, args.steps, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     result = pipe(
         prompt=prompt,
@@ -138,11 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
         clips = render_reference_set(args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit)
     elif args.model:
-        from .pipelines.loading import check_before_loading, load_pipeline, resolve_model
-
-        layout = resolve_model(args.model)
-        check_before_loading(layout, args.size, args.size, args.frames, args.steps)
-        pipe = load_pipeline(layout, device=args.device)
+        pipe = _load_checked(args.model, args.size, args.size, args.frames, args.steps, args.device)
         clips = generate_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
             num_inference_steps=args.steps, guidance_scale=args.guidance, limit=args.limit,
