@@ -362,8 +362,39 @@ def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer, ch
     return int(info["step"])
 
 
+LATENT_STATS_CLIPS = 64  # training clips whose latents set an exported VAE's normalisation
+
+
+@torch.no_grad()
+def measure_latent_stats(config: TrainConfig, state: dict[str, torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the latents a trained VAE gives on its first training clips.
+
+    The std is that of a posterior sample (spread of the means plus the posterior's own variance),
+    so ``normalize_latents`` hands the transformer latents of about unit variance, as Wan's
+    published ``latents_mean``/``latents_std`` do for its VAE.
+    """
+    from ..models.vae.wan_vae import WanVAE
+
+    vae = WanVAE(config.model_config()).eval()
+    vae.load_state_dict(state)
+    dataset = make_dataset(config.data)
+    n = min(LATENT_STATS_CLIPS, len(dataset))
+    means, variances = [], []
+    for start in range(0, n, CACHE_BATCH):
+        video = torch.stack([dataset[i]["video"] for i in range(start, min(start + CACHE_BATCH, n))])
+        posterior = vae.encode(video)
+        means.append(posterior.mean.float().transpose(0, 1).flatten(1))  # (z, n*F'*h*w)
+        variances.append(posterior.logvar.float().exp().transpose(0, 1).flatten(1))
+    mu, var = torch.cat(means, 1), torch.cat(variances, 1)
+    std = (mu.var(dim=1, unbiased=False) + var.mean(dim=1)).sqrt().clamp_min(1e-6)
+    return tuple(mu.mean(dim=1).tolist()), tuple(std.tolist())
+
+
 def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tensor]) -> Path:
     """Write out_dir/model/: config.json (the diffusers form kinema's loaders read) + weights, atomically.
+
+    A VAE's config gets ``latents_mean``/``latents_std`` measured on its training clips
+    (:func:`measure_latent_stats`), replacing the config's placeholders.
 
     The VAE's weights are written with diffusers' names (``load_wan_vae`` reads a directory that
     way); the transformer's with the original Wan names, which ``load_wan_transformer`` reads with
@@ -373,6 +404,8 @@ def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tens
     if config.model == "wan-vae":
         from ..checkpoints.wan_vae_keys import diffusers_keys
 
+        mean, std = measure_latent_stats(config, state)
+        arch = dataclasses.replace(arch, latents_mean=mean, latents_std=std)
         raw_config, weights = arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
     else:
         raw_config, weights = (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
@@ -496,7 +529,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
             torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
         optimizer.step()
         if ema is not None:
-            ema.update(model)
+            ema.update(model, step)
         completed, done = step + 1, done + 1
         bar.update(1)
         with open(out_dir / METRICS_FILE, "a") as f:

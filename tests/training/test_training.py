@@ -297,3 +297,38 @@ def test_transformer_with_minilm_and_shapes(tiny_vae, tmp_path):
                              data={"kind": "shapes", "size": 64, "frames": 5, "length": 4})
     cfg["architecture"] = {**cfg["architecture"], "text_dim": 384}
     assert (train(cfg, progress=False) / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# EMA warm-up
+# ------------------------------------------------------------------------------------------------
+def test_ema_warmup_forgets_the_initial_weights():
+    from kinema.training.ema import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.999
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    for step in range(3000):
+        ema.update(model, step)
+    # A plain 0.999 average would still hold 0.999**3000 = 5% of the initial weights.
+    for v in ema.state_dict().values():
+        assert torch.allclose(v, torch.ones_like(v), atol=1e-3)
+
+
+def test_vae_export_measures_latent_normalisation(tiny_vae):
+    from kinema.models.vae.wan_vae import load_wan_vae
+    from kinema.training.loop import make_dataset
+
+    vae = load_wan_vae(tiny_vae)
+    config = load_config(vae_config(tiny_vae.parent))
+    assert vae.config.latents_mean != tuple(config.model_config().latents_mean)
+    video = torch.stack([make_dataset(config.data)[i]["video"] for i in range(8)])
+    with torch.no_grad():
+        posterior = vae.encode(video)
+        z = vae.normalize_latents(posterior.mean + posterior.std * torch.randn_like(posterior.mean))
+    per_channel = z.transpose(0, 1).flatten(1)
+    assert per_channel.mean(1).abs().max() < 0.5
+    assert ((per_channel.std(1) - 1).abs() < 0.5).all(), per_channel.std(1)
