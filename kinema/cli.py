@@ -1,4 +1,4 @@
-"""The ``kinema`` command line: ``generate``, ``train``, ``eval`` and ``info``.
+"""The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval`` and ``info``.
 
 Bad input (arguments, paths, checkpoints) prints one line, ``error: ...``, on stderr and exits
 with status 2; it never shows a traceback.
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a video from a prompt")
     g.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="the prompt")
     g.add_argument("--prompt", help="the prompt (instead of the positional PROMPT)")
-    g.add_argument("--model", required=True, help="model directory (diffusers or original Wan layout)")
+    g.add_argument(
+        "--model", default=None,
+        help="model directory (kinema, diffusers or original Wan layout) or a shipped model's name (default: shapes, inside the package)",
+    )  # fmt: skip
     g.add_argument("--negative-prompt", default=None, help="what to steer away from")
     g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's)")
     g.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model's)")
@@ -58,10 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    k = sub.add_parser("package", help="package a trained transformer and its VAE as a kinema model directory")
+    k.add_argument("transformer", help="the transformer run's model/ folder (written by kinema train)")
+    k.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
+    k.add_argument("--vae", default=None, help="the VAE's model/ folder (default: the one its training config named)")
+    k.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default solver (default unipc)")
+    k.add_argument("--shift", type=float, default=1.0, help="default flow-matching shift (default 1)")
+    k.add_argument("--steps", type=int, default=20, help="default sampling steps (default 20)")
+    k.add_argument("--guidance", type=float, default=5.0, help="default guidance scale (default 5)")
+
     e = sub.add_parser("eval", help="score clips with the shapes-world judge (seen and held-out combinations)")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--clips", help="judge the clips of this folder (video files + prompts.jsonl)")
-    src.add_argument("--model", help="generate the prompt set with this model into --out, then judge it")
+    src.add_argument("--model", help="generate the prompt set with this model (a directory or a shipped model's name) into --out, then judge it")
     src.add_argument("--reference", action="store_true", help="render ground-truth clips into --out, then judge them")
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
@@ -97,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise KinemaError("give the prompt once: either positionally or with --prompt")
     prompt = args.prompt or args.prompt_pos
     if not prompt:
-        raise KinemaError("no prompt: kinema generate \"a red circle moving left\" --model PATH")
+        raise KinemaError("no prompt: kinema generate \"a red circle moving left\"")
     if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
     output = Path(args.output)
@@ -105,6 +117,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise KinemaError(f"--output must end in .mp4; got {output.name!r}")
     t0 = time.perf_counter()
     width, height = args.size if args.size else (None, None)
+    if args.model is None:
+        from .pipelines.loading import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL
     pipe = _load_checked(args.model, height, width, args.frames, args.steps, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     result = pipe(
@@ -132,6 +148,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
     out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress)
+    print(f"model written to {out}")
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from .pipelines.package import package_trained_model
+
+    if args.steps < 1:
+        raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
+    if args.shift <= 0:
+        raise KinemaError(f"--shift must be positive; got {args.shift}")
+    out = package_trained_model(
+        args.transformer, args.out, vae_dir=args.vae, sampler={"name": args.sampler, "shift": args.shift},
+        defaults={"num_inference_steps": args.steps, "guidance_scale": args.guidance},
+    )  # fmt: skip
     print(f"model written to {out}")
     return 0
 
@@ -167,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors (status 2) and --help (status 0)
         return int(e.code or 0)
-    handler = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval, "info": cmd_info}[args.command]
+    handler = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info}
+    handler = handler[args.command]
     try:
         return handler(args)
     except KinemaError as e:

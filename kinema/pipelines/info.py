@@ -9,7 +9,7 @@ from typing import Any
 from ..checkpoints.io import build_on_meta
 from ..errors import KinemaError
 from ..models.wan import WAN_PRESETS, WanTransformer
-from .loading import detect_layout
+from .loading import SHIPPED_MODELS, detect_layout, shipped_model_path
 
 
 def _count(config) -> int:
@@ -29,9 +29,14 @@ def _size(path: Path) -> int:
 def describe(target: str) -> dict[str, Any]:
     """A JSON-able description: denoiser ``parameters``, ``architecture`` and ``components``."""
     path = Path(target)
+    if not path.exists() and target in SHIPPED_MODELS:
+        path = shipped_model_path(target)
     if not path.exists():
         if target not in WAN_PRESETS:
-            raise KinemaError(f"{target!r} is neither a path nor a preset; presets: {', '.join(sorted(WAN_PRESETS))}")
+            raise KinemaError(
+                f"{target!r} is neither a path, a shipped model ({', '.join(sorted(SHIPPED_MODELS))}) nor a preset "
+                f"({', '.join(sorted(WAN_PRESETS))})"
+            )
         config = WAN_PRESETS[target]()
         return {
             "name": target,
@@ -44,7 +49,7 @@ def describe(target: str) -> dict[str, Any]:
     layout = detect_layout(path)
     config = layout.transformer_config()
     return {
-        "name": str(path),
+        "name": target,
         "kind": "model",
         "format": layout.format,
         "pipeline": layout.pipeline,

@@ -177,17 +177,40 @@ def _wan_original_layout(root: Path, config: dict) -> ModelLayout:
     )
 
 
+# Models shipped inside the package (kinema/assets/<folder>), by name: they need no download.
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_MODELS = {"shapes": "shapes"}
+DEFAULT_MODEL = "shapes"  # what `kinema generate` uses without --model
+
+
+def shipped_model_path(name: str) -> Path:
+    """The folder of a shipped model; a one-line error if this install lacks its files."""
+    path = ASSETS_DIR / SHIPPED_MODELS[name]
+    if not (path / KINEMA_MODEL_FILE).is_file():
+        raise CheckpointError(f"the shipped model {name!r} is missing from this install (no {path / KINEMA_MODEL_FILE}); reinstall kinema")
+    return path
+
+
 def resolve_model(path_or_name: str | os.PathLike) -> ModelLayout:
-    """Find what ``path_or_name`` is, reading only small files; one-line errors for anything else."""
+    """Find what ``path_or_name`` is, reading only small files; one-line errors for anything else.
+
+    A path that exists wins; otherwise a shipped model's name (``shapes``) resolves to its folder
+    inside the package.
+    """
     path = Path(path_or_name)
     if not path.exists():
         name = str(path_or_name)
+        if name in SHIPPED_MODELS:
+            return detect_layout(shipped_model_path(name))
         if name in WAN_PRESETS:
             raise KinemaError(
                 f"{name!r} is an architecture preset without weights; pass the directory of a downloaded "
                 f"{name} checkpoint (diffusers or original Wan layout) with --model"
             )
-        raise KinemaError(f"{name!r} is neither a model directory nor a known model name (presets: {', '.join(sorted(WAN_PRESETS))})")
+        raise KinemaError(
+            f"{name!r} is neither a model directory nor a shipped model ({', '.join(sorted(SHIPPED_MODELS))}); "
+            f"architecture presets without weights: {', '.join(sorted(WAN_PRESETS))}"
+        )
     return detect_layout(path)
 
 

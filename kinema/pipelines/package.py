@@ -89,3 +89,48 @@ def write_kinema_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def package_trained_model(
+    transformer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    vae_dir: str | os.PathLike | None = None,
+    sampler: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Path:
+    """Package a transformer that ``kinema train`` exported, with its VAE, as a kinema-format model.
+
+    What the transformer was trained with comes from its ``training.json``: the text encoder and
+    its token length, the VAE (unless ``vae_dir`` is given) and the clip size and length, which
+    become the generation defaults unless ``defaults`` overrides them.
+
+    Args:
+        transformer_dir: a transformer run's ``model/`` folder.
+        out_dir: the model directory to write (replaced if it exists).
+        vae_dir: the VAE's ``model/`` folder; default: the ``vae`` its training config named.
+        sampler: e.g. ``{"name": "unipc", "shift": 3.0}`` (default UniPC, shift 1).
+        defaults: generation defaults to set (height, width, num_frames, num_inference_steps,
+            guidance_scale, fps).
+    """
+    transformer_dir = Path(transformer_dir)
+    training = read_json(transformer_dir / "training.json")
+    if training.get("model") != "wan-transformer":
+        raise CheckpointError(f"{transformer_dir}: not a transformer exported by kinema train (model is {training.get('model')!r})")
+    if vae_dir is None:
+        vae_dir = Path(training["vae"])
+        if not vae_dir.is_dir():
+            raise CheckpointError(f"the VAE this transformer trained with ({vae_dir}) is not here; pass its model/ folder with --vae")
+    data = training.get("data", {})
+    merged = {"num_inference_steps": 20, "guidance_scale": 5.0}
+    if data.get("size") and data.get("frames"):
+        merged.update(height=data["size"], width=data["size"], num_frames=data["frames"])
+    if data.get("kind") == "shapes":
+        from ..data.shapes import DEFAULT_FPS
+
+        merged["fps"] = DEFAULT_FPS
+    merged.update(defaults or {})
+    text = {"kind": training["text_encoder"], "max_length": training["text_max_length"]}
+    return write_kinema_model(
+        out_dir, transformer_dir, vae_dir, text_encoder=text, sampler=sampler or {"name": "unipc", "shift": 1.0}, defaults=merged
+    )

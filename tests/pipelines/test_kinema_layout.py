@@ -74,3 +74,27 @@ def test_card_with_unknown_keys_does_not_load(kinema_model, tmp_path):
     (copy / KINEMA_MODEL_FILE).write_text(json.dumps({**card, "extra": 1}))
     with pytest.raises(CheckpointError, match="unknown keys"):
         kinema.load_pipeline(copy)
+
+
+def test_package_command_reads_what_the_transformer_trained_with(kinema_model, tmp_path, capsys):
+    run = kinema_model.parent / "transformer-run" / "model"
+    out = tmp_path / "packaged"
+    assert main(["package", str(run), "--out", str(out), "--shift", "2", "--steps", "3", "--guidance", "4"]) == 0
+    card = json.loads((out / KINEMA_MODEL_FILE).read_text())
+    assert card["text_encoder"] == {"kind": "minilm", "max_length": 16}
+    assert card["sampler"] == {"name": "unipc", "shift": 2.0}
+    assert card["defaults"] == {"num_inference_steps": 3, "guidance_scale": 4.0, "height": 16, "width": 16, "num_frames": 5}
+    assert main(["generate", "a red circle moving left", "--model", str(out), "-o", str(tmp_path / "p.mp4"), "-q"]) == 0
+    assert read_video(tmp_path / "p.mp4")[0].shape == (5, 16, 16, 3)
+
+
+def test_package_command_errors(kinema_model, tmp_path, capsys):
+    run = kinema_model.parent / "transformer-run" / "model"
+    vae_run = kinema_model.parent / "vae-run" / "model"
+    assert main(["package", str(vae_run), "--out", str(tmp_path / "a")]) == 2  # a VAE is not a transformer
+    assert main(["package", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["package", str(run), "--out", str(tmp_path / "c"), "--vae", str(tmp_path / "no-vae")]) == 2
+    assert main(["package", str(run), "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err), err
+    assert not any(p.name in "abcd" for p in tmp_path.iterdir())
