@@ -332,3 +332,23 @@ def test_vae_export_measures_latent_normalisation(tiny_vae):
     per_channel = z.transpose(0, 1).flatten(1)
     assert per_channel.mean(1).abs().max() < 0.5
     assert ((per_channel.std(1) - 1).abs() < 0.5).all(), per_channel.std(1)
+
+
+def test_cached_text_encoder_encodes_each_caption_once_alone():
+    from kinema.training.loop import CachedTextEncoder, ToyTextEncoder
+
+    calls = []
+    toy = ToyTextEncoder(8, 4)
+
+    def encoder(prompts):
+        calls.append(list(prompts))
+        return toy(prompts)
+
+    cached = CachedTextEncoder(encoder, max_entries=2)
+    batch = ["a red circle", "", "a red circle", "a blue square"]
+    assert torch.equal(cached(batch), toy(batch))
+    assert calls == [["a red circle"], [""], ["a blue square"]]  # one caption per call, each once
+    cached(["a blue square"])
+    assert len(calls) == 3
+    cached([""])  # evicted: the two others were used more recently
+    assert calls[-1] == [""] and len(calls) == 4 and len(cached._cache) == 2
