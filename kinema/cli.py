@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=None, help="guidance scale with --model (default: the model's)")
     e.add_argument("--seed", type=int, default=0, help="seed of the first clip (clip i uses seed + i)")
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    e.add_argument("--per-prompt", type=int, default=1, help="clips per prompt, each with its own seed (default 1)")
     e.add_argument("--device", default=None, help="cpu, cuda ... with --model")
     e.add_argument("--json", help="also write the report here")
 
@@ -172,14 +173,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
+    if args.per_prompt < 1:
+        raise KinemaError(f"--per-prompt must be a positive integer; got {args.per_prompt}")
     clips = args.clips
     if args.reference:
-        clips = render_reference_set(args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit)
+        clips = render_reference_set(
+            args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
+        )
     elif args.model:
         pipe = _load_checked(args.model, args.size, args.size, args.frames, args.steps, args.device)
         clips = generate_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
-            num_inference_steps=args.steps, guidance_scale=args.guidance, limit=args.limit,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, limit=args.limit, per_prompt=args.per_prompt,
         )  # fmt: skip
     report = run_eval(clips, out_json=args.json)
     print(json.dumps({k: report[k] for k in ("seen", "held_out", "all") if k in report}))

@@ -164,12 +164,14 @@ def test_info_original_layout(model_dir, tmp_path, capsys):
 
 def test_eval_reference_clips_score_100_percent(tmp_path, capsys):
     report_file = tmp_path / "report.json"
-    args = ["eval", "--reference", "--out", str(tmp_path / "ref"), "--limit", "12", "--json", str(report_file)]
+    args = ["eval", "--reference", "--out", str(tmp_path / "ref"), "--limit", "6", "--per-prompt", "2", "--json", str(report_file)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "held_out" in out and "overall" in out  # the table
     report = json.loads(report_file.read_text())
     assert report["all"]["n"] == 12 and report["all"]["overall"] == 1.0
+    prompts = [c["prompt"] for c in report["clips"]]
+    assert prompts[0] == prompts[1] != prompts[2] and len(set(prompts)) == 6  # two clips per prompt, in a row
     assert main(["eval", "--clips", str(tmp_path / "ref")]) == 0  # the same folder, read back
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["all"]["overall"] == 1.0
 
@@ -187,4 +189,5 @@ def test_eval_bad_input(tmp_path, capsys):
     assert main(["eval"]) == 2
     assert main(["eval", "--clips", str(tmp_path / "none")]) == 2
     assert main(["eval", "--model", str(tmp_path / "none")]) == 2
+    assert main(["eval", "--reference", "--per-prompt", "0", "--out", str(tmp_path / "r")]) == 2
     assert all(line.startswith("error: ") for line in capsys.readouterr().err.strip().splitlines())

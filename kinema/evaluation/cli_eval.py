@@ -72,15 +72,16 @@ def render_reference_set(
     style: str = "canonical",
     fps: float = DEFAULT_FPS,
     limit: int | None = None,
+    per_prompt: int = 1,
 ) -> Path:
-    """Write one ground-truth clip per evaluation prompt of ``split`` plus ``prompts.jsonl``.
+    """Write ``per_prompt`` ground-truth clips per evaluation prompt of ``split`` plus ``prompts.jsonl``.
 
     Clip i uses ``np.random.default_rng([seed, i])`` for its size and path. ``limit`` keeps only the
-    first clips (for quick checks). Returns ``out_dir``; :func:`run_eval` on it should score 100%.
+    first prompts (for quick checks). Returns ``out_dir``; :func:`run_eval` on it should score 100%.
     """
+    prompts = _prompt_list(split, style, limit, per_prompt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = eval_prompts(split, style)[:limit]
     lines = []
     for i, (colour, shape, motion, prompt) in enumerate(prompts):
         spec = sample_spec(colour, shape, motion, np.random.default_rng([seed, i]))
@@ -89,6 +90,13 @@ def render_reference_set(
         lines.append({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt})
     _write_prompts(out_dir, lines)
     return out_dir
+
+
+def _prompt_list(split: str, style: str, limit: int | None, per_prompt: int) -> list[tuple[str, str, str, str]]:
+    """The evaluation prompts of ``split`` (first ``limit``), each repeated ``per_prompt`` times in a row."""
+    if per_prompt < 1:
+        raise KinemaError(f"per_prompt must be a positive integer; got {per_prompt}")
+    return [p for p in eval_prompts(split, style)[:limit] for _ in range(per_prompt)]
 
 
 def _write_prompts(out_dir: Path, lines: list[dict]) -> None:
@@ -108,17 +116,18 @@ def generate_set(
     guidance_scale: float | None = None,
     batch_size: int = 8,
     limit: int | None = None,
+    per_prompt: int = 1,
 ) -> Path:
-    """Generate one clip per evaluation prompt of ``split`` with ``pipe`` and write ``prompts.jsonl``.
+    """Generate ``per_prompt`` clips per evaluation prompt of ``split`` with ``pipe`` and write ``prompts.jsonl``.
 
     Prompts go through the pipeline in batches of ``batch_size``; clip i's noise comes from seed
     ``seed + i``, so a clip does not depend on the batch it was generated in.
     """
     import torch
 
+    prompts = _prompt_list(split, style, limit, per_prompt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = eval_prompts(split, style)[:limit]
     lines = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
