@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import KinemaError
+from .runtime import configure_threads
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", default="out.mp4", help="output .mp4 path (default out.mp4)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a Wan VAE or transformer from a YAML config")
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     e.add_argument("--per-prompt", type=int, default=1, help="clips per prompt, each with its own seed (default 1)")
     e.add_argument("--device", default=None, help="cpu, cuda ... with --model")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
     e.add_argument("--json", help="also write the report here")
 
     i = sub.add_parser("info", help="describe a preset or a model directory as JSON")
@@ -117,6 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if output.suffix.lower() != ".mp4":
         raise KinemaError(f"--output must end in .mp4; got {output.name!r}")
     t0 = time.perf_counter()
+    configure_threads(args.threads)
     width, height = args.size if args.size else (None, None)
     if args.model is None:
         from .pipelines.loading import DEFAULT_MODEL
@@ -175,6 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
     if args.per_prompt < 1:
         raise KinemaError(f"--per-prompt must be a positive integer; got {args.per_prompt}")
+    configure_threads(args.threads)
     clips = args.clips
     if args.reference:
         clips = render_reference_set(

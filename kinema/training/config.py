@@ -78,7 +78,7 @@ class TrainConfig:
     latent_cache: bool = False  # transformer: encode the data set once to OUT_DIR/latent_cache.safetensors and train from it
     checkpoint_every: int = 100  # save a resumable checkpoint every this many steps (and at the end)
     seed: int = 0  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
-    threads: int | None = None  # torch intra-op threads; None: os.cpu_count() minus the 1-minute load average, at least 1
+    threads: int | None = None  # torch intra-op threads; None: the cores no other process is busy on, at least 1
 
     def model_config(self):
         """The architecture as WanVAEConfig or WanTransformerConfig (raises KinemaError on bad fields)."""
@@ -109,14 +109,11 @@ def config_hash(config: TrainConfig) -> str:
 
 
 def default_threads() -> int:
-    """Free cores: os.cpu_count() minus the 1-minute load average, at least 1 (two threads on a
-    core another process holds are much slower than one)."""
-    cpus = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return max(1, int(cpus - load + 0.5))
+    """Free cores now (see :func:`kinema.runtime.free_cores`): two threads on a core another
+    process holds are much slower than one."""
+    from ..runtime import free_cores
+
+    return free_cores()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,35 @@
+"""Thread count from the free cores."""
+
+from __future__ import annotations
+
+import torch
+
+from kinema import runtime
+from kinema.cli import main
+
+
+def test_free_cores_counts_what_others_leave(monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    for busy, free in [(0, 4), (1, 3), (2.6, 1), (3, 1), (9, 1)]:
+        monkeypatch.setattr(runtime, "busy_cores", lambda b=busy: b)
+        assert runtime.free_cores() == free
+    assert 0 <= runtime.busy_cores() and 1 <= runtime.free_cores() <= runtime.usable_cores()
+
+
+def test_configure_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert runtime.configure_threads(1) == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert runtime.configure_threads(None) == 2  # the user's OMP_NUM_THREADS stands: torch's choice is left alone
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(runtime, "free_cores", lambda: 1)
+        assert runtime.configure_threads(None) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bad_thread_count_is_one_line(capsys, tmp_path):
+    assert main(["generate", "a red circle moving left", "--threads", "0", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --threads must be a positive integer; got 0"
