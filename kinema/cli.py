@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
+    g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a Wan VAE or transformer from a YAML config")
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _load_checked(model: str, height, width, num_frames, num_inference_steps, device=None, dtype=None):
     """Resolve the model, check the request against its size rules (reading only config files),
     then load it: bad arguments fail before minutes of weight loading."""
@@ -127,6 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         args.model = DEFAULT_MODEL
     pipe = _load_checked(args.model, height, width, args.frames, args.steps, args.device, args.dtype)
+    t_load = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=args.quiet)
     result = pipe(
         prompt=prompt,
@@ -140,8 +148,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
     )
+    t_write = time.perf_counter()
     write_video(result.frames[0], output, fps=result.fps)
+    t_write = time.perf_counter() - t_write
     n, h, w = result.frames.shape[1:4]
+    if args.timings:
+        stages = {"load": t_load, **result.timings, "write": t_write}
+        print(json.dumps({"timings_s": {k: round(v, 3) for k, v in stages.items()}, "threads": torch_threads()}), file=sys.stderr)
     if not args.quiet:
         print(f"wrote {output} ({n} frames, {w}x{h}, {result.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0

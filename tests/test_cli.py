@@ -36,6 +36,14 @@ def test_generate_writes_h264_mp4_at_model_fps(model_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left behind
 
 
+def test_generate_timings(model_dir, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a red circle moving left", "--model", str(model_dir), "-o", str(out), "--timings", *SMALL]) == 0
+    report = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert set(report["timings_s"]) == {"load", "text", "denoise", "decode", "write"}
+    assert all(v >= 0 for v in report["timings_s"].values()) and report["threads"] >= 1
+
+
 def test_generate_same_seed_same_file_frames(model_dir, tmp_path):
     args = ["--prompt", "a blue square moving up", "--model", str(model_dir), "--seed", "5", *SMALL]
     main(["generate", *args, "-o", str(tmp_path / "a.mp4")])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,8 +19,11 @@ class VideoOutput:
         latents: the final latent video, unpacked: (batch, channels, frames, height, width), in the
             model's sampling space (what ``latents=`` accepts as input).
         fps: frames per second the model was trained at (what ``kinema generate`` writes).
+        timings: seconds spent per stage of the call: "text" (prompt encoding), "denoise"
+            (sampling) and "decode" (VAE), for ``kinema generate --timings`` and benchmarks.
     """
 
     frames: np.ndarray | torch.Tensor | None
     latents: torch.Tensor
     fps: float
+    timings: dict[str, float] = field(default_factory=dict)

@@ -7,6 +7,8 @@ a sampler over an explicit sigma schedule, and the causal VAE. Arguments follow 
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -189,6 +191,7 @@ class WanPipeline:
         do_cfg = guidance_scale > 1.0
 
         # 1. text states: (B, L, text_dim)
+        timings, t0 = {}, time.perf_counter()
         prompts = as_prompt_list(prompt)
         if (prompts is None) == (prompt_embeds is None):
             raise KinemaError("pass exactly one of prompt= and prompt_embeds=")
@@ -210,6 +213,7 @@ class WanPipeline:
         cond = cond.repeat_interleave(num_videos_per_prompt, dim=0)  # (B, L, text_dim)
         uncond = uncond.repeat_interleave(num_videos_per_prompt, dim=0) if uncond is not None else None
         batch = cond.shape[0]
+        timings["text"] = time.perf_counter() - t0
 
         # 2. initial noise: (B, C, F', H', W')
         shape = (
@@ -226,13 +230,17 @@ class WanPipeline:
             latents = latents.to(self.device, torch.float32)
 
         # 3. sample
+        t0 = time.perf_counter()
         latents = self.denoise(latents, cond, uncond, guidance_scale, num_inference_steps, spec, callback_on_step_end)
+        timings["denoise"] = time.perf_counter() - t0
         if output_type == "latent":
-            return VideoOutput(frames=None, latents=latents, fps=self.fps)
+            return VideoOutput(frames=None, latents=latents, fps=self.fps, timings=timings)
 
         # 4. decode: (B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3)
+        t0 = time.perf_counter()
         frames = to_uint8(self.decode_latents(latents))
-        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=self.fps)
+        timings["decode"] = time.perf_counter() - t0
+        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=self.fps, timings=timings)
 
     def denoise(
         self,
