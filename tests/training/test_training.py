@@ -352,3 +352,17 @@ def test_cached_text_encoder_encodes_each_caption_once_alone():
     assert len(calls) == 3
     cached([""])  # evicted: the two others were used more recently
     assert calls[-1] == [""] and len(calls) == 4 and len(cached._cache) == 2
+
+
+def test_vae_posterior_logvar_init():
+    from kinema.training.loop import build_model
+
+    cfg = vae_config("unused", objective={"init_logvar": -8.0})
+    vae = build_model(load_config(cfg))
+    with torch.no_grad():
+        posterior = vae.encode(torch.rand(2, 3, 5, 16, 16) * 2 - 1)
+    assert torch.allclose(posterior.logvar, torch.full_like(posterior.logvar, -8.0))
+    assert posterior.mean.abs().max() > 0  # the means still carry the input
+    plain = build_model(load_config(vae_config("unused")))
+    with torch.no_grad():
+        assert plain.encode(torch.rand(2, 3, 5, 16, 16) * 2 - 1).logvar.abs().mean() < 1.0
