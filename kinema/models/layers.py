@@ -51,6 +51,11 @@ def layer_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)  # (..., dim)
 
 
+def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last axis, in float32 (returns float32)."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps)  # (..., dim)
+
+
 # ------------------------------------------------------------------------------------------------
 # Feed-forwards
 # ------------------------------------------------------------------------------------------------
