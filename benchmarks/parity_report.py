@@ -1,4 +1,4 @@
-"""Print kinema's max abs difference from diffusers for each Wan component, in fp32.
+"""Print kinema's max abs difference from diffusers for each Wan component and LTX-Video pipeline, in fp32.
 
 The same measurements the parity tests assert (limit 1e-4), printed as figures: tiny random
 components are built by diffusers, saved with ``save_pretrained``, loaded through kinema's real
@@ -75,12 +75,46 @@ def main() -> None:
         ours_video = (pipe.decode_latents(out.latents) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
         rows.append(("pipeline video in [0, 1]", max_diff(ours_video, ref_video), 1.0))
 
+        rows += ltx_rows(Path(tmp))
+
     print(f"{'component (fp32, vs diffusers)':40s} {'max abs diff':>12s} {'max |ref|':>10s}")
     for name, diff, scale in rows:
         print(f"{name:40s} {diff:12.2e} {scale:10.3f}")
     worst = max(d for _, d, _ in rows)
     print(f"worst: {worst:.2e} (limit 1e-4): {'OK' if worst <= 1e-4 else 'FAIL'}")
     sys.exit(0 if worst <= 1e-4 else 1)
+
+
+@torch.no_grad()
+def ltx_rows(tmp: Path) -> list[tuple[str, float, float]]:
+    """LTX-Video's pipelines, as tests/parity/test_ltx_pipeline_parity.py compares them."""
+    import diffusers
+
+    from tests.helpers import save_diffusers_ltx_pipeline, save_original_ltx_layout
+    from tests.parity import test_ltx_pipeline_parity as P
+
+    ref = save_diffusers_ltx_pipeline(tmp / "ltx")
+    rows = []
+    layouts = (("", tmp / "ltx"), (" (single file)", save_original_ltx_layout(tmp / "ltx", tmp / "ltx-original")))
+    kw = dict(prompt=P.PROMPT, negative_prompt=P.NEGATIVE, guidance_scale=3.0, **P.CALL)
+    want_latents = P._unpack(ref(**kw, latents=P._pack(P._noise()), output_type="latent").frames)
+    want_video = P._run_diffusers(ref, torch.Generator().manual_seed(7), **kw, latents=P._pack(P._noise()), output_type="np")
+    for label, path in layouts:
+        pipe = kinema.load_pipeline(path, device="cpu", dtype="float32")
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(**kw, latents=P._noise(), output_type="latent")
+        rows.append((f"LTX t2v latents{label}", max_diff(out.latents, want_latents), float(want_latents.abs().max())))
+        video = P._video01(pipe, out.latents, torch.Generator().manual_seed(7))
+        rows.append((f"LTX t2v video in [0, 1]{label}", max_diff(video, want_video), 1.0))
+    i2v = diffusers.LTXImageToVideoPipeline(**ref.components)
+    kw = dict(kw, image=P._image())
+    want_latents = P._unpack(i2v(**kw, generator=torch.Generator().manual_seed(11), output_type="latent").frames)
+    want_video = P._run_diffusers(i2v, torch.Generator().manual_seed(11), **kw, output_type="np")
+    g = torch.Generator().manual_seed(11)
+    out = pipe(**kw, generator=g, output_type="latent")  # g now stands where diffusers' did before decoding
+    rows.append(("LTX i2v latents (same generator)", max_diff(out.latents, want_latents), float(want_latents.abs().max())))
+    rows.append(("LTX i2v video in [0, 1]", max_diff(P._video01(pipe, out.latents, g), want_video), 1.0))
+    return rows
 
 
 if __name__ == "__main__":

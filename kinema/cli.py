@@ -33,23 +33,29 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kinema", description="Text to video with Wan 2.1 and friends.")
+    parser = _Parser(prog="kinema", description="Text (and images, and videos) to video with Wan 2.1, LTX-Video and friends.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="generate a video from a prompt")
+    g = sub.add_parser("generate", help="generate a video from a prompt (and an image or a video)")
     g.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="the prompt")
     g.add_argument("--prompt", help="the prompt (instead of the positional PROMPT)")
     g.add_argument(
         "--model", default=None,
-        help="model directory (kinema, diffusers or original Wan layout) or a shipped model's name (default: shapes, inside the package)",
+        help="model directory (kinema, diffusers, original Wan or original LTX-Video layout) or a shipped model's name (default: shapes, inside the package)",
     )  # fmt: skip
     g.add_argument("--negative-prompt", default=None, help="what to steer away from")
     g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's)")
-    g.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1 (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames: 4k+1 for Wan, 8k+1 for LTX-Video (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--shift", type=float, default=None, help="flow-matching shift (default: the model's)")
     g.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="solver (default: the model's)")
+    g.add_argument("--image", default=None, metavar="PATH", help="image-to-video: start from this picture (PNG, JPEG ...)")
+    g.add_argument("--input", default=None, metavar="PATH", help="video-to-video: transform this video as the prompt says")
+    g.add_argument(
+        "--strength", type=float, default=None,
+        help="with --input: noise level in (0, 1] the input is taken to; 1 ignores it (default 0.8)",
+    )  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--output", "-o", default="out.mp4", help="output .mp4 path (default out.mp4)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
@@ -103,14 +109,22 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _load_checked(model: str, height, width, num_frames, num_inference_steps, device=None, dtype=None):
-    """Resolve the model, check the request against its size rules (reading only config files),
-    then load it: bad arguments fail before minutes of weight loading."""
-    from .pipelines.loading import check_before_loading, load_pipeline, resolve_model
+def _load_checked(model: str, height, width, num_frames, num_inference_steps, device=None, dtype=None, needs=(), before_load=None):
+    """Resolve the model, check the request against its size rules and abilities (reading only
+    config files), run ``before_load`` (reading the inputs), then load it: bad arguments fail before
+    minutes of weight loading. ``needs``: (flag, pipeline attribute) pairs such as
+    ("--image", "supports_image")."""
+    from .pipelines.loading import PIPELINES, check_before_loading, load_pipeline, resolve_model
 
     layout = resolve_model(model)
+    cls = PIPELINES[layout.pipeline].cls
+    for flag, ability in needs:
+        if not getattr(cls, ability, False):
+            what = "image-to-video" if ability == "supports_image" else "video-to-video"
+            raise KinemaError(f"{flag} needs a model that does {what}; {model} is a {layout.pipeline} model (text-to-video only)")
     check_before_loading(layout, height, width, num_frames, num_inference_steps)
-    return load_pipeline(layout, device=device, dtype=dtype)
+    inputs = before_load() if before_load is not None else None
+    return load_pipeline(layout, device=device, dtype=dtype), inputs
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -126,6 +140,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".mp4":
         raise KinemaError(f"--output must end in .mp4; got {output.name!r}")
+    if args.image and args.input:
+        raise KinemaError("give --image (image-to-video) or --input (video-to-video), not both")
+    if args.strength is not None and not args.input:
+        raise KinemaError("--strength applies to video-to-video: give --input too")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise KinemaError(f"--strength must be in (0, 1] (1 ignores the input); got {args.strength:g}")
     t0 = time.perf_counter()
     configure_threads(args.threads)
     width, height = args.size if args.size else (None, None)
@@ -133,7 +153,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .pipelines.loading import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL
-    pipe = _load_checked(args.model, height, width, args.frames, args.steps, args.device, args.dtype)
+    needs = (("--image", "supports_image"),) if args.image else (("--input", "supports_video"),) if args.input else ()
+    pipe, media = _load_checked(
+        args.model, height, width, args.frames, args.steps, args.device, args.dtype, needs=needs, before_load=lambda: _read_media(args)
+    )  # fmt: skip
     t_load = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=args.quiet)
     result = pipe(
@@ -147,6 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         shift=args.shift,
         sampler=args.sampler,
         seed=args.seed,
+        **media,
     )
     t_write = time.perf_counter()
     write_video(result.frames[0], output, fps=result.fps)
@@ -158,6 +182,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {output} ({n} frames, {w}x{h}, {result.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
+
+
+def _read_media(args: argparse.Namespace) -> dict:
+    """The pipeline arguments for --image or --input, read from their files (one-line errors)."""
+    from .video import read_image, read_video
+
+    if args.image:
+        return {"image": read_image(args.image)}
+    if args.input:
+        frames, fps = read_video(args.input)
+        media = {"video": frames, "frame_rate": fps} if fps > 0 else {"video": frames}  # keep the input's timing
+        if args.strength is not None:
+            media["strength"] = args.strength
+        return media
+    return {}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -199,7 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.model:
-        pipe = _load_checked(args.model, args.size, args.size, args.frames, args.steps, args.device)
+        pipe, _ = _load_checked(args.model, args.size, args.size, args.frames, args.steps, args.device)
         clips = generate_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
             num_inference_steps=args.steps, guidance_scale=args.guidance, limit=args.limit, per_prompt=args.per_prompt,

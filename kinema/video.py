@@ -80,3 +80,21 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if not frames:
         raise KinemaError(f"video {path} has no frames")
     return np.stack(frames), fps
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a still image (PNG, JPEG, WebP ... anything FFmpeg decodes) as uint8 (H, W, 3)."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise KinemaError(f"image file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(container.streams.video[0]), None)
+            image = frame.to_ndarray(format="rgb24") if frame is not None else None
+    except (av.FFmpegError, IndexError) as e:
+        raise KinemaError(f"could not read image {path}: {' '.join(str(e).split())}") from None
+    if image is None:
+        raise KinemaError(f"image {path} has no picture in it")
+    return image

@@ -148,3 +148,122 @@ def save_original_wan_layout(diffusers_dir: Path, root: Path) -> Path:
     torch.save(WAN_T5_KEYS.to_theirs(t5), root / "models_t5_umt5-xxl-enc-bf16.pth")
     shutil.copytree(diffusers_dir / "tokenizer", root / "google" / "umt5-xxl")
     return root
+
+
+# ------------------------------------------------------------------------------------------------
+# LTX-Video
+# ------------------------------------------------------------------------------------------------
+def make_t5(seed: int = 0, d_model: int = 32, vocab: int = 64):
+    """A tiny random transformers T5EncoderModel in float32 (LTX-Video's text encoder family)."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )  # fmt: skip
+    model = T5EncoderModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+TINY_LTX_TRANSFORMER = dict(
+    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+    num_layers=2, caption_channels=32,
+)  # fmt: skip
+# LTX-Video 0.9.1's VAE layout (timestep-conditioned decoder with noise injection) at widths 4..32:
+# 32x32x8 compression, 4 latent channels.
+TINY_LTX_VAE = dict(
+    latent_channels=4, block_out_channels=(4, 8, 16, 16), layers_per_block=(1, 1, 1, 1, 1),
+    decoder_block_out_channels=(8, 16, 32), decoder_layers_per_block=(1, 1, 1, 2),
+    decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(True, True, True, False),
+    upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=True,
+)  # fmt: skip
+# The same VAE as an original CausalVideoAutoencoder config (a single file's metadata)
+TINY_LTX_VAE_ORIGINAL = {
+    "_class_name": "CausalVideoAutoencoder", "dims": 3, "latent_channels": 4, "patch_size": 4, "norm_layer": "pixel_norm",
+    "latent_log_var": "uniform", "use_quant_conv": False, "causal_decoder": False, "encoder_base_channels": 4,
+    "decoder_base_channels": 4, "timestep_conditioning": True,
+    "encoder_blocks": [["res_x", 1], ["compress_all", 1], ["res_x_y", 1], ["res_x", 1], ["compress_all", 1],
+                       ["res_x_y", 1], ["res_x", 1], ["compress_all", 1], ["res_x", 1], ["res_x", 1]],
+    "decoder_blocks": [
+        ["res_x", {"num_layers": 1, "inject_noise": True}], ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 1, "inject_noise": True}], ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 1, "inject_noise": True}], ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 2, "inject_noise": False}],
+    ],
+}  # fmt: skip
+# Lightricks/LTX-Video scheduler/scheduler_config.json (diffusers 0.32), as published
+LTX_SCHEDULER_CONFIG = dict(
+    base_image_seq_len=1024, base_shift=0.95, invert_sigmas=False, max_image_seq_len=4096, max_shift=2.05,
+    num_train_timesteps=1000, shift=1.0, shift_terminal=0.1, use_beta_sigmas=False, use_dynamic_shifting=True,
+    use_exponential_sigmas=False, use_karras_sigmas=False,
+)  # fmt: skip
+
+
+def make_diffusers_ltx_pipeline(seed: int = 0, pipeline: str = "LTXPipeline", vae: dict | None = None, scheduler: dict | None = None):
+    """A tiny random diffusers ``LTXPipeline`` (or ``LTXImageToVideoPipeline``) in float32."""
+    import diffusers
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(**TINY_LTX_TRANSFORMER)
+    torch.manual_seed(seed)
+    autoencoder = AutoencoderKLLTXVideo(**(vae or TINY_LTX_VAE))
+    with torch.no_grad():  # noise scales and latent statistics away from their 0 / 1 init
+        for name, p in autoencoder.named_parameters():
+            if "per_channel_scale" in name:
+                p.normal_(0.0, 0.5)
+        autoencoder.latents_mean.normal_()
+        autoencoder.latents_std.uniform_(0.5, 2.0)
+    sched = FlowMatchEulerDiscreteScheduler(**(scheduler or LTX_SCHEDULER_CONFIG))
+    cls = getattr(diffusers, pipeline)
+    return cls(
+        scheduler=sched, vae=autoencoder.eval(), text_encoder=make_t5(seed, d_model=32), tokenizer=make_tokenizer(),
+        transformer=transformer.eval(),
+    )  # fmt: skip
+
+
+def save_diffusers_ltx_pipeline(directory: Path, **kwargs):
+    """Write a tiny diffusers-format LTX-Video model directory and return the diffusers pipeline."""
+    pipe = make_diffusers_ltx_pipeline(**kwargs)
+    directory.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(directory), safe_serialization=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_original_ltx_layout(diffusers_dir: Path, root: Path, name: str = "ltx-video-2b-v0.9.1.safetensors", text_under_repo: bool = False) -> Path:
+    """Rewrite a tiny diffusers-format LTX directory in the original LTX-Video layout: one single
+    file (transformer keys under ``model.diffusion_model.``, VAE keys under ``vae.``, the original
+    configs in its metadata) beside the T5 folders ``text_encoder/`` and ``tokenizer/`` (under
+    ``PixArt-alpha/PixArt-XL-2-1024-MS/`` with ``text_under_repo``)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from kinema.checkpoints.io import save_safetensors
+    from kinema.checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
+    from kinema.checkpoints.ltx_vae_keys import ORIGINAL_KEYS as VAE_ORIGINAL_KEYS
+    from kinema.checkpoints.ltx_vae_keys import ORIGINAL_PREFIX
+    from kinema.models.ltx import SINGLE_FILE_PREFIX, LTXTransformerConfig
+    from kinema.models.vae.ltx_vae import load_ltx_vae
+
+    root.mkdir(parents=True, exist_ok=True)
+    tcfg = LTXTransformerConfig.from_diffusers(json.loads((diffusers_dir / "transformer" / "config.json").read_text()))
+    sd = load_file(diffusers_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    state = {SINGLE_FILE_PREFIX + k: v for k, v in ORIGINAL_KEYS.to_theirs(DIFFUSERS_KEYS.to_ours(sd)).items()}
+    vae = load_ltx_vae(diffusers_dir / "vae")
+    state.update({ORIGINAL_PREFIX + k: v for k, v in VAE_ORIGINAL_KEYS.to_theirs(vae.state_dict()).items()})
+    scheduler = {"_class_name": "RectifiedFlowScheduler", "num_train_timesteps": 1000, "shifting": "SD3",
+                 "base_resolution": None, "target_shift_terminal": 0.1}  # fmt: skip
+    config = {"transformer": tcfg.to_original(), "vae": TINY_LTX_VAE_ORIGINAL, "scheduler": scheduler}
+    save_safetensors(state, root / name, metadata={"config": json.dumps(config)})
+    text_root = root / "PixArt-alpha" / "PixArt-XL-2-1024-MS" if text_under_repo else root
+    for folder in ("text_encoder", "tokenizer"):
+        shutil.copytree(diffusers_dir / folder, text_root / folder)
+    return root

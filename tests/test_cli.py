@@ -84,6 +84,9 @@ def _broken_copy(model_dir, tmp_path, how):
         (["--model", "not-a-preset"], "neither a model directory nor a shipped model"),
         (["--output", "clip.gif"], "must end in .mp4"),
         (["--dtype", "int7"], "unknown dtype"),
+        (["--image", "first.png"], "--image needs a model that does image-to-video.*wan-t2v model \\(text-to-video only\\)"),
+        (["--input", "in.mp4"], "--input needs a model that does video-to-video"),
+        (["--input", "in.mp4", "--strength", "2"], "--strength must be in \\(0, 1\\]"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--dtype", "int8"], "CUDA|unknown dtype"),
     ],
 )

@@ -59,6 +59,15 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {_one_line(e)}") from None
 
 
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a safetensors file, read from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {_one_line(e)}") from None
+
+
 def load_pickle_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a ``.pth`` state dict with ``torch.load(weights_only=True)``: tensors only, no code.
 

@@ -8,12 +8,22 @@ from typing import Any
 
 from ..checkpoints.io import build_on_meta
 from ..errors import KinemaError
-from ..models.wan import WAN_PRESETS, WanTransformer
+from ..models.ltx import LTX_PRESETS, LTXTransformer, LTXTransformerConfig
+from ..models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
 from .loading import SHIPPED_MODELS, detect_layout, shipped_model_path
+
+# architecture config -> the denoiser it describes
+ARCHITECTURES = {WanTransformerConfig: WanTransformer, LTXTransformerConfig: LTXTransformer}
+PRESETS = {**WAN_PRESETS, **LTX_PRESETS}
+
+
+def _model_class(config) -> type:
+    return ARCHITECTURES[type(config)]
 
 
 def _count(config) -> int:
-    return sum(p.numel() for p in build_on_meta(lambda: WanTransformer(config)).parameters())
+    model_class = _model_class(config)
+    return sum(p.numel() for p in build_on_meta(lambda: model_class(config)).parameters())
 
 
 def _jsonable(config) -> dict[str, Any]:
@@ -32,16 +42,16 @@ def describe(target: str) -> dict[str, Any]:
     if not path.exists() and target in SHIPPED_MODELS:
         path = shipped_model_path(target)
     if not path.exists():
-        if target not in WAN_PRESETS:
+        if target not in PRESETS:
             raise KinemaError(
                 f"{target!r} is neither a path, a shipped model ({', '.join(sorted(SHIPPED_MODELS))}) nor a preset "
-                f"({', '.join(sorted(WAN_PRESETS))})"
+                f"({', '.join(sorted(PRESETS))})"
             )
-        config = WAN_PRESETS[target]()
+        config = PRESETS[target]()
         return {
             "name": target,
             "kind": "preset",
-            "architecture": "WanTransformer",
+            "architecture": _model_class(config).__name__,
             "parameters": _count(config),
             "config": _jsonable(config),
             "components": {},
@@ -53,7 +63,7 @@ def describe(target: str) -> dict[str, Any]:
         "kind": "model",
         "format": layout.format,
         "pipeline": layout.pipeline,
-        "architecture": "WanTransformer",
+        "architecture": _model_class(config).__name__,
         "parameters": _count(config),
         "config": _jsonable(config),
         "components": {name: {"path": str(p), "bytes": _size(p)} for name, p in layout.components.items()},

@@ -1,27 +1,38 @@
 """``kinema.load_pipeline``: a model directory (any supported layout) or a name -> a pipeline.
 
 Layouts are detected from the files, never from the directory's name:
-- diffusers: ``model_index.json`` naming the pipeline class, and one folder per component;
+- diffusers: ``model_index.json`` naming the pipeline class (``WanPipeline``, ``LTXPipeline``,
+  ``LTXImageToVideoPipeline``), and one folder per component;
 - original Wan 2.1: ``config.json`` with ``model_type`` beside ``diffusion_pytorch_model*.safetensors``,
-  ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth`` and ``google/umt5-xxl/``.
+  ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth`` and ``google/umt5-xxl/``;
+- original LTX-Video: one single-file checkpoint (``ltx-video-2b-v0.9*.safetensors``: transformer
+  keys under ``model.diffusion_model.``, VAE keys under ``vae.``, the configs in its metadata),
+  recognised by its keys whatever its name, beside the T5 folders ``text_encoder/`` and
+  ``tokenizer/`` of ``PixArt-alpha/PixArt-XL-2-1024-MS`` that LTX-Video's inference.py loads (also
+  accepted under ``PixArt-alpha/PixArt-XL-2-1024-MS/``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
-from ..checkpoints.io import read_json
+from ..checkpoints.io import read_json, safetensors_metadata, safetensors_shapes
+from ..checkpoints.ltx_transformer_keys import ORIGINAL_KEYS as LTX_ORIGINAL_KEYS
 from ..errors import CheckpointError, KinemaError
+from ..models.ltx import LTX_PRESETS, SINGLE_FILE_PREFIX, LTXTransformerConfig, _config_from_metadata, load_ltx_transformer
+from ..models.vae.ltx_vae import LTXVAEConfig, load_ltx_vae
 from ..models.vae.wan_vae import WanVAEConfig, load_wan_vae
 from ..models.wan import WAN_PRESETS, WanTransformerConfig, load_wan_transformer
-from ..sampling import SamplerSpec
+from ..sampling import ResolutionShift, SamplerSpec
 from ..text.minilm import load_minilm
 from ..text.t5 import T5TextEncoder
+from .ltx import LTX_TEXT_LEN, LTXDefaults, LTXPipeline
 from .package import KINEMA_MODEL_FILE, read_kinema_card
 from .wan import WanDefaults, WanPipeline
 
@@ -44,35 +55,54 @@ WAN_ORIGINAL_TOKENIZER = "google/umt5-xxl"
 # wan/configs: sample_shift per task.
 WAN_ORIGINAL_SHIFT = {"t2v": 5.0}
 
+# Original LTX-Video: the T5 folders inference.py loads (from the PixArt-alpha repository), and the
+# schedule of its RectifiedFlowScheduler ("SD3" shifting: ltx_video/schedulers/rf.py get_normal_shift;
+# the same numbers as the published diffusers scheduler_config.json), terminal from the metadata.
+LTX_ORIGINAL_TEXT_REPO = "PixArt-alpha/PixArt-XL-2-1024-MS"
+LTX_RESOLUTION_SHIFT = ResolutionShift(base_seq_len=1024, max_seq_len=4096, base_shift=0.95, max_shift=2.05)
+LTX_SHIFT_TERMINAL = 0.1
+
 
 @dataclass
 class ModelLayout:
     """What was found at a path: which format, which pipeline, which component files."""
 
-    format: str  # "kinema", "diffusers" or "wan-original"
-    pipeline: str  # kinema pipeline name, e.g. "wan-t2v"
+    format: str  # "kinema", "diffusers", "wan-original" or "ltx-original"
+    pipeline: str  # kinema pipeline name, e.g. "wan-t2v", "ltx-video"
     root: Path
     components: dict[str, Path] = field(default_factory=dict)  # component name -> file or folder
     card: dict = field(default_factory=dict)  # kinema.json of a kinema-format model (else empty)
 
-    def transformer_config(self) -> WanTransformerConfig:
-        """The denoiser's architecture, read from its config.json (no weights are read)."""
-        path = self.components["transformer"]
-        raw = read_json((path if path.is_dir() else path.parent) / "config.json")
-        if raw.get("_class_name") == "WanTransformer3DModel":
-            return WanTransformerConfig.from_diffusers(raw)
-        return WanTransformerConfig.from_original(raw)
+    def transformer_config(self) -> WanTransformerConfig | LTXTransformerConfig:
+        """The denoiser's architecture, read from config files or headers (no weights are read)."""
+        return PIPELINES[self.pipeline].transformer_config(self)
 
     def size_rules(self) -> tuple[int, int]:
         """(frames multiple, size multiple): frames are ``k * first + 1``, sizes multiples of the second."""
-        vae = self.components["vae"]
-        config = WanVAEConfig.from_diffusers(read_json(vae / "config.json")) if vae.is_dir() else WanVAEConfig()
-        patch = max(self.transformer_config().patch_size[1:])
-        return config.temporal_compression, config.spatial_compression * patch
+        return PIPELINES[self.pipeline].size_rules(self)
 
-    def defaults(self) -> WanDefaults:
-        """Size, frames and sampling defaults: the model card's, else Wan 2.1's."""
-        return WanDefaults(**self.card.get("defaults", {}))
+    def defaults(self) -> Any:
+        """Size, frames and sampling defaults (the model card's, else the architecture's)."""
+        return PIPELINES[self.pipeline].defaults(self)
+
+
+def _wan_transformer_config(layout: ModelLayout) -> WanTransformerConfig:
+    path = layout.components["transformer"]
+    raw = read_json((path if path.is_dir() else path.parent) / "config.json")
+    if raw.get("_class_name") == "WanTransformer3DModel":
+        return WanTransformerConfig.from_diffusers(raw)
+    return WanTransformerConfig.from_original(raw)
+
+
+def _wan_size_rules(layout: ModelLayout) -> tuple[int, int]:
+    vae = layout.components["vae"]
+    config = WanVAEConfig.from_diffusers(read_json(vae / "config.json")) if vae.is_dir() else WanVAEConfig()
+    patch = max(_wan_transformer_config(layout).patch_size[1:])
+    return config.temporal_compression, config.spatial_compression * patch
+
+
+def _wan_defaults(layout: ModelLayout) -> WanDefaults:
+    return WanDefaults(**layout.card.get("defaults", {}))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -114,9 +144,16 @@ def detect_layout(path: str | os.PathLike) -> ModelLayout:
             return _wan_original_layout(root, config)
         if config.get("model_type") == "i2v":
             raise KinemaError(f"{root} is a Wan image-to-video model; the image-to-video pipeline is not available yet")
+    single_files = [f for f in sorted(root.glob("*.safetensors")) if _is_ltx_single_file(f)]
+    if len(single_files) > 1:
+        names = ", ".join(f.name for f in single_files)
+        raise CheckpointError(f"{root} holds {len(single_files)} LTX-Video checkpoints ({names}); keep one per model directory")
+    if single_files:
+        return _ltx_original_layout(root, single_files[0])
     raise CheckpointError(
         f"{root} is not a model directory kinema knows: expected {KINEMA_MODEL_FILE} (kinema), "
-        "model_index.json (diffusers) or a Wan 2.1 config.json with its weight files"
+        "model_index.json (diffusers), a Wan 2.1 config.json with its weight files, or an "
+        "LTX-Video single-file checkpoint (.safetensors)"
     )
 
 
@@ -133,6 +170,9 @@ def _kinema_layout(root: Path) -> ModelLayout:
 # diffusers pipeline class -> (kinema pipeline, the components it needs)
 DIFFUSERS_PIPELINES = {
     "WanPipeline": ("wan-t2v", ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")),
+    # one kinema pipeline does LTX-Video's text-, image- and video-to-video
+    "LTXPipeline": ("ltx-video", ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")),
+    "LTXImageToVideoPipeline": ("ltx-video", ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")),
 }
 
 
@@ -177,6 +217,86 @@ def _wan_original_layout(root: Path, config: dict) -> ModelLayout:
     )
 
 
+def _is_ltx_single_file(path: Path) -> bool:
+    """An original LTX-Video checkpoint: transformer keys under ``model.diffusion_model.`` and VAE
+    keys under ``vae.`` in one safetensors file (only the header is read)."""
+    keys = safetensors_shapes(path)
+    return any(k.startswith(SINGLE_FILE_PREFIX) for k in keys) and any(k.startswith("vae.") for k in keys)
+
+
+def _ltx_original_layout(root: Path, checkpoint: Path) -> ModelLayout:
+    for base in (root, root / LTX_ORIGINAL_TEXT_REPO):
+        if (base / "text_encoder").is_dir() and (base / "tokenizer").is_dir():
+            text = {"text_encoder": base / "text_encoder", "tokenizer": base / "tokenizer"}
+            break
+    else:
+        missing = [n for n in ("text_encoder", "tokenizer") if not (root / n).is_dir()]
+        raise CheckpointError(
+            f"{root}: missing component {missing[0]!r} (expected the folders text_encoder/ and tokenizer/ of "
+            f"{LTX_ORIGINAL_TEXT_REPO} beside {checkpoint.name}, as LTX-Video's inference.py loads them)"
+        )
+    return ModelLayout("ltx-original", "ltx-video", root, {"transformer": checkpoint, "vae": checkpoint, **text})
+
+
+def _single_file_config(path: Path) -> dict:
+    """The JSON under "config" in an original LTX-Video file's metadata ({} when absent)."""
+    raw = safetensors_metadata(path).get("config")
+    if raw is None:
+        return {}
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the 'config' metadata is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the 'config' metadata is not a JSON object")
+    return config
+
+
+def _ltx_transformer_config(layout: ModelLayout) -> LTXTransformerConfig:
+    path = layout.components["transformer"]
+    if path.is_dir():
+        return LTXTransformerConfig.from_diffusers(read_json(path / "config.json"))
+    config = _config_from_metadata(path)
+    if config is not None:
+        return config
+    # no config stored: infer it from the tensor shapes in the header, as the loader does
+    shapes = {k[len(SINGLE_FILE_PREFIX) :]: v for k, v in safetensors_shapes(path).items() if k.startswith(SINGLE_FILE_PREFIX)}
+    return LTXTransformerConfig.from_state_dict(LTX_ORIGINAL_KEYS.to_ours({k: torch.empty(v, device="meta") for k, v in shapes.items()}))
+
+
+def _ltx_vae_config(layout: ModelLayout) -> LTXVAEConfig:
+    path = layout.components["vae"]
+    if path.is_dir():
+        return LTXVAEConfig.from_diffusers(read_json(path / "config.json"))
+    stored = _single_file_config(path).get("vae")
+    return LTXVAEConfig.from_original(stored) if stored else LTXVAEConfig()  # every release compresses 8 x 32 x 32
+
+
+def _ltx_size_rules(layout: ModelLayout) -> tuple[int, int]:
+    vae = _ltx_vae_config(layout)
+    return vae.temporal_compression, vae.spatial_compression  # the transformer's patch is 1
+
+
+def _ltx_defaults(layout: ModelLayout) -> LTXDefaults:
+    return LTXDefaults()
+
+
+def ltx_original_sampler(config: dict | None) -> SamplerSpec:
+    """The sampler of an original LTX-Video ``RectifiedFlowScheduler`` config (a single file's
+    metadata; None or {}: LTX-Video's defaults). Settings kinema does not implement raise."""
+    c = dict(config or {})
+    cls = c.get("_class_name", "RectifiedFlowScheduler")
+    shifting, sampler = c.get("shifting", "SD3"), c.get("sampler", "Uniform")
+    if cls != "RectifiedFlowScheduler" or shifting not in ("SD3", None) or sampler not in ("Uniform", None) or c.get("shift") is not None:
+        raise CheckpointError(
+            f"LTX-Video scheduler {cls} with shifting={shifting!r}, sampler={sampler!r}, shift={c.get('shift')!r} is not "
+            "supported; kinema implements RectifiedFlowScheduler with SD3 shifting and uniform timesteps"
+        )
+    terminal = c.get("target_shift_terminal", LTX_SHIFT_TERMINAL if not config else None)
+    resolution = LTX_RESOLUTION_SHIFT if shifting == "SD3" else ResolutionShift.fixed(1.0)
+    return SamplerSpec("euler", 1.0, int(c.get("num_train_timesteps", 1000)), resolution_shift=resolution, shift_terminal=terminal or None)
+
+
 # Models shipped inside the package (kinema/assets/<folder>), by name: they need no download.
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_MODELS = {"shapes": "shapes"}
@@ -202,14 +322,15 @@ def resolve_model(path_or_name: str | os.PathLike) -> ModelLayout:
         name = str(path_or_name)
         if name in SHIPPED_MODELS:
             return detect_layout(shipped_model_path(name))
-        if name in WAN_PRESETS:
+        if name in WAN_PRESETS or name in LTX_PRESETS:
+            family = "original Wan" if name in WAN_PRESETS else "original LTX-Video"
             raise KinemaError(
                 f"{name!r} is an architecture preset without weights; pass the directory of a downloaded "
-                f"{name} checkpoint (diffusers or original Wan layout) with --model"
+                f"{name} checkpoint (diffusers or {family} layout) with --model"
             )
         raise KinemaError(
             f"{name!r} is neither a model directory nor a shipped model ({', '.join(sorted(SHIPPED_MODELS))}); "
-            f"architecture presets without weights: {', '.join(sorted(WAN_PRESETS))}"
+            f"architecture presets without weights: {', '.join(sorted({**WAN_PRESETS, **LTX_PRESETS}))}"
         )
     return detect_layout(path)
 
@@ -217,7 +338,7 @@ def resolve_model(path_or_name: str | os.PathLike) -> ModelLayout:
 def check_before_loading(layout: ModelLayout, height, width, num_frames, num_inference_steps) -> None:
     """Check a request against the model's size rules and defaults, reading only config files."""
     temporal, spatial = layout.size_rules()
-    PIPELINES[layout.pipeline][0].check_request(
+    PIPELINES[layout.pipeline].cls.check_request(
         height, width, num_frames, num_inference_steps, layout.defaults(), temporal, spatial
     )
 
@@ -240,7 +361,7 @@ def load_pipeline(
     if dtype is None and device.type == "cpu":
         dtype = torch.float32
     layout = path_or_name if isinstance(path_or_name, ModelLayout) else resolve_model(path_or_name)
-    return PIPELINES[layout.pipeline][1](layout, device, dtype)
+    return PIPELINES[layout.pipeline].load(layout, device, dtype)
 
 
 def _load_wan_t2v(layout: ModelLayout, device: torch.device, dtype: torch.dtype | None):
@@ -260,5 +381,31 @@ def _load_wan_t2v(layout: ModelLayout, device: torch.device, dtype: torch.dtype 
     return WanPipeline(transformer, vae, text_encoder, sampler, defaults=layout.defaults(), device=device)
 
 
-# kinema pipeline name -> (pipeline class, loader)
-PIPELINES: dict[str, tuple[type, Callable]] = {"wan-t2v": (WanPipeline, _load_wan_t2v)}
+def _load_ltx(layout: ModelLayout, device: torch.device, dtype: torch.dtype | None):
+    c = layout.components
+    transformer = load_ltx_transformer(c["transformer"], dtype=dtype, device=device)
+    vae = load_ltx_vae(c["vae"], dtype=dtype, device=device)
+    # T5 as diffusers' LTXPipeline runs it, for both layouts (see T5TextEncoder.encode_padded)
+    text_encoder = T5TextEncoder.from_diffusers(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device, max_length=LTX_TEXT_LEN)
+    if layout.format == "diffusers":
+        sampler = SamplerSpec.from_diffusers(read_json(c["scheduler"] / "scheduler_config.json"))
+    else:
+        sampler = ltx_original_sampler(_single_file_config(c["transformer"]).get("scheduler"))
+    return LTXPipeline(transformer, vae, text_encoder, sampler, defaults=layout.defaults(), device=device)
+
+
+class PipelineKind(NamedTuple):
+    """A registered pipeline: its class, its loader, and what it reads from a layout before loading."""
+
+    cls: type  # the pipeline class (check_request, supports_image, supports_video)
+    load: Callable[[ModelLayout, torch.device, torch.dtype | None], Any]
+    transformer_config: Callable[[ModelLayout], Any]
+    size_rules: Callable[[ModelLayout], tuple[int, int]]
+    defaults: Callable[[ModelLayout], Any]
+
+
+# kinema pipeline name -> how to check and load it
+PIPELINES: dict[str, PipelineKind] = {
+    "wan-t2v": PipelineKind(WanPipeline, _load_wan_t2v, _wan_transformer_config, _wan_size_rules, _wan_defaults),
+    "ltx-video": PipelineKind(LTXPipeline, _load_ltx, _ltx_transformer_config, _ltx_size_rules, _ltx_defaults),
+}

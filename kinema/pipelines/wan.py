@@ -19,8 +19,7 @@ from ..models.vae.wan_vae import WanVAE
 from ..models.wan import WanTransformer
 from ..sampling import SamplerSpec, cfg, sample
 from ..text import TextEncoder
-from ..video import to_uint8
-from .common import as_prompt_list, check_frames, check_latents, check_size, check_steps, initial_noise, make_generators
+from .common import PromptStates, VideoPipeline, check_latents, check_output_options, initial_noise, make_generators
 from .output import VideoOutput
 
 # Wan 2.1's published sampling defaults (wan/configs/shared_config.py, generate.py).
@@ -43,7 +42,7 @@ class WanDefaults:
     fps: float = WAN_FPS
 
 
-class WanPipeline:
+class WanPipeline(VideoPipeline):
     """Wan 2.1 text-to-video.
 
     Args:
@@ -59,6 +58,7 @@ class WanPipeline:
     # frames are 4k+1 and sizes multiples of 16. (An instance re-derives both from its modules.)
     temporal_multiple = 4
     spatial_multiple = 16
+    defaults_type = WanDefaults
 
     def __init__(
         self,
@@ -91,45 +91,15 @@ class WanPipeline:
         """Height and width must be multiples of this (VAE stride x patch size)."""
         return self.vae_scale_factor_spatial * max(self.transformer.config.patch_size[1:])
 
-    @property
-    def fps(self) -> float:
-        return self.defaults.fps
-
-    @classmethod
-    def check_request(
-        cls,
-        height: int | None = None,
-        width: int | None = None,
-        num_frames: int | None = None,
-        num_inference_steps: int | None = None,
-        defaults: WanDefaults | None = None,
-        temporal_multiple: int | None = None,
-        spatial_multiple: int | None = None,
-    ) -> tuple[int, int, int, int]:
-        """Fill defaults and check sizes before any work (the CLI calls it before loading weights).
-
-        Returns (height, width, num_frames, num_inference_steps); raises KinemaError on bad values.
-        """
-        d = defaults or WanDefaults()
-        height = d.height if height is None else height
-        width = d.width if width is None else width
-        num_frames = d.num_frames if num_frames is None else num_frames
-        num_inference_steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
-        check_frames(num_frames, temporal_multiple or cls.temporal_multiple)
-        check_size(height, width, spatial_multiple or cls.spatial_multiple)
-        check_steps(num_inference_steps)
-        return height, width, num_frames, num_inference_steps
-
-    def set_progress_bar_config(self, disable: bool = False) -> None:
-        """diffusers-style switch for the per-step progress bar."""
-        self.progress = not disable
-
     # -- prompts ---------------------------------------------------------------------------------
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
         """(batch, text_len, text_dim) states in the denoiser's dtype, on its device."""
         if self.text_encoder is None:
             raise KinemaError("this pipeline was loaded without a text encoder; pass prompt_embeds= instead of a prompt")
         return self.text_encoder(prompts, device=self.device, dtype=self.transformer.compute_dtype)
+
+    def encode_text(self, prompts: list[str]) -> PromptStates:
+        return PromptStates(self.encode_prompt(prompts))  # zero-padded states, no mask (Wan's convention)
 
     # -- the call ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -183,35 +153,17 @@ class WanPipeline:
             height, width, num_frames, num_inference_steps, self.defaults, self.vae_scale_factor_temporal, self.size_multiple
         )
         guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if output_type not in ("np", "pt", "latent"):
-            raise KinemaError(f"output_type must be 'np', 'pt' or 'latent'; got {output_type!r}")
-        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
-            raise KinemaError(f"num_videos_per_prompt must be a positive integer; got {num_videos_per_prompt}")
+        check_output_options(output_type, num_videos_per_prompt)
         spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
         do_cfg = guidance_scale > 1.0
 
         # 1. text states: (B, L, text_dim)
         timings, t0 = {}, time.perf_counter()
-        prompts = as_prompt_list(prompt)
-        if (prompts is None) == (prompt_embeds is None):
-            raise KinemaError("pass exactly one of prompt= and prompt_embeds=")
-        cond = self.encode_prompt(prompts) if prompts is not None else prompt_embeds.to(self.device, self.transformer.compute_dtype)
-        n_prompts = cond.shape[0]
-        uncond = None
-        if do_cfg:
-            if negative_prompt_embeds is not None:
-                uncond = negative_prompt_embeds.to(self.device, self.transformer.compute_dtype)
-            else:
-                negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
-                if len(negatives) == 1:
-                    negatives = negatives * n_prompts
-                if len(negatives) != n_prompts:
-                    raise KinemaError(f"got {len(negatives)} negative prompts for {n_prompts} prompts; pass one, or one per prompt")
-                uncond = self.encode_prompt(negatives)
-            if uncond.shape[0] != n_prompts:
-                raise KinemaError(f"negative_prompt_embeds has batch {uncond.shape[0]}, prompts have {n_prompts}")
-        cond = cond.repeat_interleave(num_videos_per_prompt, dim=0)  # (B, L, text_dim)
-        uncond = uncond.repeat_interleave(num_videos_per_prompt, dim=0) if uncond is not None else None
+        cond_states, uncond_states = self.prompt_states(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt
+        )
+        cond = cond_states.states  # (B, L, text_dim)
+        uncond = uncond_states.states if uncond_states is not None else None
         batch = cond.shape[0]
         timings["text"] = time.perf_counter() - t0
 
@@ -233,14 +185,7 @@ class WanPipeline:
         t0 = time.perf_counter()
         latents = self.denoise(latents, cond, uncond, guidance_scale, num_inference_steps, spec, callback_on_step_end)
         timings["denoise"] = time.perf_counter() - t0
-        if output_type == "latent":
-            return VideoOutput(frames=None, latents=latents, fps=self.fps, timings=timings)
-
-        # 4. decode: (B, 3, F, H, W) in [-1, 1] -> uint8 (B, F, H, W, 3)
-        t0 = time.perf_counter()
-        frames = to_uint8(self.decode_latents(latents))
-        timings["decode"] = time.perf_counter() - t0
-        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=self.fps, timings=timings)
+        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents))
 
     def denoise(
         self,

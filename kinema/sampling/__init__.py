@@ -20,26 +20,35 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
+import math
+
 import torch
 from torch import Tensor
 
 from ..errors import KinemaError
 from .flow_match import EulerSampler, euler_step, flow_interpolate, predict_x0
-from .guidance import cfg
+from .guidance import cfg, rescale_guidance
 from .schedules import (
     NUM_TRAIN_TIMESTEPS,
+    TIME_SHIFT_TYPES,
     Schedule,
     flow_match_euler_schedule,
     flow_sigmas,
     model_timesteps,
+    resolution_shift_mu,
+    resolution_shift_schedule,
     schedule_from_sigmas,
     shift_sigmas,
+    strength_start_index,
+    stretch_to_terminal,
+    time_shift,
     unipc_flow_schedule,
 )
 from .unipc import UniPCSampler, UniPCState, unipc_step
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
+    "ResolutionShift",
     "SAMPLERS",
     "EulerSampler",
     "Sampler",
@@ -54,10 +63,16 @@ __all__ = [
     "flow_sigmas",
     "model_timesteps",
     "predict_x0",
+    "rescale_guidance",
+    "resolution_shift_mu",
+    "resolution_shift_schedule",
     "sample",
     "sampling_from_scheduler_config",
     "schedule_from_sigmas",
     "shift_sigmas",
+    "strength_start_index",
+    "stretch_to_terminal",
+    "time_shift",
     "unipc_flow_schedule",
     "unipc_step",
 ]
@@ -127,6 +142,44 @@ def sample(
 
 
 @dataclass(frozen=True)
+class ResolutionShift:
+    """A shift that grows with the number of latent tokens (LTX-Video, Flux): diffusers'
+    ``use_dynamic_shifting``. ``mu`` is linear in the token count through the two anchor points and
+    the sigmas are time-shifted by it (see :func:`resolution_shift_schedule`).
+
+    Defaults are diffusers' ``FlowMatchEulerDiscreteScheduler`` defaults; the LTX-Video scheduler
+    config sets ``ResolutionShift(1024, 4096, 0.95, 2.05)``.
+    """
+
+    base_seq_len: int = 256  # token count at which mu = base_shift
+    max_seq_len: int = 4096  # token count at which mu = max_shift
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    time_shift_type: str = "exponential"  # one of TIME_SHIFT_TYPES
+
+    def __post_init__(self) -> None:
+        if self.time_shift_type not in TIME_SHIFT_TYPES:
+            raise KinemaError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}; got {self.time_shift_type!r}")
+        for name in ("base_seq_len", "max_seq_len", "base_shift", "max_shift"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise KinemaError(f"resolution shift {name} must be a finite number; got {v!r}")
+        if self.base_seq_len == self.max_seq_len:
+            raise KinemaError(f"resolution shift needs base_seq_len != max_seq_len; both are {self.base_seq_len}")
+
+    @classmethod
+    def fixed(cls, shift: float, time_shift_type: str = "exponential") -> "ResolutionShift":
+        """The same mu at every resolution, the one of a static ``shift`` (``log(shift)`` for the
+        exponential time shift, which then equals the static shift ``s t / (1 + (s - 1) t)``)."""
+        mu = math.log(shift) if time_shift_type == "exponential" else float(shift)
+        return cls(base_shift=mu, max_shift=mu, time_shift_type=time_shift_type)
+
+    def mu(self, seq_len: int) -> float:
+        """The log-shift for ``seq_len`` latent tokens (diffusers' ``calculate_shift``)."""
+        return resolution_shift_mu(seq_len, self.base_seq_len, self.max_seq_len, self.base_shift, self.max_shift)
+
+
+@dataclass(frozen=True)
 class SamplerSpec:
     """Which sampler, with which schedule settings: what a model's scheduler config decides.
 
@@ -140,6 +193,10 @@ class SamplerSpec:
     shift: float = 1.0  # resolution shift of the sigma schedule (Wan 2.1: 3.0 at 480p, 5.0 at 720p)
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS  # timestep = sigma * this
     sampler: Sampler | None = None  # a configured sampler named `name`; None: SAMPLERS[name]
+    # LTX-Video: the shift follows the token count (then `shift` is unused) and the schedule is
+    # resolution_shift_schedule, stretched to end at shift_terminal. None: the sampler's own schedule.
+    resolution_shift: ResolutionShift | None = None
+    shift_terminal: float | None = None  # last sigma before 0 (LTX-Video: 0.1); only with resolution_shift
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -152,6 +209,16 @@ class SamplerSpec:
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise KinemaError(f"num_train_timesteps must be an integer >= 2; got {n!r}")
         object.__setattr__(self, "shift", float(self.shift))
+        if self.resolution_shift is not None and self.name != "euler":
+            raise KinemaError(
+                f"a resolution-dependent shift (LTX-Video's schedule) is supported with the euler sampler only; got {self.name!r}"
+            )
+        if self.shift_terminal is not None:
+            if self.resolution_shift is None:
+                raise KinemaError("shift_terminal is supported only with a resolution-dependent shift (LTX-Video's schedule)")
+            t = self.shift_terminal
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+                raise KinemaError(f"shift_terminal must lie in (0, 1) (LTX-Video: 0.1); got {t!r}")
 
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any]) -> SamplerSpec:
@@ -160,31 +227,41 @@ class SamplerSpec:
 
     def with_overrides(self, name: str | None = None, shift: float | None = None) -> SamplerSpec:
         """A copy with another sampler and/or shift; ``None`` keeps the current one. Switching to
-        another sampler takes that sampler's defaults and its own default schedule."""
+        another sampler takes that sampler's defaults and its own default schedule. With a
+        resolution-dependent shift, ``shift`` fixes it at every resolution (``ResolutionShift.fixed``)."""
         spec = self
         if name is not None and name != self.name:
             spec = replace(spec, name=name, sampler=None)
         if shift is not None:
             spec = replace(spec, shift=shift)
+            if spec.resolution_shift is not None:
+                spec = replace(spec, resolution_shift=ResolutionShift.fixed(spec.shift, spec.resolution_shift.time_shift_type))
         return spec
 
     def get_sampler(self) -> Sampler:
         return self.sampler if self.sampler is not None else SAMPLERS[self.name]
 
-    def schedule(self, num_inference_steps: int) -> Schedule:
-        """The sampler's default schedule with this spec's shift and ``num_train_timesteps``."""
-        return self.get_sampler().default_schedule(num_inference_steps, self.shift, self.num_train_timesteps)
+    def schedule(self, num_inference_steps: int, seq_len: int | None = None) -> Schedule:
+        """The sampler's default schedule with this spec's shift and ``num_train_timesteps``; with a
+        resolution-dependent shift, LTX-Video's schedule for ``seq_len`` latent tokens."""
+        if self.resolution_shift is None:
+            return self.get_sampler().default_schedule(num_inference_steps, self.shift, self.num_train_timesteps)
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise KinemaError(f"this schedule's shift depends on the resolution: pass seq_len, the latent token count; got {seq_len!r}")
+        r = self.resolution_shift
+        return resolution_shift_schedule(num_inference_steps, r.mu(seq_len), self.shift_terminal, self.num_train_timesteps, r.time_shift_type)
 
     def build(
-        self, num_inference_steps: int, device: torch.device | str | None = None
+        self, num_inference_steps: int, device: torch.device | str | None = None, seq_len: int | None = None
     ) -> tuple[Sampler, Tensor, Tensor]:
         """``(sampler, sigmas, timesteps)`` for a run of ``num_inference_steps``.
 
         ``sigmas`` ``(steps + 1,)`` stay float32 on the CPU (the steps read them as scalars, as
         diffusers does, so no device sync per step); ``timesteps`` ``(steps,)`` go to ``device``,
         ready for the denoiser: ``timesteps[i]`` conditions the model at ``sigmas[i]``.
+        ``seq_len`` (latent tokens) is needed only with a resolution-dependent shift.
         """
-        s = self.schedule(num_inference_steps)
+        s = self.schedule(num_inference_steps, seq_len)
         timesteps = s.timesteps if device is None else s.timesteps.to(device)
         return self.get_sampler(), s.sigmas, timesteps
 
@@ -220,17 +297,18 @@ _UNIPC_KEYS: dict[str, tuple[Any, str, Any]] = {
 _EULER_KEYS: dict[str, tuple[Any, str, Any]] = {
     "num_train_timesteps": (1000, "read", None),
     "shift": (1.0, "read", None),
-    "use_dynamic_shifting": (False, "must", False),
+    "use_dynamic_shifting": (False, "read", None),  # LTX-Video: True, with the four keys below
+    "base_shift": (0.5, "read", None),
+    "max_shift": (1.15, "read", None),
+    "base_image_seq_len": (256, "read", None),
+    "max_image_seq_len": (4096, "read", None),
+    "time_shift_type": ("exponential", "read", None),
+    "shift_terminal": (None, "read", None),  # only with use_dynamic_shifting (LTX-Video: 0.1)
     "invert_sigmas": (False, "must", False),
-    "shift_terminal": (None, "must", None),
     "use_karras_sigmas": (False, "must", False),
     "use_exponential_sigmas": (False, "must", False),
     "use_beta_sigmas": (False, "must", False),
     "stochastic_sampling": (False, "must", False),
-    **{
-        key: (None, "ignored", None)
-        for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "time_shift_type")
-    },
 }  # fmt: skip
 
 # diffusers maps these old UniPC solver names to "bh2" (UniPCMultistepScheduler.__init__).
@@ -266,7 +344,9 @@ def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
     """Build kinema's sampler and schedule settings from a diffusers ``scheduler_config.json`` dict.
 
     Supports ``UniPCMultistepScheduler`` with flow sigmas (Wan 2.1's) and
-    ``FlowMatchEulerDiscreteScheduler`` with a static shift. Missing keys take diffusers' defaults.
+    ``FlowMatchEulerDiscreteScheduler`` with a static shift, or with ``use_dynamic_shifting`` and
+    an optional ``shift_terminal`` (LTX-Video's; the schedule is then the one diffusers'
+    ``LTXPipeline`` builds, :func:`resolution_shift_schedule`). Missing keys take diffusers' defaults.
     Raises :class:`KinemaError` for any other class, and for any setting that would make the
     result differ from diffusers' (Karras sigmas, another prediction type, dynamic shifting...).
     """
@@ -294,6 +374,19 @@ def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
     elif cls == "FlowMatchEulerDiscreteScheduler":
         r = _read(config, _EULER_KEYS)
         sampler, shift = EulerSampler(), r["shift"]
+        terminal = r["shift_terminal"] or None  # diffusers tests it for truth: 0 means off
+        if not r["use_dynamic_shifting"]:
+            if terminal is not None:
+                raise KinemaError(
+                    f"FlowMatchEulerDiscreteScheduler with shift_terminal={terminal!r} and a static shift is not "
+                    "supported by kinema (only with use_dynamic_shifting, as LTX-Video's config has it)"
+                )
+            return SamplerSpec(sampler.name, shift, r["num_train_timesteps"])
+        resolution = ResolutionShift(
+            r["base_image_seq_len"], r["max_image_seq_len"], r["base_shift"], r["max_shift"], r["time_shift_type"]
+        )
+        # `shift` is unused under dynamic shifting (diffusers ignores it too)
+        return SamplerSpec(sampler.name, shift, r["num_train_timesteps"], resolution_shift=resolution, shift_terminal=terminal)
     else:
         raise KinemaError(
             f"scheduler _class_name {cls!r} is not supported; kinema reads UniPCMultistepScheduler "

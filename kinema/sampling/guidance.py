@@ -17,3 +17,14 @@ def cfg(uncond: Tensor, cond: Tensor, guidance_scale: float) -> Tensor:
     if guidance_scale == 1:
         return cond
     return uncond + guidance_scale * (cond - uncond)
+
+
+def rescale_guidance(guided: Tensor, cond: Tensor, rescale: float) -> Tensor:
+    """Pull the guided prediction's per-sample standard deviation back towards the conditional
+    one's (Lin et al. 2023, section 3.4; diffusers' ``rescale_noise_cfg``): ``rescale`` 0 returns
+    ``guided`` itself, 1 matches the std fully. Shapes (B, ...)."""
+    if rescale == 0:
+        return guided
+    dims = list(range(1, cond.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1 - rescale) * guided

@@ -17,11 +17,20 @@ Two schedules reproduce, value for value, what diffusers' schedulers build in ``
   point included (so the last step runs from nearly 0 to 0), shifted a second time; timesteps stay
   float32 ``sigma * N``. With few steps this differs a lot from the UniPC schedule, even at
   shift 1; that is what diffusers does, kept on purpose.
+
+A third, :func:`resolution_shift_schedule`, is LTX-Video's (and Flux's): the shift grows with the
+number of latent tokens. The sigmas ``linspace(1, 1/N, N)`` are time-shifted by ``exp(mu)`` with
+``mu`` linear in the token count (:func:`resolution_shift_mu`), then optionally stretched so that
+the last sigma before 0 is ``shift_terminal``; this is ``FlowMatchEulerDiscreteScheduler(
+use_dynamic_shifting=True, shift_terminal=...)`` after ``set_timesteps(sigmas=..., mu=mu)`` as
+diffusers' ``LTXPipeline`` calls it, bit for bit.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, TypeVar
+
+import math
 
 import numpy as np
 import torch
@@ -111,6 +120,86 @@ def flow_match_euler_schedule(
     return Schedule(sigmas=torch.cat([sigmas, torch.zeros(1)]), timesteps=timesteps)
 
 
+def resolution_shift_mu(
+    seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """The log-shift ``mu`` for ``seq_len`` latent tokens: linear through ``(base_seq_len,
+    base_shift)`` and ``(max_seq_len, max_shift)`` (extrapolated beyond them). diffusers'
+    ``calculate_shift``, evaluated in the same order; its defaults are diffusers' (Flux's), and the
+    LTX-Video scheduler config sets 1024, 4096, 0.95, 2.05. The sigmas are then shifted by
+    ``exp(mu)``, so ``mu = log(shift)`` is the static shift ``shift``."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    b = base_shift - m * base_seq_len
+    return seq_len * m + b
+
+
+TIME_SHIFT_TYPES = ("exponential", "linear")
+"""How ``mu`` shifts the sigmas (diffusers' ``time_shift_type``): ``exp(mu) / (exp(mu) + 1/t - 1)``
+(the static shift ``exp(mu)``; LTX-Video, Flux) or ``mu / (mu + 1/t - 1)`` (the static shift ``mu``)."""
+
+
+def time_shift(sigmas: T, mu: float, kind: str = "exponential") -> T:
+    """diffusers' ``_time_shift_exponential`` / ``_time_shift_linear`` with exponent 1, in the same
+    order of operations (so float32 arrays give float32 results equal to diffusers')."""
+    if kind == "exponential":
+        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+    if kind == "linear":
+        return mu / (mu + (1 / sigmas - 1))
+    raise KinemaError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}; got {kind!r}")
+
+
+def stretch_to_terminal(sigmas: T, terminal: float) -> T:
+    """Rescale ``1 - sigma`` so that the last sigma becomes ``terminal`` (LTX-Video's
+    ``strech_shifts_to_terminal``; diffusers' ``stretch_shift_to_terminal``). The first sigma, 1,
+    stays 1."""
+    one_minus_z = 1 - sigmas
+    scale_factor = one_minus_z[-1] / (1 - terminal)
+    return 1 - (one_minus_z / scale_factor)
+
+
+def resolution_shift_schedule(
+    num_inference_steps: int,
+    mu: float,
+    shift_terminal: float | None = None,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+    time_shift_type: str = "exponential",
+) -> Schedule:
+    """LTX-Video's schedule: the sigmas diffusers' ``LTXPipeline`` passes, ``linspace(1, 1/N, N)``,
+    through ``FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift_terminal=...)``'s
+    ``set_timesteps(sigmas=..., mu=mu)``, bit for bit.
+
+    Args:
+        num_inference_steps: number of denoiser evaluations (``>= 1``; ``>= 2`` with a terminal,
+            whose stretch divides by ``1 - sigma_last``).
+        mu: the log-shift, :func:`resolution_shift_mu` of the latent token count.
+        shift_terminal: the last sigma before 0 (LTX-Video: 0.1); None leaves the shifted sigmas.
+        num_train_timesteps: timestep = sigma * this (float32, not rounded).
+        time_shift_type: "exponential" (LTX-Video) or "linear".
+    """
+    _check(num_inference_steps, 1.0, num_train_timesteps)
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+        raise KinemaError(f"mu must be a finite number; got {mu!r}")
+    if shift_terminal is not None:
+        if not 0 < shift_terminal < 1:
+            raise KinemaError(f"shift_terminal must lie in (0, 1) (LTX-Video: 0.1); got {shift_terminal!r}")
+        if num_inference_steps < 2:
+            raise KinemaError("a schedule stretched to a terminal sigma needs num_inference_steps >= 2; got 1")
+    if time_shift_type == "linear" and not mu > 0:
+        raise KinemaError(f"a linear time shift needs mu > 0; got {mu!r}")
+    sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)  # float64, as the pipeline
+    sigmas = sigmas.astype(np.float32)  # the scheduler casts custom sigmas to float32
+    sigmas = time_shift(sigmas, mu, time_shift_type)
+    if shift_terminal:
+        sigmas = stretch_to_terminal(sigmas, shift_terminal)
+    sigmas = torch.from_numpy(np.asarray(sigmas)).to(torch.float32)
+    timesteps = sigmas * num_train_timesteps
+    return Schedule(sigmas=torch.cat([sigmas, torch.zeros(1)]), timesteps=timesteps)
+
+
 def flow_sigmas(
     num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 ) -> torch.Tensor:
@@ -135,6 +224,24 @@ def schedule_from_sigmas(sigmas: torch.Tensor | list[float], num_train_timesteps
     if not bool(torch.all(s[1:] < s[:-1])) or float(s[0]) > 1 or float(s[-1]) != 0:
         raise KinemaError(f"sigmas must strictly decrease from <= 1 to exactly 0; got {s.tolist()}")
     return Schedule(sigmas=s, timesteps=model_timesteps(s, num_train_timesteps))
+
+
+def strength_start_index(sigmas: torch.Tensor, strength: float) -> int:
+    """Where a partial denoise of noise level ``strength`` starts in a ``(steps + 1,)`` schedule.
+
+    SDEdit / video-to-video: the input is noised to a level on the schedule and sampled from there.
+    Here ``strength`` is that noise level: the run starts at the first step whose sigma is at most
+    ``strength`` and runs the remaining steps (``len(sigmas) - 1 - index`` of them; none when every
+    step's sigma is above it, and then the input comes back unchanged). ``strength`` 1 is the whole
+    schedule. (diffusers' image-to-image pipelines instead skip a fraction ``1 - strength`` of the
+    steps; under a strong resolution shift that starts almost at pure noise, at a level that changes
+    with the resolution.)
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise KinemaError(f"strength must be in (0, 1] (the noise level the input is taken to); got {strength!r}")
+    steps = sigmas[:-1]
+    below = (steps <= strength).nonzero()
+    return int(below[0]) if len(below) else len(steps)
 
 
 def check_step_index(sigmas: torch.Tensor, index: int) -> None:

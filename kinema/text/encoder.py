@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, KinemaError
 
 
 def clean_prompt(text: str) -> str:
@@ -87,6 +87,43 @@ class TokenStateEncoder:
         out = states.new_zeros(states.shape[0], self.max_length, states.shape[2])  # (B, max_length, dim)
         out[:, : states.shape[1]] = states
         return out.to(device=device or out.device, dtype=dtype or out.dtype)
+
+
+    @torch.no_grad()
+    def encode_padded(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode prompts padded to ``max_length`` tokens, returning the states and the token mask.
+
+        The convention of diffusers' ``LTXPipeline`` (T5 for LTX-Video): every prompt is padded (or
+        truncated) to ``max_length`` tokens, the encoder runs over all of them *without* an attention
+        mask, the prompt text is used as given, and the states are returned as they come (padding
+        positions included); the denoiser masks the padding in its cross-attention with the mask.
+
+        Returns:
+            states (batch, max_length, dim) and mask (batch, max_length) bool, True for real tokens.
+        """
+        max_length = self.max_length if max_length is None else max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise KinemaError(f"max_sequence_length must be a positive integer; got {max_length!r}")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        model_device = next(self.model.parameters()).device
+        states = self.model(input_ids=tokens.input_ids.to(model_device)).last_hidden_state  # (B, L, dim)
+        mask = tokens.attention_mask.bool()  # (B, L)
+        return states.to(device=device or states.device, dtype=dtype or states.dtype), mask.to(device or states.device)
 
 
 def load_tokenizer(tokenizer_dir: str | os.PathLike):

@@ -1,0 +1,423 @@
+"""LTX-Video (kinema's Spectro-2B): text-, image- and video-to-video with one pipeline.
+
+encode the prompt (T5, 128 tokens and their mask) -> sample latents with rectified flow under a
+resolution-dependent shift -> decode with the timestep-conditioned VAE (0.9.1+). Arguments follow
+diffusers' ``LTXPipeline`` and ``LTXImageToVideoPipeline`` names, so code written for diffusers calls
+kinema unchanged.
+
+- **text-to-video**: as diffusers' ``LTXPipeline``.
+- **image-to-video** (``image=``): as diffusers' ``LTXImageToVideoPipeline``: the image is encoded
+  (a sample of the VAE posterior) into latent frame 0, which the denoiser sees at timestep 0
+  (per-token timesteps ``t * (1 - mask)``) and which no step changes.
+- **video-to-video** (``video=``, ``strength=``): SDEdit. The input video is encoded, noised to the
+  level ``strength`` on the model's schedule and denoised from there (the steps of the full schedule
+  whose sigma is at most ``strength``, see :func:`kinema.sampling.strength_start_index`). The
+  prompt describes the result. ``strength`` is a noise level, not a fraction of steps as in
+  diffusers' image-to-image pipelines: under LTX's shift (about 7x at 768x512, 121 frames) a step
+  fraction of 0.8 starts almost at pure noise, at a level that changes with the resolution.
+
+``latents=`` is always the initial noise (batch, 128, F', H', W'): for image-to-video its frame 0 is
+replaced by the image's latents, for video-to-video it is blended with the input's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import KinemaError
+from ..models.ltx import LTXTransformer, ltx_rope_scale
+from ..models.vae.ltx_vae import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP, LTXVAE
+from ..sampling import SamplerSpec, cfg, rescale_guidance, sample, strength_start_index
+from ..text import MaskedTextEncoder
+from .common import (
+    PromptStates,
+    VideoPipeline,
+    check_latents,
+    check_output_options,
+    images_to_tensor,
+    initial_noise,
+    make_generators,
+    resize_and_crop,
+    videos_to_tensor,
+)
+from .output import VideoOutput
+
+StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
+
+LTX_TEXT_LEN = 128  # T5 tokens per prompt: LTX-Video's max_length, diffusers' max_sequence_length
+DEFAULT_STRENGTH = 0.8  # video-to-video: the input is taken to noise level 0.8 (20% of it kept)
+
+
+@dataclass
+class LTXDefaults:
+    """Spectro-2B's defaults: 768x512, 121 frames (5 s at 24 fps; LTX-Video's published setting),
+    and diffusers' LTXPipeline's sampling defaults (50 steps, guidance 3). diffusers' own call
+    defaults differ (704x512, 161 frames at 25 fps, decode timestep 0): pass them to reproduce it."""
+
+    height: int = 512
+    width: int = 768
+    num_frames: int = 121
+    num_inference_steps: int = 50
+    guidance_scale: float = 3.0
+    fps: float = 24.0  # also the frame_rate the positions are scaled by
+    decode_timestep: float = DEFAULT_DECODE_TIMESTEP  # for the timestep-conditioned VAE (0.9.1+)
+    decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE
+    max_sequence_length: int = LTX_TEXT_LEN
+
+
+class LTXPipeline(VideoPipeline):
+    """LTX-Video text-, image- and video-to-video.
+
+    Args:
+        transformer: the denoiser (:class:`~kinema.models.ltx.LTXTransformer`).
+        vae: the video autoencoder (:class:`~kinema.models.vae.ltx_vae.LTXVAE`).
+        text_encoder: T5 with ``encode_padded`` (states and token mask), or None (then pass
+            ``prompt_embeds``).
+        sampler: the schedule (LTX-Video's: Euler with a resolution-dependent shift).
+        defaults: size, frames, frame rate, sampling and decoding defaults.
+        device: where the denoiser and VAE run.
+    """
+
+    # LTX-Video's VAE compresses time 8x and space 32x; the transformer's patch is 1: frames are
+    # 8k+1 and sizes multiples of 32. (An instance re-derives both from its modules.)
+    temporal_multiple = 8
+    spatial_multiple = 32
+    defaults_type = LTXDefaults
+    supports_image = True
+    supports_video = True
+
+    def __init__(
+        self,
+        transformer: LTXTransformer,
+        vae: LTXVAE,
+        text_encoder: MaskedTextEncoder | None,
+        sampler: SamplerSpec,
+        defaults: LTXDefaults | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.sampler = sampler
+        self.defaults = defaults or LTXDefaults()
+        self.device = torch.device(device)
+        self.progress = True
+
+    # -- facts derived from the components ---------------------------------------------------------
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return self.vae.temporal_compression
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        return self.vae.spatial_compression
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (the VAE's stride; the patch size is 1)."""
+        return self.vae_scale_factor_spatial
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str], max_sequence_length: int | None = None) -> PromptStates:
+        """Prompts -> (B, L, text_dim) states in the denoiser's dtype and the (B, L) token mask."""
+        if self.text_encoder is None:
+            raise KinemaError("this pipeline was loaded without a text encoder; pass prompt_embeds= instead of a prompt")
+        length = self.defaults.max_sequence_length if max_sequence_length is None else max_sequence_length
+        states, mask = self.text_encoder.encode_padded(
+            prompts, max_length=length, device=self.device, dtype=self.transformer.compute_dtype
+        )
+        return PromptStates(states, mask)
+
+    # -- the call ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        image: Any = None,
+        video: Any = None,
+        strength: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        frame_rate: float | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        decode_timestep: float | list[float] | None = None,
+        decode_noise_scale: float | list[float] | None = None,
+        output_type: str = "np",
+        shift: float | None = None,
+        sampler: str | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        max_sequence_length: int | None = None,
+    ) -> VideoOutput:
+        """Generate videos, from text alone, from a first frame (``image``) or from a video (``video``).
+
+        Args:
+            prompt: one prompt or a list (a batch). Or pass ``prompt_embeds``.
+            negative_prompt: what to steer away from (one, or one per prompt); "" by default.
+            image: image-to-video: the first frame, one or one per prompt (PIL image, (H, W, 3)
+                uint8 array, or (3, H, W) float tensor in [0, 1]; see
+                :func:`~kinema.pipelines.common.images_to_tensor`); scaled and centre-cropped to
+                the video's size if it differs.
+            video: video-to-video: the input, one or one per prompt, (F, H, W, 3) frames (uint8,
+                or float in [0, 1]); at least ``num_frames`` frames (the first ones are used;
+                by default as many 8k+1 frames as it has, up to the model's default).
+            strength: video-to-video: the noise level in (0, 1] the input is taken to (default
+                0.8); 1 ignores the input, below the schedule's last sigma it comes back unchanged.
+            height, width: pixels, multiples of 32 (default 512 x 768).
+            num_frames: 8k+1 (default 121).
+            frame_rate: frames per second the video is made for (positions are scaled by it) and
+                written at (default 24).
+            num_inference_steps: steps of the full schedule (default 50).
+            guidance_scale: classifier-free guidance; at 1.0 or below no unconditional pass is run.
+            guidance_rescale: diffusers' guidance rescale (0 = off).
+            num_videos_per_prompt: videos per prompt.
+            generator: a torch.Generator (or one per video) for every random draw; or ``seed``.
+            seed: an integer seed (a CPU generator): the same seed gives the same video on CPU.
+            latents: initial noise (batch, 128, F', H', W') float32 instead of drawing it.
+            prompt_embeds, negative_prompt_embeds: precomputed text states (batch, length, 4096),
+                with ``prompt_attention_mask`` / ``negative_prompt_attention_mask`` (batch, length)
+                (None: every position is a token).
+            decode_timestep, decode_noise_scale: for a timestep-conditioned VAE (0.9.1+): the
+                noise level the decoder is told, and the share of fresh noise blended into the
+                latents before decoding (None: 0.05 and 0.025, LTX-Video's recommendation; diffusers
+                defaults to 0 and to the decode timestep). One value or one per video.
+            output_type: "np" (uint8 numpy frames), "pt" (uint8 torch frames) or "latent" (no decode).
+            shift: fix the schedule's shift at every resolution (None: the model's resolution rule).
+            sampler: "euler" (None: the model's scheduler); LTX's schedule needs Euler.
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None``; a
+                returned "latents" replaces the current latents.
+            max_sequence_length: T5 tokens per prompt (default 128).
+
+        Returns:
+            VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8, ``latents`` and ``fps``.
+        """
+        if image is not None and video is not None:
+            raise KinemaError("pass image= (image-to-video) or video= (video-to-video), not both")
+        if strength is not None and video is None:
+            raise KinemaError("strength= applies to video-to-video: pass video= too")
+        pixels = None
+        if video is not None:
+            pixels = videos_to_tensor(video)  # (n, 3, F_in, H_in, W_in) in [0, 1]
+            if num_frames is None:
+                num_frames = _frames_that_fit(pixels.shape[2], self.defaults.num_frames, self.vae_scale_factor_temporal)
+        height, width, num_frames, num_inference_steps = self.check_request(
+            height, width, num_frames, num_inference_steps, self.defaults, self.vae_scale_factor_temporal, self.size_multiple
+        )
+        if video is not None:
+            strength = DEFAULT_STRENGTH if strength is None else strength
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+                raise KinemaError(f"strength must be in (0, 1] (the noise level the input is taken to); got {strength!r}")
+        if video is not None and pixels.shape[2] < num_frames:
+            fit = _frames_that_fit(pixels.shape[2], num_frames, self.vae_scale_factor_temporal)
+            raise KinemaError(f"the input video has {pixels.shape[2]} frames, fewer than num_frames={num_frames}; use num_frames={fit}")
+        if image is not None:
+            pixels = images_to_tensor(image)[:, :, None]  # (n, 3, 1, H_in, W_in) in [0, 1]
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        frame_rate = self.defaults.fps if frame_rate is None else frame_rate
+        if isinstance(frame_rate, bool) or not isinstance(frame_rate, (int, float)) or not frame_rate > 0:
+            raise KinemaError(f"frame_rate must be a positive number; got {frame_rate!r}")
+        check_output_options(output_type, num_videos_per_prompt)
+        decode_timestep, decode_noise_scale = self._decode_settings(decode_timestep, decode_noise_scale)
+        spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
+        grid = (
+            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )  # latent (F', H', W'): one token per voxel
+        sampler_, sigmas, timesteps = spec.build(num_inference_steps, device=self.device, seq_len=grid[0] * grid[1] * grid[2])
+        do_cfg = guidance_scale > 1.0
+
+        # 1. text states (B, L, text_dim) and masks (B, L)
+        timings, t0 = {}, time.perf_counter()
+        cond, uncond = self.prompt_states(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt,
+            prompt_attention_mask, negative_prompt_attention_mask,
+            encode=lambda p: self.encode_text(p, max_sequence_length),
+        )  # fmt: skip
+        batch = cond.batch_size
+        n_prompts = batch // num_videos_per_prompt
+        timings["text"] = time.perf_counter() - t0
+
+        # 2. initial latents: (B, C, F', H', W')
+        shape = (batch, self.transformer.config.in_dim, *grid)
+        generators = make_generators(generator, seed, batch)
+        if latents is not None:
+            check_latents(latents, shape)
+        keep = None  # image-to-video: the latents of frame 0, which the steps leave alone
+        if image is not None:
+            # diffusers' order of draws: the image's posterior sample, then the noise
+            keep = self._encode_pixels(pixels[:, :, :1], height, width, n_prompts, num_videos_per_prompt, generators, "image")
+            noise = latents.to(self.device, torch.float32) if latents is not None else initial_noise(shape, generators, self.device)
+            latents = noise.clone()
+            latents[:, :, :1] = keep
+        else:
+            latents = latents.to(self.device, torch.float32) if latents is not None else initial_noise(shape, generators, self.device)
+        if video is not None:
+            start = strength_start_index(sigmas, strength)
+            sigmas, timesteps = sigmas[start:], timesteps[start:]
+            if start > 0:  # strength 1 starts from pure noise: the input is not needed (nor encoded)
+                clean = self._encode_pixels(
+                    pixels[:, :, :num_frames], height, width, n_prompts, num_videos_per_prompt, generators, "video"
+                )
+                sigma = sigmas[0]
+                latents = sigma * latents + (1 - sigma) * clean  # flow_interpolate, in diffusers' order
+
+        # 3. sample
+        t0 = time.perf_counter()
+        rope_scale = ltx_rope_scale(frame_rate, self.vae_scale_factor_temporal, self.vae_scale_factor_spatial)
+        latents = self.denoise(
+            latents, cond, uncond, guidance_scale, guidance_rescale, sampler_, sigmas, timesteps, rope_scale, keep,
+            callback_on_step_end,
+        )  # fmt: skip
+        timings["denoise"] = time.perf_counter() - t0
+        decode = lambda: self.decode_latents(latents, decode_timestep, decode_noise_scale, generators)  # noqa: E731
+        return self.finish(latents, output_type, timings, decode, fps=float(frame_rate))
+
+    # -- pieces of the call ----------------------------------------------------------------------
+    def _decode_settings(self, timestep, noise_scale) -> tuple[Any, Any]:
+        if not self.vae.config.timestep_conditioning:
+            if timestep is not None or noise_scale is not None:
+                raise KinemaError(
+                    "this model's VAE decoder is not timestep-conditioned (LTX-Video 0.9.0): "
+                    "leave decode_timestep and decode_noise_scale unset"
+                )
+            return None, None
+        if timestep is None:
+            timestep = self.defaults.decode_timestep
+            noise_scale = self.defaults.decode_noise_scale if noise_scale is None else noise_scale
+        return timestep, noise_scale
+
+    def _encode_pixels(
+        self,
+        pixels: torch.Tensor,
+        height: int,
+        width: int,
+        n_prompts: int,
+        per_prompt: int,
+        generators: torch.Generator | list[torch.Generator] | None,
+        what: str,
+    ) -> torch.Tensor:
+        """Conditioning pixels (n, 3, F, H_in, W_in) in [0, 1], one or one per prompt -> normalised
+        latents (B, C, F', H', W') float32, one per video, from a sample of the VAE posterior.
+
+        As diffusers does: with one generator each given image is encoded once, in order, and shared
+        by its prompt's videos; with one generator per video, each video's image is encoded with its own.
+        """
+        n = pixels.shape[0]
+        if n not in (1, n_prompts):
+            raise KinemaError(f"got {n} {what}s for {n_prompts} prompts; pass one, or one per prompt")
+        x = resize_and_crop(pixels, height, width) * 2 - 1  # (n, 3, F, H, W) in [-1, 1]
+        batch = n_prompts * per_prompt
+        if isinstance(generators, list):
+            per_video = x.repeat_interleave(per_prompt, dim=0) if n > 1 else x.expand(batch, *x.shape[1:])
+            return torch.cat([self._encode_one(per_video[i : i + 1], generators[i]) for i in range(batch)])
+        z = torch.cat([self._encode_one(x[i : i + 1], generators) for i in range(n)])  # (n, C, F', H', W')
+        return z.repeat_interleave(per_prompt, dim=0) if n > 1 else z.expand(batch, *z.shape[1:]).contiguous()
+
+    def _encode_one(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        posterior = self.vae.encode(x.to(self.device))  # mean, logvar (1, C, F', H', W')
+        noise = initial_noise(tuple(posterior.mean.shape), generator, self.device)
+        z = posterior.mean.float() + posterior.std.float() * noise  # a posterior sample, as diffusers draws it
+        return self.vae.normalize_latents(z)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        cond: PromptStates,
+        uncond: PromptStates | None,
+        guidance_scale: float,
+        guidance_rescale: float,
+        sampler: Any,
+        sigmas: torch.Tensor,
+        timesteps: torch.Tensor,
+        rope_scale: tuple[float, float, float],
+        keep: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Run ``sampler`` over ``sigmas`` from ``latents`` (B, C, F, H, W) float32 to clean latents.
+
+        ``keep`` (B, C, 1, H, W): image-to-video's frame 0, shown to the denoiser at timestep 0 and
+        put back after every step (diffusers steps only the other frames; the same numbers).
+        """
+        model_dtype = self.transformer.compute_dtype
+        # The text embedding and every block's cross-attention keys/values depend only on the
+        # prompt: project them once here instead of at every step (bit-identical results).
+        cond_ctx = self.transformer.prepare_context(cond.states, cond.mask)
+        uncond_ctx = self.transformer.prepare_context(uncond.states, uncond.mask) if uncond is not None else None
+        b, _, f, h, w = latents.shape
+        frame_mask = None
+        if keep is not None:
+            frame_mask = torch.zeros(b, f, h * w, device=self.device)  # (B, F, H*W): 1 on frame 0's tokens
+            frame_mask[:, 0] = 1.0
+            frame_mask = frame_mask.reshape(b, f * h * w)  # (B, N), frame-major like the tokens
+
+        def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
+            x = x.to(model_dtype)  # (B, C, F, H, W)
+            t = timesteps[i].expand(b)  # (B,)
+            if frame_mask is not None:
+                t = t.unsqueeze(-1) * (1 - frame_mask)  # (B, N): 0 on the conditioning frame
+            v = self.transformer(x, t, cond_ctx, rope_scale=rope_scale).float()  # (B, C, F, H, W)
+            if uncond_ctx is None:
+                return v
+            guided = cfg(self.transformer(x, t, uncond_ctx, rope_scale=rope_scale).float(), v, guidance_scale)
+            return rescale_guidance(guided, v, guidance_rescale)
+
+        def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
+            if keep is not None:
+                x = torch.cat([keep, x[:, :, 1:]], dim=2)
+            out = callback(self, i, timesteps[i], {"latents": x}) if callback is not None else None
+            replaced = out.get("latents") if out else None
+            return replaced if replaced is not None else x
+
+        return sample(velocity, latents, sigmas, sampler, callback=on_step, progress=self.progress)
+
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        decode_timestep: float | list[float] | None = None,
+        decode_noise_scale: float | list[float] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1].
+
+        For a timestep-conditioned VAE, fresh noise (drawn from ``generator``, per video for a list,
+        as diffusers draws it) is blended in at ``decode_noise_scale`` (default: the timestep) and
+        the decoder is told ``decode_timestep``; its own injected noise then comes from the
+        (first) generator. diffusers draws that injected noise from the global generator instead.
+        """
+        z = self.vae.denormalize_latents(latents.float())  # float32 math; the VAE casts to its dtype
+        if not self.vae.config.timestep_conditioning:
+            return self.vae.decode(z).float()
+        timestep = 0.0 if decode_timestep is None else decode_timestep
+        scale = timestep if decode_noise_scale is None else decode_noise_scale
+        b = z.shape[0]
+        noise = initial_noise(tuple(z.shape), generator, z.device)  # drawn even at scale 0, as diffusers
+        s = torch.as_tensor(scale, dtype=torch.float32, device=z.device).reshape(-1)
+        if s.numel() not in (1, b):
+            raise KinemaError(f"decode_noise_scale needs 1 or {b} values; got {s.numel()}")
+        s = s.view(-1, 1, 1, 1, 1)
+        z = (1 - s) * z + s * noise
+        injected = generator[0] if isinstance(generator, list) else generator
+        return self.vae.decode(z, timestep=timestep, decode_noise_scale=0.0, generator=injected).float()
+
+
+def _frames_that_fit(available: int, limit: int, temporal: int) -> int:
+    """The most frames of the form temporal * k + 1 that are at most ``available`` and ``limit``."""
+    n = max(1, min(available, limit))
+    return (n - 1) // temporal * temporal + 1
