@@ -4,7 +4,8 @@ Every measurement runs in a fresh child process (so peak memory is that run's ow
 random weights (seeded) converted through kinema's real key maps, with the same inputs. Prints
 median wall time over ``--repeats`` runs after one warm-up, the peak resident memory of the
 process during the timed call above what the weights already held, and the kinema/diffusers ratio
-(< 1 means kinema is faster or smaller).
+(< 1 means kinema is faster or smaller). The harness is shared with ``bench_ltx.py``
+(``benchmarks/harness.py``).
 
     python benchmarks/bench_wan.py                      # 1.3B width, 2 layers; VAE at full size
     python benchmarks/bench_wan.py --layers 30          # the whole 1.3B transformer (slow in fp32)
@@ -16,48 +17,15 @@ Needs diffusers (the test extra): ``pip install -e ".[test]"``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-# ------------------------------------------------------------------------------------------------
-# Memory: the kernel's high-water mark of resident memory, reset before each timed call
-# ------------------------------------------------------------------------------------------------
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-        f.write("5")
+from harness import Bench, run
 
 
 # ------------------------------------------------------------------------------------------------
 # The two sides, built from one seeded diffusers model
 # ------------------------------------------------------------------------------------------------
-def _has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); PyTorch is slow at bf16 without."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _transformer_pair(args, impl: str, dtype: torch.dtype):
     from diffusers import WanTransformer3DModel
 
@@ -123,87 +91,22 @@ def _vae_pair(args, impl: str, dtype: torch.dtype):
     return lambda: model.decode(z)
 
 
-BUILDERS = {"transformer step": _transformer_pair, "guided step": _transformer_pair, "VAE decode": _vae_pair}
-
-
-def child(args) -> None:
-    """Measure one (what, impl, dtype) in this process and print one JSON line."""
-    torch.set_num_threads(args.threads)
-    fn = BUILDERS[args.what](args, args.impl, DTYPES[args.dtype])
-    with torch.inference_mode():
-        base = _rss_kib("VmRSS")  # weights and inputs
-        _reset_peak()
-        t0 = time.perf_counter()
-        out = fn()  # first call: its peak is the memory the call needs; it also warms up
-        first = time.perf_counter() - t0
-        peak = _rss_kib("VmHWM") - base
-        times = [] if args.repeats else [first]  # --repeats 0: time the first call (long runs)
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-    print(json.dumps({
-        "what": args.what, "impl": args.impl, "dtype": args.dtype, "seconds": statistics.median(times),
-        "peak_mib": peak / 1024, "weights_mib": base / 1024, "checksum": float(out.float().abs().mean()),
-    }))  # fmt: skip
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=2, help="transformer layers (30 = the whole 1.3B)")
     p.add_argument("--heads", type=int, default=12, help="attention heads of 128 (12 = 1.3B width)")
     p.add_argument("--ffn-dim", type=int, default=8960, help="feed-forward width (8960 = 1.3B)")
-    p.add_argument("--frames", type=int, default=9, help="video frames (4k+1)")
-    p.add_argument("--size", default="128x128", help="WIDTHxHEIGHT in pixels")
-    p.add_argument("--vae-bf16-frames", type=int, default=1, help="frames for the bf16 VAE row on CPUs without bf16")
-    p.add_argument("--vae-bf16-size", default="32x32", help="size for the bf16 VAE row on CPUs without bf16")
-    p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--what", default="transformer step,guided step,VAE decode")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (0: time the first)")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--json", help="also write the results here")
-    p.add_argument("--impl", help=argparse.SUPPRESS)  # set in child processes
-    args = p.parse_args()
-    args.width, args.height = (int(v) for v in args.size.lower().split("x"))
-    if args.impl:
-        args.dtype = args.dtypes
-        return child(args)
 
-    rows = []
-    for what in args.what.split(","):
-        for dtype in args.dtypes.split(","):
-            frames, size = args.frames, args.size
-            if what == "VAE decode" and dtype == "bfloat16" and not _has_native_bf16():
-                # PyTorch's bf16 conv3d without native CPU kernels is ~300x slower than fp32: a
-                # smaller clip keeps the diffusers side of this row within minutes
-                frames, size = args.vae_bf16_frames, args.vae_bf16_size
-            pair = {}
-            for impl in ("diffusers", "kinema"):
-                cmd = [sys.executable, __file__, "--impl", impl, "--what", what, "--dtypes", dtype,
-                       "--frames", str(frames), "--size", size]  # fmt: skip
-                for flag in ("layers", "heads", "ffn_dim", "repeats", "threads"):
-                    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-                res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                if res.returncode:
-                    sys.exit(f"{impl} {what} {dtype} failed:\n{res.stderr[-3000:]}")
-                pair[impl] = json.loads(res.stdout.strip().splitlines()[-1])
-            d, k = pair["diffusers"], pair["kinema"]
-            rows.append({**{f"{i}_{m}": pair[i][m] for i in pair for m in ("seconds", "peak_mib")},
-                         "what": what, "dtype": dtype, "frames": frames, "size": size,
-                         "time_ratio": k["seconds"] / d["seconds"], "memory_ratio": k["peak_mib"] / d["peak_mib"],
-                         "checksum_diff": abs(k["checksum"] - d["checksum"])})  # fmt: skip
-            r = rows[-1]
-            print(
-                f"{what:16s} {dtype:8s} {frames:3d}f {size:>8s} | diffusers {d['seconds']:8.3f} s {d['peak_mib']:7.1f} MiB | "
-                f"kinema {k['seconds']:8.3f} s {k['peak_mib']:7.1f} MiB | kinema/diffusers time {r['time_ratio']:.2f} "
-                f"memory {r['memory_ratio']:.2f}",
-                flush=True,
-            )
-    print(f"(torch {torch.__version__}, {args.threads} threads, transformer: {args.layers} layers of {args.heads * 128}; "
-          "memory: peak RSS of the call above weights and inputs)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+BENCH = Bench(
+    script=__file__,
+    description=__doc__,
+    builders={"transformer step": _transformer_pair, "guided step": _transformer_pair, "VAE decode": _vae_pair},
+    frames=9,  # 4k+1
+    size="128x128",
+    add_arguments=_add_arguments,
+    describe=lambda args: f"transformer: {args.layers} layers of {args.heads * 128}",
+)
 
 
 if __name__ == "__main__":
-    main()
+    run(BENCH)
