@@ -14,8 +14,9 @@ kinema/diffusers ratios (< 1 means kinema is faster or smaller).
 - guided step: one classifier-free-guided velocity as each pipeline computes it. diffusers'
   ``LTXPipeline`` batches cond and uncond: it concatenates the latents, runs one batch-2 forward on
   the concatenated text states and masks, and splits. kinema projects the text once per generation
-  (``prepare_context``, outside the timed call) and runs cond and uncond as two forwards, as its
-  pipelines do (``--kinema-cfg batched``: one batch-2 forward on a batch-2 ``LTXConditioning``).
+  (``prepare_context``, outside the timed call) and runs one batch-2 forward on a batch-2
+  ``LTXConditioning``, as its LTX pipeline does by default (``--kinema-cfg separate``: two forwards,
+  what ``pipe.batch_cfg = False`` does, for less activation memory).
 - VAE decode: the LTX-Video 0.9.1 VAE at full size (``--vae``), decode timestep 0.05 with noise
   scale 0.025 (LTX-Video's recommended settings): kinema's streamed ``LTXVAE.decode`` (``--vae-chunk``
   latent frames per step) against ``AutoencoderKLLTXVideo.decode`` after the noise blend LTXPipeline
@@ -210,8 +211,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="spectro-2b", choices=sorted(LTX_PRESETS), help="transformer width")
     p.add_argument("--layers", type=int, default=2, help="transformer layers (28 = the whole spectro-2b)")
     p.add_argument("--heads", type=int, default=32, help="attention heads of the preset's head size (32 = spectro-2b)")
-    p.add_argument("--kinema-cfg", default="separate", choices=("separate", "batched"),
-                   help="guided step, kinema side: two forwards (as kinema's pipelines) or one batch-2 forward")  # fmt: skip
+    p.add_argument("--kinema-cfg", default="batched", choices=("separate", "batched"),
+                   help="guided step, kinema side: one batch-2 forward (the LTX pipeline's default) or two forwards (batch_cfg=False)")  # fmt: skip
     p.add_argument("--vae", default="ltx-video-0.9.1", choices=sorted(LTX_VAE_PRESETS), help="VAE release")
     p.add_argument("--vae-width-div", type=int, default=1, help="divide the VAE's widths by this (smoke tests)")
     p.add_argument("--vae-chunk", type=int, default=DEFAULT_DECODE_CHUNK,

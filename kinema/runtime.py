@@ -51,3 +51,32 @@ def configure_threads(threads: int | None = None) -> int:
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(free_cores())
     return torch.get_num_threads()
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
+MMAP_THRESHOLD_BYTES = 4 << 20  # allocations above this get their own mapping, returned to the OS on free
+_heap_capped = False
+
+
+def cap_heap_growth() -> None:
+    """Fix glibc's mmap threshold at 4 MiB (once per process; a no-op off glibc).
+
+    glibc raises its threshold as large blocks are freed (up to 32 MiB), after which activations
+    come from the heap, where freed blocks stay resident between live ones. A streamed VAE decode
+    frees and re-allocates activations of a few MiB at every step, so its resident memory grew
+    with clip length while its live tensors stayed bounded (LTX-Video VAE 0.9.1 at 128x128,
+    257 frames: 972 MiB above the weights; 604 MiB with the threshold fixed, at the same speed).
+    A fixed 128 KiB threshold bounds it too but costs 30% in page faults.
+    """
+    global _heap_capped
+    if _heap_capped:
+        return
+    _heap_capped = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
+        pass

@@ -33,3 +33,9 @@ def test_configure_threads(monkeypatch):
 def test_bad_thread_count_is_one_line(capsys, tmp_path):
     assert main(["generate", "a red circle moving left", "--threads", "0", "-o", str(tmp_path / "x.mp4")]) == 2
     assert capsys.readouterr().err.strip() == "error: --threads must be a positive integer; got 0"
+
+
+def test_cap_heap_growth_is_idempotent():
+    runtime.cap_heap_growth()
+    runtime.cap_heap_growth()
+    assert runtime._heap_capped

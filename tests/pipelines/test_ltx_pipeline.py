@@ -98,15 +98,30 @@ def test_negative_prompt_and_embeds_with_masks(pipe):
 
 def test_guidance_one_runs_one_pass_per_step(pipe):
     calls = []
-    hook = pipe.transformer.register_forward_hook(lambda m, args, out: calls.append(args[1]))
+    hook = pipe.transformer.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     try:
         pipe(prompt=PROMPT, guidance_scale=1.0, seed=0, output_type="latent", **CALL)
-        assert len(calls) == 3
+        assert calls == [1, 1, 1]
         calls.clear()
         pipe(prompt=PROMPT, guidance_scale=2.0, seed=0, output_type="latent", **CALL)
-        assert len(calls) == 6
+        assert calls == [2, 2, 2]  # cond and uncond in one batch per step
     finally:
         hook.remove()
+
+
+def test_batched_and_sequential_guidance_agree(pipe, monkeypatch):
+    """cond and uncond as one batch of 2B (the default) or as two forwards: the same video."""
+    kw = dict(CALL, negative_prompt=["blurry", "dark"], guidance_scale=3.0, seed=1, output_type="latent")
+    calls = []
+    forward = type(pipe.transformer).forward
+    monkeypatch.setattr(type(pipe.transformer), "forward", lambda self, x, *a, **k: calls.append(x.shape[0]) or forward(self, x, *a, **k))
+    batched = pipe([PROMPT, "a blue square moving up"], **kw).latents
+    assert set(calls) == {4}  # 2 prompts x (cond, uncond) per step
+    calls.clear()
+    monkeypatch.setattr(pipe, "batch_cfg", False)
+    sequential = pipe([PROMPT, "a blue square moving up"], **kw).latents
+    assert set(calls) == {2}
+    assert _max_diff(batched, sequential) < 1e-5
 
 
 def test_callback_sees_every_step_and_can_replace_latents(pipe):

@@ -44,6 +44,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from ...errors import CheckpointError, KinemaError
+from ...runtime import cap_heap_growth
 from ..layers import mlp, timestep_embedding
 from .causal import CausalCache, conv3d
 from .wan_vae import LOGVAR_MAX, LOGVAR_MIN, WanPosterior, _check_video
@@ -922,6 +923,7 @@ class LTXVAE(nn.Module):
         """
         if chunk_size is not None and chunk_size <= 0:
             raise KinemaError(f"decode chunk_size must be positive (or None); got {chunk_size}")
+        cap_heap_growth()  # resident memory bounded like the live tensors (see kinema.runtime)
         z, cond = self._prepare_decode(latents, timestep, decode_noise_scale, generator)
         steps = self.decoder.steps()
         cache = CausalCache()
