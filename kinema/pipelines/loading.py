@@ -307,7 +307,7 @@ def shipped_model_path(name: str) -> Path:
     """The folder of a shipped model; a one-line error if this install lacks its files."""
     path = ASSETS_DIR / SHIPPED_MODELS[name]
     if not (path / KINEMA_MODEL_FILE).is_file():
-        raise CheckpointError(f"the shipped model {name!r} is missing from this install (no {path / KINEMA_MODEL_FILE}); reinstall kinema")
+        raise CheckpointError(f"the shipped model {name!r} is not in this install (no {path / KINEMA_MODEL_FILE}); pass --model PATH")
     return path
 
 
