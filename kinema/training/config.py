@@ -55,6 +55,7 @@ class ObjectiveConfig:
     l1_weight: float = 1.0  # VAE: weight of the L1 reconstruction term
     mse_weight: float = 1.0  # VAE: weight of the MSE reconstruction term
     kl_weight: float = 1e-6  # VAE: weight of KL(posterior || N(0, 1)), averaged per latent element
+    foreground_weight: float = 0.0  # VAE: extra loss weight of pixels away from each clip's typical (median) colour
     init_logvar: float | None = None  # VAE: start every posterior log-variance at this value (None: PyTorch's init, about 0)
 
 

@@ -280,7 +280,8 @@ class VAEObjective:
         posterior = model.encode(video)  # each (B, z, F', h, w)
         z = posterior.mean + posterior.std * _stack_randn(posterior.mean.shape[1:], gens).to(posterior.mean.dtype)
         recon = model.decode(z)  # (B, 3, F, H, W)
-        return vae_loss(video, recon, posterior.mean, posterior.logvar, self.o.l1_weight, self.o.mse_weight, self.o.kl_weight)
+        o = self.o
+        return vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight)
 
 
 class FlowObjective:

@@ -366,3 +366,17 @@ def test_vae_posterior_logvar_init():
     plain = build_model(load_config(vae_config("unused")))
     with torch.no_grad():
         assert plain.encode(torch.rand(2, 3, 5, 16, 16) * 2 - 1).logvar.abs().mean() < 1.0
+
+
+def test_foreground_weights_pick_out_the_object():
+    from kinema.training.objectives import foreground_weights, vae_loss
+
+    video = torch.full((2, 3, 3, 8, 8), -0.8)
+    video[0, :, :, 2:4, 2:4] = 0.9  # a 2x2 object in clip 0; clip 1 is background only
+    w = foreground_weights(video, 10.0)
+    assert w.shape == (2, 1, 3, 8, 8)
+    assert (w[0, :, :, 2:4, 2:4] == 11).all() and w.sum() == 2 * 3 * 64 + 10 * 3 * 4
+    recon = torch.full_like(video, -0.8)  # paints the background only
+    plain, _ = vae_loss(video, recon, torch.zeros(1), torch.zeros(1), kl_weight=0.0)
+    weighted, _ = vae_loss(video, recon, torch.zeros(1), torch.zeros(1), kl_weight=0.0, foreground_weight=10.0)
+    assert weighted > 5 * plain  # missing the object costs far more
