@@ -123,9 +123,31 @@ class VideoPipeline:
     supports_image: bool = False  # takes image= (image-to-video)
     supports_video: bool = False  # takes video= and strength= (video-to-video)
 
-    device: torch.device
-    defaults: Any
-    progress: bool
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoder: Any,
+        sampler: Any,
+        defaults: Any = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.sampler = sampler
+        self.defaults = defaults or self.defaults_type()
+        self.device = torch.device(device)
+        self.progress = True
+
+    # -- facts derived from the components ---------------------------------------------------------
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return self.vae.temporal_compression
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        return self.vae.spatial_compression
 
     @property
     def fps(self) -> float:

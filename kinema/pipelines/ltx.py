@@ -93,32 +93,13 @@ class LTXPipeline(VideoPipeline):
     # on an instance to run them one after the other when memory is what runs out.
     batch_cfg = True
 
-    def __init__(
-        self,
-        transformer: LTXTransformer,
-        vae: LTXVAE,
-        text_encoder: MaskedTextEncoder | None,
-        sampler: SamplerSpec,
-        defaults: LTXDefaults | None = None,
-        device: torch.device | str = "cpu",
-    ):
-        self.transformer = transformer.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder
-        self.sampler = sampler
-        self.defaults = defaults or LTXDefaults()
-        self.device = torch.device(device)
-        self.progress = True
+    transformer: LTXTransformer
+    vae: LTXVAE
+    text_encoder: MaskedTextEncoder | None
+    sampler: SamplerSpec
+    defaults: LTXDefaults
 
     # -- facts derived from the components ---------------------------------------------------------
-    @property
-    def vae_scale_factor_temporal(self) -> int:
-        return self.vae.temporal_compression
-
-    @property
-    def vae_scale_factor_spatial(self) -> int:
-        return self.vae.spatial_compression
-
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (the VAE's stride; the patch size is 1)."""

@@ -60,32 +60,13 @@ class WanPipeline(VideoPipeline):
     spatial_multiple = 16
     defaults_type = WanDefaults
 
-    def __init__(
-        self,
-        transformer: WanTransformer,
-        vae: WanVAE,
-        text_encoder: TextEncoder | None,
-        sampler: SamplerSpec,
-        defaults: WanDefaults | None = None,
-        device: torch.device | str = "cpu",
-    ):
-        self.transformer = transformer.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder
-        self.sampler = sampler
-        self.defaults = defaults or WanDefaults()
-        self.device = torch.device(device)
-        self.progress = True
+    transformer: WanTransformer
+    vae: WanVAE
+    text_encoder: TextEncoder | None
+    sampler: SamplerSpec
+    defaults: WanDefaults
 
     # -- facts derived from the components ---------------------------------------------------------
-    @property
-    def vae_scale_factor_temporal(self) -> int:
-        return self.vae.temporal_compression
-
-    @property
-    def vae_scale_factor_spatial(self) -> int:
-        return self.vae.spatial_compression
-
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (VAE stride x patch size)."""
