@@ -80,6 +80,7 @@ class TrainConfig:
     latent_cache: bool = False  # transformer: encode the data set once to OUT_DIR/latent_cache.safetensors and train from it
     checkpoint_every: int = 100  # save a resumable checkpoint every this many steps (and at the end)
     seed: int = 0  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
+    init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model
     threads: int | None = None  # torch intra-op threads; None: the cores no other process is busy on, at least 1
 
     def model_config(self):

@@ -388,6 +388,23 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def init_weights_from(model: nn.Module, source: str | os.PathLike) -> None:
+    """Load a fresh run's starting weights: a checkpoint folder (its ``ema.safetensors`` if there,
+    else ``model.safetensors``) or a safetensors file with the model's own keys, strictly.
+
+    For fine-tuning, e.g. a VAE trained on short clips continued on longer ones (a new config,
+    so a new run, not a resume)."""
+    path = Path(source)
+    if path.is_dir():
+        path = next((path / f for f in ("ema.safetensors", "model.safetensors") if (path / f).is_file()), path / "ema.safetensors")
+    if not path.is_file():
+        raise KinemaError(f"init_from: no weights at {path}; give a checkpoint folder (checkpoints/step-N) or a .safetensors file")
+    try:
+        model.load_state_dict(load_safetensors(path), strict=True)
+    except RuntimeError as e:
+        raise KinemaError(f"init_from {path}: the weights do not fit this model's architecture: {str(e).splitlines()[0]}") from None
+
+
 def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer, chash: str) -> int:
     """Restore model, EMA and optimiser from a checkpoint directory; returns its step."""
     info = read_json(path / "trainer.json")
@@ -551,6 +568,8 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
         shutil.rmtree(stale, ignore_errors=True)
 
     model, objective, dataset = _trainable(config, out_dir)
+    if found is None and config.init_from:
+        init_weights_from(model, config.init_from)  # a resumed run has them in its checkpoint already
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)

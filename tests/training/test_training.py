@@ -380,3 +380,19 @@ def test_foreground_weights_pick_out_the_object():
     plain, _ = vae_loss(video, recon, torch.zeros(1), torch.zeros(1), kl_weight=0.0)
     weighted, _ = vae_loss(video, recon, torch.zeros(1), torch.zeros(1), kl_weight=0.0, foreground_weight=10.0)
     assert weighted > 5 * plain  # missing the object costs far more
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
+    first = vae_config(tmp_path / "a", steps=2)
+    train(first, progress=False)
+    start = _tensors(tmp_path / "a/checkpoints/step-0000002/ema.safetensors")
+    second = vae_config(tmp_path / "b", steps=1, init_from=str(tmp_path / "a/checkpoints/step-0000002"), data={**first["data"], "frames": 9})
+    from kinema.training.loop import _trainable, init_weights_from
+
+    config = load_config(second)
+    model, _, _ = _trainable(config, tmp_path / "b")
+    init_weights_from(model, config.init_from)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    train(second, progress=False)  # and trains from there
+    with pytest.raises(KinemaError, match="no weights"):
+        train(vae_config(tmp_path / "c", steps=1, init_from=str(tmp_path / "nowhere")), progress=False)
