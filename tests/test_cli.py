@@ -202,3 +202,10 @@ def test_eval_bad_input(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "none")]) == 2
     assert main(["eval", "--reference", "--per-prompt", "0", "--out", str(tmp_path / "r")]) == 2
     assert all(line.startswith("error: ") for line in capsys.readouterr().err.strip().splitlines())
+
+
+def test_output_piped_into_a_closed_reader_is_not_a_traceback():
+    res = subprocess.run(
+        f"{sys.executable} -m kinema.cli info wan2.1-t2v-1.3b | head -c 1", shell=True, capture_output=True, text=True
+    )
+    assert res.stdout == "{" and "Traceback" not in res.stderr
