@@ -205,7 +205,6 @@ def test_eval_bad_input(tmp_path, capsys):
 
 
 def test_output_piped_into_a_closed_reader_is_not_a_traceback():
-    res = subprocess.run(
-        f"{sys.executable} -m kinema.cli info wan2.1-t2v-1.3b | head -c 1", shell=True, capture_output=True, text=True
-    )
-    assert res.stdout == "{" and "Traceback" not in res.stderr
+    # `true` exits without reading, long before kinema has imported torch: its print hits a closed pipe
+    res = subprocess.run(f"{sys.executable} -m kinema.cli info wan2.1-t2v-1.3b | true", shell=True, capture_output=True, text=True)
+    assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
