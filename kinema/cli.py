@@ -103,12 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _load_checked(model: str, height, width, num_frames, num_inference_steps, device=None, dtype=None, needs=(), before_load=None):
     """Resolve the model, check the request against its size rules and abilities (reading only
     config files), run ``before_load`` (reading the inputs), then load it: bad arguments fail before
@@ -147,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.strength is not None and not 0 < args.strength <= 1:
         raise KinemaError(f"--strength must be in (0, 1] (1 ignores the input); got {args.strength:g}")
     t0 = time.perf_counter()
-    configure_threads(args.threads)
+    threads = configure_threads(args.threads)
     width, height = args.size if args.size else (None, None)
     if args.model is None:
         from .pipelines.loading import DEFAULT_MODEL
@@ -178,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n, h, w = result.frames.shape[1:4]
     if args.timings:
         stages = {"load": t_load, **result.timings, "write": t_write}
-        print(json.dumps({"timings_s": {k: round(v, 3) for k, v in stages.items()}, "threads": torch_threads()}), file=sys.stderr)
+        print(json.dumps({"timings_s": {k: round(v, 3) for k, v in stages.items()}, "threads": threads}), file=sys.stderr)
     if not args.quiet:
         print(f"wrote {output} ({n} frames, {w}x{h}, {result.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
