@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # save a resumable checkpoint every this many steps (and at the end)
     seed: int = 0  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
     init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. ["encoder", "conv1"]: train a VAE's decoder only, so latents already encoded stay valid)
     threads: int | None = None  # torch intra-op threads; None: the cores no other process is busy on, at least 1
 
     def model_config(self):

@@ -405,6 +405,20 @@ def init_weights_from(model: nn.Module, source: str | os.PathLike) -> None:
         raise KinemaError(f"init_from {path}: the weights do not fit this model's architecture: {str(e).splitlines()[0]}") from None
 
 
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> None:
+    """Keep the parameters whose names start with one of ``prefixes`` (a module path such as
+    ``encoder`` or ``blocks.0``) fixed: no gradients, no optimiser state, and the EMA keeps them
+    exactly. Raises KinemaError for a prefix that names no parameter."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise KinemaError(f"freeze: {prefix!r} names no parameter of this model; its top-level modules are {tops}")
+    for n, p in model.named_parameters():
+        if any(n == prefix or n.startswith(prefix + ".") for prefix in prefixes):
+            p.requires_grad_(False)
+
+
 def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer, chash: str) -> int:
     """Restore model, EMA and optimiser from a checkpoint directory; returns its step."""
     info = read_json(path / "trainer.json")
@@ -570,6 +584,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
     model, objective, dataset = _trainable(config, out_dir)
     if found is None and config.init_from:
         init_weights_from(model, config.init_from)  # a resumed run has them in its checkpoint already
+    freeze_parameters(model, config.freeze)
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)

@@ -396,3 +396,18 @@ def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
     train(second, progress=False)  # and trains from there
     with pytest.raises(KinemaError, match="no weights"):
         train(vae_config(tmp_path / "c", steps=1, init_from=str(tmp_path / "nowhere")), progress=False)
+
+
+def test_freeze_keeps_the_encoder_exactly_and_trains_the_rest(tmp_path):
+    first = vae_config(tmp_path / "a", steps=1)
+    train(first, progress=False)
+    start = _tensors(tmp_path / "a/checkpoints/step-0000001/ema.safetensors")
+    second = vae_config(tmp_path / "b", steps=2, init_from=str(tmp_path / "a/checkpoints/step-0000001"), freeze=["encoder", "conv1"])
+    train(second, progress=False)
+    for name in ("model", "ema"):
+        after = _tensors(tmp_path / f"b/checkpoints/step-0000002/{name}.safetensors")
+        frozen = [k for k in after if k.startswith(("encoder.", "conv1."))]
+        assert frozen and all(torch.equal(after[k], start[k]) for k in frozen)  # bit for bit, EMA included
+        assert any(not torch.equal(after[k], start[k]) for k in after if k.startswith("decoder."))
+    with pytest.raises(KinemaError, match="names no parameter"):
+        train(vae_config(tmp_path / "c", steps=1, freeze=["encoderz"]), progress=False)
