@@ -1,0 +1,252 @@
+"""Sampling rules for token models: pure functions of a ``(B, V)`` row of logits per sequence.
+
+One decoding step of an autoregressive video token model reads::
+
+    rule = TokenSampling(temperature=0.9, top_k=256, guidance_scale=3.0)
+    logits = guided_logits(model(ids, cond), model(ids, uncond), rule.guidance_scale)  # (B, V)
+    next_ids = sample_tokens(logits, rule, generator)                                 # (B,)
+
+The filters keep the semantics of Hugging Face transformers' warpers (``TemperatureLogitsWarper``,
+``TopKLogitsWarper``, ``TopPLogitsWarper``, ``TypicalLogitsWarper``, with the default
+``min_tokens_to_keep=1``) and are applied in the order ``generate`` applies them: temperature ->
+top-k -> top-p -> typical. Removed tokens get ``-inf``. A no-op setting returns the input tensor
+itself, so an unfiltered step costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import KinemaError
+
+__all__ = [
+    "TokenSampling",
+    "apply_temperature",
+    "filter_logits",
+    "guided_logits",
+    "sample_tokens",
+    "top_k_filter",
+    "top_p_filter",
+    "typical_filter",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Filters
+# ------------------------------------------------------------------------------------------------
+def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature``; 1 returns ``logits`` itself. Shape ``(B, V)`` (any ``(..., V)``).
+
+    Temperature 0 (or None) means greedy decoding, which is the caller's job (``argmax``; see
+    :func:`sample_tokens`), so it is refused here, as are negative and non-finite values.
+    """
+    _check_temperature(temperature, allow_greedy=False)
+    if temperature == 1:
+        return logits
+    return logits / temperature
+
+
+def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
+    """Keep the ``k`` largest logits of each row, set the rest to ``-inf``. Shape ``(B, V)``.
+
+    As transformers' ``TopKLogitsWarper``: a token tied with the k-th largest value is kept too, so
+    a row with ties at the boundary keeps more than ``k``. ``k`` of 0 or None, or ``k >= V``, returns
+    ``logits`` itself.
+    """
+    _check_top_k(k)
+    if not k or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
+    """Nucleus filter: keep the smallest set of most probable tokens whose probability mass reaches
+    ``p`` (always at least the most probable one); the rest get ``-inf``. Shape ``(B, V)``.
+
+    Computed as transformers' ``TopPLogitsWarper``: sort ascending and drop the tokens whose
+    cumulative mass is ``<= 1 - p`` (the same set: the mass above a kept token is ``< p``). ``p`` of
+    1 or None returns ``logits`` itself.
+    """
+    _check_mass("top_p", p)
+    if p is None or p == 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)  # (B, V) each
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V), ascending to 1
+    remove_sorted = cumulative <= (1 - p)
+    remove_sorted[..., -1:] = False  # the most probable token always stays
+    remove = remove_sorted.scatter(-1, order, remove_sorted)  # (B, V), back in vocabulary order
+    return logits.masked_fill(remove, -math.inf)
+
+
+def typical_filter(logits: Tensor, p: float | None) -> Tensor:
+    """Locally typical filter (Meister et al. 2022, "Typical Decoding for Natural Language Generation";
+    transformers' ``TypicalLogitsWarper``). Shape ``(B, V)``.
+
+    Tokens are ranked by how far their surprisal ``-log p(v)`` lies from the row's entropy
+    ``H = -sum p log p``; the smallest such prefix whose probability mass reaches ``p`` is kept
+    (at least one token, the most typical one, which need not be the most probable), the rest get
+    ``-inf``. ``p`` of 1 or None returns ``logits`` itself.
+    """
+    _check_mass("typical_p", p)
+    if p is None or p == 1:
+        return logits
+    log_probs = F.log_softmax(logits, dim=-1)  # (B, V)
+    entropy = -(log_probs * log_probs.exp()).nansum(dim=-1, keepdim=True)  # (B, 1); nansum: 0 * -inf
+    distance = (-log_probs - entropy).abs()  # (B, V)
+    sorted_distance, order = torch.sort(distance, dim=-1, descending=False)  # (B, V) each
+    cumulative = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)  # (B, V), most typical first
+    last = (cumulative < p).sum(dim=-1, keepdim=True).clamp_(max=logits.shape[-1] - 1)  # (B, 1)
+    remove_sorted = sorted_distance > sorted_distance.gather(-1, last)  # (B, V)
+    remove_sorted[..., :1] = False  # the most typical token always stays
+    remove = remove_sorted.scatter(-1, order, remove_sorted)  # (B, V), back in vocabulary order
+    return logits.masked_fill(remove, -math.inf)
+
+
+# ------------------------------------------------------------------------------------------------
+# Guidance
+# ------------------------------------------------------------------------------------------------
+def guided_logits(cond: Tensor, uncond: Tensor, guidance_scale: float) -> Tensor:
+    """Classifier-free guidance for a token model: ``u + g * (c - u)`` on log-probabilities.
+
+    ``c = log_softmax(cond)`` and ``u = log_softmax(uncond)``, in float32 (as transformers'
+    ``UnbatchedClassifierFreeGuidanceLogitsProcessor`` and Sanchez et al. 2023, "Stay on topic with
+    classifier-free guidance"). Each model pass adds its own arbitrary per-row constant to its logits;
+    since the formula is affine with weights summing to 1 the sampled distribution would be the same on
+    raw logits, but normalising first removes those constants before they are scaled by ``g``, which
+    keeps the values in range (large offsets times ``g`` would eat float32 precision) and makes the
+    result the same whatever the offsets. The result is unnormalised log-probabilities; feed it to
+    :func:`sample_tokens` like logits.
+
+    Args:
+        cond: ``(B, V)`` logits with the prompt.
+        uncond: ``(B, V)`` logits without it (or with the negative prompt).
+        guidance_scale: ``g``; 1 returns ``cond`` itself (no unconditional pass needed), 0 the
+            unconditional log-probabilities.
+
+    Returns:
+        ``(B, V)`` float32. A token masked (``-inf``) in either input stays ``-inf`` (the formula
+        would give NaN or ``+inf`` there).
+    """
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        raise KinemaError(f"guidance_scale must be a finite number (1 means no guidance); got {guidance_scale!r}")
+    if cond.shape != uncond.shape:
+        raise KinemaError(
+            f"conditional and unconditional logits must have the same shape; got {tuple(cond.shape)} and {tuple(uncond.shape)}"
+        )
+    if guidance_scale == 1:
+        return cond
+    c = F.log_softmax(cond.float(), dim=-1)  # (B, V)
+    u = F.log_softmax(uncond.float(), dim=-1)  # (B, V)
+    guided = u + guidance_scale * (c - u)  # (B, V)
+    return guided.masked_fill(c.isneginf() | u.isneginf(), -math.inf)
+
+
+# ------------------------------------------------------------------------------------------------
+# The rule and the sampler
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenSampling:
+    """How the next token is chosen from the model's logits: a small immutable value.
+
+    ``guidance_scale`` is carried here for the pipeline (it decides whether an unconditional pass
+    is run and feeds :func:`guided_logits`); :func:`sample_tokens` sees one set of logits and does
+    not apply it.
+    """
+
+    temperature: float | None = 1.0  # 0 (or None, stored as 0.0): greedy, argmax of the raw logits
+    top_k: int | None = None  # keep the k most probable tokens; None or 0: off
+    top_p: float | None = None  # nucleus mass in (0, 1]; None or 1: off
+    typical_p: float | None = None  # locally typical mass in (0, 1]; None or 1: off
+    guidance_scale: float = 1.0  # classifier-free guidance on log-probs; 1: off
+
+    def __post_init__(self) -> None:
+        _check_temperature(self.temperature, allow_greedy=True)
+        _check_top_k(self.top_k)
+        _check_mass("top_p", self.top_p)
+        _check_mass("typical_p", self.typical_p)
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+            raise KinemaError(f"guidance_scale must be a finite number (1 means no guidance); got {g!r}")
+        object.__setattr__(self, "temperature", 0.0 if self.temperature is None else float(self.temperature))
+        object.__setattr__(self, "guidance_scale", float(g))
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0: take the argmax (the filters are then ignored, as in ``do_sample=False``)."""
+        return self.temperature == 0
+
+    @property
+    def uses_guidance(self) -> bool:
+        """Whether the pipeline must run the unconditional pass (``guidance_scale != 1``)."""
+        return self.guidance_scale != 1
+
+
+def filter_logits(logits: Tensor, rule: TokenSampling) -> Tensor:
+    """The sampling distribution's logits: float32, ``temperature -> top-k -> top-p -> typical``.
+
+    Args:
+        logits: ``(B, V)`` next-token logits (any float dtype).
+        rule: a non-greedy :class:`TokenSampling`.
+
+    Returns:
+        ``(B, V)`` float32 with removed tokens at ``-inf``.
+    """
+    if rule.greedy:
+        raise KinemaError("a greedy rule (temperature 0) has no sampling distribution; use sample_tokens, which takes the argmax")
+    x = apply_temperature(logits.float(), rule.temperature)  # (B, V)
+    x = top_k_filter(x, rule.top_k)
+    x = top_p_filter(x, rule.top_p)
+    return typical_filter(x, rule.typical_p)
+
+
+def sample_tokens(logits: Tensor, rule: TokenSampling, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one token per row of ``logits`` under ``rule``.
+
+    Greedy (``argmax`` of the raw logits) when ``rule.temperature == 0``; otherwise
+    :func:`filter_logits`, softmax and ``torch.multinomial`` with ``generator`` (the same seed gives
+    the same tokens on the same device). Guidance is not applied here: pass :func:`guided_logits`.
+
+    Args:
+        logits: ``(B, V)`` next-token logits.
+        rule: the sampling settings.
+        generator: a ``torch.Generator`` on ``logits``' device, or None for the global one.
+
+    Returns:
+        ``(B,)`` int64 token ids.
+    """
+    if logits.ndim != 2:
+        raise KinemaError(
+            f"sample_tokens takes (batch, vocab) logits; got shape {tuple(logits.shape)}: pass the last position's, logits[:, -1]"
+        )
+    if rule.greedy:
+        return logits.argmax(dim=-1)  # (B,)
+    probs = filter_logits(logits, rule).softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B, 1) -> (B,)
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+# ------------------------------------------------------------------------------------------------
+def _check_temperature(t: float | None, allow_greedy: bool) -> None:
+    if allow_greedy and t is None:
+        return
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise KinemaError(f"temperature must be a finite number >= 0 (0 means greedy decoding); got {t!r}")
+    if t == 0 and not allow_greedy:
+        raise KinemaError("temperature 0 means greedy decoding: take logits.argmax(-1) instead (sample_tokens does)")
+
+
+def _check_top_k(k: int | None) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise KinemaError(f"top_k must be a whole number >= 0 (0 or None turns it off); got {k!r}")
+
+
+def _check_mass(name: str, p: float | None) -> None:
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+        raise KinemaError(f"{name} must be a probability mass in (0, 1] (1 or None turns it off); got {p!r}")
