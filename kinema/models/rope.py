@@ -14,15 +14,17 @@ import torch
 
 
 def rope_1d(
-    n: int, dim: int, theta: float = 10000.0, device: torch.device | str | None = None
+    n: int, dim: int, theta: float = 10000.0, device: torch.device | str | None = None, start: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the RoPE angles ``p * theta^(-2i/dim)`` for positions ``p < n``.
+    """cos and sin of the RoPE angles ``p * theta^(-2i/dim)`` for positions ``start <= p < start + n``.
 
     Args:
-        n: number of positions (0 .. n-1).
+        n: number of positions (start .. start+n-1).
         dim: rotated width (even); gives dim/2 frequencies.
         theta: base of the frequencies.
         device: where the returned tables go (computed in float64 on the CPU first).
+        start: the first position; rows equal those of a table from 0, bit for bit (a slice of a
+            longer table without building it).
 
     Returns:
         (cos, sin), each (n, dim/2) float32.
@@ -30,7 +32,7 @@ def rope_1d(
     if dim % 2:
         raise ValueError(f"RoPE width must be even; got {dim}")
     freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))  # (dim/2,)
-    angles = torch.outer(torch.arange(n, dtype=torch.float64), freqs)  # (n, dim/2)
+    angles = torch.outer(torch.arange(start, start + n, dtype=torch.float64), freqs)  # (n, dim/2)
     return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
@@ -39,6 +41,7 @@ def rope_3d(
     dims: tuple[int, int, int],
     theta: float = 10000.0,
     device: torch.device | str | None = None,
+    start: tuple[int, int, int] = (0, 0, 0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for a (frames, height, width) token grid, flattened frame-major.
 
@@ -50,12 +53,14 @@ def rope_3d(
         dims: rotated widths for the t, h and w axes (each even; they sum to the head dim).
         theta: base of the frequencies.
         device: where the tables go.
+        start: (t, h, w) position of the grid's first token (a window of a larger grid, e.g.
+            the frames after the first ``start[0]``); equal, bit for bit, to slicing a table from 0.
 
     Returns:
         (cos, sin), each (F*H*W, sum(dims)/2) float32.
     """
     f, h, w = grid
-    tables = [rope_1d(n, d, theta, device) for n, d in zip(grid, dims)]  # 3 x ((n, d/2), (n, d/2))
+    tables = [rope_1d(n, d, theta, device, s) for n, d, s in zip(grid, dims, start)]  # 3 x ((n, d/2), (n, d/2))
     out = []
     for which in (0, 1):  # cos, then sin
         ft, ht, wt = (t[which] for t in tables)
