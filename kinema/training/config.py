@@ -1,9 +1,11 @@
 """Training configuration: one YAML file -> :class:`TrainConfig` (dataclasses, unknown keys raise).
 
-A config names the model to train (``wan-vae`` or ``wan-transformer``) with its architecture
-fields (those of :class:`~kinema.models.vae.wan_vae.WanVAEConfig` or
-:class:`~kinema.models.wan.WanTransformerConfig`), the data, the optimiser, the objective and the
-run's bookkeeping. See ``configs/tiny-vae.yaml`` and ``configs/tiny-transformer.yaml``.
+A config names the model to train (``wan-vae``, ``wan-transformer`` or ``vq-tokenizer``) with its
+architecture fields (those of :class:`~kinema.models.vae.wan_vae.WanVAEConfig`,
+:class:`~kinema.models.wan.WanTransformerConfig` or
+:class:`~kinema.models.vae.vq_video.VQVideoConfig`), the data, the optimiser, the objective and
+the run's bookkeeping. See ``configs/tiny-vae.yaml``, ``configs/tiny-transformer.yaml`` and
+``configs/tiny-vq.yaml``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Mapping
 
 from ..errors import KinemaError
 
-MODELS = ("wan-vae", "wan-transformer")
+MODELS = ("wan-vae", "wan-transformer", "vq-tokenizer")
 DATA_KINDS = ("shapes", "video_folder", "synthetic")
 TEXT_ENCODERS = ("minilm", "toy")
 PRECISIONS = ("fp32", "bf16")
@@ -52,17 +54,17 @@ class ObjectiveConfig:
     sigma_sampling: str = "logit_normal"  # transformer: "uniform" sigma ~ U(0,1) or "logit_normal" sigma = sigmoid(N(mean, std)) (SD3)
     logit_mean: float = 0.0  # mean of the logit-normal sigma distribution
     logit_std: float = 1.0  # std of the logit-normal sigma distribution
-    l1_weight: float = 1.0  # VAE: weight of the L1 reconstruction term
-    mse_weight: float = 1.0  # VAE: weight of the MSE reconstruction term
+    l1_weight: float = 1.0  # VAE and VQ: weight of the L1 reconstruction term
+    mse_weight: float = 1.0  # VAE and VQ: weight of the MSE reconstruction term
     kl_weight: float = 1e-6  # VAE: weight of KL(posterior || N(0, 1)), averaged per latent element
-    foreground_weight: float = 0.0  # VAE: extra loss weight of pixels away from each clip's typical (median) colour
+    foreground_weight: float = 0.0  # VAE and VQ: extra loss weight of pixels away from each clip's typical (median) colour
     init_logvar: float | None = None  # VAE: start every posterior log-variance at this value (None: PyTorch's init, about 0)
 
 
 @dataclass
 class TrainConfig:
-    model: str  # "wan-vae" or "wan-transformer"
-    architecture: dict[str, Any]  # fields of WanVAEConfig or WanTransformerConfig
+    model: str  # "wan-vae", "wan-transformer" or "vq-tokenizer"
+    architecture: dict[str, Any]  # fields of WanVAEConfig, WanTransformerConfig or VQVideoConfig
     out_dir: str  # run directory: checkpoints/, model/ (the export), latent_cache.safetensors
     vae: str | None = None  # transformer: a VAE directory (e.g. a VAE run's model/) or a safetensors file (+ config.json beside it)
     text_encoder: str = "minilm"  # transformer: "minilm" (all-MiniLM-L6-v2, text_dim 384) or "toy" (hashed word vectors, tests)
@@ -80,14 +82,16 @@ class TrainConfig:
     latent_cache: bool = False  # transformer: encode the data set once to OUT_DIR/latent_cache.safetensors and train from it
     checkpoint_every: int = 100  # save a resumable checkpoint every this many steps (and at the end)
     seed: int = 0  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
-    init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model
+    init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model; vq-tokenizer: also a wan-vae's (or a run's model/ export), whose encoder, conv1, conv2 and decoder load whole while the codebook and its projections start fresh
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. ["encoder", "conv1"]: train a VAE's decoder only, so latents already encoded stay valid)
     threads: int | None = None  # torch intra-op threads; None: the cores no other process is busy on, at least 1
 
     def model_config(self):
-        """The architecture as WanVAEConfig or WanTransformerConfig (raises KinemaError on bad fields)."""
+        """The architecture as WanVAEConfig, WanTransformerConfig or VQVideoConfig (raises KinemaError on bad fields)."""
         if self.model == "wan-vae":
             from ..models.vae.wan_vae import WanVAEConfig as cls
+        elif self.model == "vq-tokenizer":
+            from ..models.vae.vq_video import VQVideoConfig as cls
         else:
             from ..models.wan import WanTransformerConfig as cls
         known = {f.name for f in dataclasses.fields(cls)}
@@ -102,6 +106,9 @@ class TrainConfig:
 
 # Fields that do not change the trained weights: a resumed run may change them.
 _RUN_ONLY_FIELDS = ("out_dir", "steps", "threads", "checkpoint_every")
+# Fields added after runs already existed: hashed only when set, so that a checkpoint written
+# before the field existed still resumes (its config means the field's default).
+_HASHED_WHEN_SET = ("freeze",)
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -109,6 +116,10 @@ def config_hash(config: TrainConfig) -> str:
     d = dataclasses.asdict(config)
     for k in _RUN_ONLY_FIELDS:
         d.pop(k)
+    defaults = TrainConfig(model=config.model, architecture={}, out_dir="")
+    for k in _HASHED_WHEN_SET:
+        if d[k] == getattr(defaults, k):
+            d.pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -186,8 +197,10 @@ def _check(c: TrainConfig) -> TrainConfig:
         need(c.vae is not None, "a wan-transformer config needs 'vae': a VAE directory (a VAE run's model/) or safetensors file")
         need(c.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {list(TEXT_ENCODERS)}; got {c.text_encoder!r}")
     else:
-        need(not c.latent_cache, "latent_cache is for wan-transformer runs (the VAE trains on pixels); remove it")
-        need(not c.grad_checkpointing, "grad_checkpointing is supported for wan-transformer only (the VAE's causal cache "
+        need(not c.latent_cache, f"latent_cache is for wan-transformer runs (a {c.model} trains on pixels); remove it")
+        need(not c.grad_checkpointing, f"grad_checkpointing is supported for wan-transformer only (a {c.model}'s causal cache "
              "mutates during forward, so recomputation is unsafe); remove it")
+    if c.model == "vq-tokenizer":
+        need(c.objective.init_logvar is None, "objective.init_logvar is for wan-vae runs (a vq-tokenizer has no posterior variance); remove it")
     c.model_config()  # architecture fields are checked here
     return c

@@ -7,14 +7,18 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..checkpoints.io import module_pattern
+
 
 class EMA:
     """``shadow = d * shadow + (1 - d) * weights`` after every optimiser step, with the warm-up
     ``d = min(decay, (1 + step) / (10 + step))``: early averages forget the random initial weights
     quickly (a plain 0.999 average keeps e^-3 = 5% of them after 3,000 steps).
 
-    Floating-point parameters and buffers are averaged; other buffers are copied. The shadow is a
-    plain state dict with the model's keys, so it saves and loads like the model's weights.
+    Floating-point parameters and buffers are averaged; other buffers are copied, and so is the
+    state of the modules a model lists in its ``_ema_copy`` class attribute (dotted prefixes: a VQ
+    codebook, already a moving average of its own). The shadow is a plain state dict with the
+    model's keys, so it saves and loads like the model's weights.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -22,6 +26,8 @@ class EMA:
             raise ValueError(f"EMA decay must be in (0, 1); got {decay}")
         self.decay = decay
         self.shadow = {k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone() for k, v in model.state_dict().items()}
+        copy = module_pattern(getattr(model, "_ema_copy", ()))
+        self.copied = frozenset(k for k in self.shadow if copy is not None and copy.match(k))  # keys copied, not averaged
 
     @torch.no_grad()
     def decay_at(self, step: int) -> float:
@@ -33,7 +39,7 @@ class EMA:
         weight = 1.0 - self.decay_at(step)
         for k, v in model.state_dict().items():
             s = self.shadow[k]
-            if s.is_floating_point():
+            if s.is_floating_point() and k not in self.copied:
                 s.lerp_(v.detach().float(), weight)
             else:
                 s.copy_(v)

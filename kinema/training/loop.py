@@ -1,4 +1,5 @@
-"""The one training loop: the Wan VAE (reconstruction + KL) or the Wan transformer (flow matching).
+"""The one training loop: the Wan VAE (reconstruction + KL), the Wan transformer (flow matching) or
+the VQ video tokenizer (reconstruction + commitment; its codebook moves after each optimiser step).
 
 Exact resume: every random draw comes from a ``torch.Generator`` seeded from (seed, step, item),
 and the data order is a pure function of (seed, step); nothing depends on how many steps ran in
@@ -11,7 +12,7 @@ Run directory (``out_dir``)::
     checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json
     checkpoints/latest          the name of the newest complete checkpoint
     latent_cache.safetensors    transformer runs with latent_cache: VAE posteriors of the data set
-    metrics.jsonl               one line per step: step, loss, lr (appended; a resumed run repeats steps after the checkpoint)
+    metrics.jsonl               one line per step: step, loss, lr, and a tokenizer's codebook use (appended; a resumed run repeats steps after the checkpoint)
     model/                      the export: config.json + diffusion_pytorch_model.safetensors (EMA weights)
 
 Checkpoints are written to a temporary directory and renamed into place, so a crash never leaves
@@ -39,13 +40,14 @@ from ..checkpoints.io import atomic_path, load_safetensors, read_json, safetenso
 from ..errors import CheckpointError, KinemaError
 from .config import DataConfig, TrainConfig, config_hash, default_threads, load_config
 from .ema import EMA
-from .objectives import flow_matching_loss, sample_sigma, vae_loss
+from .objectives import flow_matching_loss, sample_sigma, vae_loss, vq_loss
 
 KILL_AFTER_STEP_ENV = "KINEMA_TRAIN_KILL_AFTER_STEP"  # tests: SIGKILL the process right after saving this step
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights file (kinema's loaders read it)
 CACHE_FILE = "latent_cache.safetensors"  # the transformer's latent cache, under out_dir
 CACHE_BATCH = 16  # clips encoded together when building the cache (one at a time is ~5x slower on a CPU)
 METRICS_FILE = "metrics.jsonl"  # one {"step", "loss", "lr"} line per optimiser step, under out_dir
+PARTIAL_INIT_MODELS = ("vq-tokenizer",)  # kinds whose init_from loads the top-level modules the source has (a wan-vae's encoder, decoder)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,6 +242,10 @@ def build_model(config: TrainConfig) -> nn.Module:
             if config.objective.init_logvar is not None:
                 init_posterior_logvar(model, config.objective.init_logvar)
             return model.train()
+        if config.model == "vq-tokenizer":
+            from ..models.vae.vq_video import VQVideoTokenizer
+
+            return VQVideoTokenizer(arch).train()
         from ..models.wan import WanTransformer
 
         model = WanTransformer(arch)
@@ -283,6 +289,28 @@ class VAEObjective:
         o = self.o
         return vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight)
 
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Nothing to do after an optimiser step; no extra metrics."""
+        return {}
+
+
+class VQObjective:
+    """Reconstruction (L1 + MSE, optionally foreground-weighted) + the quantiser's commitment loss
+    for the VQ tokenizer. Draws nothing per item; after each optimiser step the codebook takes its
+    EMA step and restarts dead codes with a generator from (seed, "codebook", step)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.o, self.seed = config.objective, config.seed
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        video = torch.stack([it["video"] for it in items])  # (B, 3, F, H, W)
+        recon, quantizer = model(video)  # (B, 3, F, H, W), scalars
+        return vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight)
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Move the codebook by the step's assignments; returns its use (perplexity, codes_used, codes_restarted)."""
+        return model.quantizer.update_codebook(make_generator(self.seed, "codebook", step))
+
 
 class FlowObjective:
     """Flow matching for the Wan transformer on normalised VAE latents, with caption dropout.
@@ -317,6 +345,10 @@ class FlowObjective:
             context = self.text_encoder(captions).float()  # (B, L, text_dim)
         loss = flow_matching_loss(lambda x, t: model(x, t, context), x0, noise, sigma)
         return loss, {}
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Nothing to do after an optimiser step; no extra metrics."""
+        return {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,21 +420,77 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def init_weights_from(model: nn.Module, source: str | os.PathLike) -> None:
+def init_weights_from(model: nn.Module, source: str | os.PathLike, partial: bool = False) -> list[str]:
     """Load a fresh run's starting weights: a checkpoint folder (its ``ema.safetensors`` if there,
     else ``model.safetensors``) or a safetensors file with the model's own keys, strictly.
 
     For fine-tuning, e.g. a VAE trained on short clips continued on longer ones (a new config,
-    so a new run, not a resume)."""
+    so a new run, not a resume).
+
+    ``partial`` (the VQ tokenizer): load the top-level modules the source has, each whole, and
+    leave the rest as initialised. So a trained wan-vae's ``encoder``, ``conv1``, ``conv2`` and
+    ``decoder`` start a tokenizer whose ``quant_proj``, ``quantizer`` and ``post_quant_proj`` start
+    fresh. A module the source has with other tensor names or shapes (another width, another
+    temporal_downsample) raises rather than loading in part, and so does a source that shares no
+    module. The source may also be an export directory (a run's ``model/``: a Wan VAE's or a
+    tokenizer's).
+
+    Returns:
+        the names of the model's tensors that were loaded.
+    """
     path = Path(source)
-    if path.is_dir():
-        path = next((path / f for f in ("ema.safetensors", "model.safetensors") if (path / f).is_file()), path / "ema.safetensors")
-    if not path.is_file():
-        raise KinemaError(f"init_from: no weights at {path}; give a checkpoint folder (checkpoints/step-N) or a .safetensors file")
-    try:
-        model.load_state_dict(load_safetensors(path), strict=True)
-    except RuntimeError as e:
-        raise KinemaError(f"init_from {path}: the weights do not fit this model's architecture: {str(e).splitlines()[0]}") from None
+    if partial and path.is_dir() and (path / "config.json").is_file():
+        state, where = _export_state(path), path
+    else:
+        if path.is_dir():
+            path = next((path / f for f in ("ema.safetensors", "model.safetensors") if (path / f).is_file()), path / "ema.safetensors")
+        if not path.is_file():
+            raise KinemaError(f"init_from: no weights at {path}; give a checkpoint folder (checkpoints/step-N) or a .safetensors file")
+        state, where = load_safetensors(path), path
+    if not partial:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise KinemaError(f"init_from {where}: the weights do not fit this model's architecture: {str(e).splitlines()[0]}") from None
+        return list(state)
+    own = model.state_dict()
+    loaded, mismatched = [], []
+    for module in sorted({_top_module(k) for k in own}):
+        mine = {k: tuple(v.shape) for k, v in own.items() if _top_module(k) == module}
+        theirs = {k: tuple(v.shape) for k, v in state.items() if _top_module(k) == module}
+        if not theirs:
+            continue  # not in the source: starts fresh
+        differ = sorted(set(mine) ^ set(theirs)) + [f"{k} {theirs[k]} vs {mine[k]}" for k in sorted(mine) if k in theirs and theirs[k] != mine[k]]
+        if differ:
+            mismatched.append(f"{module} ({differ[0]})")
+        else:
+            loaded.extend(mine)
+    if mismatched:
+        raise KinemaError(
+            f"init_from {where}: {', '.join(mismatched)} do not match this model; the source needs the same "
+            "base_dim, z_dim, dim_mult, num_res_blocks and temporal_downsample"
+        )
+    if not loaded:
+        raise KinemaError(
+            f"init_from {where}: no module of this model is in the source (it has {sorted({_top_module(k) for k in state})[:6]}); "
+            "give a checkpoint of a wan-vae or vq-tokenizer run"
+        )
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return sorted(loaded)
+
+
+def _top_module(key: str) -> str:
+    """The top-level module of a state-dict key: ``encoder.conv1.weight`` -> ``encoder``."""
+    return key.split(".")[0]
+
+
+def _export_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict (kinema's names) of an exported Wan VAE or VQ tokenizer directory."""
+    from ..models.vae.vq_video import is_vq_tokenizer_dir, load_vq_tokenizer
+
+    if is_vq_tokenizer_dir(path):
+        return load_vq_tokenizer(path).state_dict()
+    return load_vae(path).state_dict()
 
 
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> None:
@@ -484,6 +572,8 @@ def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tens
         mean, std = measure_latent_stats(config, state)
         arch = dataclasses.replace(arch, latents_mean=mean, latents_std=std)
         raw_config, weights = arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
+    elif config.model == "vq-tokenizer":
+        raw_config, weights = arch.to_dict(), dict(state)  # kinema's names; load_vq_tokenizer reads them
     else:
         raw_config, weights = (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
     final = out_dir / "model"
@@ -509,6 +599,8 @@ def _trainable(config: TrainConfig, out_dir: Path):
     model = build_model(config)
     if config.model == "wan-vae":
         return model, VAEObjective(config), make_dataset(config.data)
+    if config.model == "vq-tokenizer":
+        return model, VQObjective(config), make_dataset(config.data)
     if config.grad_checkpointing:
         enable_grad_checkpointing(model)
     arch = config.model_config()
@@ -583,7 +675,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
 
     model, objective, dataset = _trainable(config, out_dir)
     if found is None and config.init_from:
-        init_weights_from(model, config.init_from)  # a resumed run has them in its checkpoint already
+        init_weights_from(model, config.init_from, partial=config.model in PARTIAL_INIT_MODELS)  # a resumed run has them in its checkpoint already
     freeze_parameters(model, config.freeze)
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
@@ -608,13 +700,15 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
         if o.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
         optimizer.step()
+        extra = objective.after_step(model, step)  # a tokenizer's codebook update and use
         if ema is not None:
             ema.update(model, step)
         completed, done = step + 1, done + 1
         bar.update(1)
         with open(out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"]}) + "\n")
-        bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}")
+            f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"], **extra}) + "\n")
+        shown = {"codes_used": f"{extra['codes_used']:.2f}"} if "codes_used" in extra else {}
+        bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}", **shown)
         if completed % config.checkpoint_every == 0 or completed == config.steps:
             save_checkpoint(out_dir, completed, model, ema, optimizer, chash)
             if completed == kill_after:

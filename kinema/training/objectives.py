@@ -11,6 +11,9 @@ SD3), which spends more steps on mid-range noise levels where the velocity is ha
 The VAE: ``l1 * |x - x_hat| + mse * (x - x_hat)^2`` (each averaged over pixels) plus
 ``kl * KL(q(z|x) || N(0, I))`` averaged over latent elements; the KL weight is small (1e-6 by
 default, as the Stable Diffusion / Wan autoencoders) so it only keeps the posterior in range.
+
+The VQ tokenizer: the same reconstruction terms plus the quantiser's commitment loss (its codebook
+follows the encoder by EMA, :mod:`kinema.models.vq`).
 """
 
 from __future__ import annotations
@@ -112,15 +115,46 @@ def vae_loss(
     Returns:
         the scalar loss and its parts as floats ("l1", "mse", "kl") for logging.
     """
+    l1, mse = reconstruction_errors(video, recon, foreground_weight)
+    kl = kl_to_standard_normal(mean, logvar)
+    loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl
+    return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+def reconstruction_errors(video: torch.Tensor, recon: torch.Tensor, foreground_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean absolute and mean squared error of ``recon`` against ``video`` (each (B, 3, F, H, W)),
+    float32 scalars; weighted means with :func:`foreground_weights` when ``foreground_weight`` > 0."""
     video, recon = video.float(), recon.float()
     err = recon - video  # (B, 3, F, H, W)
     if foreground_weight > 0:
         w = foreground_weights(video, foreground_weight).expand_as(err)  # (B, 3, F, H, W)
-        l1 = (w * err.abs()).sum() / w.sum()
-        mse = (w * err.square()).sum() / w.sum()
-    else:
-        l1 = err.abs().mean()
-        mse = err.square().mean()
-    kl = kl_to_standard_normal(mean, logvar)
-    loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl
-    return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+        return (w * err.abs()).sum() / w.sum(), (w * err.square()).sum() / w.sum()
+    return err.abs().mean(), err.square().mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# VQ tokenizer
+# ------------------------------------------------------------------------------------------------
+def vq_loss(
+    video: torch.Tensor,
+    recon: torch.Tensor,
+    quantizer: dict[str, torch.Tensor],
+    l1_weight: float = 1.0,
+    mse_weight: float = 1.0,
+    foreground_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction (L1 + MSE, as :func:`vae_loss`) plus the quantiser's own loss.
+
+    Args:
+        video, recon: (B, 3, F, H, W) in [-1, 1].
+        quantizer: the quantiser's scalars (:meth:`kinema.models.vq.VectorQuantizer.forward`):
+            ``loss`` (commitment, plus the codebook loss without EMA) is added as it is; its
+            ``commitment``, ``perplexity`` and ``usage`` are logged.
+    Returns:
+        the scalar loss and its parts as floats ("l1", "mse", "commitment", "perplexity", "usage").
+    """
+    l1, mse = reconstruction_errors(video, recon, foreground_weight)
+    loss = l1_weight * l1 + mse_weight * mse + quantizer["loss"]
+    logs = {"l1": l1.item(), "mse": mse.item()}
+    logs.update({k: float(quantizer[k]) for k in ("commitment", "perplexity", "usage")})
+    return loss, logs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -41,6 +42,10 @@ def vae_config(out_dir: Path, **over) -> dict:
     return {**_yaml("tiny-vae.yaml"), "out_dir": str(out_dir), **over}
 
 
+def vq_config(out_dir: Path, **over) -> dict:
+    return {**_yaml("tiny-vq.yaml"), "out_dir": str(out_dir), **over}
+
+
 def transformer_config(out_dir: Path, vae: Path, **over) -> dict:
     return {**_yaml("tiny-transformer.yaml"), "out_dir": str(out_dir), "vae": str(vae), **over}
 
@@ -66,12 +71,14 @@ def _assert_identical(a: Path, b: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Exact resume
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae"])
+@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae", "vq-tokenizer"])
 def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path):
     def cfg(out):
         common = dict(steps=6, checkpoint_every=3, batch_size=2, ema_decay=0.9)
         if kind == "wan-vae":
             return vae_config(out, **common)
+        if kind == "vq-tokenizer":  # restart_after 2: dead codes restart (from the step's generator) after the resume too
+            return vq_config(out, **common)
         return transformer_config(out, tiny_vae, caption_dropout=0.3, **common)
 
     straight = train(cfg(tmp_path / "a"), progress=False).parent
@@ -92,8 +99,10 @@ def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path):
     ema = _tensors(resumed / "checkpoints/step-0000006/ema.safetensors")
     raw = _tensors(resumed / "checkpoints/step-0000006/model.safetensors")
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
-    logged = [json.loads(line)["step"] for line in (resumed / METRICS_FILE).read_text().splitlines()]
-    assert logged == list(range(1, 7))
+    logged = [json.loads(line) for line in (resumed / METRICS_FILE).read_text().splitlines()]
+    assert [m["step"] for m in logged] == list(range(1, 7))
+    if kind == "vq-tokenizer":
+        assert sum(m["codes_restarted"] for m in logged[3:]) > 0
 
 
 def test_resume_drops_metrics_logged_past_the_checkpoint(tmp_path):
@@ -411,3 +420,53 @@ def test_freeze_keeps_the_encoder_exactly_and_trains_the_rest(tmp_path):
         assert any(not torch.equal(after[k], start[k]) for k in after if k.startswith("decoder."))
     with pytest.raises(KinemaError, match="names no parameter"):
         train(vae_config(tmp_path / "c", steps=1, freeze=["encoderz"]), progress=False)
+
+
+def test_fields_added_later_leave_old_config_hashes_alone():
+    """Checkpoints written before `freeze` existed still resume: the hash below is what the code
+    gave before the field was added; setting the field changes it."""
+    from kinema.training.config import config_hash
+
+    cfg = load_config({"model": "wan-vae", "architecture": {"base_dim": 8}, "out_dir": "x", "batch_size": 2, "steps": 5})
+    assert config_hash(cfg) == "962a2bad93f51c8a"
+    assert config_hash(dataclasses.replace(cfg, freeze=["encoder"])) != "962a2bad93f51c8a"
+
+
+# ------------------------------------------------------------------------------------------------
+# The VQ tokenizer
+# ------------------------------------------------------------------------------------------------
+def test_vq_tokenizer_run_logs_codebook_use_and_exports(tmp_path):
+    from kinema.models.vae.vq_video import load_vq_tokenizer
+
+    out = train(vq_config(tmp_path / "q", steps=3), progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "q" / METRICS_FILE).read_text().splitlines()]
+    assert all({"perplexity", "codes_used", "codes_restarted"} <= set(m) for m in metrics)
+    assert metrics[-1]["perplexity"] > 1 and 0 < metrics[-1]["codes_used"] <= 1
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "VQVideoTokenizer"
+    model = load_vq_tokenizer(out)
+    ema = _tensors(tmp_path / "q/checkpoints/step-0000003/ema.safetensors")
+    raw = _tensors(tmp_path / "q/checkpoints/step-0000003/model.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    quantizer = [k for k in ema if k.startswith("quantizer.")]
+    assert quantizer and all(torch.equal(ema[k], raw[k]) for k in quantizer)  # the EMA copies the codebook
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if k.startswith("encoder."))  # and averages the rest
+    assert bool(model.quantizer.initialized)
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert model.decode_tokens(model.encode_tokens(video)).shape == video.shape
+
+
+def test_vq_tokenizer_starts_from_a_wan_vae(tiny_vae, tmp_path):
+    from kinema.models.vae.wan_vae import load_wan_vae
+    from kinema.training.loop import _trainable, init_weights_from
+
+    vae = load_wan_vae(tiny_vae).state_dict()  # the export has diffusers' names; init_from maps them
+    config = load_config(vq_config(tmp_path / "v", steps=1, init_from=str(tiny_vae)))
+    model, _, _ = _trainable(config, tmp_path / "v")
+    loaded = init_weights_from(model, config.init_from, partial=True)
+    assert set(loaded) == set(vae) and all(torch.equal(model.state_dict()[k], v) for k, v in vae.items())
+    train(vq_config(tmp_path / "v", steps=1, init_from=str(tiny_vae)), progress=False)
+    with pytest.raises(KinemaError, match="no weights"):
+        train(vq_config(tmp_path / "n", steps=1, init_from=str(tmp_path / "nowhere")), progress=False)
+    with pytest.raises(KinemaError, match="init_logvar is for wan-vae"):
+        load_config(vq_config(tmp_path / "x", objective={"init_logvar": -8.0}))

@@ -1,6 +1,17 @@
 """Video autoencoders: a causal 3D conv with an explicit cache, and each autoencoder built on it."""
 
 from .causal import CausalCache, CausalConv3d
+from .vq_video import VQVideoConfig, VQVideoTokenizer, load_vq_tokenizer
 from .wan_vae import WanPosterior, WanVAE, WanVAEConfig, load_wan_vae
 
-__all__ = ["CausalCache", "CausalConv3d", "WanPosterior", "WanVAE", "WanVAEConfig", "load_wan_vae"]
+__all__ = [
+    "CausalCache",
+    "CausalConv3d",
+    "VQVideoConfig",
+    "VQVideoTokenizer",
+    "WanPosterior",
+    "WanVAE",
+    "WanVAEConfig",
+    "load_vq_tokenizer",
+    "load_wan_vae",
+]

@@ -1,0 +1,277 @@
+"""The VQ video tokenizer of kinema's autoregressive models: Wan's causal 3D autoencoder with a
+codebook between encoder and decoder, so every latent frame is a grid of discrete tokens.
+
+::
+
+    video (B, 3, F, H, W) -> encoder -> conv1 (mean half) -> quant_proj -> quantizer -> tokens (B, F', h, w)
+    tokens -> codebook lookup -> post_quant_proj -> conv2 -> decoder -> video (B, 3, F, H, W)
+
+``encoder``, ``conv1``, ``conv2`` and ``decoder`` are the modules of
+:class:`~kinema.models.vae.wan_vae.WanVAE`, with its parameter names and shapes, so a trained Wan
+VAE's weights can start a tokenizer (``init_from`` in a ``vq-tokenizer`` training config);
+``quant_proj``, ``quantizer`` and ``post_quant_proj`` are the tokenizer's own. ``conv1`` keeps
+the VAE's 2 z_dim outputs; the tokenizer reads the first z_dim (the VAE's posterior mean) and
+leaves the log-variance half unused. Time and space compress as the Wan config says
+(``temporal_downsample`` all False: one token grid per frame).
+
+An exported tokenizer is a directory: ``config.json`` (:meth:`VQVideoConfig.to_dict`, with
+``_class_name`` ``VQVideoTokenizer``) and ``diffusion_pytorch_model.safetensors`` (kinema's own
+names), read by :func:`load_vq_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError, KinemaError
+from ..vq import VectorQuantizer
+from .causal import CausalCache, CausalConv3d
+from .wan_vae import Decoder3d, Encoder3d, WanVAEConfig, _check_video, _time_chunks
+
+CLASS_NAME = "VQVideoTokenizer"  # config.json's _class_name
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the weights beside config.json (as every kinema export)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class VQVideoConfig:
+    """A Wan 2.1 autoencoder structure (fields named as :class:`WanVAEConfig`'s) plus a codebook."""
+
+    base_dim: int = WanVAEConfig.base_dim  # channels of the first encoder stage (and of the last decoder stage)
+    z_dim: int = WanVAEConfig.z_dim  # channels between encoder and decoder (the Wan VAE's latent width)
+    dim_mult: tuple[int, ...] = WanVAEConfig.dim_mult  # channel multiplier of each stage
+    num_res_blocks: int = WanVAEConfig.num_res_blocks  # residual blocks per encoder stage (the decoder has one more)
+    temporal_downsample: tuple[bool, ...] = WanVAEConfig.temporal_downsample  # time halved after stage i? all False: tokens per frame
+    dropout: float = WanVAEConfig.dropout  # dropout inside residual blocks (training only)
+    in_channels: int = WanVAEConfig.in_channels  # video channels into the encoder
+    out_channels: int = WanVAEConfig.out_channels  # video channels out of the decoder
+    codebook_size: int = 1024  # K: token ids 0 .. K-1
+    codebook_dim: int = 8  # width of a code; quant_proj maps z_dim to it, post_quant_proj back
+    beta: float = 0.25  # commitment loss weight (VQ-VAE)
+    codebook_ema: bool = True  # keep the codebook by EMA of assigned vectors (else train it by the codebook loss)
+    codebook_decay: float = 0.99  # EMA decay of code counts and sums
+    codebook_eps: float = 1e-5  # Laplace smoothing of the EMA counts
+    restart_after: int = 100  # re-seed a code unused for this many optimiser steps (0: never)
+
+    def __post_init__(self) -> None:
+        self.dim_mult = tuple(int(m) for m in self.dim_mult)
+        self.temporal_downsample = tuple(bool(t) for t in self.temporal_downsample)
+        _ = self.autoencoder  # checks the Wan fields (one temporal_downsample flag per downsampling stage)
+        if self.codebook_size < 2 or self.codebook_dim < 1:
+            raise KinemaError(f"codebook_size must be >= 2 and codebook_dim >= 1; got {self.codebook_size} and {self.codebook_dim}")
+        if not 0.0 < self.codebook_decay < 1.0:
+            raise KinemaError(f"codebook_decay must be in (0, 1); got {self.codebook_decay}")
+        if self.restart_after < 0:
+            raise KinemaError(f"restart_after must be >= 0 (0 disables restarts); got {self.restart_after}")
+
+    @property
+    def autoencoder(self) -> WanVAEConfig:
+        """The Wan VAE config of the encoder and decoder (latent statistics unused: 0 and 1)."""
+        shared = {f.name for f in dataclasses.fields(WanVAEConfig)} & {f.name for f in dataclasses.fields(self)}
+        return WanVAEConfig(
+            **{name: getattr(self, name) for name in shared},
+            latents_mean=(0.0,) * self.z_dim,
+            latents_std=(1.0,) * self.z_dim,
+        )
+
+    @property
+    def temporal_compression(self) -> int:
+        """Pixel frames per token grid (after the first frame)."""
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per token along height and width."""
+        return 2 ** (len(self.dim_mult) - 1)
+
+    # -- config.json ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """``config.json`` content: ``_class_name`` and every field (tuples as lists)."""
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {"_class_name": CLASS_NAME, **fields}
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> "VQVideoConfig":
+        """From :meth:`to_dict`'s form; another class or an unknown field raises CheckpointError."""
+        name = config.get("_class_name", CLASS_NAME)
+        if name != CLASS_NAME:
+            raise CheckpointError(f"expected a {CLASS_NAME} config; got _class_name {name!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+        if unknown:
+            raise CheckpointError(f"unknown {CLASS_NAME} config field(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+
+# ------------------------------------------------------------------------------------------------
+# The tokenizer
+# ------------------------------------------------------------------------------------------------
+class VQVideoTokenizer(nn.Module):
+    """Video <-> token grids: ``encode_tokens`` (B, 3, F, H, W) -> (B, F', h, w), ``decode_tokens`` back.
+
+    F' = (F - 1) / temporal_compression + 1, h = H / spatial_compression, w likewise.
+    """
+
+    _keep_in_fp32 = ("quantizer",)  # codes and their statistics stay float32 in any dtype
+    _ema_copy = ("quantizer",)  # a training EMA of the weights copies the codebook (already a moving average)
+
+    def __init__(self, config: VQVideoConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or VQVideoConfig()
+        ae = config.autoencoder
+        self.encoder = Encoder3d(ae)
+        self.conv1 = CausalConv3d(2 * ae.z_dim, 2 * ae.z_dim, 1)  # as WanVAE's: the first z_dim outputs are used
+        self.quant_proj = CausalConv3d(ae.z_dim, config.codebook_dim, 1)
+        self.quantizer = VectorQuantizer(
+            config.codebook_size,
+            config.codebook_dim,
+            beta=config.beta,
+            ema=config.codebook_ema,
+            decay=config.codebook_decay,
+            eps=config.codebook_eps,
+            restart_after=config.restart_after,
+        )
+        self.post_quant_proj = CausalConv3d(config.codebook_dim, ae.z_dim, 1)
+        self.conv2 = CausalConv3d(ae.z_dim, ae.z_dim, 1)  # as WanVAE's
+        self.decoder = Decoder3d(ae)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv2.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv2.weight.device
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.config.temporal_compression
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.config.spatial_compression
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """The token grid (F', h, w) of a video of this size; sizes the tokenizer cannot take raise."""
+        tc, sc = self.temporal_compression, self.spatial_compression
+        _check_video(torch.empty(1, self.config.in_channels, num_frames, height, width, device="meta"), self.config.in_channels, tc, sc)
+        return (num_frames - 1) // tc + 1, height // sc, width // sc
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        """Tokens in one latent frame's grid: (height / s) * (width / s)."""
+        _, h, w = self.grid(1, height, width)
+        return h * w
+
+    # -- encoding -------------------------------------------------------------------------------
+    def encode_features(self, video: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """The quantiser's input: video (B, 3, F, H, W) in [-1, 1] -> (B, codebook_dim, F', h, w).
+
+        The encoder runs chunk by chunk in time (frame 1, then ``chunk_size`` frames, default the
+        temporal compression) with a :class:`CausalCache`, as :meth:`WanVAE.encode`.
+        """
+        tc, sc = self.temporal_compression, self.spatial_compression
+        chunk_size = tc if chunk_size is None else chunk_size
+        if chunk_size <= 0 or chunk_size % tc:
+            raise KinemaError(f"encode chunk_size must be a positive multiple of {tc}; got {chunk_size}")
+        _check_video(video, self.config.in_channels, tc, sc)
+        video = video.to(device=self.device, dtype=self.dtype)
+        cache = CausalCache()
+        out = [self.encoder(chunk, cache) for chunk in _time_chunks(video, chunk_size)]  # each (B, 2z, t, h, w)
+        moments = self.conv1(torch.cat(out, dim=2) if len(out) > 1 else out[0])  # (B, 2z, F', h, w)
+        mean = moments[:, : self.config.z_dim]  # (B, z, F', h, w): the VAE's posterior mean
+        return self.quant_proj(mean)  # (B, codebook_dim, F', h, w)
+
+    def encode_tokens(self, video: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1], F = tk + 1 -> token ids (B, F', h, w) int64 in [0, K)."""
+        return self.quantizer.encode(self.encode_features(video, chunk_size))
+
+    # -- decoding -------------------------------------------------------------------------------
+    def decode_features(self, z_q: torch.Tensor, chunk_size: int = 1) -> torch.Tensor:
+        """Quantised codes (B, codebook_dim, F', h, w) -> video (B, 3, t(F' - 1) + 1, sh, sw) in [-1, 1].
+
+        The decoder runs ``chunk_size`` latent frames at a time after the first, with a
+        :class:`CausalCache`, as :meth:`WanVAE.decode`.
+        """
+        if z_q.dim() != 5 or z_q.shape[1] != self.config.codebook_dim:
+            raise KinemaError(f"codes must be (B, {self.config.codebook_dim}, F', h, w); got {tuple(z_q.shape)}")
+        if chunk_size <= 0:
+            raise KinemaError(f"decode chunk_size must be positive; got {chunk_size}")
+        z = self.conv2(self.post_quant_proj(z_q.to(device=self.device, dtype=self.dtype)))  # (B, z, F', h, w)
+        cache = CausalCache()
+        out = [self.decoder(chunk, cache) for chunk in _time_chunks(z, chunk_size)]  # each (B, 3, f, H, W)
+        return (torch.cat(out, dim=2) if len(out) > 1 else out[0]).clamp(-1.0, 1.0)  # (B, 3, F, H, W)
+
+    def decode_tokens(self, tokens: torch.Tensor, chunk_size: int = 1) -> torch.Tensor:
+        """Token ids (B, F', h, w) -> video (B, 3, t(F' - 1) + 1, sh, sw) in [-1, 1], in the model's dtype."""
+        if tokens.dim() != 4:
+            raise KinemaError(f"tokens must be (B, F', h, w); got {tuple(tokens.shape)}")
+        return self.decode_features(self.quantizer.lookup(tokens.to(self.quantizer.codebook.device)), chunk_size)
+
+    # -- training -------------------------------------------------------------------------------
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruct video (B, 3, F, H, W) through the codebook.
+
+        Returns:
+            the reconstruction (B, 3, F, H, W) in [-1, 1], and the quantiser's scalars
+            (:meth:`VectorQuantizer.forward`: ``loss`` to add to the training loss,
+            ``commitment``, ``codebook``, ``perplexity``, ``usage``) plus ``tokens`` (B, F', h, w).
+        """
+        z_q, tokens, info = self.quantizer(self.encode_features(video))  # (B, D, F', h, w), (B, F', h, w)
+        return self.decode_features(z_q), {**info, "tokens": tokens}
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and loading
+# ------------------------------------------------------------------------------------------------
+def save_vq_tokenizer(directory: str | os.PathLike, config: VQVideoConfig, state: Mapping[str, torch.Tensor]) -> Path:
+    """Write ``config.json`` and the weights (a :class:`VQVideoTokenizer` state dict) into ``directory``."""
+    from ...checkpoints.io import save_safetensors
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_safetensors(state, directory / WEIGHTS_FILE)
+    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return directory
+
+
+def is_vq_tokenizer_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory whose config.json names a VQVideoTokenizer."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == CLASS_NAME
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def load_vq_tokenizer(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> VQVideoTokenizer:
+    """Load a tokenizer directory (``config.json`` + ``diffusion_pytorch_model.safetensors``, as a
+    ``vq-tokenizer`` training run exports to ``OUT/model``), built on the meta device and filled
+    strictly. ``dtype`` casts the weights except the quantiser's (float32). Eval mode, no gradients.
+    """
+    from ...checkpoints.io import build_on_meta, load_into, load_safetensors, read_json
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"VQ tokenizer not found: {path}; give a directory with config.json and {WEIGHTS_FILE}")
+    config = VQVideoConfig.from_dict(read_json(path / "config.json"))
+    model = build_on_meta(lambda: VQVideoTokenizer(config))
+    load_into(model, load_safetensors(path / WEIGHTS_FILE), dtype=dtype, device=device, what="VQ video tokenizer")
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,291 @@
+"""The codebook quantiser and the VQ video tokenizer on tiny CPU configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import kinema.models.vq as vq_module
+from kinema.checkpoints.io import load_safetensors, save_safetensors
+from kinema.errors import CheckpointError, KinemaError
+from kinema.models.vae.vq_video import (
+    VQVideoConfig,
+    VQVideoTokenizer,
+    load_vq_tokenizer,
+    save_vq_tokenizer,
+)
+from kinema.models.vae.wan_vae import WanVAE
+from kinema.models.vq import VectorQuantizer, perplexity
+
+
+def quantizer(codes: list[list[float]], **kwargs) -> VectorQuantizer:
+    """A quantiser whose codebook is ``codes`` (K, D), marked initialised."""
+    codes_t = torch.tensor(codes, dtype=torch.float32)
+    q = VectorQuantizer(codes_t.shape[0], codes_t.shape[1], **kwargs)
+    q._set_codes(torch.arange(codes_t.shape[0]), codes_t)
+    q.initialized.fill_(True)
+    return q
+
+
+def as_input(vectors: list[list[float]]) -> torch.Tensor:
+    """Row vectors (N, D) as a (1, D, N) quantiser input."""
+    return torch.tensor(vectors, dtype=torch.float32).t().unsqueeze(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The quantiser
+# ------------------------------------------------------------------------------------------------
+def test_nearest_code_matches_brute_force_in_any_chunking(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    q = VectorQuantizer(37, 6)
+    z = torch.randn(2, 6, 5, 7, 3, generator=g)  # (B, D, *grid)
+    x = z.movedim(1, -1).reshape(-1, 6)
+    brute = (x[:, None, :] - q.codebook[None]).square().sum(-1)  # (N, K)
+    idx = q.encode(z)
+    assert idx.shape == (2, 5, 7, 3) and idx.dtype == torch.int64
+    assert torch.equal(idx.flatten(), brute.argmin(1))
+    _, dist = q.nearest(x)
+    torch.testing.assert_close(dist, brute.min(1).values, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(vq_module, "DISTANCE_CHUNK_ELEMENTS", 37 * 4)  # 4 rows a block
+    assert torch.equal(q.encode(z), idx)
+
+
+def test_straight_through_gradient_reaches_the_encoder_side():
+    q = quantizer([[0.0, 0.0], [2.0, 0.0]])
+    z = as_input([[0.5, 0.0], [2.0, 1.0], [1.4, -0.3]]).requires_grad_(True)
+    z_q, idx, _ = q(z)
+    assert idx.tolist() == [[0, 1, 1]]
+    assert torch.equal(z_q.detach(), q.codebook[idx[0]].t().unsqueeze(0))  # forward: the codes
+    w = torch.randn_like(z)
+    (z_q * w).sum().backward()
+    assert torch.equal(z.grad, w)  # backward: identity
+
+
+def test_commitment_and_codebook_losses_on_a_hand_case():
+    z = as_input([[0.5, 0.0], [2.0, 1.0]])  # errors (0.5, 0) to code 0 and (0, 1) to code 1
+    expected = (0.25 + 0.0 + 0.0 + 1.0) / 4  # mean squared error over the 4 elements
+    _, _, info = quantizer([[0.0, 0.0], [2.0, 0.0]])(z)
+    assert info["commitment"].item() == pytest.approx(expected) and info["codebook"].item() == pytest.approx(expected)
+    assert info["loss"].item() == pytest.approx(0.25 * expected)  # EMA codebook: commitment only
+    trained = quantizer([[0.0, 0.0], [2.0, 0.0]], ema=False, beta=0.5)
+    _, _, info = trained(z)
+    assert info["loss"].item() == pytest.approx(0.5 * expected + expected)
+    info["loss"].backward()
+    # d/de of mean |sg(z) - e|^2 over 4 elements: 2 (e - z) / 4 for each assigned vector
+    torch.testing.assert_close(trained.codebook.grad, torch.tensor([[-0.25, 0.0], [0.0, -0.5]]))
+
+
+def test_ema_update_moves_used_codes_towards_their_vectors():
+    q = quantizer([[0.0, 0.0], [5.0, 5.0]], decay=0.5).train()
+    q(as_input([[1.0, 0.0], [1.0, 2.0]]))  # both to code 0: their mean is (1, 1)
+    q.update_codebook(torch.Generator().manual_seed(0))
+    # counts 0.5 * 1 + 0.5 * 2 = 1.5, sums 0.5 * (0, 0) + 0.5 * (2, 2): code 0 -> (1, 1) / 1.5
+    torch.testing.assert_close(q.codebook[0], torch.tensor([2 / 3, 2 / 3]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(q.codebook[1], torch.tensor([5.0, 5.0]), rtol=1e-4, atol=1e-4)  # unused: stays
+    torch.testing.assert_close(q.cluster_size, torch.tensor([1.5, 0.5]))
+    assert q.unused_steps.tolist() == [0, 1]
+    q = quantizer([[10.0, 10.0], [-5.0, -5.0]], decay=0.5).train()
+    for _ in range(30):  # repeated: converges to the mean of its vectors
+        q(as_input([[11.0, 10.0], [11.0, 12.0]]))
+        q.update_codebook(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(q.codebook[0], torch.tensor([11.0, 11.0]), rtol=1e-3, atol=1e-3)
+
+
+def test_dead_codes_restart_where_the_error_is():
+    q = quantizer([[0.0, 0.0], [10.0, 10.0], [100.0, 100.0]], restart_after=1).train()
+    q(as_input([[0.0, 0.0], [0.0, 0.0], [10.0, 10.0], [5.0, 5.0]]))  # code 2 unused; (5, 5) is far from every code
+    stats = q.update_codebook(torch.Generator().manual_seed(0))
+    assert stats["codes_restarted"] == 1.0
+    assert q.codebook[2].tolist() == [5.0, 5.0]
+    assert q.cluster_size[2] == 1.0 and q.embed_sum[2].tolist() == [5.0, 5.0] and q.unused_steps[2] == 0
+
+
+def test_dead_code_restarts_are_deterministic_given_the_generator():
+    def run(seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        q = VectorQuantizer(64, 3, restart_after=1).train()
+        z = torch.randn(4, 3, 10, generator=torch.Generator().manual_seed(1))
+        q(z)
+        q.update_codebook(torch.Generator().manual_seed(5))  # k-means++ init from z
+        q(z + 3.0)  # everything moved: most codes go unused
+        stats = q.update_codebook(torch.Generator().manual_seed(seed))
+        assert stats["codes_restarted"] > 0
+        restarted = [k for k in range(64) if any(torch.equal(q.codebook[k], v) for v in (z + 3.0).movedim(1, -1).reshape(-1, 3))]
+        assert len(restarted) >= stats["codes_restarted"]  # re-seeded at current encoder outputs
+        return q.codebook.clone()
+
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+def test_first_update_seeds_the_codebook_by_kmeans_plus_plus():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    samples = (centres[:, None, :] + 0.01 * torch.randn(4, 25, 2, generator=torch.Generator().manual_seed(0))).reshape(-1, 2)
+    q = VectorQuantizer(4, 2).train()
+    assert not q.initialized
+    q(samples.t().unsqueeze(0))
+    q.update_codebook(torch.Generator().manual_seed(3))
+    assert q.initialized
+    nearest_centre = (q.codebook[:, None, :] - centres[None]).square().sum(-1).argmin(1)
+    assert sorted(nearest_centre.tolist()) == [0, 1, 2, 3]  # one code per cluster
+    assert all(any(torch.equal(c, s) for s in samples) for c in q.codebook)  # codes are samples
+    torch.testing.assert_close(q.embed_sum, q.codebook)  # EMA statistics restart from the seeds
+    again = VectorQuantizer(4, 2)
+    again.init_from_samples(samples, torch.Generator().manual_seed(3))
+    assert torch.equal(again.codebook, q.codebook)
+
+
+def test_usage_stats():
+    assert perplexity(torch.tensor([5.0, 5.0, 5.0, 5.0, 0.0])).item() == pytest.approx(4.0)
+    assert perplexity(torch.tensor([7.0, 0.0, 0.0])).item() == pytest.approx(1.0)
+    q = quantizer([[0.0], [1.0], [2.0], [3.0]])
+    _, _, info = q(as_input([[0.0], [0.1], [2.0], [2.1]]))  # codes 0 and 2, twice each
+    assert info["perplexity"].item() == pytest.approx(2.0) and info["usage"].item() == 0.5
+
+
+def test_only_training_forwards_with_autograd_are_recorded():
+    q = quantizer([[0.0], [1.0]])
+    z = as_input([[0.2]])
+    q.eval()(z)
+    q.train()
+    with torch.no_grad():
+        q(z)
+    q.encode(z)
+    assert q.update_codebook(torch.Generator()) == {}
+    q(z)
+    assert q.update_codebook(torch.Generator())["codes_used"] == 0.5
+
+
+def test_lookup_and_state_round_trip(tmp_path):
+    q = quantizer([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    ids = torch.tensor([[[2, 0], [1, 1]]])
+    assert q.lookup(ids).shape == (1, 2, 2, 2)
+    assert q.lookup(ids)[0, :, 0, 0].tolist() == [4.0, 5.0]
+    with pytest.raises(KinemaError, match=r"\[0, 3\)"):
+        q.lookup(torch.tensor([[3]]))
+    save_safetensors(q.state_dict(), tmp_path / "q.safetensors")
+    state = load_safetensors(tmp_path / "q.safetensors")
+    assert set(state) == {"codebook", "cluster_size", "embed_sum", "unused_steps", "initialized"}
+    fresh = VectorQuantizer(3, 2)
+    fresh.load_state_dict(state)
+    assert fresh.initialized and torch.equal(fresh.codebook, q.codebook)
+    with pytest.raises(KinemaError, match="code width on dim 1"):
+        q(torch.zeros(1, 3, 4))
+
+
+# ------------------------------------------------------------------------------------------------
+# The tokenizer
+# ------------------------------------------------------------------------------------------------
+TINY = VQVideoConfig(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, codebook_size=16, codebook_dim=3)
+
+
+def clip(frames: int, size: int = 64, seed: int = 1, batch: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("frames", [9, 33])
+def test_tokens_round_trip_shapes(frames):
+    torch.manual_seed(0)
+    model = VQVideoTokenizer(TINY).eval()
+    assert (model.temporal_compression, model.spatial_compression) == (4, 8)
+    video = clip(frames)
+    with torch.no_grad():
+        tokens = model.encode_tokens(video)
+        assert tokens.shape == (1, (frames - 1) // 4 + 1, 8, 8) == (1, *model.grid(frames, 64, 64))
+        assert tokens.dtype == torch.int64 and 0 <= int(tokens.min()) and int(tokens.max()) < TINY.codebook_size
+        assert model.tokens_per_frame(64, 64) == 64
+        out = model.decode_tokens(tokens)
+        assert out.shape == video.shape and out.abs().max() <= 1.0
+        if frames == 9:  # chunking is exact: 8 frames at a time give the same tokens
+            assert torch.equal(model.encode_tokens(video, chunk_size=8), tokens)
+            recon, info = model(video)
+            assert torch.equal(info["tokens"], tokens)
+            torch.testing.assert_close(recon, out)  # z + (e - z) is e up to rounding
+    with pytest.raises(KinemaError, match="4k\\+1"):
+        model.grid(10, 64, 64)
+
+
+def test_per_frame_tokens_without_temporal_downsampling():
+    config = VQVideoConfig(base_dim=4, z_dim=4, dim_mult=(1, 2), temporal_downsample=(False,), codebook_size=8, codebook_dim=2)
+    model = VQVideoTokenizer(config).eval()
+    assert model.temporal_compression == 1 and model.grid(6, 16, 16) == (6, 8, 8)
+    with torch.no_grad():
+        tokens = model.encode_tokens(clip(6, size=16))
+        assert tokens.shape == (1, 6, 8, 8)
+        assert model.decode_tokens(tokens).shape == (1, 3, 6, 16, 16)
+
+
+def test_shares_the_wan_vae_names_and_loads_its_weights(tmp_path):
+    from kinema.training.loop import init_weights_from
+
+    torch.manual_seed(3)
+    vae = WanVAE(TINY.autoencoder)
+    save_safetensors(vae.state_dict(), tmp_path / "vae.safetensors")
+    torch.manual_seed(4)
+    model = VQVideoTokenizer(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = init_weights_from(model, tmp_path / "vae.safetensors", partial=True)
+    assert set(loaded) == set(vae.state_dict())  # every VAE tensor has a place in the tokenizer
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in vae.state_dict().items())
+    fresh = [k for k in after if k.split(".")[0] in ("quant_proj", "quantizer", "post_quant_proj")]
+    assert fresh and set(fresh) == set(after) - set(loaded)
+    assert all(torch.equal(after[k], before[k]) for k in fresh)
+    # a VAE of another width or time structure: an error naming the module, never a half-loaded one
+    wider = WanVAE(VQVideoConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1).autoencoder)
+    save_safetensors(wider.state_dict(), tmp_path / "wider.safetensors")
+    with pytest.raises(KinemaError, match=r"decoder \(decoder.conv1.bias \(16,\) vs \(8,\)\), encoder .* do not match"):
+        init_weights_from(model, tmp_path / "wider.safetensors", partial=True)
+    frames = WanVAE(VQVideoConfig(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, temporal_downsample=(True, True, True)).autoencoder)
+    save_safetensors(frames.state_dict(), tmp_path / "frames.safetensors")
+    with pytest.raises(KinemaError, match="time_conv"):
+        init_weights_from(model, tmp_path / "frames.safetensors", partial=True)
+    save_safetensors({"blocks.0.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(KinemaError, match="no module of this model"):
+        init_weights_from(model, tmp_path / "other.safetensors", partial=True)
+    with pytest.raises(KinemaError, match="do not fit"):  # strict for every other kind
+        init_weights_from(model, tmp_path / "vae.safetensors")
+
+
+def test_config_json_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = VQVideoTokenizer(TINY).eval()
+    model.quantizer.init_from_samples(torch.randn(100, 3))
+    directory = save_vq_tokenizer(tmp_path / "tok", TINY, model.state_dict())
+    raw = json.loads((directory / "config.json").read_text())
+    assert raw["_class_name"] == "VQVideoTokenizer" and VQVideoConfig.from_dict(raw) == TINY
+    loaded = load_vq_tokenizer(directory, dtype=torch.bfloat16)
+    assert loaded.quantizer.codebook.dtype == torch.float32 and loaded.conv2.weight.dtype == torch.bfloat16
+    loaded = load_vq_tokenizer(directory)
+    video = clip(5, size=16)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_tokens(video), model.encode_tokens(video))
+    with pytest.raises(CheckpointError, match="unknown"):
+        VQVideoConfig.from_dict({**raw, "codebook_colour": 1})
+    with pytest.raises(CheckpointError, match="expected a VQVideoTokenizer"):
+        VQVideoConfig.from_dict({**raw, "_class_name": "AutoencoderKLWan"})
+    with pytest.raises(KinemaError, match="temporal_downsample"):
+        VQVideoConfig(dim_mult=(1, 2), temporal_downsample=(True, True))
+
+
+def test_tiny_tokenizer_overfits_two_clips():
+    from kinema.training.loop import SyntheticClips
+
+    config = VQVideoConfig(base_dim=8, z_dim=4, dim_mult=(1, 2), temporal_downsample=(True,), codebook_size=16, codebook_dim=4, restart_after=5)
+    torch.manual_seed(0)
+    model = VQVideoTokenizer(config).train()
+    clips = SyntheticClips(size=16, frames=5, length=2)
+    video = torch.stack([clips[i]["video"] for i in range(2)])  # (2, 3, 5, 16, 16): squares moving on black
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(15):
+        recon, info = model(video)
+        loss = (recon - video).abs().mean() + (recon - video).square().mean() + info["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.quantizer.update_codebook(torch.Generator().manual_seed(step))
+        losses.append(loss.item())
+    assert sum(losses[-3:]) < 0.3 * sum(losses[:3]), losses
