@@ -1,4 +1,4 @@
-"""Training: one loop for the Wan VAE, the Wan transformer and the VQ tokenizer, with exact resume.
+"""Training: one loop for the Wan VAE, the Wan transformer, the VQ tokenizer and the token model, with exact resume.
 
 ``kinema train CONFIG.yaml [--resume] [--steps N]`` (kinema/cli.py) and Python code call
 :func:`train`.

@@ -1,11 +1,11 @@
 """Training configuration: one YAML file -> :class:`TrainConfig` (dataclasses, unknown keys raise).
 
-A config names the model to train (``wan-vae``, ``wan-transformer`` or ``vq-tokenizer``) with its
-architecture fields (those of :class:`~kinema.models.vae.wan_vae.WanVAEConfig`,
-:class:`~kinema.models.wan.WanTransformerConfig` or
-:class:`~kinema.models.vae.vq_video.VQVideoConfig`), the data, the optimiser, the objective and
-the run's bookkeeping. See ``configs/tiny-vae.yaml``, ``configs/tiny-transformer.yaml`` and
-``configs/tiny-vq.yaml``.
+A config names the model to train (``wan-vae``, ``wan-transformer``, ``vq-tokenizer`` or
+``token-ar``) with its architecture fields (those of :class:`~kinema.models.vae.wan_vae.WanVAEConfig`,
+:class:`~kinema.models.wan.WanTransformerConfig`, :class:`~kinema.models.vae.vq_video.VQVideoConfig`
+or :class:`~kinema.models.token_ar.TokenARConfig`), the data, the optimiser, the objective and
+the run's bookkeeping. See ``configs/tiny-vae.yaml``, ``configs/tiny-transformer.yaml``,
+``configs/tiny-vq.yaml`` and ``configs/tiny-ar.yaml``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 from ..errors import KinemaError
 
-MODELS = ("wan-vae", "wan-transformer", "vq-tokenizer")
+MODELS = ("wan-vae", "wan-transformer", "vq-tokenizer", "token-ar")
+TEXT_MODELS = ("wan-transformer", "token-ar")  # kinds conditioned on captions (text_encoder, caption_dropout)
 DATA_KINDS = ("shapes", "video_folder", "synthetic")
 TEXT_ENCODERS = ("minilm", "toy")
 PRECISIONS = ("fp32", "bf16")
@@ -63,12 +64,12 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    model: str  # "wan-vae", "wan-transformer" or "vq-tokenizer"
-    architecture: dict[str, Any]  # fields of WanVAEConfig, WanTransformerConfig or VQVideoConfig
-    out_dir: str  # run directory: checkpoints/, model/ (the export), latent_cache.safetensors
+    model: str  # "wan-vae", "wan-transformer", "vq-tokenizer" or "token-ar"
+    architecture: dict[str, Any]  # fields of WanVAEConfig, WanTransformerConfig, VQVideoConfig or TokenARConfig
+    out_dir: str  # run directory: checkpoints/, model/ (the export), latent_cache.safetensors or token_cache.safetensors
     vae: str | None = None  # transformer: a VAE directory (e.g. a VAE run's model/) or a safetensors file (+ config.json beside it)
-    text_encoder: str = "minilm"  # transformer: "minilm" (all-MiniLM-L6-v2, text_dim 384) or "toy" (hashed word vectors, tests)
-    text_max_length: int = 32  # transformer: text token positions per caption
+    text_encoder: str = "minilm"  # transformer and token-ar: "minilm" (all-MiniLM-L6-v2, text_dim 384) or "toy" (hashed word vectors, tests)
+    text_max_length: int = 32  # transformer and token-ar: text token positions per caption
     data: DataConfig = field(default_factory=DataConfig)  # the clips
     optim: OptimConfig = field(default_factory=OptimConfig)  # the optimiser
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # loss settings
@@ -76,22 +77,25 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size * grad_accum)
     steps: int = 1000  # optimiser steps in all (a resumed run continues up to this)
     ema_decay: float = 0.999  # EMA of the weights: ema = decay * ema + (1 - decay) * weights; 0 disables
-    caption_dropout: float = 0.1  # transformer: probability of replacing a caption by "" (classifier-free guidance)
+    caption_dropout: float = 0.1  # transformer and token-ar: probability of replacing a caption by "" (classifier-free guidance)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast of the forward pass; weights and optimiser stay fp32)
-    grad_checkpointing: bool = False  # transformer: recompute each block in the backward pass (less memory, ~30% slower)
-    latent_cache: bool = False  # transformer: encode the data set once to OUT_DIR/latent_cache.safetensors and train from it
+    grad_checkpointing: bool = False  # transformer and token-ar: recompute each block in the backward pass (less memory, ~30% slower)
+    latent_cache: bool = False  # the precomputed-encoding cache: encode the data set once (transformer: VAE posteriors to OUT_DIR/latent_cache.safetensors; token-ar: token ids to OUT_DIR/token_cache.safetensors) and train from it
     checkpoint_every: int = 100  # save a resumable checkpoint every this many steps (and at the end)
     seed: int = 0  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
     init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model; vq-tokenizer: also a wan-vae's (or a run's model/ export), whose encoder, conv1, conv2 and decoder load whole while the codebook and its projections start fresh
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. ["encoder", "conv1"]: train a VAE's decoder only, so latents already encoded stay valid)
     threads: int | None = None  # torch intra-op threads; None: the cores no other process is busy on, at least 1
+    tokenizer: str | None = None  # token-ar: a VQ tokenizer directory (a vq-tokenizer run's model/), frozen; the model learns its token ids
 
     def model_config(self):
-        """The architecture as WanVAEConfig, WanTransformerConfig or VQVideoConfig (raises KinemaError on bad fields)."""
+        """The architecture as WanVAEConfig, WanTransformerConfig, VQVideoConfig or TokenARConfig (raises KinemaError on bad fields)."""
         if self.model == "wan-vae":
             from ..models.vae.wan_vae import WanVAEConfig as cls
         elif self.model == "vq-tokenizer":
             from ..models.vae.vq_video import VQVideoConfig as cls
+        elif self.model == "token-ar":
+            from ..models.token_ar import TokenARConfig as cls
         else:
             from ..models.wan import WanTransformerConfig as cls
         known = {f.name for f in dataclasses.fields(cls)}
@@ -108,7 +112,7 @@ class TrainConfig:
 _RUN_ONLY_FIELDS = ("out_dir", "steps", "threads", "checkpoint_every")
 # Fields added after runs already existed: hashed only when set, so that a checkpoint written
 # before the field existed still resumes (its config means the field's default).
-_HASHED_WHEN_SET = ("freeze",)
+_HASHED_WHEN_SET = ("freeze", "tokenizer")
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -195,12 +199,17 @@ def _check(c: TrainConfig) -> TrainConfig:
     need(c.data.kind != "video_folder" or c.data.path is not None, "data.kind video_folder needs data.path (a directory of videos)")
     if c.model == "wan-transformer":
         need(c.vae is not None, "a wan-transformer config needs 'vae': a VAE directory (a VAE run's model/) or safetensors file")
+    if c.model == "token-ar":
+        need(c.tokenizer is not None, "a token-ar config needs 'tokenizer': a VQ tokenizer directory (a vq-tokenizer run's model/)")
+    else:
+        need(c.tokenizer is None, f"tokenizer is for token-ar runs (a {c.model} does not read tokens); remove it")
+    if c.model in TEXT_MODELS:
         need(c.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {list(TEXT_ENCODERS)}; got {c.text_encoder!r}")
     else:
-        need(not c.latent_cache, f"latent_cache is for wan-transformer runs (a {c.model} trains on pixels); remove it")
-        need(not c.grad_checkpointing, f"grad_checkpointing is supported for wan-transformer only (a {c.model}'s causal cache "
-             "mutates during forward, so recomputation is unsafe); remove it")
-    if c.model == "vq-tokenizer":
-        need(c.objective.init_logvar is None, "objective.init_logvar is for wan-vae runs (a vq-tokenizer has no posterior variance); remove it")
+        need(not c.latent_cache, f"latent_cache is for wan-transformer and token-ar runs (a {c.model} trains on pixels); remove it")
+        need(not c.grad_checkpointing, f"grad_checkpointing is supported for wan-transformer and token-ar only (a {c.model}'s causal "
+             "cache mutates during forward, so recomputation is unsafe); remove it")
+    if c.model in ("vq-tokenizer", "token-ar"):
+        need(c.objective.init_logvar is None, f"objective.init_logvar is for wan-vae runs (a {c.model} has no posterior variance); remove it")
     c.model_config()  # architecture fields are checked here
     return c

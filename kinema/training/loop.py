@@ -1,5 +1,6 @@
-"""The one training loop: the Wan VAE (reconstruction + KL), the Wan transformer (flow matching) or
-the VQ video tokenizer (reconstruction + commitment; its codebook moves after each optimiser step).
+"""The one training loop: the Wan VAE (reconstruction + KL), the Wan transformer (flow matching),
+the VQ video tokenizer (reconstruction + commitment; its codebook moves after each optimiser step)
+or the autoregressive token model (next-token cross-entropy on a frozen tokenizer's ids).
 
 Exact resume: every random draw comes from a ``torch.Generator`` seeded from (seed, step, item),
 and the data order is a pure function of (seed, step); nothing depends on how many steps ran in
@@ -12,7 +13,8 @@ Run directory (``out_dir``)::
     checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json
     checkpoints/latest          the name of the newest complete checkpoint
     latent_cache.safetensors    transformer runs with latent_cache: VAE posteriors of the data set
-    metrics.jsonl               one line per step: step, loss, lr, and a tokenizer's codebook use (appended; a resumed run repeats steps after the checkpoint)
+    token_cache.safetensors     token-ar runs with latent_cache: the tokenizer's ids of the data set
+    metrics.jsonl               one line per step: step, loss, lr, a tokenizer's codebook use or a token model's accuracy (appended; a resumed run repeats steps after the checkpoint)
     model/                      the export: config.json + diffusion_pytorch_model.safetensors (EMA weights)
 
 Checkpoints are written to a temporary directory and renamed into place, so a crash never leaves
@@ -40,11 +42,12 @@ from ..checkpoints.io import atomic_path, load_safetensors, read_json, safetenso
 from ..errors import CheckpointError, KinemaError
 from .config import DataConfig, TrainConfig, config_hash, default_threads, load_config
 from .ema import EMA
-from .objectives import flow_matching_loss, sample_sigma, vae_loss, vq_loss
+from .objectives import flow_matching_loss, next_token_loss, sample_sigma, vae_loss, vq_loss
 
 KILL_AFTER_STEP_ENV = "KINEMA_TRAIN_KILL_AFTER_STEP"  # tests: SIGKILL the process right after saving this step
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights file (kinema's loaders read it)
 CACHE_FILE = "latent_cache.safetensors"  # the transformer's latent cache, under out_dir
+TOKEN_CACHE_FILE = "token_cache.safetensors"  # the token model's token cache, under out_dir
 CACHE_BATCH = 16  # clips encoded together when building the cache (one at a time is ~5x slower on a CPU)
 METRICS_FILE = "metrics.jsonl"  # one {"step", "loss", "lr"} line per optimiser step, under out_dir
 PARTIAL_INIT_MODELS = ("vq-tokenizer",)  # kinds whose init_from loads the top-level modules the source has (a wan-vae's encoder, decoder)
@@ -131,6 +134,19 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"mean": self.mean[index], "logvar": self.logvar[index], "caption": self.captions[index]}
+
+
+class TokenCacheDataset(torch.utils.data.Dataset):
+    """Items of a token cache: ``tokens`` (F', h, w) long ids of the tokenizer, ``caption``."""
+
+    def __init__(self, tokens: torch.Tensor, captions: list[str]) -> None:
+        self.tokens, self.captions = tokens, captions  # tokens (n, F', h, w), int16 or int32 as stored
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"tokens": self.tokens[index].long(), "caption": self.captions[index]}
 
 
 def make_dataset(data: DataConfig) -> torch.utils.data.Dataset:
@@ -246,6 +262,12 @@ def build_model(config: TrainConfig) -> nn.Module:
             from ..models.vae.vq_video import VQVideoTokenizer
 
             return VQVideoTokenizer(arch).train()
+        if config.model == "token-ar":
+            from ..models.token_ar import TokenAR
+
+            model = TokenAR(arch)
+            model.init_weights()
+            return model.train()
         from ..models.wan import WanTransformer
 
         model = WanTransformer(arch)
@@ -255,7 +277,8 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
     """Recompute each transformer block in the backward pass (``torch.utils.checkpoint``), from
-    outside the model: the block's ``forward`` is wrapped on the instance; weights and keys do not change."""
+    outside the model: the block's ``forward`` is wrapped on the instance; weights and keys do not change.
+    Any model whose ``blocks`` are pure functions of their inputs (the Wan transformer, the token model)."""
     from torch.utils.checkpoint import checkpoint
 
     for block in model.blocks:
@@ -273,6 +296,42 @@ def load_vae(path: str | os.PathLike):
     if not path.exists():
         raise KinemaError(f"vae not found: {path}; point 'vae' at a VAE run's model/ directory or a weights file")
     return load_wan_vae(path)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A frozen VQ video tokenizer from a directory (a vq-tokenizer run's ``model/``)."""
+    from ..models.vae.vq_video import is_vq_tokenizer_dir, load_vq_tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise KinemaError(f"tokenizer not found: {path}; point 'tokenizer' at a vq-tokenizer run's model/ directory")
+    if not is_vq_tokenizer_dir(path):
+        raise KinemaError(f"tokenizer {path} is not a VQ tokenizer export (its config.json must name VQVideoTokenizer); "
+                          "point 'tokenizer' at a vq-tokenizer run's model/ directory")
+    return load_vq_tokenizer(path)
+
+
+def check_token_model_fits(arch, tokenizer, data: DataConfig) -> None:
+    """Raise KinemaError unless the token model reads the ids this tokenizer gives on the data:
+    ``vocab_size`` = codebook size and ``grid`` = the token grid of a ``data.size`` frame."""
+    if arch.vocab_size != tokenizer.codebook_size:
+        raise KinemaError(f"architecture.vocab_size ({arch.vocab_size}) must equal the tokenizer's codebook size "
+                          f"({tokenizer.codebook_size}); set vocab_size: {tokenizer.codebook_size}")
+    _, h, w = tokenizer.grid(data.frames, data.size, data.size)
+    if tuple(arch.grid) != (h, w):
+        raise KinemaError(f"architecture.grid {list(arch.grid)} must equal the tokenizer's token grid at data.size {data.size} "
+                          f"({data.size}/{tokenizer.spatial_compression} per side); set grid: [{h}, {w}]")
+
+
+def drop_captions(items: list[dict], gens: list[torch.Generator], p: float) -> tuple[list[str], int]:
+    """Each item's caption, or "" with probability ``p`` (classifier-free guidance); the coin is
+    the first draw of the item's generator. Returns the captions and how many were dropped."""
+    captions, dropped = [], 0
+    for it, g in zip(items, gens):
+        drop = bool(torch.rand((), generator=g) < p)
+        dropped += drop
+        captions.append("" if drop else it["caption"])
+    return captions, dropped
 
 
 class VAEObjective:
@@ -325,11 +384,8 @@ class FlowObjective:
 
     def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         c, o = self.config, self.config.objective
-        captions = []
-        for it, g in zip(items, gens):
-            drop = bool(torch.rand((), generator=g) < c.caption_dropout)
-            self.dropped += drop
-            captions.append("" if drop else it["caption"])
+        captions, dropped = drop_captions(items, gens, c.caption_dropout)
+        self.dropped += dropped
         with torch.no_grad():
             if "mean" in items[0]:  # from the latent cache
                 mean = torch.stack([it["mean"] for it in items]).float()  # (B, z, F', h, w)
@@ -351,16 +407,85 @@ class FlowObjective:
         return {}
 
 
+class TokenObjective:
+    """Next-token cross-entropy for the token model on a frozen VQ tokenizer's ids, with caption dropout.
+
+    A clip's ids (F', h, w) flatten frame-major, raster order inside a frame (the model's layout),
+    and the loss is the mean over every token of the micro-batch. Per item its generator draws the
+    caption-dropout coin only. The text states go in zero-padded with no mask (as for the Wan
+    transformer; "" gives all-zero states), so generation must condition the same way. The token
+    accuracy of the step's micro-batches is returned by :meth:`after_step` for the metrics.
+    """
+
+    def __init__(self, config: TrainConfig, tokenizer, text_encoder) -> None:
+        self.config, self.tokenizer, self.text_encoder = config, tokenizer, text_encoder
+        self.dropped = 0  # captions replaced by "" so far (for tests and logs)
+        self._correct, self._count = 0, 0  # argmax-right tokens and tokens of this step's micro-batches so far
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        captions, dropped = drop_captions(items, gens, self.config.caption_dropout)
+        self.dropped += dropped
+        with torch.no_grad():
+            if "tokens" in items[0]:  # from the token cache
+                tokens = torch.stack([it["tokens"] for it in items])  # (B, F', h, w)
+            else:
+                with torch.autocast("cpu", enabled=False):
+                    tokens = self.tokenizer.encode_tokens(torch.stack([it["video"] for it in items]))  # (B, F', h, w)
+            context = self.text_encoder(captions).float()  # (B, L, text_dim)
+        tokens = tokens.flatten(1).long()  # (B, N): frame-major, raster order in a frame
+        logits = model(tokens, context)  # (B, N, V) float32; position p predicts token p
+        loss, correct = next_token_loss(logits, tokens)
+        self._correct, self._count = self._correct + correct, self._count + tokens.numel()
+        return loss, {"accuracy": correct / tokens.numel()}
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """The token accuracy (argmax = target) over the step's micro-batches; starts the next step's count."""
+        accuracy = self._correct / max(1, self._count)
+        self._correct, self._count = 0, 0
+        return {"accuracy": accuracy}
+
+
 # ------------------------------------------------------------------------------------------------
-# Latent cache
+# Precomputed encodings: the latent cache (transformer) and the token cache (token model)
 # ------------------------------------------------------------------------------------------------
-def latent_cache_key(config: TrainConfig) -> str:
-    """What the cache depends on: the data config and the VAE (its path, and the size and
-    modification time of its weights files, so retraining the VAE invalidates the cache)."""
-    vae = Path(config.vae).resolve()
-    files = sorted(vae.glob("*.safetensors")) + sorted(vae.glob("*.pth")) if vae.is_dir() else [vae]
+def encoding_cache_key(data: DataConfig, encoder_path: str | os.PathLike) -> str:
+    """What a cache depends on: the data config and the frozen encoder (its path, and the size and
+    modification time of its weights files, so retraining the encoder invalidates the cache)."""
+    encoder = Path(encoder_path).resolve()
+    files = sorted(encoder.glob("*.safetensors")) + sorted(encoder.glob("*.pth")) if encoder.is_dir() else [encoder]
     stamps = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-    return hashlib.sha256(json.dumps([dataclasses.asdict(config.data), str(vae), stamps], default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([dataclasses.asdict(data), str(encoder), stamps], default=str).encode()).hexdigest()[:16]
+
+
+def latent_cache_key(config: TrainConfig) -> str:
+    """The latent cache's key: the data config and the VAE (:func:`encoding_cache_key`)."""
+    return encoding_cache_key(config.data, config.vae)
+
+
+def token_cache_key(config: TrainConfig) -> str:
+    """The token cache's key: the data config and the tokenizer (:func:`encoding_cache_key`)."""
+    return encoding_cache_key(config.data, config.tokenizer)
+
+
+def _cached(path: Path, key: str) -> tuple[dict[str, torch.Tensor], list[str]] | None:
+    """A cache file's tensors and captions if it exists and was built for ``key``, else None."""
+    if path.is_file() and safetensors_metadata(path).get("key") == key:
+        return load_safetensors(path), json.loads(safetensors_metadata(path)["captions"])
+    return None
+
+
+def _encode_all(dataset, encode, desc: str) -> tuple[list[dict[str, torch.Tensor]], list[str]]:
+    """Run ``encode`` (a batch of videos (n, 3, F, H, W) -> a dict of (n, ...) tensors) over the
+    whole data set in batches of CACHE_BATCH, without gradients; returns the outputs and captions."""
+    outs, captions = [], []
+    from tqdm import tqdm
+
+    with torch.no_grad():
+        for start in tqdm(range(0, len(dataset), CACHE_BATCH), desc=desc, leave=False):
+            items = [dataset[i] for i in range(start, min(start + CACHE_BATCH, len(dataset)))]
+            outs.append(encode(torch.stack([item["video"] for item in items])))
+            captions += [item["caption"] for item in items]
+    return outs, captions
 
 
 def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
@@ -369,22 +494,32 @@ def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
     Stores the posterior's mean and log-variance (not a sample), so training still draws a fresh
     latent per step from the step's generator.
     """
-    if path.is_file() and safetensors_metadata(path).get("key") == key:
-        state = load_safetensors(path)
-        return LatentCacheDataset(state["mean"], state["logvar"], json.loads(safetensors_metadata(path)["captions"]))
-    means, logvars, captions = [], [], []
-    from tqdm import tqdm
+    found = _cached(path, key)
+    if found is not None:
+        return LatentCacheDataset(found[0]["mean"], found[0]["logvar"], found[1])
 
-    with torch.no_grad():
-        for start in tqdm(range(0, len(dataset), CACHE_BATCH), desc="latent cache", leave=False):
-            items = [dataset[i] for i in range(start, min(start + CACHE_BATCH, len(dataset)))]
-            posterior = vae.encode(torch.stack([item["video"] for item in items]))  # (n, z, F', h, w)
-            means.append(posterior.mean.float())
-            logvars.append(posterior.logvar.float())
-            captions += [item["caption"] for item in items]
-    mean, logvar = torch.cat(means), torch.cat(logvars)
+    def encode(video: torch.Tensor) -> dict[str, torch.Tensor]:
+        posterior = vae.encode(video)  # (n, z, F', h, w)
+        return {"mean": posterior.mean.float(), "logvar": posterior.logvar.float()}
+
+    outs, captions = _encode_all(dataset, encode, "latent cache")
+    mean, logvar = torch.cat([o["mean"] for o in outs]), torch.cat([o["logvar"] for o in outs])
     save_safetensors({"mean": mean, "logvar": logvar}, path, metadata={"key": key, "captions": json.dumps(captions)})
     return LatentCacheDataset(mean, logvar, captions)
+
+
+def token_cache(path: Path, key: str, dataset, tokenizer) -> TokenCacheDataset:
+    """Load the token cache at ``path`` if its key matches; otherwise encode every item once through
+    the frozen tokenizer and write it. Ids are stored as int16 when the codebook fits (32,768 codes
+    or fewer), else int32: (n, F', h, w) under "tokens", the captions in the metadata."""
+    found = _cached(path, key)
+    if found is not None:
+        return TokenCacheDataset(found[0]["tokens"], found[1])
+    dtype = torch.int16 if tokenizer.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
+    outs, captions = _encode_all(dataset, lambda video: {"tokens": tokenizer.encode_tokens(video).to(dtype)}, "token cache")
+    tokens = torch.cat([o["tokens"] for o in outs])  # (n, F', h, w)
+    save_safetensors({"tokens": tokens}, path, metadata={"key": key, "captions": json.dumps(captions)})
+    return TokenCacheDataset(tokens, captions)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -572,8 +707,8 @@ def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tens
         mean, std = measure_latent_stats(config, state)
         arch = dataclasses.replace(arch, latents_mean=mean, latents_std=std)
         raw_config, weights = arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
-    elif config.model == "vq-tokenizer":
-        raw_config, weights = arch.to_dict(), dict(state)  # kinema's names; load_vq_tokenizer reads them
+    elif config.model in ("vq-tokenizer", "token-ar"):
+        raw_config, weights = arch.to_dict(), dict(state)  # kinema's names; load_vq_tokenizer / load_token_ar read them
     else:
         raw_config, weights = (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
     final = out_dir / "model"
@@ -604,6 +739,15 @@ def _trainable(config: TrainConfig, out_dir: Path):
     if config.grad_checkpointing:
         enable_grad_checkpointing(model)
     arch = config.model_config()
+    if config.model == "token-ar":
+        tokenizer = load_tokenizer(config.tokenizer)
+        check_token_model_fits(arch, tokenizer, config.data)
+        text = make_text_encoder(config.text_encoder, arch.text_dim, config.text_max_length)
+        if config.latent_cache:
+            dataset = token_cache(out_dir / TOKEN_CACHE_FILE, token_cache_key(config), make_dataset(config.data), tokenizer)
+        else:
+            dataset = make_dataset(config.data)
+        return model, TokenObjective(config, tokenizer, text), dataset
     vae = load_vae(config.vae)
     if vae.config.z_dim != arch.in_dim or arch.out_dim != arch.in_dim:
         raise KinemaError(f"the transformer's in_dim/out_dim ({arch.in_dim}/{arch.out_dim}) must equal the VAE's z_dim ({vae.config.z_dim})")
@@ -707,7 +851,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
         bar.update(1)
         with open(out_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"], **extra}) + "\n")
-        shown = {"codes_used": f"{extra['codes_used']:.2f}"} if "codes_used" in extra else {}
+        shown = {k: f"{extra[k]:.2f}" for k in ("codes_used", "accuracy") if k in extra}
         bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}", **shown)
         if completed % config.checkpoint_every == 0 or completed == config.steps:
             save_checkpoint(out_dir, completed, model, ema, optimizer, chash)

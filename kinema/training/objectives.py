@@ -14,6 +14,9 @@ default, as the Stable Diffusion / Wan autoencoders) so it only keeps the poster
 
 The VQ tokenizer: the same reconstruction terms plus the quantiser's commitment loss (its codebook
 follows the encoder by EMA, :mod:`kinema.models.vq`).
+
+The token model: next-token cross-entropy, averaged over every token of every clip (the model
+shifts its input itself, so the logits at position p are scored against token p).
 """
 
 from __future__ import annotations
@@ -158,3 +161,22 @@ def vq_loss(
     logs = {"l1": l1.item(), "mse": mse.item()}
     logs.update({k: float(quantizer[k]) for k in ("commitment", "perplexity", "usage")})
     return loss, logs
+
+
+# ------------------------------------------------------------------------------------------------
+# Token model
+# ------------------------------------------------------------------------------------------------
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of the logits against the tokens they predict, and how many were argmax-right.
+
+    Args:
+        logits: (B, N, V) logits; position p predicts token p (:meth:`kinema.models.token_ar.TokenAR.forward`).
+        tokens: (B, N) long token ids in [0, V).
+    Returns:
+        the scalar loss (float32, the mean over all B*N tokens) and the count of positions whose
+        largest logit is the right token (for the token accuracy).
+    """
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())  # mean over B*N
+    with torch.no_grad():
+        correct = int((logits.argmax(dim=-1) == tokens).sum())
+    return loss, correct

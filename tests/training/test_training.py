@@ -50,11 +50,22 @@ def transformer_config(out_dir: Path, vae: Path, **over) -> dict:
     return {**_yaml("tiny-transformer.yaml"), "out_dir": str(out_dir), "vae": str(vae), **over}
 
 
+def ar_config(out_dir: Path, tokenizer: Path, **over) -> dict:
+    return {**_yaml("tiny-ar.yaml"), "out_dir": str(out_dir), "tokenizer": str(tokenizer), **over}
+
+
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> Path:
     """A random tiny VAE exported by a 0-step VAE run (its model/ directory)."""
     out = tmp_path_factory.mktemp("vae")
     return train(vae_config(out, steps=0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_vq(tmp_path_factory) -> Path:
+    """A tiny VQ tokenizer exported after one step (k-means++ has seeded its codebook, so clips get varied ids)."""
+    out = tmp_path_factory.mktemp("vq")
+    return train(vq_config(out, steps=1), progress=False)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -71,14 +82,16 @@ def _assert_identical(a: Path, b: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Exact resume
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae", "vq-tokenizer"])
-def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path):
+@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae", "vq-tokenizer", "token-ar"])
+def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path, request):
     def cfg(out):
         common = dict(steps=6, checkpoint_every=3, batch_size=2, ema_decay=0.9)
         if kind == "wan-vae":
             return vae_config(out, **common)
         if kind == "vq-tokenizer":  # restart_after 2: dead codes restart (from the step's generator) after the resume too
             return vq_config(out, **common)
+        if kind == "token-ar":  # the killed run built the token cache; the resumed one reads it
+            return ar_config(out, request.getfixturevalue("tiny_vq"), caption_dropout=0.3, **common)
         return transformer_config(out, tiny_vae, caption_dropout=0.3, **common)
 
     straight = train(cfg(tmp_path / "a"), progress=False).parent
@@ -430,6 +443,7 @@ def test_fields_added_later_leave_old_config_hashes_alone():
     cfg = load_config({"model": "wan-vae", "architecture": {"base_dim": 8}, "out_dir": "x", "batch_size": 2, "steps": 5})
     assert config_hash(cfg) == "962a2bad93f51c8a"
     assert config_hash(dataclasses.replace(cfg, freeze=["encoder"])) != "962a2bad93f51c8a"
+    assert config_hash(dataclasses.replace(cfg, tokenizer="runs/vq/model")) != "962a2bad93f51c8a"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,3 +484,123 @@ def test_vq_tokenizer_starts_from_a_wan_vae(tiny_vae, tmp_path):
         train(vq_config(tmp_path / "n", steps=1, init_from=str(tmp_path / "nowhere")), progress=False)
     with pytest.raises(KinemaError, match="init_logvar is for wan-vae"):
         load_config(vq_config(tmp_path / "x", objective={"init_logvar": -8.0}))
+
+
+# ------------------------------------------------------------------------------------------------
+# The token model
+# ------------------------------------------------------------------------------------------------
+def test_token_cache_is_built_once_and_reused(tiny_vq, tmp_path, monkeypatch):
+    import shutil
+
+    from kinema.models.vae.vq_video import VQVideoTokenizer
+    from kinema.training.loop import TOKEN_CACHE_FILE, _trainable, make_dataset
+
+    tokenizer = shutil.copytree(tiny_vq, tmp_path / "tok")  # its weights get touched below
+    cfg = ar_config(tmp_path / "c", tokenizer, steps=2)
+    assert cfg["latent_cache"] is True
+    calls = []
+    encode = VQVideoTokenizer.encode_tokens
+    monkeypatch.setattr(VQVideoTokenizer, "encode_tokens", lambda self, video, *a, **k: calls.append(video.shape[0]) or encode(self, video, *a, **k))
+    train(cfg, progress=False)
+    assert sum(calls) == cfg["data"]["length"]  # every item once, in batches; none per step
+    cache = tmp_path / "c" / TOKEN_CACHE_FILE
+    stamp = cache.stat().st_mtime_ns
+    from safetensors import safe_open
+
+    with safe_open(cache, "pt") as f:
+        tokens = f.get_tensor("tokens")
+        assert tokens.dtype == torch.int16 and tokens.shape == (8, 3, 8, 8)  # 5 frames of 16x16 -> 3 grids of 8x8
+        assert len(json.loads(f.metadata()["captions"])) == 8
+
+    def fail(*a, **k):
+        raise AssertionError("the tokenizer ran although the token cache exists")
+
+    monkeypatch.setattr(VQVideoTokenizer, "encode_tokens", fail)
+    train({**cfg, "steps": 3}, resume=True, progress=False)
+    assert cache.stat().st_mtime_ns == stamp
+    # The same ids as encoding a clip alone, which a run without the cache does every step.
+    monkeypatch.setattr(VQVideoTokenizer, "encode_tokens", encode)
+    config = load_config(cfg)
+    _, objective, dataset = _trainable(config, Path(config.out_dir))
+    video = make_dataset(config.data)[5]["video"]
+    with torch.no_grad():
+        assert torch.equal(dataset[5]["tokens"], objective.tokenizer.encode_tokens(video[None])[0])
+    # A retrained tokenizer (new weights file) invalidates the cache: it is rebuilt.
+    weights = tokenizer / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    calls.clear()
+    monkeypatch.setattr(VQVideoTokenizer, "encode_tokens", lambda self, video, *a, **k: calls.append(video.shape[0]) or encode(self, video, *a, **k))
+    train({**cfg, "steps": 4}, resume=True, progress=False)
+    assert sum(calls) == cfg["data"]["length"] and cache.stat().st_mtime_ns != stamp
+
+
+def test_token_ar_loss_decreases_when_overfitting_two_clips(tiny_vq, tmp_path):
+    data = {**_yaml("tiny-ar.yaml")["data"], "length": 2}
+    cfg = ar_config(tmp_path / "o", tiny_vq, steps=30, checkpoint_every=30, ema_decay=0.0, caption_dropout=0.0, data=data)
+    train(cfg, progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "o" / METRICS_FILE).read_text().splitlines()]
+    losses = [m["loss"] for m in metrics]
+    assert len(losses) == 30
+    assert losses[0] == pytest.approx(np.log(32), rel=0.02)  # about uniform over the 32 codes at the start
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+    assert metrics[-1]["accuracy"] > metrics[0]["accuracy"], metrics
+
+
+def test_token_ar_refuses_a_tokenizer_it_does_not_fit(tiny_vq, tiny_vae, tmp_path):
+    arch = _yaml("tiny-ar.yaml")["architecture"]
+    cases = [
+        ({"architecture": {**arch, "vocab_size": 31}}, r"vocab_size \(31\) must equal the tokenizer's codebook size \(32\); set vocab_size: 32"),
+        ({"architecture": {**arch, "grid": [4, 4]}}, r"grid \[4, 4\] must equal the tokenizer's token grid at data.size 16 .*set grid: \[8, 8\]"),
+        ({"tokenizer": str(tiny_vae)}, "not a VQ tokenizer export"),
+        ({"tokenizer": str(tmp_path / "nowhere")}, "tokenizer not found"),
+    ]
+    for i, (over, message) in enumerate(cases):
+        with pytest.raises(KinemaError, match=message) as e:
+            train({**ar_config(tmp_path / f"m{i}", tiny_vq, steps=1), **over}, progress=False)
+        assert "\n" not in str(e.value)
+    with pytest.raises(KinemaError, match="needs 'tokenizer'"):
+        load_config({**ar_config(tmp_path / "n", tiny_vq), "tokenizer": None})
+    with pytest.raises(KinemaError, match="tokenizer is for token-ar"):
+        load_config(vq_config(tmp_path / "n", tokenizer=str(tiny_vq)))
+
+
+def test_token_ar_export_loads_and_gives_the_ema_logits(tiny_vq, tmp_path):
+    from kinema.models.token_ar import TokenAR, TokenARConfig, load_token_ar
+    from kinema.training.loop import ToyTextEncoder
+
+    out = train(ar_config(tmp_path / "e", tiny_vq, steps=2, checkpoint_every=2), progress=False)
+    training = json.loads((out / "training.json").read_text())
+    assert training["tokenizer"] == str(tiny_vq) and training["text_encoder"] == "toy" and training["text_max_length"] == 8
+    model = load_token_ar(out)
+    assert model.config == load_config(ar_config(tmp_path / "e", tiny_vq)).model_config()
+    ema = _tensors(tmp_path / "e/checkpoints/step-0000002/ema.safetensors")
+    raw = _tensors(tmp_path / "e/checkpoints/step-0000002/model.safetensors")
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    reference = TokenAR(TokenARConfig.from_dict(json.loads((out / "config.json").read_text())))
+    reference.load_state_dict(ema)
+    tokens = torch.randint(32, (2, 3 * 64), generator=torch.Generator().manual_seed(0))
+    text = ToyTextEncoder(16, 8)(["a red square moving right", ""])
+    with torch.no_grad():
+        assert torch.equal(model(tokens, text), reference.eval()(tokens, text))
+
+
+def test_token_ar_grad_checkpointing_and_bf16(tiny_vq, tmp_path):
+    cfg = ar_config(tmp_path, tiny_vq, latent_cache=False, caption_dropout=0.5)
+    a, b = _grads(cfg, None), _grads(cfg, None, checkpointing=True)
+    assert any(g.abs().max() > 0 for g in a.values())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    out = train({**cfg, "grad_checkpointing": True, "precision": "bf16", "steps": 1, "out_dir": str(tmp_path / "gc")}, progress=False)
+    assert all(torch.isfinite(v).all() for v in _tensors(out / "diffusion_pytorch_model.safetensors").values())
+
+
+def test_shapes_ar_config_is_the_ar_shapes_preset_over_the_shapes_tokenizer():
+    from kinema.models.token_ar import TOKEN_AR_PRESETS
+
+    config = load_config(REPO / "configs/shapes-ar.yaml")
+    arch = config.model_config()
+    assert arch == TOKEN_AR_PRESETS["ar-shapes"]()
+    vq = load_config(REPO / "configs/shapes-vq.yaml")
+    assert config.tokenizer == vq.out_dir + "/model" and config.latent_cache and config.text_encoder == "minilm"
+    assert arch.vocab_size == vq.model_config().codebook_size
+    assert arch.grid == (config.data.size // vq.model_config().spatial_compression,) * 2
