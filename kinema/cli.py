@@ -32,6 +32,28 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+# Sampling flags of `generate` and `eval`: argparse dest -> (flag, the pipeline call's keyword).
+# Which apply to a model is its pipeline's `sampling_options`; the others are refused.
+SAMPLING_FLAGS = {
+    "steps": ("--steps", "num_inference_steps"),
+    "shift": ("--shift", "shift"),
+    "sampler": ("--sampler", "sampler"),
+    "temperature": ("--temperature", "temperature"),
+    "top_k": ("--top-k", "top_k"),
+    "top_p": ("--top-p", "top_p"),
+    "typical_p": ("--typical-p", "typical_p"),
+}
+EVAL_STEPS = 20  # `kinema eval --model`: sampling steps of a diffusion model unless --steps says otherwise
+
+
+def _add_token_sampling(p: argparse.ArgumentParser) -> None:
+    """The token-model sampling flags (token-ar models; refused for diffusion models)."""
+    p.add_argument("--temperature", type=float, default=None, help="token models: softmax temperature, 0 = greedy (default: the model's)")
+    p.add_argument("--top-k", type=int, default=None, help="token models: keep the k most probable tokens, 0 = off (default: the model's)")
+    p.add_argument("--top-p", type=float, default=None, help="token models: nucleus mass in (0, 1], 1 = off (default: the model's)")
+    p.add_argument("--typical-p", type=float, default=None, help="token models: typical mass in (0, 1], 1 = off (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kinema", description="Text (and images, and videos) to video with Wan 2.1, LTX-Video and friends.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -45,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     g.add_argument("--negative-prompt", default=None, help="what to steer away from")
     g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's)")
-    g.add_argument("--frames", type=int, default=None, help="number of frames: 4k+1 for Wan, 8k+1 for LTX-Video (default: the model's)")
-    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames: 4k+1 for Wan, 8k+1 for LTX-Video, tk+1 for a token-ar model whose tokenizer compresses time t times (default: the model's)")
+    g.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    g.add_argument("--shift", type=float, default=None, help="flow-matching shift (default: the model's)")
-    g.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="solver (default: the model's)")
+    g.add_argument("--shift", type=float, default=None, help="diffusion models: flow-matching shift (default: the model's)")
+    g.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="diffusion models: solver (default: the model's)")
+    _add_token_sampling(g)
     g.add_argument("--image", default=None, metavar="PATH", help="image-to-video: start from this picture (PNG, JPEG ...)")
     g.add_argument("--input", default=None, metavar="PATH", help="video-to-video: transform this video as the prompt says")
     g.add_argument(
@@ -60,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", default="out.mp4", help="output .mp4 path (default out.mp4)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
+    g.add_argument(
+        "--quantize", choices=("fp8",), default=None,
+        help="token-ar models: store the token model's linear layers in FP8 (e4m3, per-channel scales), computing in --dtype or bfloat16",
+    )  # fmt: skip
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
-    g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise, decode, write)")
+    g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a Wan VAE or transformer from a YAML config")
@@ -70,14 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    k = sub.add_parser("package", help="package a trained transformer and its VAE as a kinema model directory")
-    k.add_argument("transformer", help="the transformer run's model/ folder (written by kinema train)")
+    k = sub.add_parser("package", help="package a trained transformer (or token model) and its VAE (or VQ tokenizer) as a kinema model directory")
+    k.add_argument("transformer", help="the wan-transformer or token-ar run's model/ folder (written by kinema train)")
     k.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
-    k.add_argument("--vae", default=None, help="the VAE's model/ folder (default: the one its training config named)")
-    k.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default solver (default unipc)")
-    k.add_argument("--shift", type=float, default=1.0, help="default flow-matching shift (default 1)")
-    k.add_argument("--steps", type=int, default=20, help="default sampling steps (default 20)")
-    k.add_argument("--guidance", type=float, default=5.0, help="default guidance scale (default 5)")
+    k.add_argument("--vae", default=None, help="wan: the VAE's model/ folder (default: the one its training config named)")
+    k.add_argument("--tokenizer", default=None, help="token-ar: the VQ tokenizer's model/ folder (default: the one its training config named)")
+    k.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="wan: default solver (default unipc)")
+    k.add_argument("--shift", type=float, default=None, help="wan: default flow-matching shift (default 1)")
+    k.add_argument("--steps", type=int, default=None, help="wan: default sampling steps (default 20)")
+    k.add_argument("--guidance", type=float, default=None, help="default guidance scale (default 5 for wan, 3 for token-ar)")
+    k.add_argument("--temperature", type=float, default=None, help="token-ar: default temperature, 0 = greedy (default 1)")
+    k.add_argument("--top-k", type=int, default=None, help="token-ar: default top-k, 0 = off (default 0)")
+    k.add_argument("--top-p", type=float, default=None, help="token-ar: default nucleus mass, 1 = off (default 1)")
+    k.add_argument("--typical-p", type=float, default=None, help="token-ar: default typical mass, 1 = off (default 1)")
 
     e = sub.add_parser("eval", help="score clips with the shapes-world judge (seen and held-out combinations)")
     src = e.add_mutually_exclusive_group(required=True)
@@ -89,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--style", choices=("canonical", "reworded"), default="canonical", help="prompt wording")
     e.add_argument("--size", type=int, default=64, help="square clip side in pixels (default 64)")
     e.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
-    e.add_argument("--steps", type=int, default=20, help="sampling steps with --model (default 20)")
+    e.add_argument("--steps", type=int, default=None, help=f"diffusion models: sampling steps with --model (default {EVAL_STEPS})")
     e.add_argument("--guidance", type=float, default=None, help="guidance scale with --model (default: the model's)")
+    _add_token_sampling(e)
     e.add_argument("--seed", type=int, default=0, help="seed of the first clip (clip i uses seed + i)")
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     e.add_argument("--per-prompt", type=int, default=1, help="clips per prompt, each with its own seed (default 1)")
@@ -103,12 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_checked(model: str, height, width, num_frames, num_inference_steps, device=None, dtype=None, needs=(), before_load=None):
+def _load_checked(
+    model: str, height, width, num_frames, args: argparse.Namespace, *, fallback=None, device=None, dtype=None, quantize=None,
+    needs=(), before_load=None,
+):  # fmt: skip
     """Resolve the model, check the request against its size rules and abilities (reading only
     config files), run ``before_load`` (reading the inputs), then load it: bad arguments fail before
-    minutes of weight loading. ``needs``: (flag, pipeline attribute) pairs such as
-    ("--image", "supports_image")."""
-    from .pipelines.loading import PIPELINES, check_before_loading, load_pipeline, resolve_model
+    minutes of weight loading.
+
+    ``args``: the parsed command line, whose sampling flags (:data:`SAMPLING_FLAGS`) given for a
+    model whose pipeline does not take them are refused. ``fallback``: call keywords used when the
+    pipeline takes them and no flag set them (``{"num_inference_steps": 20}``). ``needs``: (flag,
+    pipeline attribute) pairs such as ("--image", "supports_image").
+
+    Returns (pipeline, what ``before_load`` returned, the sampling flags as call keywords).
+    """
+    from .pipelines.loading import PIPELINES, check_before_loading, check_quantize, load_pipeline, resolve_model
 
     layout = resolve_model(model)
     cls = PIPELINES[layout.pipeline].cls
@@ -116,9 +159,20 @@ def _load_checked(model: str, height, width, num_frames, num_inference_steps, de
         if not getattr(cls, ability, False):
             what = "image-to-video" if ability == "supports_image" else "video-to-video"
             raise KinemaError(f"{flag} needs a model that does {what}; {model} is a {layout.pipeline} model (text-to-video only)")
-    check_before_loading(layout, height, width, num_frames, num_inference_steps)
+    options = {}
+    for dest, (flag, keyword) in SAMPLING_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if keyword not in cls.sampling_options:
+            takes = [f for f, k in SAMPLING_FLAGS.values() if k in cls.sampling_options]
+            raise KinemaError(f"{flag} does not apply to {model}, a {layout.pipeline} model; its sampling options are {', '.join(takes)}")
+        options[keyword] = value
+    options.update({k: v for k, v in (fallback or {}).items() if k in cls.sampling_options and k not in options})
+    check_quantize(layout, quantize)
+    check_before_loading(layout, height, width, num_frames, **options)
     inputs = before_load() if before_load is not None else None
-    return load_pipeline(layout, device=device, dtype=dtype), inputs
+    return load_pipeline(layout, device=device, dtype=dtype, quantize=quantize), inputs, options
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -148,8 +202,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         args.model = DEFAULT_MODEL
     needs = (("--image", "supports_image"),) if args.image else (("--input", "supports_video"),) if args.input else ()
-    pipe, media = _load_checked(
-        args.model, height, width, args.frames, args.steps, args.device, args.dtype, needs=needs, before_load=lambda: _read_media(args)
+    pipe, media, options = _load_checked(
+        args.model, height, width, args.frames, args, device=args.device, dtype=args.dtype, quantize=args.quantize,
+        needs=needs, before_load=lambda: _read_media(args),
     )  # fmt: skip
     t_load = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=args.quiet)
@@ -159,11 +214,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         height=height,
         width=width,
         num_frames=args.frames,
-        num_inference_steps=args.steps,
         guidance_scale=args.guidance,
-        shift=args.shift,
-        sampler=args.sampler,
         seed=args.seed,
+        **options,
         **media,
     )
     t_write = time.perf_counter()
@@ -206,14 +259,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     from .pipelines.package import package_trained_model
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
-    if args.shift <= 0:
+    if args.shift is not None and args.shift <= 0:
         raise KinemaError(f"--shift must be positive; got {args.shift}")
+    flags = {  # card entry -> its flag's value; package_trained_model refuses those the run's kind has no use for
+        "sampler": {"name": args.sampler, "shift": args.shift, "temperature": args.temperature, "top_k": args.top_k,
+                    "top_p": args.top_p, "typical_p": args.typical_p},
+        "defaults": {"num_inference_steps": args.steps, "guidance_scale": args.guidance},
+    }  # fmt: skip
+    sampler, defaults = ({k: v for k, v in flags[s].items() if v is not None} for s in ("sampler", "defaults"))
     out = package_trained_model(
-        args.transformer, args.out, vae_dir=args.vae, sampler={"name": args.sampler, "shift": args.shift},
-        defaults={"num_inference_steps": args.steps, "guidance_scale": args.guidance},
-    )  # fmt: skip
+        args.transformer, args.out, vae_dir=args.vae, tokenizer_dir=args.tokenizer, sampler=sampler, defaults=defaults
+    )
     print(f"model written to {out}")
     return 0
 
@@ -232,10 +290,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.model:
-        pipe, _ = _load_checked(args.model, args.size, args.size, args.frames, args.steps, args.device)
+        if args.steps is not None and args.steps < 1:
+            raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
+        pipe, _, options = _load_checked(
+            args.model, args.size, args.size, args.frames, args, fallback={"num_inference_steps": EVAL_STEPS}, device=args.device
+        )  # fmt: skip
         clips = generate_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
-            num_inference_steps=args.steps, guidance_scale=args.guidance, limit=args.limit, per_prompt=args.per_prompt,
+            guidance_scale=args.guidance, options=options, limit=args.limit, per_prompt=args.per_prompt,
         )  # fmt: skip
     report = run_eval(clips, out_json=args.json)
     print(json.dumps({k: report[k] for k in ("seen", "held_out", "all") if k in report}))

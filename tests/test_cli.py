@@ -88,6 +88,10 @@ def _broken_copy(model_dir, tmp_path, how):
         (["--input", "in.mp4"], "--input needs a model that does video-to-video"),
         (["--input", "in.mp4", "--strength", "2"], "--strength must be in \\(0, 1\\]"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--dtype", "int8"], "CUDA|unknown dtype"),
+        (["--temperature", "0.5"], "--temperature does not apply to .*a wan-t2v model; its sampling options are --steps, --shift, --sampler"),
+        (["--top-k", "3"], "--top-k does not apply"),
+        (["--quantize", "fp8"], "fp8 quantisation is available for token-ar models; .* is a wan-t2v model"),
+        (["--quantize", "int4"], "invalid choice"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, case, message):
@@ -208,3 +212,148 @@ def test_output_piped_into_a_closed_reader_is_not_a_traceback():
     # `true` exits without reading, long before kinema has imported torch: its print hits a closed pipe
     res = subprocess.run(f"{sys.executable} -m kinema.cli info wan2.1-t2v-1.3b | true", shell=True, capture_output=True, text=True)
     assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Autoregressive (token-ar) models
+# ------------------------------------------------------------------------------------------------
+AR_PROMPT = "a red circle moving left"
+
+
+@pytest.fixture(scope="module")
+def ar_model_dir(tmp_path_factory):
+    from tests.pipelines.test_token_ar_pipeline import save_token_ar_model
+
+    return save_token_ar_model(tmp_path_factory.mktemp("cli-ar"))
+
+
+def test_generate_with_a_token_ar_model(ar_model_dir, tmp_path, capsys):
+    out = tmp_path / "ar.mp4"
+    args = ["generate", AR_PROMPT, "--model", str(ar_model_dir), "-o", str(out), "--temperature", "0.8", "--top-k", "8", "--top-p", "0.95"]
+    assert main([*args, "--typical-p", "0.99", "--guidance", "2", "--timings", "-q"]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (5, 16, 16, 3) and fps == 8  # the card's frames and rate; the size from the token grid
+    report = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert set(report["timings_s"]) == {"load", "text", "tokens", "decode", "write"}
+    fp8 = tmp_path / "fp8.mp4"
+    assert main(["generate", AR_PROMPT, "--model", str(ar_model_dir), "-o", str(fp8), "--quantize", "fp8", "--frames", "9"]) == 0
+    assert read_video(fp8)[0].shape == (9, 16, 16, 3)
+    assert "wrote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (["--steps", "4"], "--steps does not apply to .*a token-ar model; its sampling options are --temperature, --top-k, --top-p, --typical-p"),
+        (["--shift", "3"], "--shift does not apply"),
+        (["--sampler", "euler"], "--sampler does not apply"),
+        (["--frames", "6"], "num_frames must be 4k\\+1 for this tokenizer.*got 6, try 5 or 9"),
+        (["--size", "32x32"], "height and width must be 16 and 16 for this model"),
+        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["--top-p", "2"], "top_p must be a probability mass"),
+        (["--top-k", "-1"], "top_k must be"),
+        (["--image", "first.png"], "--image needs a model that does image-to-video.*token-ar model"),
+        (["--quantize", "int8"], "invalid choice"),
+    ],
+)
+def test_token_ar_bad_options_fail_before_loading(ar_model_dir, tmp_path, capsys, monkeypatch, case, message):
+    import re
+
+    from kinema.pipelines import loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("weights were loaded"))
+    assert main(["generate", AR_PROMPT, "--model", str(ar_model_dir), "-o", str(tmp_path / "x.mp4"), *case]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_info_on_a_token_ar_model_and_preset(ar_model_dir, capsys):
+    from kinema.models.token_ar import TokenAR
+    from tests.pipelines.test_token_ar_pipeline import TINY_AR
+
+    assert main(["info", str(ar_model_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "kinema" and info["pipeline"] == "token-ar" and info["architecture"] == "TokenAR"
+    assert info["parameters"] == TokenAR(TINY_AR).num_parameters()
+    assert info["config"]["grid"] == [4, 4] and info["config"]["vocab_size"] == 32
+    assert set(info["components"]) == {"transformer", "tokenizer"}
+    assert main(["info", "ar-8b"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 8_020_029_440
+    assert main(["generate", "x", "--model", "ar-8b"]) == 2
+    assert "preset without weights" in capsys.readouterr().err
+
+
+def test_eval_generates_with_a_token_ar_model(ar_model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "gen"
+    args = ["eval", "--model", str(ar_model_dir), "--out", str(out_dir), "--size", "16", "--frames", "5", "--limit", "2"]
+    assert main([*args, "--temperature", "0.9"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["all"]["n"] == 2 and len(list(out_dir.glob("*.mp4"))) == 2
+    assert main([*args, "--steps", "4"]) == 2  # a token model takes no steps: refused, not ignored
+    assert "--steps does not apply" in capsys.readouterr().err
+
+
+def test_eval_refuses_token_options_for_a_diffusion_model(model_dir, tmp_path, capsys):
+    assert main(["eval", "--model", str(model_dir), "--out", str(tmp_path / "g"), "--temperature", "1"]) == 2
+    assert "--temperature does not apply" in capsys.readouterr().err
+
+
+def _token_ar_run(ar_model_dir, root):
+    """A token-ar run's model/ folder as kinema train exports it (training.json names the tokenizer)."""
+    run = root / "ar-run" / "model"
+    shutil.copytree(ar_model_dir / "transformer", run)
+    training = {
+        "model": "token-ar", "tokenizer": str(ar_model_dir / "tokenizer"), "text_encoder": "minilm", "text_max_length": 16,
+        "data": {"kind": "synthetic", "size": 16, "frames": 5},
+    }  # fmt: skip
+    (run / "training.json").write_text(json.dumps(training))
+    return run
+
+
+def test_package_a_token_ar_run(ar_model_dir, tmp_path, capsys):
+    from kinema.pipelines.package import KINEMA_MODEL_FILE
+
+    run = _token_ar_run(ar_model_dir, tmp_path)
+    out = tmp_path / "packaged"
+    assert main(["package", str(run), "--out", str(out), "--temperature", "0.8", "--top-k", "5", "--guidance", "2"]) == 0
+    card = json.loads((out / KINEMA_MODEL_FILE).read_text())
+    assert card["pipeline"] == "token-ar" and card["text_encoder"] == {"kind": "minilm", "max_length": 16}
+    assert card["sampler"] == {"temperature": 0.8, "top_k": 5, "top_p": 1.0, "typical_p": 1.0}
+    assert card["defaults"] == {"guidance_scale": 2.0, "height": 16, "width": 16, "num_frames": 5}
+    # --tokenizer overrides the one training.json names
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(ar_model_dir / "tokenizer", other)
+    (run / "training.json").write_text(json.dumps({**json.loads((run / "training.json").read_text()), "tokenizer": str(tmp_path / "gone")}))
+    assert main(["package", str(run), "--out", str(tmp_path / "p2"), "--tokenizer", str(other)]) == 0
+    assert json.loads((tmp_path / "p2" / KINEMA_MODEL_FILE).read_text())["sampler"]["temperature"] == 1.0
+    capsys.readouterr()
+    # refused: the tokenizer is gone, wan-only options, a VAE
+    assert main(["package", str(run), "--out", str(tmp_path / "a")]) == 2
+    assert main(["package", str(run), "--out", str(tmp_path / "b"), "--tokenizer", str(other), "--steps", "4"]) == 2
+    assert main(["package", str(run), "--out", str(tmp_path / "c"), "--tokenizer", str(other), "--shift", "2"]) == 2
+    assert main(["package", str(run), "--out", str(tmp_path / "d"), "--vae", str(other)]) == 2
+    assert main(["package", str(run), "--out", str(tmp_path / "e"), "--tokenizer", str(other), "--temperature", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("error: ") for line in err), err
+    assert "--tokenizer" in err[0] and "num_inference_steps does not apply" in err[1] and "shift does not apply" in err[2]
+    assert "--vae does not apply" in err[3] and "temperature must be" in err[4]
+    assert not any(p.name in "abcde" for p in tmp_path.iterdir())
+
+
+def test_shipped_shapes_ar_missing_then_present(ar_model_dir, tmp_path, monkeypatch, capsys):
+    from kinema.pipelines import loading
+
+    assert "shapes-ar" in loading.SHIPPED_MODELS
+    if not (loading.ASSETS_DIR / loading.SHIPPED_MODELS["shapes-ar"]).exists():  # this install, as it is
+        assert main(["generate", AR_PROMPT, "--model", "shapes-ar", "-o", str(tmp_path / "real.mp4")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: the shipped model 'shapes-ar' is not in this install") and err.endswith("pass --model PATH")
+    monkeypatch.setattr(loading, "ASSETS_DIR", tmp_path / "assets")
+    for cmd in (["generate", AR_PROMPT, "--model", "shapes-ar", "-o", str(tmp_path / "x.mp4")], ["eval", "--model", "shapes-ar"], ["info", "shapes-ar"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the shipped model 'shapes-ar' is not in this install" in err and "--model PATH" in err, err
+    shutil.copytree(ar_model_dir, tmp_path / "assets" / loading.SHIPPED_MODELS["shapes-ar"])
+    assert main(["generate", AR_PROMPT, "--model", "shapes-ar", "-o", str(tmp_path / "a.mp4"), "-q"]) == 0
+    assert read_video(tmp_path / "a.mp4")[0].shape == (5, 16, 16, 3)

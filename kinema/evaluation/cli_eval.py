@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -112,19 +113,24 @@ def generate_set(
     seed: int = 0,
     *,
     style: str = "canonical",
-    num_inference_steps: int = 20,
     guidance_scale: float | None = None,
+    options: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     limit: int | None = None,
     per_prompt: int = 1,
 ) -> Path:
     """Generate ``per_prompt`` clips per evaluation prompt of ``split`` with ``pipe`` and write ``prompts.jsonl``.
 
-    Prompts go through the pipeline in batches of ``batch_size``; clip i's noise comes from seed
-    ``seed + i``, so a clip does not depend on the batch it was generated in.
+    Prompts go through the pipeline in batches of ``batch_size``; clip i's random draws (noise, or
+    sampled tokens) come from seed ``seed + i``, so a clip does not depend on the batch it was
+    generated in. ``options``: the pipeline's sampling options (``num_inference_steps`` for a
+    diffusion model, ``temperature``, ``top_k`` ... for a token model; the pipeline's
+    ``sampling_options`` lists them, others raise); None: the model's defaults.
     """
     import torch
 
+    options = dict(options or {})
+    type(pipe).check_options(options)
     prompts = _prompt_list(split, style, limit, per_prompt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,9 +143,9 @@ def generate_set(
             height=size,
             width=size,
             num_frames=frames,
-            num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generators,
+            **options,
         )
         for j, (colour, shape, motion, prompt) in enumerate(chunk):
             name = f"clip_{start + j:03d}.mp4"

@@ -1,10 +1,10 @@
-"""Pieces every diffusion pipeline shares: argument checks, prompts, seeds, initial noise, the
+"""Pieces the pipelines share: argument checks, prompts, seeds, initial noise (diffusion), the
 output, and image / video inputs for conditioning."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -15,12 +15,12 @@ from ..video import to_uint8
 from .output import VideoOutput
 
 
-def check_frames(num_frames: int, temporal_factor: int) -> None:
-    """Causal video VAEs take ``temporal_factor * k + 1`` frames."""
+def check_frames(num_frames: int, temporal_factor: int, codec: str = "VAE") -> None:
+    """Causal video VAEs (and VQ tokenizers, ``codec="tokenizer"``) take ``temporal_factor * k + 1`` frames."""
     if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal_factor:
         lo = max(1, (max(int(num_frames), 1) - 1) // temporal_factor * temporal_factor + 1)
         raise KinemaError(
-            f"num_frames must be {temporal_factor}k+1 for this VAE (1, {temporal_factor + 1}, "
+            f"num_frames must be {temporal_factor}k+1 for this {codec} (1, {temporal_factor + 1}, "
             f"{2 * temporal_factor + 1}, ...); got {num_frames}, try {lo} or {lo + temporal_factor}"
         )
 
@@ -114,7 +114,9 @@ class VideoPipeline:
 
     Subclasses set ``temporal_multiple``, ``spatial_multiple`` (the layout-level size rules the CLI
     checks before loading) and ``defaults_type``, hold ``transformer`` (with ``compute_dtype``),
-    ``defaults``, ``device`` and ``progress``, and implement :meth:`encode_text`.
+    ``defaults``, ``device`` and ``progress``, and implement :meth:`encode_text`. The request check
+    (:meth:`check_request`) and the sampling options are the diffusion pipelines'; a pipeline with
+    another generator (the token model's) overrides both.
     """
 
     temporal_multiple: int
@@ -122,6 +124,10 @@ class VideoPipeline:
     defaults_type: type
     supports_image: bool = False  # takes image= (image-to-video)
     supports_video: bool = False  # takes video= and strength= (video-to-video)
+    # The keyword arguments of __call__ that steer the sampler (beyond prompts, size, frames,
+    # guidance and seeds, which every pipeline takes). The CLI and `kinema eval` ask this which of
+    # their options apply to a model.
+    sampling_options: tuple[str, ...] = ("num_inference_steps", "shift", "sampler")
 
     def __init__(
         self,
@@ -163,11 +169,16 @@ class VideoPipeline:
         defaults: Any = None,
         temporal_multiple: int | None = None,
         spatial_multiple: int | None = None,
+        **sampling: Any,
     ) -> tuple[int, int, int, int]:
         """Fill defaults and check sizes before any work (the CLI calls it before loading weights).
 
+        ``sampling``: other sampling options of the call (``shift``, ``sampler``): their names are
+        checked here, their values where the call builds its schedule.
+
         Returns (height, width, num_frames, num_inference_steps); raises KinemaError on bad values.
         """
+        cls.check_options(sampling)
         d = defaults or cls.defaults_type()
         height = d.height if height is None else height
         width = d.width if width is None else width
@@ -177,6 +188,15 @@ class VideoPipeline:
         check_size(height, width, spatial_multiple or cls.spatial_multiple)
         check_steps(num_inference_steps)
         return height, width, num_frames, num_inference_steps
+
+    @classmethod
+    def check_options(cls, names: Iterable[str]) -> None:
+        """Raise a one-line KinemaError for sampling options this pipeline does not take."""
+        unknown = [n for n in names if n not in cls.sampling_options]
+        if unknown:
+            raise KinemaError(
+                f"{', '.join(unknown)} does not apply to {cls.__name__}; its sampling options are {', '.join(cls.sampling_options)}"
+            )
 
     def set_progress_bar_config(self, disable: bool = False) -> None:
         """diffusers-style switch for the per-step progress bar."""

@@ -8,13 +8,14 @@ from typing import Any
 
 from ..checkpoints.io import build_on_meta
 from ..errors import KinemaError
-from ..models.ltx import LTX_PRESETS, LTXTransformer, LTXTransformerConfig
-from ..models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
-from .loading import SHIPPED_MODELS, detect_layout, shipped_model_path
+from ..models.ltx import LTXTransformer, LTXTransformerConfig
+from ..models.token_ar import TokenAR, TokenARConfig
+from ..models.wan import WanTransformer, WanTransformerConfig
+from .loading import PRESET_FAMILIES, SHIPPED_MODELS, detect_layout, shipped_model_path
 
-# architecture config -> the denoiser it describes
-ARCHITECTURES = {WanTransformerConfig: WanTransformer, LTXTransformerConfig: LTXTransformer}
-PRESETS = {**WAN_PRESETS, **LTX_PRESETS}
+# architecture config -> the denoiser (or token model) it describes
+ARCHITECTURES = {WanTransformerConfig: WanTransformer, LTXTransformerConfig: LTXTransformer, TokenARConfig: TokenAR}
+PRESETS = {name: factory for family in PRESET_FAMILIES for name, factory in family.presets.items()}
 
 
 def _model_class(config) -> type:
@@ -37,7 +38,8 @@ def _size(path: Path) -> int:
 
 
 def describe(target: str) -> dict[str, Any]:
-    """A JSON-able description: denoiser ``parameters``, ``architecture`` and ``components``."""
+    """A JSON-able description: the denoiser's (or token model's) ``parameters``, ``architecture``
+    and ``config``, and the model's ``components``."""
     path = Path(target)
     if not path.exists() and target in SHIPPED_MODELS:
         path = shipped_model_path(target)

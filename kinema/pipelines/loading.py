@@ -5,6 +5,8 @@ Layouts are detected from the files, never from the directory's name:
   ``LTXImageToVideoPipeline``), and one folder per component;
 - original Wan 2.1: ``config.json`` with ``model_type`` beside ``diffusion_pytorch_model*.safetensors``,
   ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth`` and ``google/umt5-xxl/``;
+- kinema: ``kinema.json`` (a model card, :mod:`kinema.pipelines.package`) beside ``transformer/`` and
+  ``vae/`` (``wan-t2v``) or ``tokenizer/`` (``token-ar``, the autoregressive token model);
 - original LTX-Video: one single-file checkpoint (``ltx-video-2b-v0.9*.safetensors``: transformer
   keys under ``model.diffusion_model.``, VAE keys under ``vae.``, the configs in its metadata),
   recognised by its keys whatever its name, beside the T5 folders ``text_encoder/`` and
@@ -14,6 +16,7 @@ Layouts are detected from the files, never from the directory's name:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,19 +28,46 @@ import torch
 from ..checkpoints.io import read_json, safetensors_metadata, safetensors_shapes
 from ..checkpoints.ltx_transformer_keys import ORIGINAL_KEYS as LTX_ORIGINAL_KEYS
 from ..errors import CheckpointError, KinemaError
+from ..models.fp8 import quantize_linears_fp8
 from ..models.ltx import LTX_PRESETS, SINGLE_FILE_PREFIX, LTXTransformerConfig, _config_from_metadata, load_ltx_transformer
+from ..models.token_ar import TOKEN_AR_PRESETS, TokenARConfig, load_token_ar
 from ..models.vae.ltx_vae import LTXVAEConfig, load_ltx_vae
+from ..models.vae.vq_video import VQVideoConfig, load_vq_tokenizer
 from ..models.vae.wan_vae import WanVAEConfig, load_wan_vae
 from ..models.wan import WAN_PRESETS, WanTransformerConfig, load_wan_transformer
 from ..sampling import ResolutionShift, SamplerSpec
-from ..text.minilm import load_minilm
+from ..sampling.tokens import TokenSampling
+from ..text.minilm import MINILM_DIM, load_minilm
 from ..text.t5 import T5TextEncoder
 from .ltx import LTX_TEXT_LEN, LTXDefaults, LTXPipeline
-from .package import KINEMA_MODEL_FILE, read_kinema_card
+from .package import CARD_RULES, KINEMA_MODEL_FILE, read_kinema_card
+from .token_ar import TokenARDefaults, TokenARPipeline
 from .wan import WanDefaults, WanPipeline
 
-# text encoders a kinema-format model may name in its card (all load from local files only)
+# text encoders a kinema-format model may name in its card (all load from local files only), and
+# the width of their states
 TEXT_ENCODERS: dict[str, Callable] = {"minilm": load_minilm}
+TEXT_ENCODER_DIMS: dict[str, int] = {"minilm": MINILM_DIM}
+
+
+
+class PresetFamily(NamedTuple):
+    """Architecture presets (configs without weights) of one family: `kinema info NAME` describes
+    them; `--model NAME` explains that they need a checkpoint, in one of ``layouts``."""
+
+    presets: dict[str, Callable]  # name -> config factory
+    layouts: str  # where a checkpoint of the family comes from, for the error message
+
+
+PRESET_FAMILIES = (
+    PresetFamily(WAN_PRESETS, "diffusers or original Wan layout"),
+    PresetFamily(LTX_PRESETS, "diffusers or original LTX-Video layout"),
+    PresetFamily(TOKEN_AR_PRESETS, "a kinema-format token-ar model, from kinema package"),
+)
+
+# Weight storage schemes load_pipeline(quantize=...) knows; a pipeline kind lists those it takes.
+QUANTIZE_SCHEMES = ("fp8",)
+FP8_COMPUTE_DTYPE = torch.bfloat16  # FP8Linear's default: what an FP8 model computes in unless dtype= says otherwise
 
 DTYPES = {
     "float32": torch.float32,
@@ -73,13 +103,15 @@ class ModelLayout:
     components: dict[str, Path] = field(default_factory=dict)  # component name -> file or folder
     card: dict = field(default_factory=dict)  # kinema.json of a kinema-format model (else empty)
 
-    def transformer_config(self) -> WanTransformerConfig | LTXTransformerConfig:
-        """The denoiser's architecture, read from config files or headers (no weights are read)."""
+    def transformer_config(self) -> WanTransformerConfig | LTXTransformerConfig | TokenARConfig:
+        """The denoiser's (or token model's) architecture, read from config files or headers (no weights are read)."""
         return PIPELINES[self.pipeline].transformer_config(self)
 
-    def size_rules(self) -> tuple[int, int]:
-        """(frames multiple, size multiple): frames are ``k * first + 1``, sizes multiples of the second."""
-        return PIPELINES[self.pipeline].size_rules(self)
+    def request_rules(self) -> dict[str, Any]:
+        """The size rules of the pipeline's ``check_request``, as its keyword arguments: for a
+        diffusion model ``temporal_multiple`` and ``spatial_multiple`` (frames are ``k t + 1``,
+        sizes multiples of ``s``), for a token model ``temporal_multiple``, ``frame_size`` and ``grid``."""
+        return PIPELINES[self.pipeline].request_rules(self)
 
     def defaults(self) -> Any:
         """Size, frames and sampling defaults (the model card's, else the architecture's)."""
@@ -94,11 +126,11 @@ def _wan_transformer_config(layout: ModelLayout) -> WanTransformerConfig:
     return WanTransformerConfig.from_original(raw)
 
 
-def _wan_size_rules(layout: ModelLayout) -> tuple[int, int]:
+def _wan_request_rules(layout: ModelLayout) -> dict[str, int]:
     vae = layout.components["vae"]
     config = WanVAEConfig.from_diffusers(read_json(vae / "config.json")) if vae.is_dir() else WanVAEConfig()
     patch = max(_wan_transformer_config(layout).patch_size[1:])
-    return config.temporal_compression, config.spatial_compression * patch
+    return {"temporal_multiple": config.temporal_compression, "spatial_multiple": config.spatial_compression * patch}
 
 
 def _wan_defaults(layout: ModelLayout) -> WanDefaults:
@@ -160,7 +192,7 @@ def detect_layout(path: str | os.PathLike) -> ModelLayout:
 def _kinema_layout(root: Path) -> ModelLayout:
     card = read_kinema_card(root)
     components = {}
-    for name in ("transformer", "vae"):
+    for name in CARD_RULES[card["pipeline"]].components:
         if not (root / name / "config.json").is_file():
             raise CheckpointError(f"{root}: missing component {name!r} (no {name}/config.json)")
         components[name] = root / name
@@ -272,9 +304,9 @@ def _ltx_vae_config(layout: ModelLayout) -> LTXVAEConfig:
     return LTXVAEConfig.from_original(stored) if stored else LTXVAEConfig()  # every release compresses 8 x 32 x 32
 
 
-def _ltx_size_rules(layout: ModelLayout) -> tuple[int, int]:
+def _ltx_request_rules(layout: ModelLayout) -> dict[str, int]:
     vae = _ltx_vae_config(layout)
-    return vae.temporal_compression, vae.spatial_compression  # the transformer's patch is 1
+    return {"temporal_multiple": vae.temporal_compression, "spatial_multiple": vae.spatial_compression}  # the patch is 1
 
 
 def _ltx_defaults(layout: ModelLayout) -> LTXDefaults:
@@ -299,7 +331,7 @@ def ltx_original_sampler(config: dict | None) -> SamplerSpec:
 
 # Models shipped inside the package (kinema/assets/<folder>), by name: they need no download.
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED_MODELS = {"shapes": "shapes"}
+SHIPPED_MODELS = {"shapes": "shapes", "shapes-ar": "shapes-ar"}
 DEFAULT_MODEL = "shapes"  # what `kinema generate` uses without --model
 
 
@@ -322,46 +354,80 @@ def resolve_model(path_or_name: str | os.PathLike) -> ModelLayout:
         name = str(path_or_name)
         if name in SHIPPED_MODELS:
             return detect_layout(shipped_model_path(name))
-        if name in WAN_PRESETS or name in LTX_PRESETS:
-            family = "original Wan" if name in WAN_PRESETS else "original LTX-Video"
-            raise KinemaError(
-                f"{name!r} is an architecture preset without weights; pass the directory of a downloaded "
-                f"{name} checkpoint (diffusers or {family} layout) with --model"
-            )
+        for family in PRESET_FAMILIES:
+            if name in family.presets:
+                raise KinemaError(
+                    f"{name!r} is an architecture preset without weights; pass the directory of a "
+                    f"{name} checkpoint ({family.layouts}) with --model"
+                )
+        presets = sorted(n for family in PRESET_FAMILIES for n in family.presets)
         raise KinemaError(
             f"{name!r} is neither a model directory nor a shipped model ({', '.join(sorted(SHIPPED_MODELS))}); "
-            f"architecture presets without weights: {', '.join(sorted({**WAN_PRESETS, **LTX_PRESETS}))}"
+            f"architecture presets without weights: {', '.join(presets)}"
         )
     return detect_layout(path)
 
 
-def check_before_loading(layout: ModelLayout, height, width, num_frames, num_inference_steps) -> None:
-    """Check a request against the model's size rules and defaults, reading only config files."""
-    temporal, spatial = layout.size_rules()
+def check_before_loading(
+    layout: ModelLayout, height: int | None = None, width: int | None = None, num_frames: int | None = None, **options: Any
+) -> None:
+    """Check a request against the model's size rules and defaults, reading only config files.
+
+    ``options``: sampling options of the pipeline's call (``num_inference_steps``, ``shift``,
+    ``sampler`` for diffusion; ``temperature``, ``top_k``, ``top_p``, ``typical_p`` for a token
+    model); one the pipeline does not take is a one-line KinemaError.
+    """
     PIPELINES[layout.pipeline].cls.check_request(
-        height, width, num_frames, num_inference_steps, layout.defaults(), temporal, spatial
+        height, width, num_frames, defaults=layout.defaults(), **layout.request_rules(), **options
     )
+
+
+def check_quantize(layout: ModelLayout, quantize: str | None) -> None:
+    """Raise a one-line KinemaError unless the model's pipeline can store its weights as ``quantize``."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_SCHEMES:
+        raise KinemaError(f"unknown quantize {quantize!r}; use one of {', '.join(QUANTIZE_SCHEMES)} (or none)")
+    kind = PIPELINES[layout.pipeline]
+    if quantize not in kind.quantize:
+        takes = [name for name, k in PIPELINES.items() if quantize in k.quantize]
+        raise KinemaError(f"{quantize} quantisation is available for {', '.join(takes)} models; {layout.root} is a {layout.pipeline} model")
+
+
+class Quantize(NamedTuple):
+    """How a loader stores weights: the scheme ("fp8") and the dtype the quantised layers compute in."""
+
+    scheme: str
+    compute_dtype: torch.dtype
 
 
 def load_pipeline(
     path_or_name: str | os.PathLike | ModelLayout,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    quantize: str | None = None,
 ):
     """Load a pipeline from a model directory, any supported layout.
 
     Args:
-        path_or_name: a diffusers-format or original-layout model directory (or a resolved layout).
+        path_or_name: a model directory (kinema, diffusers or original layout), a shipped model's
+            name, or a resolved layout.
         device: where to run ("cpu", "cuda", ...); None picks CUDA when available, else CPU.
         dtype: weights dtype (torch dtype or "bfloat16"/"float32"); None: float32 on CPU (where
             bf16 matrix products are slow on most processors), the files' own dtype elsewhere.
+        quantize: "fp8" (token models): store the token model's linear layers in float8_e4m3fn
+            with one scale per output channel, computing in ``dtype`` if given, else bfloat16;
+            the output head, the token embedding and the norms keep that dtype (float32 norms),
+            and the tokenizer and text encoder load as ``dtype`` says. None: no quantisation.
     """
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype)
-    if dtype is None and device.type == "cpu":
-        dtype = torch.float32
+    requested = resolve_dtype(dtype)
+    dtype = torch.float32 if requested is None and device.type == "cpu" else requested
     layout = path_or_name if isinstance(path_or_name, ModelLayout) else resolve_model(path_or_name)
-    return PIPELINES[layout.pipeline].load(layout, device, dtype)
+    check_quantize(layout, quantize)
+    if quantize is None:
+        return PIPELINES[layout.pipeline].load(layout, device, dtype)
+    return PIPELINES[layout.pipeline].load(layout, device, dtype, Quantize(quantize, requested or FP8_COMPUTE_DTYPE))
 
 
 def _load_wan_t2v(layout: ModelLayout, device: torch.device, dtype: torch.dtype | None):
@@ -394,18 +460,81 @@ def _load_ltx(layout: ModelLayout, device: torch.device, dtype: torch.dtype | No
     return LTXPipeline(transformer, vae, text_encoder, sampler, defaults=layout.defaults(), device=device)
 
 
+# ------------------------------------------------------------------------------------------------
+# Token models (kinema layout only): transformer/ (TokenAR) + tokenizer/ (VQ video tokenizer)
+# ------------------------------------------------------------------------------------------------
+def _token_ar_transformer_config(layout: ModelLayout) -> TokenARConfig:
+    return TokenARConfig.from_dict(read_json(layout.components["transformer"] / "config.json"))
+
+
+def _token_ar_request_rules(layout: ModelLayout) -> dict[str, Any]:
+    """The tokenizer's time stride and the one frame size (token grid x stride), after checking
+    that the components fit together (codebook size, text width)."""
+    ar = _token_ar_transformer_config(layout)
+    vq = VQVideoConfig.from_dict(read_json(layout.components["tokenizer"] / "config.json"))
+    if ar.vocab_size != vq.codebook_size:
+        raise CheckpointError(
+            f"{layout.root}: the token model predicts {ar.vocab_size} ids but the tokenizer has {vq.codebook_size} codes; "
+            "package the model with the tokenizer it was trained on"
+        )
+    text = layout.card.get("text_encoder", {}).get("kind")
+    if text in TEXT_ENCODER_DIMS and TEXT_ENCODER_DIMS[text] != ar.text_dim:
+        raise CheckpointError(
+            f"{layout.root}: the token model takes {ar.text_dim}-d text states but the card's text encoder {text} gives "
+            f"{TEXT_ENCODER_DIMS[text]}-d ones; package it with the text encoder it was trained with"
+        )
+    s = vq.spatial_compression
+    return {"temporal_multiple": vq.temporal_compression, "frame_size": (ar.grid[0] * s, ar.grid[1] * s), "grid": ar.grid}
+
+
+def _token_ar_defaults(layout: ModelLayout) -> TokenARDefaults:
+    """The card's defaults; height and width, when given, must be the model's frame size."""
+    height, width = _token_ar_request_rules(layout)["frame_size"]
+    defaults = TokenARDefaults(**layout.card.get("defaults", {}))
+    given = (height if defaults.height is None else defaults.height, width if defaults.width is None else defaults.width)
+    if given != (height, width):
+        raise CheckpointError(
+            f"{layout.root / KINEMA_MODEL_FILE}: defaults height x width {defaults.height}x{defaults.width} is not this model's "
+            f"frame size {height}x{width} (its token grid times the tokenizer's stride); fix or drop them"
+        )
+    return dataclasses.replace(defaults, height=height, width=width)
+
+
+def _load_token_ar(layout: ModelLayout, device: torch.device, dtype: torch.dtype | None, quantize: Quantize | None = None):
+    c = layout.components
+    if quantize is None:
+        transformer = load_token_ar(c["transformer"], dtype=dtype, device=device)
+    else:
+        # bf16 (or dtype) first, then each block's linears to FP8 one block at a time (the peak is
+        # the unquantised model plus one block). The head stays: its logits are sampled directly,
+        # and it is a small share of the weights (0.8% of AR-8B). The token embedding is a lookup
+        # table, not a linear, and its dtype is the model's compute dtype.
+        transformer = load_token_ar(c["transformer"], dtype=quantize.compute_dtype, device=device)
+        for block in transformer.blocks:
+            quantize_linears_fp8(block, compute_dtype=quantize.compute_dtype)
+    tokenizer = load_vq_tokenizer(c["tokenizer"], dtype=dtype, device=device)
+    text = layout.card["text_encoder"]
+    text_encoder = TEXT_ENCODERS[text["kind"]](max_length=text["max_length"], dtype=dtype, device=device)
+    sampler = TokenSampling(**layout.card["sampler"])
+    return TokenARPipeline(transformer, tokenizer, text_encoder, sampler, defaults=layout.defaults(), device=device)
+
+
 class PipelineKind(NamedTuple):
     """A registered pipeline: its class, its loader, and what it reads from a layout before loading."""
 
-    cls: type  # the pipeline class (check_request, supports_image, supports_video)
-    load: Callable[[ModelLayout, torch.device, torch.dtype | None], Any]
+    cls: type  # the pipeline class (check_request, sampling_options, supports_image, supports_video)
+    load: Callable[..., Any]  # (layout, device, dtype[, Quantize]) -> pipeline
     transformer_config: Callable[[ModelLayout], Any]
-    size_rules: Callable[[ModelLayout], tuple[int, int]]
+    request_rules: Callable[[ModelLayout], dict[str, Any]]  # size-rule keyword arguments of cls.check_request
     defaults: Callable[[ModelLayout], Any]
+    quantize: tuple[str, ...] = ()  # weight storage schemes the loader takes (load_pipeline(quantize=...))
 
 
 # kinema pipeline name -> how to check and load it
 PIPELINES: dict[str, PipelineKind] = {
-    "wan-t2v": PipelineKind(WanPipeline, _load_wan_t2v, _wan_transformer_config, _wan_size_rules, _wan_defaults),
-    "ltx-video": PipelineKind(LTXPipeline, _load_ltx, _ltx_transformer_config, _ltx_size_rules, _ltx_defaults),
+    "wan-t2v": PipelineKind(WanPipeline, _load_wan_t2v, _wan_transformer_config, _wan_request_rules, _wan_defaults),
+    "ltx-video": PipelineKind(LTXPipeline, _load_ltx, _ltx_transformer_config, _ltx_request_rules, _ltx_defaults),
+    "token-ar": PipelineKind(
+        TokenARPipeline, _load_token_ar, _token_ar_transformer_config, _token_ar_request_rules, _token_ar_defaults, ("fp8",)
+    ),
 }

@@ -17,10 +17,12 @@ class VideoOutput:
             (``output_type="np"``) or a torch tensor (``output_type="pt"``); None for
             ``output_type="latent"``.
         latents: the final latent video, unpacked: (batch, channels, frames, height, width), in the
-            model's sampling space (what ``latents=`` accepts as input).
+            model's sampling space (what ``latents=`` accepts as input); for a token model
+            (``token-ar``) its token ids, (batch, frames', h, w) int64.
         fps: frames per second the model was trained at (what ``kinema generate`` writes).
         timings: seconds spent per stage of the call: "text" (prompt encoding), "denoise"
-            (sampling) and "decode" (VAE), for ``kinema generate --timings`` and benchmarks.
+            (diffusion sampling) or "tokens" (token generation), and "decode" (VAE or VQ
+            tokenizer), for ``kinema generate --timings`` and benchmarks.
     """
 
     frames: np.ndarray | torch.Tensor | None
