@@ -186,12 +186,14 @@ class SwiGLU(nn.Module):
 class TokenARSelfAttention(nn.Module):
     """Grouped-query self-attention with per-head q/k RMSNorm and 3D RoPE; the mask is the caller's."""
 
-    def __init__(self, c: TokenARConfig) -> None:
+    def __init__(self, c: TokenARConfig, kv_dim: int | None = None) -> None:
+        """``kv_dim``: the width keys and values are projected from (default ``c.dim``)."""
         super().__init__()
+        kv_dim = c.dim if kv_dim is None else kv_dim
         self.num_heads, self.num_kv_heads = c.num_heads, c.num_kv_heads
         self.q = nn.Linear(c.dim, c.num_heads * c.head_dim, bias=False)
-        self.k = nn.Linear(c.dim, c.num_kv_heads * c.head_dim, bias=False)
-        self.v = nn.Linear(c.dim, c.num_kv_heads * c.head_dim, bias=False)
+        self.k = nn.Linear(kv_dim, c.num_kv_heads * c.head_dim, bias=False)
+        self.v = nn.Linear(kv_dim, c.num_kv_heads * c.head_dim, bias=False)
         self.o = nn.Linear(c.num_heads * c.head_dim, c.dim, bias=False)
         self.norm_q = RMSNorm(c.head_dim, c.eps) if c.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(c.head_dim, c.eps) if c.qk_norm else nn.Identity()
@@ -221,18 +223,12 @@ class TokenARText:
         return self.kv[0][0].shape[0]
 
 
-class TokenARCrossAttention(nn.Module):
-    """Grouped-query cross-attention to the text states (projected straight from text_dim)."""
+class TokenARCrossAttention(TokenARSelfAttention):
+    """Grouped-query cross-attention to the text states (keys and values projected straight from
+    text_dim, no RoPE): the self-attention's projections with another key/value width."""
 
     def __init__(self, c: TokenARConfig) -> None:
-        super().__init__()
-        self.num_heads, self.num_kv_heads = c.num_heads, c.num_kv_heads
-        self.q = nn.Linear(c.dim, c.num_heads * c.head_dim, bias=False)
-        self.k = nn.Linear(c.text_dim, c.num_kv_heads * c.head_dim, bias=False)
-        self.v = nn.Linear(c.text_dim, c.num_kv_heads * c.head_dim, bias=False)
-        self.o = nn.Linear(c.num_heads * c.head_dim, c.dim, bias=False)
-        self.norm_q = RMSNorm(c.head_dim, c.eps) if c.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(c.head_dim, c.eps) if c.qk_norm else nn.Identity()
+        super().__init__(c, kv_dim=c.text_dim)
 
     def project_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """text (B, L, text_dim) -> keys and values, each (B, Hkv, L, D)."""
@@ -243,8 +239,7 @@ class TokenARCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, S, dim), kv from :meth:`project_text`, mask (B, 1, 1, L) bool or None -> (B, S, dim)."""
         q = self.norm_q(rearrange(self.q(x), "b s (h d) -> b h s d", h=self.num_heads))  # (B, H, S, D)
-        out = attention(q, *kv, mask=mask)  # (B, H, S, D)
-        return self.o(rearrange(out, "b h s d -> b s (h d)"))  # (B, S, dim)
+        return self.out(attention(q, *kv, mask=mask))  # (B, S, dim)
 
 
 class TokenARBlock(nn.Module):

@@ -34,7 +34,7 @@ from torch import nn
 from ...errors import CheckpointError, KinemaError
 from ..vq import VectorQuantizer
 from .causal import CausalCache, CausalConv3d
-from .wan_vae import Decoder3d, Encoder3d, WanVAEConfig, _check_video, _time_chunks
+from .wan_vae import Decoder3d, Encoder3d, WanCodecProperties, WanVAEConfig, _check_video, _time_chunks
 
 CLASS_NAME = "VQVideoTokenizer"  # config.json's _class_name
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the weights beside config.json (as every kinema export)
@@ -116,7 +116,7 @@ class VQVideoConfig:
 # ------------------------------------------------------------------------------------------------
 # The tokenizer
 # ------------------------------------------------------------------------------------------------
-class VQVideoTokenizer(nn.Module):
+class VQVideoTokenizer(WanCodecProperties, nn.Module):
     """Video <-> token grids: ``encode_tokens`` (B, 3, F, H, W) -> (B, F', h, w), ``decode_tokens`` back.
 
     F' = (F - 1) / temporal_compression + 1, h = H / spatial_compression, w likewise.
@@ -144,22 +144,6 @@ class VQVideoTokenizer(nn.Module):
         self.post_quant_proj = CausalConv3d(config.codebook_dim, ae.z_dim, 1)
         self.conv2 = CausalConv3d(ae.z_dim, ae.z_dim, 1)  # as WanVAE's
         self.decoder = Decoder3d(ae)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv2.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv2.weight.device
-
-    @property
-    def temporal_compression(self) -> int:
-        return self.config.temporal_compression
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.config.spatial_compression
 
     @property
     def codebook_size(self) -> int:

@@ -416,21 +416,10 @@ class WanPosterior:
         return self.mean + self.std * noise
 
 
-class WanVAE(nn.Module):
-    """Wan 2.1 causal video VAE: ``encode`` video to latents, ``decode`` latents to video.
-
-    Parameter names are the original Wan names: ``encoder.*``, ``conv1`` (the encoder's 1x1x1 output
-    projection to mean and log-variance), ``conv2`` (the decoder's 1x1x1 input projection),
-    ``decoder.*``.
-    """
-
-    def __init__(self, config: WanVAEConfig | None = None) -> None:
-        super().__init__()
-        self.config = config = config or WanVAEConfig()
-        self.encoder = Encoder3d(config)
-        self.conv1 = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
-        self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)
-        self.decoder = Decoder3d(config)
+class WanCodecProperties:
+    """What every codec built on Wan's encoder and decoder (:class:`WanVAE`, the VQ tokenizer)
+    tells its callers: dtype and device (of ``conv2``, before the decoder) and the compressions of
+    its ``config``."""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -447,6 +436,24 @@ class WanVAE(nn.Module):
     @property
     def spatial_compression(self) -> int:
         return self.config.spatial_compression
+
+
+class WanVAE(WanCodecProperties, nn.Module):
+    """Wan 2.1 causal video VAE: ``encode`` video to latents, ``decode`` latents to video.
+
+    Parameter names are the original Wan names: ``encoder.*``, ``conv1`` (the encoder's 1x1x1 output
+    projection to mean and log-variance), ``conv2`` (the decoder's 1x1x1 input projection),
+    ``decoder.*``.
+    """
+
+    def __init__(self, config: WanVAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or WanVAEConfig()
+        self.encoder = Encoder3d(config)
+        self.conv1 = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
+        self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)
+        self.decoder = Decoder3d(config)
+
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, video: torch.Tensor, chunk_size: int | None = None) -> WanPosterior:
