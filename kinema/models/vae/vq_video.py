@@ -86,13 +86,13 @@ class VQVideoConfig:
 
     @property
     def temporal_compression(self) -> int:
-        """Pixel frames per token grid (after the first frame)."""
-        return 2 ** sum(self.temporal_downsample)
+        """Pixel frames per token grid (after the first frame): the Wan encoder's."""
+        return self.autoencoder.temporal_compression
 
     @property
     def spatial_compression(self) -> int:
-        """Pixels per token along height and width."""
-        return 2 ** (len(self.dim_mult) - 1)
+        """Pixels per token along height and width: the Wan encoder's."""
+        return self.autoencoder.spatial_compression
 
     # -- config.json ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
