@@ -85,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
     g.add_argument(
         "--quantize", choices=("fp8",), default=None,
-        help="token-ar models: store the token model's linear layers in FP8 (e4m3, per-channel scales), computing in --dtype or bfloat16",
+        help="token-ar models: store the linear layers of the token model's blocks in FP8 (e4m3, per-row scales), computing in --dtype or bfloat16 (half the memory; slower on a CPU, which converts the weights every call)",
     )  # fmt: skip
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    t = sub.add_parser("train", help="train a Wan VAE or transformer from a YAML config")
+    t = sub.add_parser("train", help="train a Wan VAE, a Wan transformer, a VQ video tokenizer or a token model (wan-vae, wan-transformer, vq-tokenizer, token-ar) from a YAML config")
     t.add_argument("config", help="training config (YAML), e.g. configs/tiny-vae.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")

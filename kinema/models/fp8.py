@@ -113,8 +113,12 @@ class FP8Linear(nn.Module):
         return dequantize_fp8_rows(self.weight, self.weight_scale, dtype or self.compute_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return F.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)  # (..., out)
+        # The row scales multiply the output, not the weight: the FP8 -> compute-dtype cast is exact
+        # (e4m3 fits bf16/fp16/fp32) and no float32 copy of the weight is made per call, which made
+        # one-token decoding 13x slower than bf16 when the weight was dequantised in float32 first.
+        cd = self.compute_dtype
+        y = F.linear(x.to(cd), self.weight.to(cd)) * self.weight_scale.to(cd)  # (..., out)
+        return y if self.bias is None else y + self.bias.to(cd)
 
     def extra_repr(self) -> str:
         return (
