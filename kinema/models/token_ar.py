@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -45,6 +45,7 @@ from torch import nn
 from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, load_weights, read_json
 from ..errors import CheckpointError, KinemaError
 from .attention import attention
+from .configs import POSITIVE, check_bools, check_ints, check_numbers, config_from_dict, config_to_dict, int_tuple
 from .layers import RMSNorm
 from .rope import apply_rope, rope_3d, wan_rope_dims
 
@@ -84,10 +85,12 @@ class TokenARConfig:
     qk_norm: bool = True  # per-head RMSNorm of queries and keys, in self- and cross-attention
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise KinemaError(f"token AR grid must be (h, w) with positive sizes; got {self.grid}")
-        if not self.layers or set(self.layers) - {SPATIAL, TEMPORAL}:
+        owner = "token AR"
+        object.__setattr__(self, "grid", int_tuple(owner, "grid (h, w)", self.grid, length=2))
+        check_ints(owner, self, ("vocab_size", "dim", "num_heads", "num_kv_heads", "ffn_dim", "text_dim", "window_frames"))
+        check_numbers(owner, self, {"eps": POSITIVE, "rope_theta": POSITIVE})
+        check_bools(owner, self, ("qk_norm",))
+        if not isinstance(self.layers, str) or not self.layers or set(self.layers) - {SPATIAL, TEMPORAL}:
             raise KinemaError(
                 f"token AR layers must be a non-empty string of 'S' (spatial) and 'T' (temporal); got {self.layers!r}, "
                 "e.g. interleave_layers(24, 16)"
@@ -98,8 +101,6 @@ class TokenARConfig:
             raise KinemaError(f"token AR num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
         if self.head_dim % 2:
             raise KinemaError(f"token AR head dim must be even for RoPE; got {self.head_dim}")
-        if self.window_frames < 1 or self.vocab_size < 1:
-            raise KinemaError(f"token AR window_frames and vocab_size must be >= 1; got {self.window_frames}, {self.vocab_size}")
 
     @property
     def head_dim(self) -> int:
@@ -127,22 +128,13 @@ class TokenARConfig:
     # -- config.json ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The config.json content (``_class_name`` plus every field; the layer order is explicit)."""
-        return {"_class_name": CLASS_NAME, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
+        return config_to_dict(self, CLASS_NAME)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TokenARConfig":
-        """From :meth:`to_dict`'s output; unknown fields or another ``_class_name`` raise :class:`CheckpointError`."""
-        name = config.get("_class_name", CLASS_NAME)
-        if name != CLASS_NAME:
-            raise CheckpointError(f"expected a {CLASS_NAME} config; got _class_name {name!r}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in names)
-        if unknown:
-            raise CheckpointError(f"{CLASS_NAME} config has fields kinema does not implement: {', '.join(unknown)}")
-        try:
-            return cls(**{k: v for k, v in config.items() if k in names})
-        except TypeError as e:  # a required field is missing
-            raise CheckpointError(f"{CLASS_NAME} config is incomplete: {e}") from None
+        """From :meth:`to_dict`'s output; another ``_class_name``, unknown or missing fields and bad
+        values raise :class:`CheckpointError`."""
+        return config_from_dict(cls, config, CLASS_NAME)
 
 
 # Presets: one line each.

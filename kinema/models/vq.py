@@ -20,15 +20,18 @@ How the codebook stays in use:
 - **Data-dependent init**: the first update seeds the whole codebook from the encoder outputs by
   k-means++ (Arthur & Vassilvitskii 2007) instead of keeping the random init.
 
-Updates happen in :meth:`VectorQuantizer.update_codebook`, called once per optimiser step with a
-``torch.Generator`` (kinema's loop derives it from (seed, step)): a training-mode ``forward`` (with
-autograd on) only records its assignments, so the codebook moves once per optimiser step however
-many micro-batches the step has, and every random draw comes from that generator. All statistics
-are registered buffers, so a checkpoint holds them and a resumed run continues bit-exactly. The
-recorded assignments are not state between steps: ``update_codebook`` consumes them.
+Updates happen in :meth:`VectorQuantizer.update_codebook`, called once per optimiser step with the
+step's assignments and a ``torch.Generator`` (kinema's loop derives it from (seed, step)): each
+``forward`` returns its :class:`Assignments` in its info and keeps nothing; the caller collects
+those of the step's micro-batches and passes them in, so the codebook moves once per optimiser step
+however many micro-batches the step has, and every random draw comes from that generator. All
+statistics are registered buffers, so a checkpoint holds them and a resumed run continues
+bit-exactly.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,16 @@ from ..errors import KinemaError
 
 DISTANCE_CHUNK_ELEMENTS = 1 << 22  # entries of the (rows x K) distance block computed at once (16 MiB in fp32)
 DRAW_FLOOR = 1e-20  # added to k-means++ weights: every candidate stays drawable when all distances are 0
+
+
+class Assignments(NamedTuple):
+    """What one :meth:`VectorQuantizer.forward` assigned, for :meth:`VectorQuantizer.update_codebook`
+    (no gradients): ``indices`` (N,) int64 code of each input vector, ``vectors`` (N, D) float32 the
+    input vectors, ``distances`` (N,) float32 squared distance of each to its code."""
+
+    indices: torch.Tensor
+    vectors: torch.Tensor
+    distances: torch.Tensor
 
 
 class VectorQuantizer(nn.Module):
@@ -87,7 +100,6 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(codebook)
         self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(False))
-        self._recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (indices, vectors, distances) per forward
 
     def extra_repr(self) -> str:
         return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}, ema={self.ema}, restart_after={self.restart_after}"
@@ -136,7 +148,7 @@ class VectorQuantizer(nn.Module):
         return F.embedding(indices.long(), self.codebook.float()).movedim(-1, 1)  # (B, D, *grid)
 
     # -- quantising -----------------------------------------------------------------------------
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Quantise z (B, D, *grid).
 
         Returns:
@@ -146,10 +158,9 @@ class VectorQuantizer(nn.Module):
             info: scalar tensors: ``loss`` (``beta * commitment``, plus ``codebook`` without ema:
                 add it to the training loss), ``commitment`` ``|z - sg(e)|^2`` and ``codebook``
                 ``|sg(z) - e|^2`` (means over elements), ``perplexity`` (exp of the entropy of the
-                code histogram of this batch) and ``usage`` (fraction of codes used in this batch).
-
-        In training mode with autograd on, the assignments are recorded for the next
-        :meth:`update_codebook`.
+                code histogram of this batch) and ``usage`` (fraction of codes used in this batch);
+                and ``assignments``, this batch's :class:`Assignments` (detached), for a training
+                loop to pass to :meth:`update_codebook`. Nothing is kept in the module.
         """
         flat = self._flat(z)  # (N, D)
         indices, dist = self.nearest(flat)  # (N,), (N,)
@@ -162,14 +173,13 @@ class VectorQuantizer(nn.Module):
             counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
         z_q = q.detach().to(z.dtype).view(z.shape[0], *z.shape[2:], self.dim).movedim(-1, 1)  # (B, D, *grid)
         z_q = z + (z_q - z).detach()  # straight-through: the decoder's gradient goes to the encoder
-        if self.training and torch.is_grad_enabled():
-            self._recorded.append((indices, x.detach(), dist))
         info = {
             "loss": loss,
             "commitment": commitment.detach(),
             "codebook": codebook_loss.detach(),
             "perplexity": perplexity(counts),
             "usage": (counts > 0).float().mean(),
+            "assignments": Assignments(indices, x.detach(), dist),
         }
         return z_q, indices.view(z.shape[0], *z.shape[2:]), info
 
@@ -205,22 +215,23 @@ class VectorQuantizer(nn.Module):
             self.embed_sum[which] = vectors
 
     @torch.no_grad()
-    def update_codebook(self, generator: torch.Generator) -> dict[str, float]:
-        """Apply the assignments recorded since the last call: one EMA step, then dead-code restarts.
+    def update_codebook(self, records: Sequence[Assignments], generator: torch.Generator) -> dict[str, float]:
+        """Apply one optimiser step's assignments: one EMA step, then dead-code restarts.
 
-        The first call with records seeds the codebook by k-means++ from the recorded vectors
-        instead (:meth:`init_from_samples`). Call once per optimiser step; ``generator`` (a CPU
-        generator) makes the draws.
+        The first call with assignments seeds the codebook by k-means++ from their vectors instead
+        (:meth:`init_from_samples`). Call once per optimiser step.
 
+        Args:
+            records: the ``info["assignments"]`` of the step's training forwards, in order.
+            generator: a CPU generator; it makes the draws.
         Returns:
             the step's codebook use as floats: ``perplexity`` and ``codes_used`` (fraction of codes
-            assigned) over all recorded vectors, and ``codes_restarted`` (the number re-seeded);
-            empty when nothing was recorded.
+            assigned) over all the vectors, and ``codes_restarted`` (the number re-seeded); empty
+            when ``records`` is empty.
         """
-        if not self._recorded:
+        if not records:
             return {}
-        indices, x, dist = (torch.cat(parts) for parts in zip(*self._recorded))  # (N,), (N, D), (N,)
-        self._recorded.clear()
+        indices, x, dist = (torch.cat(parts) for parts in zip(*records))  # (N,), (N, D), (N,)
         counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
         stats = {"perplexity": float(perplexity(counts)), "codes_used": float((counts > 0).float().mean()), "codes_restarted": 0.0}
         if not bool(self.initialized):

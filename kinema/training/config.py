@@ -16,12 +16,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import KinemaError
 
-MODELS = ("wan-vae", "wan-transformer", "vq-tokenizer", "token-ar")
-TEXT_MODELS = ("wan-transformer", "token-ar")  # kinds conditioned on captions (text_encoder, caption_dropout)
+if TYPE_CHECKING:
+    from .loop import TrainingKind
+
 DATA_KINDS = ("shapes", "video_folder", "synthetic")
 TEXT_ENCODERS = ("minilm", "toy")
 PRECISIONS = ("fp32", "bf16")
@@ -89,23 +90,32 @@ class TrainConfig:
     tokenizer: str | None = None  # token-ar: a VQ tokenizer directory (a vq-tokenizer run's model/), frozen; the model learns its token ids
 
     def model_config(self):
-        """The architecture as WanVAEConfig, WanTransformerConfig, VQVideoConfig or TokenARConfig (raises KinemaError on bad fields)."""
-        if self.model == "wan-vae":
-            from ..models.vae.wan_vae import WanVAEConfig as cls
-        elif self.model == "vq-tokenizer":
-            from ..models.vae.vq_video import VQVideoConfig as cls
-        elif self.model == "token-ar":
-            from ..models.token_ar import TokenARConfig as cls
-        else:
-            from ..models.wan import WanTransformerConfig as cls
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(self.architecture) - known)
+        """The architecture as WanVAEConfig, WanTransformerConfig, VQVideoConfig or TokenARConfig
+        (the kind's config class); bad fields raise a one-line KinemaError."""
+        cls = training_kinds()[self.model].config_class()
+        if not isinstance(self.architecture, Mapping):
+            raise KinemaError(f"architecture must be a mapping of {cls.__name__} fields; got {self.architecture!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(self.architecture) - set(fields))
         if unknown:
-            raise KinemaError(f"unknown architecture field(s) {unknown} for {self.model}; known: {sorted(known)}")
+            raise KinemaError(f"unknown architecture field(s) {unknown} for {self.model}; known: {sorted(fields)}")
+        missing = [n for n, f in fields.items() if n not in self.architecture and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise KinemaError(f"the architecture of a {self.model} needs the field(s) {missing}")
         try:
             return cls(**self.architecture)
-        except TypeError as e:
-            raise KinemaError(f"bad architecture for {self.model}: {e}") from None
+        except KinemaError:
+            raise
+        except (TypeError, ValueError, ZeroDivisionError) as e:  # a value of the wrong type or size, found deeper down
+            raise KinemaError(f"bad architecture for {self.model}: {' '.join(str(e).split())}") from None
+
+
+def training_kinds() -> Mapping[str, "TrainingKind"]:
+    """The registry of model kinds, ``model`` -> :class:`~kinema.training.loop.TrainingKind` (it lives
+    beside the builders, objectives and exporters its rows name; imported when first asked)."""
+    from .loop import TRAINING_KINDS
+
+    return TRAINING_KINDS
 
 
 # Fields that do not change the trained weights: a resumed run may change them.
@@ -187,7 +197,9 @@ def _check(c: TrainConfig) -> TrainConfig:
         if not ok:
             raise KinemaError(msg)
 
-    need(c.model in MODELS, f"model must be one of {list(MODELS)}; got {c.model!r}")
+    kinds = training_kinds()
+    need(c.model in kinds, f"model must be one of {list(kinds)}; got {c.model!r}")
+    kind = kinds[c.model]
     need(c.data.kind in DATA_KINDS, f"data.kind must be one of {list(DATA_KINDS)}; got {c.data.kind!r}")
     need(c.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}; got {c.precision!r}")
     need(c.objective.sigma_sampling in SIGMA_SAMPLINGS, f"objective.sigma_sampling must be one of {list(SIGMA_SAMPLINGS)}; got {c.objective.sigma_sampling!r}")
@@ -197,19 +209,25 @@ def _check(c: TrainConfig) -> TrainConfig:
     need(0.0 <= c.caption_dropout <= 1.0, f"caption_dropout must be in [0, 1]; got {c.caption_dropout}")
     need(c.threads is None or c.threads >= 1, f"threads must be >= 1 (or left out); got {c.threads}")
     need(c.data.kind != "video_folder" or c.data.path is not None, "data.kind video_folder needs data.path (a directory of videos)")
-    if c.model == "wan-transformer":
-        need(c.vae is not None, "a wan-transformer config needs 'vae': a VAE directory (a VAE run's model/) or safetensors file")
-    if c.model == "token-ar":
-        need(c.tokenizer is not None, "a token-ar config needs 'tokenizer': a VQ tokenizer directory (a vq-tokenizer run's model/)")
-    else:
-        need(c.tokenizer is None, f"tokenizer is for token-ar runs (a {c.model} does not read tokens); remove it")
-    if c.model in TEXT_MODELS:
+    need(
+        isinstance(c.freeze, (list, tuple)) and all(isinstance(p, str) and p for p in c.freeze),
+        f"freeze must be a list of parameter-name prefixes such as [encoder, conv1] (leave it out to train everything); got {c.freeze!r}",
+    )
+    c.freeze = list(c.freeze)
+    if kind.codec is not None:
+        need(getattr(c, kind.codec) is not None, f"a {c.model} config needs '{kind.codec}': {kind.codec_help}")
+    readers = [name for name, k in kinds.items() if k.codec == "tokenizer"]
+    need(c.tokenizer is None or kind.codec == "tokenizer", f"tokenizer is for {' and '.join(readers)} runs (a {c.model} does not read tokens); remove it")
+    if kind.text:
         need(c.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {list(TEXT_ENCODERS)}; got {c.text_encoder!r}")
-    else:
-        need(not c.latent_cache, f"latent_cache is for wan-transformer and token-ar runs (a {c.model} trains on pixels); remove it")
-        need(not c.grad_checkpointing, f"grad_checkpointing is supported for wan-transformer and token-ar only (a {c.model}'s causal "
+    if kind.codec is None:
+        encoded = [name for name, k in kinds.items() if k.codec is not None]
+        need(not c.latent_cache, f"latent_cache is for {' and '.join(encoded)} runs (a {c.model} trains on pixels); remove it")
+    if not kind.grad_checkpointing:
+        able = [name for name, k in kinds.items() if k.grad_checkpointing]
+        need(not c.grad_checkpointing, f"grad_checkpointing is supported for {' and '.join(able)} only (a {c.model}'s causal "
              "cache mutates during forward, so recomputation is unsafe); remove it")
-    if c.model in ("vq-tokenizer", "token-ar"):
+    if not kind.init_logvar:
         need(c.objective.init_logvar is None, f"objective.init_logvar is for wan-vae runs (a {c.model} has no posterior variance); remove it")
     c.model_config()  # architecture fields are checked here
     return c

@@ -10,7 +10,8 @@ the same precision and thread count).
 
 Run directory (``out_dir``)::
 
-    checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json
+    checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json (step,
+                                config hash, the frozen VAE's or tokenizer's content hash)
     checkpoints/latest          the name of the newest complete checkpoint
     latent_cache.safetensors    transformer runs with latent_cache: VAE posteriors of the data set
     token_cache.safetensors     token-ar runs with latent_cache: the tokenizer's ids of the data set
@@ -18,7 +19,11 @@ Run directory (``out_dir``)::
     model/                      the export: config.json + diffusion_pytorch_model.safetensors (EMA weights)
 
 Checkpoints are written to a temporary directory and renamed into place, so a crash never leaves
-a half-written checkpoint behind ``latest``.
+a half-written checkpoint behind ``latest``. Resuming refuses a checkpoint written by another
+config (its hash) or on a VAE or tokenizer whose files have changed since (their content hash).
+
+What differs between the kinds of model (config class, builder, objective, exporter, flags) is one
+row of :data:`TRAINING_KINDS` each.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -49,8 +54,9 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights fil
 CACHE_FILE = "latent_cache.safetensors"  # the transformer's latent cache, under out_dir
 TOKEN_CACHE_FILE = "token_cache.safetensors"  # the token model's token cache, under out_dir
 CACHE_BATCH = 16  # clips encoded together when building the cache (one at a time is ~5x slower on a CPU)
-METRICS_FILE = "metrics.jsonl"  # one {"step", "loss", "lr"} line per optimiser step, under out_dir
-PARTIAL_INIT_MODELS = ("vq-tokenizer",)  # kinds whose init_from loads the top-level modules the source has (a wan-vae's encoder, decoder)
+CODEC_SUFFIXES = (".safetensors", ".pth", ".safetensors.index.json")  # a codec directory's weights files (codec_identity)
+CODEC_KEY = "codec_sha256"  # trainer.json: the codec_identity of the frozen VAE or tokenizer (absent in older checkpoints)
+METRICS_FILE = "metrics.jsonl"  # one line per optimiser step, under out_dir: "step", "loss", "lr", plus a vq-tokenizer's "perplexity", "codes_used", "codes_restarted" or a token-ar's "accuracy"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,28 +257,7 @@ def build_model(config: TrainConfig) -> nn.Module:
     arch = config.model_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, "init"))
-        if config.model == "wan-vae":
-            from ..models.vae.wan_vae import WanVAE
-
-            model = WanVAE(arch)
-            if config.objective.init_logvar is not None:
-                init_posterior_logvar(model, config.objective.init_logvar)
-            return model.train()
-        if config.model == "vq-tokenizer":
-            from ..models.vae.vq_video import VQVideoTokenizer
-
-            return VQVideoTokenizer(arch).train()
-        if config.model == "token-ar":
-            from ..models.token_ar import TokenAR
-
-            model = TokenAR(arch)
-            model.init_weights()
-            return model.train()
-        from ..models.wan import WanTransformer
-
-        model = WanTransformer(arch)
-        model.init_weights()
-        return model.train()
+        return TRAINING_KINDS[config.model].build(config, arch).train()
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
@@ -360,15 +345,19 @@ class VQObjective:
 
     def __init__(self, config: TrainConfig) -> None:
         self.o, self.seed = config.objective, config.seed
+        self.assignments: list = []  # the quantiser's Assignments of this optimiser step's micro-batches so far
 
     def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         video = torch.stack([it["video"] for it in items])  # (B, 3, F, H, W)
-        recon, quantizer = model(video)  # (B, 3, F, H, W), scalars
+        recon, quantizer = model(video)  # (B, 3, F, H, W), scalars and the assignments
+        self.assignments.append(quantizer["assignments"])
         return vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight)
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
-        """Move the codebook by the step's assignments; returns its use (perplexity, codes_used, codes_restarted)."""
-        return model.quantizer.update_codebook(make_generator(self.seed, "codebook", step))
+        """Move the codebook by the step's assignments (then forget them); returns its use
+        (perplexity, codes_used, codes_restarted)."""
+        records, self.assignments = self.assignments, []
+        return model.quantizer.update_codebook(records, make_generator(self.seed, "codebook", step))
 
 
 class FlowObjective:
@@ -413,8 +402,10 @@ class TokenObjective:
     A clip's ids (F', h, w) flatten frame-major, raster order inside a frame (the model's layout),
     and the loss is the mean over every token of the micro-batch. Per item its generator draws the
     caption-dropout coin only. The text states go in zero-padded with no mask (as for the Wan
-    transformer; "" gives all-zero states), so generation must condition the same way. The token
-    accuracy of the step's micro-batches is returned by :meth:`after_step` for the metrics.
+    transformer), and a dropped caption is the text encoder's states of "" (all zero for the toy
+    encoder, but not for MiniLM, which encodes "" as its [CLS] and [SEP] tokens), so generation's
+    unconditional branch must encode "" with the same encoder. The token accuracy of the step's
+    micro-batches is returned by :meth:`after_step` for the metrics.
     """
 
     def __init__(self, config: TrainConfig, tokenizer, text_encoder) -> None:
@@ -465,6 +456,25 @@ def latent_cache_key(config: TrainConfig) -> str:
 def token_cache_key(config: TrainConfig) -> str:
     """The token cache's key: the data config and the tokenizer (:func:`encoding_cache_key`)."""
     return encoding_cache_key(config.data, config.tokenizer)
+
+
+def codec_identity(path: str | os.PathLike) -> str:
+    """A content hash (sha256, hex) of a frozen VAE or tokenizer: its config.json and weights files
+    (``*.safetensors``, ``*.pth``, a shard index), names and bytes, as :func:`load_vae` and
+    :func:`load_tokenizer` read them. Retraining or editing the codec changes it; copying it (another
+    machine, other modification times) does not. Checkpoints record it (:func:`save_checkpoint`)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+            path = path / "vae"  # a model root: load_wan_vae reads its vae/ folder
+        files = sorted(f for f in path.iterdir() if f.is_file() and (f.name == "config.json" or f.name.endswith(CODEC_SUFFIXES)))
+    else:
+        files = [path] + ([path.parent / "config.json"] if (path.parent / "config.json").is_file() else [])
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            digest.update(json.dumps([f.name, hashlib.file_digest(fh, "sha256").hexdigest()]).encode())
+    return digest.hexdigest()
 
 
 def _cached(path: Path, key: str) -> tuple[dict[str, torch.Tensor], list[str]] | None:
@@ -525,8 +535,11 @@ def token_cache(path: Path, key: str, dataset, tokenizer) -> TokenCacheDataset:
 # ------------------------------------------------------------------------------------------------
 # Checkpoints and export
 # ------------------------------------------------------------------------------------------------
-def save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str) -> Path:
-    """Write out_dir/checkpoints/step-XXXXXXX atomically (temp dir, then rename) and point ``latest`` at it."""
+def save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str, codec: str | None = None) -> Path:
+    """Write out_dir/checkpoints/step-XXXXXXX atomically (temp dir, then rename) and point ``latest`` at it.
+
+    ``codec``: the :func:`codec_identity` of the frozen VAE or tokenizer the run trains on (None: none),
+    recorded in trainer.json as ``codec_sha256`` for :func:`check_resumable`."""
     root = out_dir / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -536,7 +549,8 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: EMA | None,
     if ema is not None:
         save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "config_hash": chash, "time": time.time()}, indent=1))
+    info = {"step": step, "config_hash": chash, "time": time.time(), **({CODEC_KEY: codec} if codec is not None else {})}
+    (tmp / "trainer.json").write_text(json.dumps(info, indent=1))
     if final.exists():  # the same step saved again (a resumed run that had already finished)
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -631,25 +645,42 @@ def _export_state(path: Path) -> dict[str, torch.Tensor]:
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> None:
     """Keep the parameters whose names start with one of ``prefixes`` (a module path such as
     ``encoder`` or ``blocks.0``) fixed: no gradients, no optimiser state, and the EMA keeps them
-    exactly. Raises KinemaError for a prefix that names no parameter."""
+    exactly. Raises KinemaError for a prefix that names no parameter, and when no parameter is
+    left to train."""
     names = [n for n, _ in model.named_parameters()]
+    tops = sorted({n.split(".")[0] for n in names})
     for prefix in prefixes:
         if not any(n == prefix or n.startswith(prefix + ".") for n in names):
-            tops = sorted({n.split(".")[0] for n in names})
             raise KinemaError(f"freeze: {prefix!r} names no parameter of this model; its top-level modules are {tops}")
     for n, p in model.named_parameters():
         if any(n == prefix or n.startswith(prefix + ".") for prefix in prefixes):
             p.requires_grad_(False)
+    if prefixes and not any(p.requires_grad for p in model.parameters()):
+        raise KinemaError(f"freeze: {list(prefixes)} leaves no parameter to train (top-level modules: {tops}); freeze fewer modules")
 
 
-def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer, chash: str) -> int:
-    """Restore model, EMA and optimiser from a checkpoint directory; returns its step."""
+def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | None) -> None:
+    """Raise KinemaError unless the checkpoint at ``path`` was written by this config (``chash``)
+    on the same frozen VAE or tokenizer (``codec``, its :func:`codec_identity`). Checkpoints written
+    before the codec was recorded resume without that check."""
     info = read_json(path / "trainer.json")
     if info.get("config_hash") != chash:
         raise KinemaError(
             f"{path} was written by a different training config (hash {info.get('config_hash')} vs {chash}); "
             "resume with the same config (only steps, threads, checkpoint_every may change) or use a new out_dir"
         )
+    saved = info.get(CODEC_KEY)
+    if codec is not None and saved is not None and saved != codec:
+        kind = TRAINING_KINDS[config.model]
+        raise KinemaError(
+            f"the {kind.codec_noun} at {getattr(config, kind.codec)} changed since step {info.get('step')} was saved; "
+            "use a new out_dir or restore it"
+        )
+
+
+def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer) -> int:
+    """Restore model, EMA and optimiser from a checkpoint directory (checked by :func:`check_resumable`); returns its step."""
+    info = read_json(path / "trainer.json")
     model.load_state_dict(load_safetensors(path / "model.safetensors"), strict=True)
     if ema is not None:
         if not (path / "ema.safetensors").is_file():
@@ -700,17 +731,7 @@ def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tens
     way); the transformer's with the original Wan names, which ``load_wan_transformer`` reads with
     either config form (diffusers when text_len is 512, else the original Wan config).
     """
-    arch = config.model_config()
-    if config.model == "wan-vae":
-        from ..checkpoints.wan_vae_keys import diffusers_keys
-
-        mean, std = measure_latent_stats(config, state)
-        arch = dataclasses.replace(arch, latents_mean=mean, latents_std=std)
-        raw_config, weights = arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
-    elif config.model in ("vq-tokenizer", "token-ar"):
-        raw_config, weights = arch.to_dict(), dict(state)  # kinema's names; load_vq_tokenizer / load_token_ar read them
-    else:
-        raw_config, weights = (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
+    raw_config, weights = TRAINING_KINDS[config.model].export(config, config.model_config(), state)
     final = out_dir / "model"
     tmp = out_dir / f".tmp-model-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -727,27 +748,89 @@ def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------
-# The loop
+# The kinds of model: one registry
 # ------------------------------------------------------------------------------------------------
-def _trainable(config: TrainConfig, out_dir: Path):
-    """(model, objective, dataset) for a config."""
-    model = build_model(config)
-    if config.model == "wan-vae":
-        return model, VAEObjective(config), make_dataset(config.data)
-    if config.model == "vq-tokenizer":
-        return model, VQObjective(config), make_dataset(config.data)
-    if config.grad_checkpointing:
-        enable_grad_checkpointing(model)
-    arch = config.model_config()
-    if config.model == "token-ar":
-        tokenizer = load_tokenizer(config.tokenizer)
-        check_token_model_fits(arch, tokenizer, config.data)
-        text = make_text_encoder(config.text_encoder, arch.text_dim, config.text_max_length)
-        if config.latent_cache:
-            dataset = token_cache(out_dir / TOKEN_CACHE_FILE, token_cache_key(config), make_dataset(config.data), tokenizer)
-        else:
-            dataset = make_dataset(config.data)
-        return model, TokenObjective(config, tokenizer, text), dataset
+@dataclasses.dataclass(frozen=True)
+class TrainingKind:
+    """One kind of model the loop trains (a config's ``model``): a row of :data:`TRAINING_KINDS`."""
+
+    config_class: Callable[[], type]  # () -> the architecture's config dataclass (imported when called)
+    build: Callable[[TrainConfig, Any], nn.Module]  # (config, architecture) -> a fresh model (build_model seeds the RNG)
+    objective: Callable[[TrainConfig, Any, Path], tuple[Any, Any]]  # (config, architecture, out_dir) -> (objective, data set)
+    export: Callable[[TrainConfig, Any, dict], tuple[dict, dict]]  # (config, architecture, weights) -> (config.json content, weights to write)
+    codec: str | None = None  # the TrainConfig field naming the frozen codec it trains on (latent_cache applies); None: trains on pixels
+    codec_noun: str = ""  # that codec in messages ("the VAE at PATH changed ...")
+    codec_help: str = ""  # what the codec field must name (the message when it is missing)
+    text: bool = False  # conditioned on captions: text_encoder, text_max_length and caption_dropout apply
+    grad_checkpointing: bool = False  # its blocks may be recomputed in the backward pass (pure functions, no causal cache)
+    init_logvar: bool = True  # objective.init_logvar accepted (the wan-vae's posterior; a wan-transformer ignores it)
+    partial_init: bool = False  # init_from loads the top-level modules the source has (a wan-vae's encoder, decoder)
+
+
+def _wan_vae_config() -> type:
+    from ..models.vae.wan_vae import WanVAEConfig
+
+    return WanVAEConfig
+
+
+def _wan_transformer_config() -> type:
+    from ..models.wan import WanTransformerConfig
+
+    return WanTransformerConfig
+
+
+def _vq_tokenizer_config() -> type:
+    from ..models.vae.vq_video import VQVideoConfig
+
+    return VQVideoConfig
+
+
+def _token_ar_config() -> type:
+    from ..models.token_ar import TokenARConfig
+
+    return TokenARConfig
+
+
+def _build_wan_vae(config: TrainConfig, arch) -> nn.Module:
+    from ..models.vae.wan_vae import WanVAE
+
+    model = WanVAE(arch)
+    if config.objective.init_logvar is not None:
+        init_posterior_logvar(model, config.objective.init_logvar)
+    return model
+
+
+def _build_wan_transformer(config: TrainConfig, arch) -> nn.Module:
+    from ..models.wan import WanTransformer
+
+    model = WanTransformer(arch)
+    model.init_weights()
+    return model
+
+
+def _build_vq_tokenizer(config: TrainConfig, arch) -> nn.Module:
+    from ..models.vae.vq_video import VQVideoTokenizer
+
+    return VQVideoTokenizer(arch)
+
+
+def _build_token_ar(config: TrainConfig, arch) -> nn.Module:
+    from ..models.token_ar import TokenAR
+
+    model = TokenAR(arch)
+    model.init_weights()
+    return model
+
+
+def _vae_objective(config: TrainConfig, arch, out_dir: Path):
+    return VAEObjective(config), make_dataset(config.data)
+
+
+def _vq_objective(config: TrainConfig, arch, out_dir: Path):
+    return VQObjective(config), make_dataset(config.data)
+
+
+def _flow_objective(config: TrainConfig, arch, out_dir: Path):
     vae = load_vae(config.vae)
     if vae.config.z_dim != arch.in_dim or arch.out_dim != arch.in_dim:
         raise KinemaError(f"the transformer's in_dim/out_dim ({arch.in_dim}/{arch.out_dim}) must equal the VAE's z_dim ({vae.config.z_dim})")
@@ -756,7 +839,73 @@ def _trainable(config: TrainConfig, out_dir: Path):
         dataset = latent_cache(out_dir / CACHE_FILE, latent_cache_key(config), make_dataset(config.data), vae)
     else:
         dataset = make_dataset(config.data)
-    return model, FlowObjective(config, vae, text), dataset
+    return FlowObjective(config, vae, text), dataset
+
+
+def _token_objective(config: TrainConfig, arch, out_dir: Path):
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_token_model_fits(arch, tokenizer, config.data)
+    text = make_text_encoder(config.text_encoder, arch.text_dim, config.text_max_length)
+    if config.latent_cache:
+        dataset = token_cache(out_dir / TOKEN_CACHE_FILE, token_cache_key(config), make_dataset(config.data), tokenizer)
+    else:
+        dataset = make_dataset(config.data)
+    return TokenObjective(config, tokenizer, text), dataset
+
+
+def _export_wan_vae(config: TrainConfig, arch, state: dict) -> tuple[dict, dict]:
+    """diffusers' config (with latents_mean/latents_std measured on the training clips) and names."""
+    from ..checkpoints.wan_vae_keys import diffusers_keys
+
+    mean, std = measure_latent_stats(config, state)
+    arch = dataclasses.replace(arch, latents_mean=mean, latents_std=std)
+    return arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
+
+
+def _export_wan_transformer(config: TrainConfig, arch, state: dict) -> tuple[dict, dict]:
+    """The original Wan names; diffusers' config form when text_len is 512, else the original Wan config."""
+    return (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
+
+
+def _export_own(config: TrainConfig, arch, state: dict) -> tuple[dict, dict]:
+    """kinema's own config.json (``to_dict``) and names: load_vq_tokenizer / load_token_ar read them."""
+    return arch.to_dict(), dict(state)
+
+
+TRAINING_KINDS: dict[str, TrainingKind] = {
+    "wan-vae": TrainingKind(_wan_vae_config, _build_wan_vae, _vae_objective, _export_wan_vae),
+    "wan-transformer": TrainingKind(
+        _wan_transformer_config, _build_wan_transformer, _flow_objective, _export_wan_transformer,
+        codec="vae", codec_noun="VAE", codec_help="a VAE directory (a VAE run's model/) or safetensors file",
+        text=True, grad_checkpointing=True,
+    ),
+    "vq-tokenizer": TrainingKind(_vq_tokenizer_config, _build_vq_tokenizer, _vq_objective, _export_own, init_logvar=False, partial_init=True),
+    "token-ar": TrainingKind(
+        _token_ar_config, _build_token_ar, _token_objective, _export_own,
+        codec="tokenizer", codec_noun="tokenizer", codec_help="a VQ tokenizer directory (a vq-tokenizer run's model/)",
+        text=True, grad_checkpointing=True, init_logvar=False,
+    ),
+}  # fmt: skip
+
+
+def run_codec_identity(config: TrainConfig) -> str | None:
+    """The :func:`codec_identity` of the frozen VAE or tokenizer a run trains on; None when its kind
+    has none, or when the path does not exist (loading it then says so)."""
+    field = TRAINING_KINDS[config.model].codec
+    path = getattr(config, field) if field else None
+    return codec_identity(path) if path is not None and Path(path).exists() else None
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+def _trainable(config: TrainConfig, out_dir: Path):
+    """(model, objective, dataset) for a config."""
+    model = build_model(config)
+    if config.grad_checkpointing:  # only kinds that allow it (checked with the config)
+        enable_grad_checkpointing(model)
+    objective, dataset = TRAINING_KINDS[config.model].objective(config, config.model_config(), out_dir)
+    return model, objective, dataset
 
 
 def accumulate_gradients(model: nn.Module, objective, dataset, config: TrainConfig, step: int) -> float:
@@ -816,16 +965,19 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "checkpoints").glob(".tmp-step-*"):  # half-written by a killed run: never referenced
         shutil.rmtree(stale, ignore_errors=True)
+    codec = run_codec_identity(config)
+    if found is not None:  # before _trainable, which may encode the whole data set into a cache
+        check_resumable(found, config, chash, codec)
 
     model, objective, dataset = _trainable(config, out_dir)
     if found is None and config.init_from:
-        init_weights_from(model, config.init_from, partial=config.model in PARTIAL_INIT_MODELS)  # a resumed run has them in its checkpoint already
+        init_weights_from(model, config.init_from, partial=TRAINING_KINDS[config.model].partial_init)  # a resumed run has them in its checkpoint already
     freeze_parameters(model, config.freeze)
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    start = load_checkpoint(found, model, ema, optimizer, chash) if found is not None else 0
+    start = load_checkpoint(found, model, ema, optimizer) if found is not None else 0
     _truncate_metrics(out_dir / METRICS_FILE, start)  # steps a killed run logged past its checkpoint
 
     batch_total = config.batch_size * config.grad_accum
@@ -854,7 +1006,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
         shown = {k: f"{extra[k]:.2f}" for k in ("codes_used", "accuracy") if k in extra}
         bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}", **shown)
         if completed % config.checkpoint_every == 0 or completed == config.steps:
-            save_checkpoint(out_dir, completed, model, ema, optimizer, chash)
+            save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec)
             if completed == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

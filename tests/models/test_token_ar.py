@@ -103,6 +103,40 @@ def test_bad_configs_raise():
         replace(TINY, grid=(0, 3))
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_heads", 0, "num_heads must be an integer >= 1; got 0"),  # was a ZeroDivisionError
+        ("num_kv_heads", 0, "num_kv_heads must be an integer >= 1; got 0"),
+        ("dim", "32", "dim must be an integer >= 1; got '32'"),
+        ("vocab_size", True, "vocab_size must be an integer"),
+        ("window_frames", 0, "window_frames must be an integer >= 1"),
+        ("grid", 8, r"grid \(h, w\) must be a list of 2 integers >= 1; got 8"),
+        ("grid", [2, 3, 4], "grid"),
+        ("layers", ["S", "T"], "layers must be a non-empty string"),
+        ("eps", 0.0, "eps must be a number > 0"),
+        ("rope_theta", "1e4", "rope_theta must be a number > 0"),
+        ("qk_norm", 1, "qk_norm must be true or false"),
+    ],
+)
+def test_bad_config_values_give_one_line_errors(field, value, message):
+    with pytest.raises(KinemaError, match=message) as e:
+        replace(TINY, **{field: value})
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=message) as e:  # reading a config.json
+        TokenARConfig.from_dict({**TINY.to_dict(), field: value})
+    assert "\n" not in str(e.value)
+
+
+def test_from_dict_names_what_is_missing():
+    saved = TINY.to_dict()
+    del saved["dim"]
+    with pytest.raises(CheckpointError, match=r"lacks required field\(s\) \['dim'\]"):
+        TokenARConfig.from_dict(saved)
+    with pytest.raises(CheckpointError, match="must be a mapping"):
+        TokenARConfig.from_dict("TokenAR")
+
+
 def test_load_round_trip(tmp_path):
     model = _model(dtype=torch.float32)
     (tmp_path / "config.json").write_text(json.dumps(TINY.to_dict()))

@@ -34,6 +34,11 @@ def as_input(vectors: list[list[float]]) -> torch.Tensor:
     return torch.tensor(vectors, dtype=torch.float32).t().unsqueeze(0)
 
 
+def assigned(q: VectorQuantizer, z: torch.Tensor):
+    """The assignments of one training forward of ``q`` on ``z``."""
+    return q(z)[2]["assignments"]
+
+
 # ------------------------------------------------------------------------------------------------
 # The quantiser
 # ------------------------------------------------------------------------------------------------
@@ -79,8 +84,8 @@ def test_commitment_and_codebook_losses_on_a_hand_case():
 
 def test_ema_update_moves_used_codes_towards_their_vectors():
     q = quantizer([[0.0, 0.0], [5.0, 5.0]], decay=0.5).train()
-    q(as_input([[1.0, 0.0], [1.0, 2.0]]))  # both to code 0: their mean is (1, 1)
-    q.update_codebook(torch.Generator().manual_seed(0))
+    records = [assigned(q, as_input([[1.0, 0.0], [1.0, 2.0]]))]  # both to code 0: their mean is (1, 1)
+    q.update_codebook(records, torch.Generator().manual_seed(0))
     # counts 0.5 * 1 + 0.5 * 2 = 1.5, sums 0.5 * (0, 0) + 0.5 * (2, 2): code 0 -> (1, 1) / 1.5
     torch.testing.assert_close(q.codebook[0], torch.tensor([2 / 3, 2 / 3]), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(q.codebook[1], torch.tensor([5.0, 5.0]), rtol=1e-4, atol=1e-4)  # unused: stays
@@ -88,15 +93,14 @@ def test_ema_update_moves_used_codes_towards_their_vectors():
     assert q.unused_steps.tolist() == [0, 1]
     q = quantizer([[10.0, 10.0], [-5.0, -5.0]], decay=0.5).train()
     for _ in range(30):  # repeated: converges to the mean of its vectors
-        q(as_input([[11.0, 10.0], [11.0, 12.0]]))
-        q.update_codebook(torch.Generator().manual_seed(0))
+        q.update_codebook([assigned(q, as_input([[11.0, 10.0], [11.0, 12.0]]))], torch.Generator().manual_seed(0))
     torch.testing.assert_close(q.codebook[0], torch.tensor([11.0, 11.0]), rtol=1e-3, atol=1e-3)
 
 
 def test_dead_codes_restart_where_the_error_is():
     q = quantizer([[0.0, 0.0], [10.0, 10.0], [100.0, 100.0]], restart_after=1).train()
-    q(as_input([[0.0, 0.0], [0.0, 0.0], [10.0, 10.0], [5.0, 5.0]]))  # code 2 unused; (5, 5) is far from every code
-    stats = q.update_codebook(torch.Generator().manual_seed(0))
+    records = [assigned(q, as_input([[0.0, 0.0], [0.0, 0.0], [10.0, 10.0], [5.0, 5.0]]))]  # code 2 unused; (5, 5) is far from every code
+    stats = q.update_codebook(records, torch.Generator().manual_seed(0))
     assert stats["codes_restarted"] == 1.0
     assert q.codebook[2].tolist() == [5.0, 5.0]
     assert q.cluster_size[2] == 1.0 and q.embed_sum[2].tolist() == [5.0, 5.0] and q.unused_steps[2] == 0
@@ -107,10 +111,9 @@ def test_dead_code_restarts_are_deterministic_given_the_generator():
         torch.manual_seed(0)
         q = VectorQuantizer(64, 3, restart_after=1).train()
         z = torch.randn(4, 3, 10, generator=torch.Generator().manual_seed(1))
-        q(z)
-        q.update_codebook(torch.Generator().manual_seed(5))  # k-means++ init from z
-        q(z + 3.0)  # everything moved: most codes go unused
-        stats = q.update_codebook(torch.Generator().manual_seed(seed))
+        q.update_codebook([assigned(q, z)], torch.Generator().manual_seed(5))  # k-means++ init from z
+        moved = [assigned(q, z + 3.0)]  # everything moved: most codes go unused
+        stats = q.update_codebook(moved, torch.Generator().manual_seed(seed))
         assert stats["codes_restarted"] > 0
         restarted = [k for k in range(64) if any(torch.equal(q.codebook[k], v) for v in (z + 3.0).movedim(1, -1).reshape(-1, 3))]
         assert len(restarted) >= stats["codes_restarted"]  # re-seeded at current encoder outputs
@@ -125,8 +128,7 @@ def test_first_update_seeds_the_codebook_by_kmeans_plus_plus():
     samples = (centres[:, None, :] + 0.01 * torch.randn(4, 25, 2, generator=torch.Generator().manual_seed(0))).reshape(-1, 2)
     q = VectorQuantizer(4, 2).train()
     assert not q.initialized
-    q(samples.t().unsqueeze(0))
-    q.update_codebook(torch.Generator().manual_seed(3))
+    q.update_codebook([assigned(q, samples.t().unsqueeze(0))], torch.Generator().manual_seed(3))
     assert q.initialized
     nearest_centre = (q.codebook[:, None, :] - centres[None]).square().sum(-1).argmin(1)
     assert sorted(nearest_centre.tolist()) == [0, 1, 2, 3]  # one code per cluster
@@ -145,17 +147,24 @@ def test_usage_stats():
     assert info["perplexity"].item() == pytest.approx(2.0) and info["usage"].item() == 0.5
 
 
-def test_only_training_forwards_with_autograd_are_recorded():
-    q = quantizer([[0.0], [1.0]])
-    z = as_input([[0.2]])
-    q.eval()(z)
-    q.train()
-    with torch.no_grad():
-        q(z)
-    q.encode(z)
-    assert q.update_codebook(torch.Generator()) == {}
-    q(z)
-    assert q.update_codebook(torch.Generator())["codes_used"] == 0.5
+def test_forward_keeps_no_state_and_updates_use_only_the_assignments_given():
+    q = quantizer([[0.0], [1.0], [5.0]], decay=0.5).train()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    for _ in range(3):  # forwards outside a training loop: nothing accumulates anywhere
+        q(as_input([[0.9], [4.0]]))
+    assert [k for k, v in vars(q).items() if isinstance(v, (list, tuple)) and v] == []
+    assert all(torch.equal(v, state[k]) for k, v in q.state_dict().items())
+    assert q.update_codebook([], torch.Generator()) == {}  # no assignments: nothing moves
+    assert all(torch.equal(v, state[k]) for k, v in q.state_dict().items())
+    _, idx, info = q(as_input([[0.2], [0.1]]))
+    a = info["assignments"]
+    assert a.indices.tolist() == idx.flatten().tolist() == [0, 0] and not a.vectors.requires_grad
+    torch.testing.assert_close(a.distances, torch.tensor([0.04, 0.01]))
+    stats = q.update_codebook([a], torch.Generator())  # only these two, not the three forwards before
+    assert stats["codes_used"] == pytest.approx(1 / 3)
+    fresh = quantizer([[0.0], [1.0], [5.0]], decay=0.5)
+    fresh.update_codebook([a], torch.Generator())
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in q.state_dict().items())
 
 
 def test_lookup_and_state_round_trip(tmp_path):
@@ -270,6 +279,33 @@ def test_config_json_round_trip(tmp_path):
         VQVideoConfig(dim_mult=(1, 2), temporal_downsample=(True, True))
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("codebook_size", "1024", r"codebook_size must be an integer >= 2; got '1024'"),
+        ("codebook_size", 1, "codebook_size must be an integer >= 2"),
+        ("dim_mult", 4, r"dim_mult must be a list of integers >= 1; got 4"),
+        ("dim_mult", [1, "2"], "dim_mult must be a list"),
+        ("temporal_downsample", [1], "temporal_downsample must be a list of true/false"),
+        ("codebook_dim", 0, "codebook_dim must be an integer >= 1"),
+        ("base_dim", 8.5, "base_dim must be an integer"),
+        ("restart_after", -1, "restart_after must be an integer >= 0"),
+        ("codebook_decay", 1.0, r"codebook_decay must be a number in \(0, 1\)"),
+        ("beta", "0.25", "beta must be a number >= 0"),
+        ("codebook_ema", "yes", "codebook_ema must be true or false"),
+    ],
+)
+def test_bad_config_values_give_one_line_errors(field, value, message):
+    with pytest.raises(KinemaError, match=message) as e:
+        VQVideoConfig(**{field: value})
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=message) as e:  # reading a config.json
+        VQVideoConfig.from_dict({**TINY.to_dict(), field: value})
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="must be a mapping"):
+        VQVideoConfig.from_dict(["codebook_size", 16])
+
+
 def test_tiny_tokenizer_overfits_two_clips():
     from kinema.training.loop import SyntheticClips
 
@@ -286,6 +322,6 @@ def test_tiny_tokenizer_overfits_two_clips():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.quantizer.update_codebook(torch.Generator().manual_seed(step))
+        model.quantizer.update_codebook([info["assignments"]], torch.Generator().manual_seed(step))
         losses.append(loss.item())
     assert sum(losses[-3:]) < 0.3 * sum(losses[:3]), losses

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +31,7 @@ from kinema.training.loop import (
     make_generator,
     step_indices,
 )
-from kinema.checkpoints.io import load_safetensors
+from kinema.checkpoints.io import load_safetensors, save_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,6 +148,46 @@ def test_refuses_to_overwrite_and_checks_config_on_resume(tiny_vae, tmp_path):
         train({**cfg, "seed": 1}, resume=True, progress=False)
     train({**cfg, "steps": 2}, resume=True, progress=False)  # steps may change
     assert (tmp_path / "r/checkpoints/latest").read_text() == "step-0000002"
+    assert "codec_sha256" not in json.loads((tmp_path / "r/checkpoints/step-0000002/trainer.json").read_text())  # a VAE run reads no codec
+
+
+@pytest.mark.parametrize("kind", ["wan-transformer", "token-ar"])
+def test_resume_refuses_a_codec_that_changed(kind, tiny_vae, tiny_vq, tmp_path):
+    """The config hash covers the VAE's (tokenizer's) path only: its content is recorded in each
+    checkpoint, so resuming on a retrained one (other training targets) is refused."""
+    from kinema.training.loop import codec_identity
+
+    codec = shutil.copytree(tiny_vae if kind == "wan-transformer" else tiny_vq, tmp_path / "codec")
+    cfg = (transformer_config if kind == "wan-transformer" else ar_config)(tmp_path / "run", codec, steps=1)
+    train(cfg, progress=False)
+    trainer = lambda step: tmp_path / f"run/checkpoints/step-{step:07d}/trainer.json"  # noqa: E731
+    recorded = json.loads(trainer(1).read_text())["codec_sha256"]
+    assert recorded == codec_identity(codec) and len(recorded) == 64
+    # Content, not place or time: a copy elsewhere with new modification times is the same codec.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in codec.iterdir():
+        shutil.copyfile(f, copy / f.name)
+    assert codec_identity(copy) == recorded
+    weights = codec / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    train({**cfg, "steps": 2}, resume=True, progress=False)  # touched, not changed: resumes
+    state = _tensors(weights)
+    name = sorted(state)[0]
+    state[name] = state[name] + 1.0  # retrained
+    save_safetensors(state, weights)
+    noun = "VAE" if kind == "wan-transformer" else "tokenizer"
+    message = f"the {noun} at {codec} changed since step 2 was saved; use a new out_dir or restore it"
+    with pytest.raises(KinemaError, match=f"^{re.escape(message)}$"):
+        train({**cfg, "steps": 3}, resume=True, progress=False)
+    assert not trainer(3).parent.exists()
+    # A checkpoint written before codecs were recorded (a run in progress) resumes without the check,
+    # and its next checkpoints record the codec it now trains on.
+    info = json.loads(trainer(2).read_text())
+    del info["codec_sha256"]
+    trainer(2).write_text(json.dumps(info))
+    train({**cfg, "steps": 3}, resume=True, progress=False)
+    assert json.loads(trainer(3).read_text())["codec_sha256"] == codec_identity(codec) != recorded
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,6 +335,70 @@ def test_unknown_config_keys_raise(tmp_path, tiny_vae):
     path.write_text(yaml.safe_dump({**base, "bogus": 1}))
     assert cli_main(["train", str(path), "--no-progress"]) == 2
     assert load_config(REPO / "configs/tiny-transformer.yaml").data == DataConfig(kind="synthetic", size=16, frames=5, length=8)
+
+
+def _architecture(name: str, **over) -> dict:
+    return {**_yaml(name)["architecture"], **over}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"model": "token-ar", "architecture": _architecture("tiny-ar.yaml", num_heads=0)}, "num_heads must be an integer >= 1; got 0"),
+        ({"model": "token-ar", "architecture": _architecture("tiny-ar.yaml", num_kv_heads=0)}, "num_kv_heads must be an integer >= 1; got 0"),
+        ({"model": "token-ar", "architecture": {k: v for k, v in _architecture("tiny-ar.yaml").items() if k != "dim"}},
+         r"the architecture of a token-ar needs the field\(s\) \['dim'\]"),
+        ({"model": "vq-tokenizer", "architecture": _architecture("tiny-vq.yaml", codebook_size="1024")}, "codebook_size must be an integer >= 2; got '1024'"),
+        ({"model": "vq-tokenizer", "architecture": _architecture("tiny-vq.yaml", dim_mult=4)}, "dim_mult must be a list of integers >= 1; got 4"),
+        ({"model": "wan-transformer", "architecture": _architecture("tiny-transformer.yaml", patch_size=2)}, "bad architecture for wan-transformer"),
+        ({"model": "wan-vae", "architecture": _architecture("tiny-vae.yaml", dim_mult=4)}, "bad architecture for wan-vae"),
+        ({"model": "wan-vae", "architecture": [8, 4]}, "architecture must be a mapping of WanVAEConfig fields"),
+    ],
+)
+def test_bad_architecture_values_are_one_line_errors(config, message, tmp_path):
+    raw = {**_yaml({"token-ar": "tiny-ar.yaml", "vq-tokenizer": "tiny-vq.yaml", "wan-transformer": "tiny-transformer.yaml", "wan-vae": "tiny-vae.yaml"}[config["model"]]),
+           "out_dir": str(tmp_path), **config}
+    with pytest.raises(KinemaError, match=message) as e:
+        load_config(raw)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("freeze", ["encoder", None, [["encoder"]], [""], ["encoder", 1], {"encoder": True}])
+def test_freeze_must_be_a_list_of_prefixes(freeze, tmp_path):
+    with pytest.raises(KinemaError, match="^freeze must be a list of parameter-name prefixes such as") as e:
+        load_config(vae_config(tmp_path, freeze=freeze))
+    assert "\n" not in str(e.value)
+    assert load_config(vae_config(tmp_path, freeze=("encoder",))).freeze == ["encoder"]
+
+
+def test_freezing_every_parameter_is_refused(tmp_path):
+    from kinema.training.loop import build_model
+
+    for cfg in (vae_config(tmp_path / "v", steps=1), vq_config(tmp_path / "q", steps=1)):
+        tops = sorted({n.split(".")[0] for n, _ in build_model(load_config(cfg)).named_parameters()})
+        with pytest.raises(KinemaError, match=r"^freeze: \[.*\] leaves no parameter to train .*freeze fewer modules$"):
+            train({**cfg, "freeze": tops}, progress=False)
+        assert not (Path(cfg["out_dir"]) / "checkpoints").exists()
+
+
+def test_one_registry_of_training_kinds(tmp_path):
+    """Every kind's facts are one row of the registry; the config, the loop and the CLI follow it."""
+    import argparse
+
+    from kinema.cli import build_parser
+    from kinema.training.loop import TRAINING_KINDS
+
+    files = {"wan-vae": "tiny-vae.yaml", "wan-transformer": "tiny-transformer.yaml", "vq-tokenizer": "tiny-vq.yaml", "token-ar": "tiny-ar.yaml"}
+    assert list(TRAINING_KINDS) == list(files)
+    for name, kind in TRAINING_KINDS.items():
+        config = load_config({**_yaml(files[name]), "out_dir": str(tmp_path)})
+        assert config.model == name and type(config.model_config()) is kind.config_class()
+        assert (kind.codec is not None) == kind.text  # today the kinds that read a codec are the captioned ones
+    with pytest.raises(KinemaError, match=r"model must be one of \['wan-vae', 'wan-transformer', 'vq-tokenizer', 'token-ar'\]"):
+        load_config({**_yaml("tiny-vae.yaml"), "model": "wan-vq", "out_dir": str(tmp_path)})
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train_help = next(c.help for c in sub._choices_actions if c.dest == "train")
+    assert all(name in train_help for name in TRAINING_KINDS), train_help
 
 
 def test_main_runs_a_config_file(tmp_path, capsys):
@@ -468,6 +574,21 @@ def test_vq_tokenizer_run_logs_codebook_use_and_exports(tmp_path):
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     with torch.no_grad():
         assert model.decode_tokens(model.encode_tokens(video)).shape == video.shape
+
+
+def test_vq_objective_collects_the_assignments_of_one_step(tmp_path):
+    """The codebook moves once per optimiser step on the assignments of all its micro-batches,
+    which the objective holds until then (the quantiser itself keeps none)."""
+    from kinema.training.loop import _trainable
+
+    config = load_config(vq_config(tmp_path, batch_size=1, grad_accum=2))
+    model, objective, dataset = _trainable(config, tmp_path)
+    accumulate_gradients(model, objective, dataset, config, step=0)
+    assert len(objective.assignments) == 2 and not bool(model.quantizer.initialized)
+    assert [k for k, v in vars(model.quantizer).items() if isinstance(v, list) and v] == []
+    stats = objective.after_step(model, 0)
+    assert objective.assignments == [] and bool(model.quantizer.initialized)  # k-means++ from both micro-batches
+    assert 0 < stats["codes_used"] <= 1 and objective.after_step(model, 1) == {}
 
 
 def test_vq_tokenizer_starts_from_a_wan_vae(tiny_vae, tmp_path):

@@ -32,6 +32,19 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, KinemaError
+from ..configs import (
+    NON_NEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    UNIT_BELOW_ONE,
+    bool_tuple,
+    check_bools,
+    check_ints,
+    check_numbers,
+    config_from_dict,
+    config_to_dict,
+    int_tuple,
+)
 from ..vq import VectorQuantizer
 from .causal import CausalCache, CausalConv3d
 from .wan_vae import Decoder3d, Encoder3d, WanCodecProperties, WanVAEConfig, _check_video, _time_chunks
@@ -64,15 +77,15 @@ class VQVideoConfig:
     restart_after: int = 100  # re-seed a code unused for this many optimiser steps (0: never)
 
     def __post_init__(self) -> None:
-        self.dim_mult = tuple(int(m) for m in self.dim_mult)
-        self.temporal_downsample = tuple(bool(t) for t in self.temporal_downsample)
+        owner = "VQ tokenizer"
+        self.dim_mult = int_tuple(owner, "dim_mult", self.dim_mult)
+        self.temporal_downsample = bool_tuple(owner, "temporal_downsample", self.temporal_downsample)
+        check_ints(owner, self, ("base_dim", "z_dim", "num_res_blocks", "in_channels", "out_channels", "codebook_dim"))
+        check_ints(owner, self, ("codebook_size",), minimum=2)
+        check_ints(owner, self, ("restart_after",), minimum=0)  # 0 disables restarts
+        check_numbers(owner, self, {"dropout": UNIT_BELOW_ONE, "beta": NON_NEGATIVE, "codebook_decay": OPEN_UNIT, "codebook_eps": POSITIVE})
+        check_bools(owner, self, ("codebook_ema",))
         _ = self.autoencoder  # checks the Wan fields (one temporal_downsample flag per downsampling stage)
-        if self.codebook_size < 2 or self.codebook_dim < 1:
-            raise KinemaError(f"codebook_size must be >= 2 and codebook_dim >= 1; got {self.codebook_size} and {self.codebook_dim}")
-        if not 0.0 < self.codebook_decay < 1.0:
-            raise KinemaError(f"codebook_decay must be in (0, 1); got {self.codebook_decay}")
-        if self.restart_after < 0:
-            raise KinemaError(f"restart_after must be >= 0 (0 disables restarts); got {self.restart_after}")
 
     @property
     def autoencoder(self) -> WanVAEConfig:
@@ -97,20 +110,12 @@ class VQVideoConfig:
     # -- config.json ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """``config.json`` content: ``_class_name`` and every field (tuples as lists)."""
-        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return {"_class_name": CLASS_NAME, **fields}
+        return config_to_dict(self, CLASS_NAME)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "VQVideoConfig":
-        """From :meth:`to_dict`'s form; another class or an unknown field raises CheckpointError."""
-        name = config.get("_class_name", CLASS_NAME)
-        if name != CLASS_NAME:
-            raise CheckpointError(f"expected a {CLASS_NAME} config; got _class_name {name!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-        if unknown:
-            raise CheckpointError(f"unknown {CLASS_NAME} config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+        """From :meth:`to_dict`'s form; another class, an unknown field or a bad value raise CheckpointError."""
+        return config_from_dict(cls, config, CLASS_NAME)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,9 +215,10 @@ class VQVideoTokenizer(WanCodecProperties, nn.Module):
         """Reconstruct video (B, 3, F, H, W) through the codebook.
 
         Returns:
-            the reconstruction (B, 3, F, H, W) in [-1, 1], and the quantiser's scalars
+            the reconstruction (B, 3, F, H, W) in [-1, 1], and the quantiser's info
             (:meth:`VectorQuantizer.forward`: ``loss`` to add to the training loss,
-            ``commitment``, ``codebook``, ``perplexity``, ``usage``) plus ``tokens`` (B, F', h, w).
+            ``commitment``, ``codebook``, ``perplexity``, ``usage``, and ``assignments`` for
+            :meth:`VectorQuantizer.update_codebook`) plus ``tokens`` (B, F', h, w).
         """
         z_q, tokens, info = self.quantizer(self.encode_features(video))  # (B, D, F', h, w), (B, F', h, w)
         return self.decode_features(z_q), {**info, "tokens": tokens}
