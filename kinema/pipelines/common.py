@@ -148,12 +148,19 @@ class VideoPipeline:
 
     # -- facts derived from the components ---------------------------------------------------------
     @property
+    def codec(self):
+        """The video codec (a VAE here; a subclass with another codec, e.g. a VQ tokenizer, overrides this)."""
+        return self.vae
+
+    @property
     def vae_scale_factor_temporal(self) -> int:
-        return self.vae.temporal_compression
+        """Pixel frames per latent (or token) frame after the first: diffusers' name for the codec's time stride."""
+        return self.codec.temporal_compression
 
     @property
     def vae_scale_factor_spatial(self) -> int:
-        return self.vae.spatial_compression
+        """Pixels per latent (or token) along height and width."""
+        return self.codec.spatial_compression
 
     @property
     def fps(self) -> float:

@@ -106,14 +106,8 @@ class TokenARPipeline(VideoPipeline):
 
     # -- facts derived from the components ---------------------------------------------------------
     @property
-    def vae_scale_factor_temporal(self) -> int:
-        """Pixel frames per token grid after the first (diffusers' name for the codec's time stride)."""
-        return self.tokenizer.temporal_compression
-
-    @property
-    def vae_scale_factor_spatial(self) -> int:
-        """Pixels per token along height and width."""
-        return self.tokenizer.spatial_compression
+    def codec(self) -> VQVideoTokenizer:
+        return self.tokenizer
 
     @property
     def frame_size(self) -> tuple[int, int]:
