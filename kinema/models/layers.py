@@ -59,6 +59,17 @@ def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Feed-forwards
 # ------------------------------------------------------------------------------------------------
+def randn_parameter(*shape: int, divide_by: float) -> nn.Parameter:
+    """A parameter of standard-normal values divided by ``divide_by``: ``torch.randn(*shape) / divide_by``.
+
+    On the meta device (models built before their weights load) no arithmetic runs: an op on a
+    meta tensor goes through torch's Python references, whose first use imports torch._dynamo,
+    about 0.9 s of every model load. On a real device the values are bit-for-bit that quotient.
+    """
+    x = torch.randn(*shape)
+    return nn.Parameter(x if x.is_meta else x / divide_by)
+
+
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: nn.Module) -> nn.Sequential:
     """``Linear -> activation -> Linear`` as a Sequential, so the linears are named ``0`` and ``2``."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), activation, nn.Linear(hidden_dim, out_dim))

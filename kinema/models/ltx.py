@@ -33,7 +33,7 @@ from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors,
 from ..checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from ..errors import CheckpointError, KinemaError
 from .attention import attention
-from .layers import RMSNorm, layer_norm_fp32, mlp, modulate, rms_norm_fp32, timestep_embedding
+from .layers import RMSNorm, layer_norm_fp32, mlp, modulate, randn_parameter, rms_norm_fp32, timestep_embedding
 from .rope import apply_rope
 
 ROPE_THETA = 10000.0  # RoPE base (original ``positional_embedding_theta``; fixed in diffusers)
@@ -392,7 +392,7 @@ class LTXHead(nn.Module):
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
         self.head = nn.Linear(dim, out_dim)
-        self.modulation = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.modulation = randn_parameter(2, dim, divide_by=dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x (B, S, dim) float32, e (B, T, dim) float32 with T = 1 or S -> (B, S, out_dim)."""

@@ -29,7 +29,7 @@ from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors,
 from ..checkpoints.wan_transformer_keys import DIFFUSERS_IGNORED_KEYS, DIFFUSERS_KEYS, ORIGINAL_KEYS
 from ..errors import CheckpointError, KinemaError
 from .attention import attention
-from .layers import FP32LayerNorm, RMSNorm, layer_norm_fp32, mlp, modulate, timestep_embedding
+from .layers import FP32LayerNorm, RMSNorm, layer_norm_fp32, mlp, modulate, randn_parameter, timestep_embedding
 from .rope import apply_rope, rope_3d, wan_rope_dims
 
 ROPE_THETA = 10000.0  # RoPE base of Wan 2.1 (original ``rope_params``)
@@ -352,7 +352,7 @@ class WanBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
         self.cross_attn = WanCrossAttention(dim, config.num_heads, config.qk_norm, eps, image=config.image_dim is not None)
         self.ffn = mlp(dim, config.ffn_dim, dim, nn.GELU(approximate="tanh"))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)  # per-block offsets of the shared time modulation
+        self.modulation = randn_parameter(1, 6, dim, divide_by=dim**0.5)  # per-block offsets of the shared time modulation
 
     def forward(
         self,
@@ -380,7 +380,7 @@ class WanHead(nn.Module):
         super().__init__()
         self.eps = eps
         self.head = nn.Linear(dim, out_features)
-        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.modulation = randn_parameter(1, 2, dim, divide_by=dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x (B, S, dim) float32, e (B, dim) float32 -> (B, S, out_features)."""

@@ -45,7 +45,7 @@ from torch import nn
 
 from ...errors import CheckpointError, KinemaError
 from ...runtime import cap_heap_growth
-from ..layers import mlp, timestep_embedding
+from ..layers import mlp, randn_parameter, timestep_embedding
 from .causal import CausalCache, conv3d
 from .wan_vae import LOGVAR_MAX, LOGVAR_MIN, WanPosterior, _check_video
 
@@ -580,7 +580,7 @@ class ResnetBlock3D(nn.Module):
         self.per_channel_scale2 = nn.Parameter(torch.zeros(in_channels, 1, 1)) if inject_noise else None
         self.scale_shift_table = None  # shift1, scale1, shift2, scale2 offsets of the timestep modulation
         if timestep_conditioning:
-            self.scale_shift_table = nn.Parameter(torch.randn(4, in_channels) / in_channels**0.5)
+            self.scale_shift_table = randn_parameter(4, in_channels, divide_by=in_channels**0.5)
         self.lag = self.conv1.lag + self.conv2.lag
 
     def forward(self, x: torch.Tensor, cache: CausalCache, end: bool, cond: "Conditioning | None" = None) -> torch.Tensor:
@@ -753,7 +753,7 @@ class Decoder(nn.Module):
         self.conv_out = LTXConv3d(c, config.out_channels * config.patch_size**2, 3, causal=causal)
         self.timestep_scale_multiplier = nn.Parameter(torch.tensor(TIMESTEP_SCALE)) if tc else None
         self.last_time_embedder = mlp(TIME_PROJ_DIM, 2 * c, 2 * c, nn.SiLU()) if tc else None
-        self.last_scale_shift_table = nn.Parameter(torch.randn(2, c) / c**0.5) if tc else None
+        self.last_scale_shift_table = randn_parameter(2, c, divide_by=c**0.5) if tc else None
 
     def steps(self) -> list[DecoderStep]:
         """The decoder as a chain of streaming steps: conv_in, each residual block and upsampler, the head."""
