@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--clips", help="judge the clips of this folder (video files + prompts.jsonl)")
     src.add_argument("--model", help="generate the prompt set with this model (a directory or a shipped model's name) into --out, then judge it")
     src.add_argument("--reference", action="store_true", help="render ground-truth clips into --out, then judge them")
+    src.add_argument(
+        "--reconstruct", metavar="MODEL",
+        help="render ground-truth clips, pass them through MODEL's VAE or tokenizer (encode, decode) into --out, then "
+             "judge them: the most MODEL's generations can score",
+    )  # fmt: skip
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
     e.add_argument("--style", choices=("canonical", "reworded"), default="canonical", help="prompt wording")
@@ -277,7 +282,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.cli_eval import generate_set, render_reference_set, run_eval
+    from .evaluation.cli_eval import generate_set, reconstruct_reference_set, render_reference_set, run_eval
 
     if args.limit is not None and args.limit < 1:
         raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
@@ -288,6 +293,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
         clips = render_reference_set(
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
+        )
+    elif args.reconstruct:
+        pipe, _, _ = _load_checked(args.reconstruct, args.size, args.size, args.frames, args, device=args.device)
+        clips = reconstruct_reference_set(
+            pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.model:
         if args.steps is not None and args.steps < 1:

@@ -80,15 +80,49 @@ def render_reference_set(
     Clip i uses ``np.random.default_rng([seed, i])`` for its size and path. ``limit`` keeps only the
     first prompts (for quick checks). Returns ``out_dir``; :func:`run_eval` on it should score 100%.
     """
+    return _write_reference_set(out_dir, _prompt_list(split, style, limit, per_prompt), size, frames, seed, fps, through=None)
+
+
+def reconstruct_reference_set(
+    pipe,
+    out_dir: str | Path,
+    split: str = "all",
+    size: int = DEFAULT_SIZE,
+    frames: int = DEFAULT_FRAMES,
+    seed: int = 0,
+    *,
+    style: str = "canonical",
+    limit: int | None = None,
+    per_prompt: int = 1,
+    batch_size: int = 8,
+) -> Path:
+    """:func:`render_reference_set`'s clips after a round trip through ``pipe``'s codec.
+
+    Each ground-truth clip is encoded and decoded by the model's VAE or tokenizer
+    (``pipe.reconstruct``), so :func:`run_eval` on the folder scores what the decoder keeps of
+    real clips: the ceiling of that model's generations on the judge.
+    """
     prompts = _prompt_list(split, style, limit, per_prompt)
+    return _write_reference_set(out_dir, prompts, size, frames, seed, pipe.fps, through=pipe, batch_size=batch_size)
+
+
+def _write_reference_set(
+    out_dir: str | Path, prompts: list[tuple], size: int, frames: int, seed: int, fps: float, *, through, batch_size: int = 8
+) -> Path:
+    """Clip i rendered with ``np.random.default_rng([seed, i])``, passed through ``through.reconstruct``
+    (batches of ``batch_size``) unless it is None, and written with ``prompts.jsonl``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, (colour, shape, motion, prompt) in enumerate(prompts):
-        spec = sample_spec(colour, shape, motion, np.random.default_rng([seed, i]))
-        name = f"clip_{i:03d}.mp4"
-        write_video(render_clip(spec, size, frames), out_dir / name, fps)
-        lines.append({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt})
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        clips = [render_clip(sample_spec(*p[:3], np.random.default_rng([seed, start + j])), size, frames) for j, p in enumerate(chunk)]
+        if through is not None:
+            clips = list(through.reconstruct(np.stack(clips)))  # (B, F, H, W, 3) uint8
+        for j, ((colour, shape, motion, prompt), clip) in enumerate(zip(chunk, clips)):
+            name = f"clip_{start + j:03d}.mp4"
+            write_video(clip, out_dir / name, fps)
+            lines.append({"file": name, "colour": colour, "shape": shape, "motion": motion, "prompt": prompt})
     _write_prompts(out_dir, lines)
     return out_dir
 

@@ -259,6 +259,23 @@ class VideoPipeline:
             mask = mask.to(self.device)
         return PromptStates(states, mask)
 
+    @torch.no_grad()
+    def reconstruct(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Clips through the model's codec and back: uint8 frames (B, F, H, W, 3) -> the same.
+
+        What the decoder gives back of a real clip, encoded and decoded with no sampling: the
+        most a generation can be worth on the shapes judge (``kinema eval --reconstruct``).
+        Needs the pipeline's ``codec_roundtrip``: (B, 3, F, H, W) in [-1, 1] -> the same.
+        """
+        roundtrip = getattr(self, "codec_roundtrip", None)
+        if roundtrip is None:
+            raise KinemaError(f"{type(self).__name__} cannot reconstruct clips; wan-t2v and token-ar models can")
+        video = _unit_range(frames, "frames")  # (B, F, H, W, 3) in [0, 1]
+        if video.dim() != 5 or video.shape[-1] != 3:
+            raise KinemaError(f"frames must be (B, F, H, W, 3); got shape {tuple(video.shape)}")
+        video = (video.permute(0, 4, 1, 2, 3) * 2 - 1).to(self.device, self.codec.dtype)  # (B, 3, F, H, W)
+        return to_uint8(roundtrip(video)).cpu().numpy()
+
     def finish(
         self,
         latents: torch.Tensor,

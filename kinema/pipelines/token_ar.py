@@ -259,6 +259,10 @@ class TokenARPipeline(VideoPipeline):
         timings["tokens"] = time.perf_counter() - t0
         return self.finish(tokens, output_type, timings, lambda: self.decode_tokens(tokens))
 
+    def codec_roundtrip(self, video: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> tokens -> video, float32."""
+        return self.decode_tokens(self.tokenizer.encode_tokens(video))
+
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, F', h, w) -> video (B, 3, F, H, W) float32 in [-1, 1]."""
         return self.tokenizer.decode_tokens(tokens).float()

@@ -200,6 +200,10 @@ class WanPipeline(VideoPipeline):
 
         return sample(velocity, latents, sigmas, sampler, callback=on_step, progress=self.progress)
 
+    def codec_roundtrip(self, video: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> encoded (the posterior's mean) and decoded, float32."""
+        return self.vae.decode(self.vae.encode(video).mean).float()
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""
         z = self.vae.denormalize_latents(latents.float())  # float32 math; the VAE casts to its dtype
