@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--reconstruct", metavar="MODEL",
         help="render ground-truth clips, pass them through MODEL's VAE or tokenizer (encode, decode) into --out, then "
-             "judge them: the most MODEL's generations can score",
+             "judge them: how much of a real clip the codec keeps, apart from the transformer",
     )  # fmt: skip
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")

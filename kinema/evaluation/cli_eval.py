@@ -100,7 +100,8 @@ def reconstruct_reference_set(
 
     Each ground-truth clip is encoded and decoded by the model's VAE or tokenizer
     (``pipe.reconstruct``), so :func:`run_eval` on the folder scores what the decoder keeps of
-    real clips: the ceiling of that model's generations on the judge.
+    real clips, apart from the transformer. (Not a bound on generations: a transformer can learn to
+    make latents that decode more crisply than those the encoder makes of real clips.)
     """
     prompts = _prompt_list(split, style, limit, per_prompt)
     return _write_reference_set(out_dir, prompts, size, frames, seed, pipe.fps, through=pipe, batch_size=batch_size)

@@ -263,8 +263,8 @@ class VideoPipeline:
     def reconstruct(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """Clips through the model's codec and back: uint8 frames (B, F, H, W, 3) -> the same.
 
-        What the decoder gives back of a real clip, encoded and decoded with no sampling: the
-        most a generation can be worth on the shapes judge (``kinema eval --reconstruct``).
+        What the codec keeps of a real clip, encoded and decoded with no sampling: a measure of the
+        VAE or tokenizer apart from the transformer (``kinema eval --reconstruct``).
         Needs the pipeline's ``codec_roundtrip``: (B, 3, F, H, W) in [-1, 1] -> the same.
         """
         roundtrip = getattr(self, "codec_roundtrip", None)
