@@ -1,8 +1,11 @@
-"""A transformers encoder and its tokenizer as a kinema text encoder: token states, zero-padded.
+"""An encoder and its tokenizer as a kinema text encoder: token states, zero-padded.
 
 Every text encoder of kinema (UMT5 for Wan, the small sentence encoder of the shapes-world models)
 is one of these: prompts -> (batch, max_length, dim) token states with zeros past each prompt's
-last token. Files are read from local directories only; nothing is downloaded.
+last token. The padding conventions live here once; the tokenizer and the model are called
+through :meth:`TokenStateEncoder.tokenize` and :meth:`TokenStateEncoder.states`, which follow
+transformers here and kinema's own BERT in :mod:`kinema.text.bert`. Files are read from local
+directories only; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ def clean_prompt(text: str) -> str:
 
 
 class TokenStateEncoder:
-    """An encoder-only transformers model and its tokenizer, returning zero-padded token states.
+    """An encoder-only model and its tokenizer, returning zero-padded token states.
+
+    :meth:`tokenize` and :meth:`states` call a transformers tokenizer and model; subclasses that
+    run other code (:class:`kinema.text.bert.BertTextEncoder`) override those two and share the rest.
 
     Args:
-        model: a transformers encoder (``UMT5EncoderModel``, ``BertModel``, ...).
+        model: the encoder (``UMT5EncoderModel``, ``BertModel``, ...); ``model.config.hidden_size``
+            is the width of the states.
         tokenizer: its tokenizer.
         max_length: positions per prompt in the output (longer prompts are truncated).
     """
@@ -59,6 +66,27 @@ class TokenStateEncoder:
         model = _hf_call(AutoModel.from_pretrained, directory, what="text encoder", dtype=dtype or torch.float32, use_safetensors=True)
         return cls(model.to(device or "cpu"), load_tokenizer(directory), max_length)
 
+    # -- the tokenizer and the model -----------------------------------------------------------
+    def tokenize(self, prompts: list[str], *, padding: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, (B, L) long each, with the special tokens, truncated to
+        ``max_length`` and right-padded to the longest prompt (``padding="longest"``) or to
+        ``max_length`` (``padding="max_length"``)."""
+        tokens = self.tokenizer(
+            prompts,
+            padding=padding,
+            max_length=max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return tokens.input_ids, tokens.attention_mask
+
+    def states(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The last hidden states (B, L, dim) of ids (B, L); a mask (B, L) hides the padded keys,
+        None attends to every position."""
+        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+
     # -- encoding ------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -70,24 +98,14 @@ class TokenStateEncoder:
         the states of real tokens do not depend on how much padding follows) and the result is
         zero-padded to ``max_length`` (Wan's convention, and diffusers').
         """
-        tokens = self.tokenizer(
-            [clean_prompt(p) for p in prompts],
-            padding="longest",
-            max_length=self.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
+        ids, mask = self.tokenize([clean_prompt(p) for p in prompts], padding="longest", max_length=self.max_length)
         model_device = next(self.model.parameters()).device
-        ids = tokens.input_ids.to(model_device)  # (B, L)
-        mask = tokens.attention_mask.to(model_device)  # (B, L)
-        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, dim)
+        ids, mask = ids.to(model_device), mask.to(model_device)  # (B, L) each
+        states = self.states(ids, mask)  # (B, L, dim)
         states = states * mask.unsqueeze(-1).to(states.dtype)  # zero the padding positions
         out = states.new_zeros(states.shape[0], self.max_length, states.shape[2])  # (B, max_length, dim)
         out[:, : states.shape[1]] = states
         return out.to(device=device or out.device, dtype=dtype or out.dtype)
-
 
     @torch.no_grad()
     def encode_padded(
@@ -111,19 +129,10 @@ class TokenStateEncoder:
         max_length = self.max_length if max_length is None else max_length
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise KinemaError(f"max_sequence_length must be a positive integer; got {max_length!r}")
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
+        ids, mask = self.tokenize(list(prompts), padding="max_length", max_length=max_length)  # (B, L) each
         model_device = next(self.model.parameters()).device
-        states = self.model(input_ids=tokens.input_ids.to(model_device)).last_hidden_state  # (B, L, dim)
-        mask = tokens.attention_mask.bool()  # (B, L)
-        return states.to(device=device or states.device, dtype=dtype or states.dtype), mask.to(device or states.device)
+        states = self.states(ids.to(model_device), None)  # (B, L, dim)
+        return states.to(device=device or states.device, dtype=dtype or states.dtype), mask.bool().to(device or states.device)
 
 
 def load_tokenizer(tokenizer_dir: str | os.PathLike):

