@@ -70,6 +70,13 @@ def randn_parameter(*shape: int, divide_by: float) -> nn.Parameter:
     return nn.Parameter(x if x.is_meta else x / divide_by)
 
 
+def zero_embedding(num: int, dim: int) -> nn.Embedding:
+    """An embedding table of zeros, for models whose weights come from a checkpoint or an
+    ``init_weights``: ``nn.Embedding``'s own ``normal_`` init would, on the meta device, import
+    torch._dynamo (see :func:`randn_parameter`)."""
+    return nn.Embedding.from_pretrained(torch.zeros(num, dim), freeze=False)
+
+
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: nn.Module) -> nn.Sequential:
     """``Linear -> activation -> Linear`` as a Sequential, so the linears are named ``0`` and ``2``."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), activation, nn.Linear(hidden_dim, out_dim))

@@ -25,6 +25,7 @@ from torch import nn
 from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, read_json
 from ..errors import CheckpointError, KinemaError
 from ..models.attention import attention
+from ..models.layers import zero_embedding
 from .encoder import TokenStateEncoder
 
 WEIGHTS_STEM = "model"  # model.safetensors, or shards named by model.safetensors.index.json
@@ -73,20 +74,14 @@ class BertConfig:
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
-def _embedding(num: int, dim: int) -> nn.Embedding:
-    """An embedding table left uninitialised, as its weights come from the checkpoint: the usual
-    ``normal_`` init on the meta device would import torch._dynamo (see ``randn_parameter``)."""
-    return nn.Embedding.from_pretrained(torch.empty(num, dim))
-
-
 class BertEmbeddings(nn.Module):
     """Word + absolute position + token type 0 embeddings, then LayerNorm."""
 
     def __init__(self, c: BertConfig):
         super().__init__()
-        self.word_embeddings = _embedding(c.vocab_size, c.hidden_size)
-        self.position_embeddings = _embedding(c.max_position_embeddings, c.hidden_size)
-        self.token_type_embeddings = _embedding(c.type_vocab_size, c.hidden_size)
+        self.word_embeddings = zero_embedding(c.vocab_size, c.hidden_size)
+        self.position_embeddings = zero_embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = zero_embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
