@@ -1,0 +1,79 @@
+"""The shapes model shipped inside the package: no download, a video in seconds, prompts followed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import kinema
+from kinema.cli import main
+from kinema.evaluation.judge import judge_clip
+from kinema.pipelines.loading import DEFAULT_MODEL, shipped_model_path
+from kinema.video import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_BYTES = 50 * 1024 * 1024  # the issue's limit for the shipped weights
+
+
+def test_shipped_model_is_small_and_complete():
+    root = shipped_model_path(DEFAULT_MODEL)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == [
+        "kinema.json",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    assert sum((root / f).stat().st_size for f in files) <= MAX_BYTES
+    card = json.loads((root / "kinema.json").read_text())
+    assert card["defaults"]["num_frames"] == 33 and card["defaults"]["height"] >= 64
+    assert card["defaults"]["num_inference_steps"] <= 20
+
+
+def test_quickstart_command_writes_a_video_that_follows_its_prompt(tmp_path):
+    """The README Quickstart's generate command, as written there, run in a fresh process."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    first = re.findall(r"```bash\n(.*?)\n```", quickstart, flags=re.S)[0]
+    command = shlex.split(first.split("&&")[-1])
+    assert command[:2] == ["kinema", "generate"] and "--model" not in command
+    exe = [shutil.which("kinema")] if shutil.which("kinema") else [sys.executable, "-m", "kinema.cli"]
+    res = subprocess.run([*exe, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    written = [p for p in tmp_path.iterdir() if p.suffix == ".mp4"]
+    assert len(written) == 1
+    frames, fps = read_video(written[0])
+    assert frames.shape == (33, 64, 64, 3) and fps == 16
+    prompt = command[2]
+    colour, shape, motion = re.fullmatch(r"an? (\w+) (\w+) moving (\w+)", prompt).groups()
+    assert all(judge_clip(frames).matches(colour, shape, motion).values()), judge_clip(frames).to_dict()
+
+
+def test_default_model_is_deterministic_and_named(tmp_path, capsys):
+    pipe = kinema.load_pipeline("shapes", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    a = pipe("a blue square moving up", seed=3, num_inference_steps=4)
+    b = pipe("a blue square moving up", seed=3, num_inference_steps=4)
+    assert np.array_equal(a.frames, b.frames)
+    assert main(["info", "shapes"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "kinema" and info["name"] == "shapes"
+
+
+def test_loading_the_default_model_imports_neither_transformers_nor_dynamo():
+    """Each costs seconds of the Quickstart's start (benchmarks/quickstart_speed.py)."""
+    code = (
+        "import sys, kinema; kinema.load_pipeline('shapes', device='cpu')\n"
+        "print(sorted(m for m in ('transformers', 'torch._dynamo') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
