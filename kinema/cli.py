@@ -295,6 +295,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.reconstruct:
+        from .pipelines.loading import PIPELINES, resolve_model
+
+        pipeline = resolve_model(args.reconstruct).pipeline
+        if not hasattr(PIPELINES[pipeline].cls, "codec_roundtrip"):  # before minutes of loading
+            raise KinemaError(f"--reconstruct needs a wan-t2v or token-ar model; {args.reconstruct} is a {pipeline} model")
         pipe, _, _ = _load_checked(args.reconstruct, args.size, args.size, args.frames, args, device=args.device)
         clips = reconstruct_reference_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt

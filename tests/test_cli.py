@@ -224,6 +224,11 @@ def test_eval_reconstructs_reference_clips_through_a_models_codec(model_dir, ar_
     assert np.array_equal(ar.reconstruct(clip), to_uint8(ar.tokenizer.decode_tokens(ar.tokenizer.encode_tokens(x))).numpy())
     assert main(["eval", "--reconstruct", str(model_dir), "--out", str(tmp_path / "x"), "--frames", "8"]) == 2  # size rules checked
     assert "error: " in capsys.readouterr().err
+    from tests.helpers import save_diffusers_ltx_pipeline
+
+    save_diffusers_ltx_pipeline(tmp_path / "ltx")
+    assert main(["eval", "--reconstruct", str(tmp_path / "ltx"), "--out", str(tmp_path / "y")]) == 2
+    assert "--reconstruct needs a wan-t2v or token-ar model" in capsys.readouterr().err
 
 
 def test_eval_bad_input(tmp_path, capsys):
