@@ -57,7 +57,7 @@ def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# Feed-forwards
+# Parameters that are cheap to build on the meta device
 # ------------------------------------------------------------------------------------------------
 def randn_parameter(*shape: int, divide_by: float) -> nn.Parameter:
     """A parameter of standard-normal values divided by ``divide_by``: ``torch.randn(*shape) / divide_by``.
@@ -77,6 +77,9 @@ def zero_embedding(num: int, dim: int) -> nn.Embedding:
     return nn.Embedding.from_pretrained(torch.zeros(num, dim), freeze=False)
 
 
+# ------------------------------------------------------------------------------------------------
+# Feed-forwards
+# ------------------------------------------------------------------------------------------------
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: nn.Module) -> nn.Sequential:
     """``Linear -> activation -> Linear`` as a Sequential, so the linears are named ``0`` and ``2``."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), activation, nn.Linear(hidden_dim, out_dim))
