@@ -48,6 +48,7 @@ class OptimConfig:
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     eps: float = 1e-8  # AdamW epsilon
     warmup_steps: int = 0  # linear warm-up from 0 to lr over this many optimiser steps, then constant
+    decay_steps: int = 0  # linear decay from lr to 0 over the last decay_steps of `steps` (warmup-stable-decay); 0: constant to the end
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
 
 
@@ -118,18 +119,25 @@ def training_kinds() -> Mapping[str, "TrainingKind"]:
     return TRAINING_KINDS
 
 
-# Fields that do not change the trained weights: a resumed run may change them.
+# Fields left out of the hash: a resumed run may change them. out_dir, threads and checkpoint_every
+# do not change the weights; steps and optim.decay_steps place the learning-rate decay, which
+# check_resumable compares against the schedule the checkpoint recorded (a stable-phase checkpoint
+# may take on a decay; one already inside its decay must keep it).
 _RUN_ONLY_FIELDS = ("out_dir", "steps", "threads", "checkpoint_every")
+_RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # Fields added after runs already existed: hashed only when set, so that a checkpoint written
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
 
 
 def config_hash(config: TrainConfig) -> str:
-    """A short hash of everything that determines the weights (not out_dir, steps, threads, checkpoint_every)."""
+    """A short hash of everything that determines the weights but the learning-rate schedule's
+    placement (not out_dir, steps, threads, checkpoint_every, optim.decay_steps)."""
     d = dataclasses.asdict(config)
     for k in _RUN_ONLY_FIELDS:
         d.pop(k)
+    for k in _RUN_ONLY_OPTIM_FIELDS:
+        d["optim"].pop(k)
     defaults = TrainConfig(model=config.model, architecture={}, out_dir="")
     for k in _HASHED_WHEN_SET:
         if d[k] == getattr(defaults, k):
@@ -205,6 +213,7 @@ def _check(c: TrainConfig) -> TrainConfig:
     need(c.objective.sigma_sampling in SIGMA_SAMPLINGS, f"objective.sigma_sampling must be one of {list(SIGMA_SAMPLINGS)}; got {c.objective.sigma_sampling!r}")
     need(c.batch_size >= 1 and c.grad_accum >= 1, f"batch_size and grad_accum must be >= 1; got {c.batch_size}, {c.grad_accum}")
     need(c.steps >= 0 and c.checkpoint_every >= 1, f"steps must be >= 0 and checkpoint_every >= 1; got {c.steps}, {c.checkpoint_every}")
+    need(0 <= c.optim.decay_steps <= c.steps, f"optim.decay_steps must be in [0, steps={c.steps}]; got {c.optim.decay_steps}")
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1); got {c.ema_decay}")
     need(0.0 <= c.caption_dropout <= 1.0, f"caption_dropout must be in [0, 1]; got {c.caption_dropout}")
     need(c.threads is None or c.threads >= 1, f"threads must be >= 1 (or left out); got {c.threads}")

@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -56,6 +57,7 @@ TOKEN_CACHE_FILE = "token_cache.safetensors"  # the token model's token cache, u
 CACHE_BATCH = 16  # clips encoded together when building the cache (one at a time is ~5x slower on a CPU)
 CODEC_SUFFIXES = (".safetensors", ".pth", ".safetensors.index.json")  # a codec directory's weights files (codec_identity)
 CODEC_KEY = "codec_sha256"  # trainer.json: the codec_identity of the frozen VAE or tokenizer (absent in older checkpoints)
+SCHEDULE_KEY = "lr_schedule"  # trainer.json: the run's {"steps", "decay_steps"} (absent in older checkpoints: no decay)
 METRICS_FILE = "metrics.jsonl"  # one line per optimiser step, under out_dir: "step", "loss", "lr", plus a vq-tokenizer's "perplexity", "codes_used", "codes_restarted" or a token-ar's "accuracy"
 
 
@@ -90,9 +92,20 @@ def step_indices(seed: int, step: int, batch_total: int, n: int) -> list[int]:
     return out
 
 
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant."""
-    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+def lr_at(step: int, lr: float, warmup_steps: int, steps: int = 0, decay_steps: int = 0) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warm-up, constant, then (when
+    ``decay_steps`` > 0) a linear decay over the last ``decay_steps`` of ``steps``, towards 0 at
+    step ``steps`` (warmup-stable-decay: the stable phase does not depend on where the decay falls,
+    so a stable-phase checkpoint can take on a decay)."""
+    scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if decay_steps > 0 and step >= steps - decay_steps:
+        scale = min(scale, (steps - step) / decay_steps)
+    return lr * scale
+
+
+def decay_start(steps: int, decay_steps: int) -> float:
+    """The first step of the learning-rate decay (infinity: none)."""
+    return steps - decay_steps if decay_steps > 0 else math.inf
 
 
 # ------------------------------------------------------------------------------------------------
@@ -535,11 +548,14 @@ def token_cache(path: Path, key: str, dataset, tokenizer) -> TokenCacheDataset:
 # ------------------------------------------------------------------------------------------------
 # Checkpoints and export
 # ------------------------------------------------------------------------------------------------
-def save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str, codec: str | None = None) -> Path:
+def save_checkpoint(
+    out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str, codec: str | None = None, schedule: dict | None = None
+) -> Path:
     """Write out_dir/checkpoints/step-XXXXXXX atomically (temp dir, then rename) and point ``latest`` at it.
 
     ``codec``: the :func:`codec_identity` of the frozen VAE or tokenizer the run trains on (None: none),
-    recorded in trainer.json as ``codec_sha256`` for :func:`check_resumable`."""
+    recorded in trainer.json as ``codec_sha256`` for :func:`check_resumable`; ``schedule``, the
+    run's ``{"steps", "decay_steps"}``, as ``lr_schedule``."""
     root = out_dir / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -550,6 +566,8 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: EMA | None,
         save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     info = {"step": step, "config_hash": chash, "time": time.time(), **({CODEC_KEY: codec} if codec is not None else {})}
+    if schedule is not None:
+        info[SCHEDULE_KEY] = schedule
     (tmp / "trainer.json").write_text(json.dumps(info, indent=1))
     if final.exists():  # the same step saved again (a resumed run that had already finished)
         shutil.rmtree(final)
@@ -661,13 +679,16 @@ def freeze_parameters(model: nn.Module, prefixes: list[str]) -> None:
 
 def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | None) -> None:
     """Raise KinemaError unless the checkpoint at ``path`` was written by this config (``chash``)
-    on the same frozen VAE or tokenizer (``codec``, its :func:`codec_identity`). Checkpoints written
-    before the codec was recorded resume without that check."""
+    on the same frozen VAE or tokenizer (``codec``, its :func:`codec_identity`), and the steps it
+    has done had the learning rates this config's schedule gives them: a checkpoint from before
+    any decay began may take on a decay (or move one that has not begun); one inside its decay
+    resumes only with the same ``steps`` and ``optim.decay_steps``. Checkpoints written before the
+    codec (the schedule) was recorded resume without that check (were trained without a decay)."""
     info = read_json(path / "trainer.json")
     if info.get("config_hash") != chash:
         raise KinemaError(
             f"{path} was written by a different training config (hash {info.get('config_hash')} vs {chash}); "
-            "resume with the same config (only steps, threads, checkpoint_every may change) or use a new out_dir"
+            "resume with the same config (only steps, threads, checkpoint_every, optim.decay_steps may change) or use a new out_dir"
         )
     saved = info.get(CODEC_KEY)
     if codec is not None and saved is not None and saved != codec:
@@ -675,6 +696,20 @@ def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | No
         raise KinemaError(
             f"the {kind.codec_noun} at {getattr(config, kind.codec)} changed since step {info.get('step')} was saved; "
             "use a new out_dir or restore it"
+        )
+    step = int(info.get("step", 0))
+    saved_schedule = info.get(SCHEDULE_KEY, {"steps": None, "decay_steps": 0})
+    old, new = decay_start(saved_schedule["steps"] or 0, saved_schedule["decay_steps"]), decay_start(config.steps, config.optim.decay_steps)
+    same = saved_schedule == {"steps": config.steps, "decay_steps": config.optim.decay_steps}
+    if not same and old < step:
+        raise KinemaError(
+            f"{path} is at step {step}, inside a learning-rate decay that began at step {old}; resume with steps "
+            f"{saved_schedule['steps']} and optim.decay_steps {saved_schedule['decay_steps']}, or from a checkpoint at or before step {old}"
+        )
+    if not same and new < step:
+        raise KinemaError(
+            f"{path} is at step {step} but the learning-rate decay would begin at step {new}, and the steps between were trained "
+            f"at the constant rate; resume from a checkpoint at or before step {new} (delete the later ones), or let the decay begin later"
         )
 
 
@@ -989,7 +1024,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
     t0, done = time.perf_counter(), 0
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, o.lr, o.warmup_steps)
+            group["lr"] = lr_at(step, o.lr, o.warmup_steps, config.steps, o.decay_steps)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             step_loss = accumulate_gradients(model, objective, dataset, config, step)
@@ -1006,7 +1041,7 @@ def train(config: str | os.PathLike | dict | TrainConfig, *, resume: bool = Fals
         shown = {k: f"{extra[k]:.2f}" for k in ("codes_used", "accuracy") if k in extra}
         bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}", **shown)
         if completed % config.checkpoint_every == 0 or completed == config.steps:
-            save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec)
+            save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec, {"steps": config.steps, "decay_steps": o.decay_steps})
             if completed == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

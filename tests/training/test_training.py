@@ -27,6 +27,7 @@ from kinema.training.loop import (
     FlowObjective,
     _truncate_metrics,
     accumulate_gradients,
+    lr_at,
     enable_grad_checkpointing,
     make_generator,
     step_indices,
@@ -149,6 +150,37 @@ def test_refuses_to_overwrite_and_checks_config_on_resume(tiny_vae, tmp_path):
     train({**cfg, "steps": 2}, resume=True, progress=False)  # steps may change
     assert (tmp_path / "r/checkpoints/latest").read_text() == "step-0000002"
     assert "codec_sha256" not in json.loads((tmp_path / "r/checkpoints/step-0000002/trainer.json").read_text())  # a VAE run reads no codec
+
+
+def test_lr_schedule_warms_up_holds_then_decays_linearly_to_zero():
+    rates = [lr_at(i, 1.0, 2, steps=8, decay_steps=4) for i in range(8)]
+    assert rates == [0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [lr_at(i, 1.0, 2) for i in range(4)] == [0.5, 1.0, 1.0, 1.0]  # no decay: constant after the warm-up
+    assert lr_at(0, 1.0, 0, steps=2, decay_steps=2) == 1.0 and lr_at(1, 1.0, 0, steps=2, decay_steps=2) == 0.5
+    with pytest.raises(KinemaError, match="decay_steps"):
+        load_config(vae_config(Path("x"), steps=4, optim={**_yaml("tiny-vae.yaml")["optim"], "decay_steps": 5}))
+
+
+def test_a_stable_phase_checkpoint_takes_on_a_decay_and_one_inside_it_keeps_it(tmp_path):
+    """Warmup-stable-decay: the decay is left out of the config hash and recorded per checkpoint.
+    A run stopped before its decay and resumed with one ends bit-identical to a run that had the
+    decay from the start; a checkpoint past where a decay (old or new) begins resumes only on the
+    schedule it was trained on."""
+    optim = {**_yaml("tiny-vae.yaml")["optim"], "decay_steps": 2}
+    straight = train(vae_config(tmp_path / "a", steps=4, checkpoint_every=2, optim=optim), progress=False).parent
+    train(vae_config(tmp_path / "b", steps=2, checkpoint_every=2), progress=False)
+    resumed = train(vae_config(tmp_path / "b", steps=4, checkpoint_every=2, optim=optim), resume=True, progress=False).parent
+    _assert_identical(straight / "model/diffusion_pytorch_model.safetensors", resumed / "model/diffusion_pytorch_model.safetensors")
+    assert [json.loads(line)["lr"] for line in (resumed / METRICS_FILE).read_text().splitlines()][1:] == pytest.approx([1e-3, 1e-3, 5e-4])
+    info = json.loads((resumed / "checkpoints/step-0000004/trainer.json").read_text())
+    assert info["lr_schedule"] == {"steps": 4, "decay_steps": 2}
+    with pytest.raises(KinemaError, match="inside a learning-rate decay that began at step 2"):
+        train(vae_config(tmp_path / "b", steps=6, checkpoint_every=2, optim=optim), resume=True, progress=False)
+    # No decay so far, but a new one would begin before the checkpoint: refused too.
+    train(vae_config(tmp_path / "c", steps=3), progress=False)
+    with pytest.raises(KinemaError, match="would begin at step 2"):
+        train(vae_config(tmp_path / "c", steps=4, optim=optim), resume=True, progress=False)
+    train(vae_config(tmp_path / "c", steps=5, optim=optim), resume=True, progress=False)  # decay from step 3: fine
 
 
 @pytest.mark.parametrize("kind", ["wan-transformer", "token-ar"])
