@@ -288,6 +288,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
     if args.per_prompt < 1:
         raise KinemaError(f"--per-prompt must be a positive integer; got {args.per_prompt}")
+    if not args.model:
+        given = [flag for flag, value in (("--steps", args.steps), ("--guidance", args.guidance), ("--temperature", args.temperature),
+                 ("--top-k", args.top_k), ("--top-p", args.top_p), ("--typical-p", args.typical_p)) if value is not None]  # fmt: skip
+        if given:
+            source = "--clips" if args.clips else "--reference" if args.reference else "--reconstruct"
+            raise KinemaError(f"{', '.join(given)} set how --model samples; {source} samples nothing, so remove {'them' if len(given) > 1 else 'it'}")
+        if args.device is not None and not args.reconstruct:
+            raise KinemaError(f"--device is for --model and --reconstruct; {'--clips' if args.clips else '--reference'} runs no model")
     configure_threads(args.threads)
     clips = args.clips
     if args.reference:

@@ -236,7 +236,16 @@ def test_eval_bad_input(tmp_path, capsys):
     assert main(["eval", "--clips", str(tmp_path / "none")]) == 2
     assert main(["eval", "--model", str(tmp_path / "none")]) == 2
     assert main(["eval", "--reference", "--per-prompt", "0", "--out", str(tmp_path / "r")]) == 2
-    assert all(line.startswith("error: ") for line in capsys.readouterr().err.strip().splitlines())
+    # Sampling flags with a source that samples nothing: refused before anything is read or rendered.
+    assert main(["eval", "--reconstruct", str(tmp_path / "none"), "--guidance", "6", "--top-k", "5"]) == 2
+    assert main(["eval", "--reference", "--steps", "10", "--out", str(tmp_path / "r")]) == 2
+    assert main(["eval", "--clips", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert not (tmp_path / "r").exists()
+    err = capsys.readouterr().err
+    assert "--guidance, --top-k set how --model samples; --reconstruct samples nothing, so remove them" in err
+    assert "--steps set how --model samples; --reference samples nothing, so remove it" in err
+    assert "--device is for --model and --reconstruct" in err
+    assert all(line.startswith("error: ") for line in err.strip().splitlines())
 
 
 def test_output_piped_into_a_closed_reader_is_not_a_traceback():
