@@ -77,6 +77,13 @@ def zero_embedding(num: int, dim: int) -> nn.Embedding:
     return nn.Embedding.from_pretrained(torch.zeros(num, dim), freeze=False)
 
 
+def randn_embedding(num: int, dim: int) -> nn.Embedding:
+    """An embedding table drawn like ``nn.Embedding``'s own init, N(0, 1), but by ``torch.randn``
+    rather than ``normal_``, so that on the meta device it imports no torch._dynamo (see
+    :func:`randn_parameter`)."""
+    return nn.Embedding(num, dim, _weight=torch.randn(num, dim))
+
+
 # ------------------------------------------------------------------------------------------------
 # Feed-forwards
 # ------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors,
 from ..errors import CheckpointError, KinemaError
 from .attention import attention
 from .configs import POSITIVE, check_bools, check_ints, check_numbers, config_from_dict, config_to_dict, int_tuple
-from .layers import RMSNorm
+from .layers import RMSNorm, randn_embedding, randn_parameter
 from .rope import apply_rope, rope_3d, wan_rope_dims
 
 SPATIAL, TEMPORAL = "S", "T"  # the letters of TokenARConfig.layers
@@ -350,8 +350,8 @@ class TokenAR(nn.Module):
     def __init__(self, config: TokenARConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
-        self.start = nn.Parameter(torch.randn(c.dim) * INIT_STD)  # the input of position 0 (start of video)
+        self.tok_emb = randn_embedding(c.vocab_size, c.dim)  # init_weights redraws it for training
+        self.start = randn_parameter(c.dim, divide_by=1 / INIT_STD)  # the input of position 0 (start of video)
         self.blocks = nn.ModuleList(TokenARBlock(c, kind) for kind in c.layers)
         self.norm_out = FP32RMSNorm(c.dim, c.eps)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)

@@ -174,6 +174,18 @@ def test_bad_requests_are_one_line_errors(pipe, kw, message):
         pipe(PROMPT, **kw)
 
 
+def test_loading_imports_no_dynamo(model_dir):
+    """The model is built on the meta device; an init op there would import torch._dynamo, about
+    0.9 s of every load (kinema.models.layers.randn_parameter)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, kinema; kinema.load_pipeline({str(model_dir)!r}, device='cpu'); print('torch._dynamo' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "False"
+
+
 def test_request_checked_before_loading(model_dir):
     layout = resolve_model(model_dir)
     assert layout.pipeline == "token-ar" and set(layout.components) == {"transformer", "tokenizer"}
