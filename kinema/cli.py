@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--reconstruct", metavar="MODEL",
         help="render ground-truth clips, pass them through MODEL's VAE or tokenizer (encode, decode) into --out, then "
-             "judge them: how much of a real clip the codec keeps, apart from the transformer",
+             "judge them: how much of a real clip the codec keeps, apart from the transformer. MODEL may also be a "
+             "Wan VAE's or VQ tokenizer's own folder (a training run's model/)",
     )  # fmt: skip
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
@@ -303,12 +304,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.reconstruct:
+        from .evaluation.cli_eval import CodecOnly, is_codec_dir
         from .pipelines.loading import PIPELINES, resolve_model
 
-        pipeline = resolve_model(args.reconstruct).pipeline
-        if not hasattr(PIPELINES[pipeline].cls, "codec_roundtrip"):  # before minutes of loading
-            raise KinemaError(f"--reconstruct needs a wan-t2v or token-ar model; {args.reconstruct} is a {pipeline} model")
-        pipe, _, _ = _load_checked(args.reconstruct, args.size, args.size, args.frames, args, device=args.device)
+        if is_codec_dir(args.reconstruct):  # a VAE's or tokenizer's own folder (a training run's model/)
+            pipe = CodecOnly(args.reconstruct, args.size, args.frames, device=args.device)
+        else:
+            pipeline = resolve_model(args.reconstruct).pipeline
+            if not hasattr(PIPELINES[pipeline].cls, "codec_roundtrip"):  # before minutes of loading
+                raise KinemaError(
+                    f"--reconstruct needs a wan-t2v or token-ar model, or a Wan VAE's or VQ tokenizer's folder; {args.reconstruct} is a {pipeline} model"
+                )
+            pipe, _, _ = _load_checked(args.reconstruct, args.size, args.size, args.frames, args, device=args.device)
         clips = reconstruct_reference_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )

@@ -107,6 +107,67 @@ def reconstruct_reference_set(
     return _write_reference_set(out_dir, prompts, size, frames, seed, pipe.fps, through=pipe, batch_size=batch_size)
 
 
+class CodecOnly:
+    """A bare codec for :func:`reconstruct_reference_set`: a Wan VAE's or a VQ tokenizer's
+    directory (``config.json`` + weights, as a training run exports to ``OUT/model``), so that a
+    codec can be judged while it trains, before any transformer uses it."""
+
+    fps = DEFAULT_FPS
+
+    def __init__(self, path: str | Path, size: int, frames: int, device: str | None = None) -> None:
+        """Checks ``size`` x ``size`` and ``frames`` against the codec's strides (reading only its
+        config.json), then loads it."""
+        import torch
+
+        from ..checkpoints.io import read_json
+        from ..models.vae.vq_video import CLASS_NAME as VQ_CLASS, VQVideoConfig, load_vq_tokenizer
+        from ..models.vae.wan_vae import CLASS_NAME as WAN_VAE_CLASS, WanVAEConfig, load_wan_vae
+        from ..pipelines.common import check_frames, check_size
+
+        path = Path(path)
+        config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
+        name = config.get("_class_name")
+        if name not in (VQ_CLASS, WAN_VAE_CLASS):
+            raise KinemaError(
+                f"--reconstruct: {path} is neither a model (wan-t2v, token-ar) nor a codec directory "
+                f"(config.json with _class_name {WAN_VAE_CLASS} or {VQ_CLASS}; got {name!r})"
+            )
+        vq = name == VQ_CLASS
+        arch = VQVideoConfig.from_dict(config).autoencoder if vq else WanVAEConfig.from_diffusers(config)
+        check_frames(frames, arch.temporal_compression, codec="tokenizer" if vq else "VAE")
+        check_size(size, size, arch.spatial_compression)
+        self.device = torch.device(device or "cpu")
+        if vq:
+            self.codec = load_vq_tokenizer(path, device=self.device)
+            self._roundtrip = lambda v: self.codec.decode_tokens(self.codec.encode_tokens(v)).float()
+        else:
+            self.codec = load_wan_vae(path, device=self.device)
+            self._roundtrip = lambda v: self.codec.decode(self.codec.encode(v).mean).float()
+
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames (B, F, H, W, 3) encoded and decoded -> the same."""
+        import torch
+
+        from ..pipelines.common import reconstruct_frames
+
+        with torch.no_grad():
+            return reconstruct_frames(frames, self._roundtrip, self.device, self.codec.dtype)
+
+
+def is_codec_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory whose config.json names a Wan VAE or a VQ tokenizer."""
+    from ..models.vae.vq_video import CLASS_NAME as VQ_CLASS
+    from ..models.vae.wan_vae import CLASS_NAME as WAN_VAE_CLASS
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") in (WAN_VAE_CLASS, VQ_CLASS)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
 def _write_reference_set(
     out_dir: str | Path, prompts: list[tuple], size: int, frames: int, seed: int, fps: float, *, through, batch_size: int = 8
 ) -> Path:

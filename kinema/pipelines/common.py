@@ -270,11 +270,7 @@ class VideoPipeline:
         roundtrip = getattr(self, "codec_roundtrip", None)
         if roundtrip is None:
             raise KinemaError(f"{type(self).__name__} cannot reconstruct clips; wan-t2v and token-ar models can")
-        video = _unit_range(frames, "frames")  # (B, F, H, W, 3) in [0, 1]
-        if video.dim() != 5 or video.shape[-1] != 3:
-            raise KinemaError(f"frames must be (B, F, H, W, 3); got shape {tuple(video.shape)}")
-        video = (video.permute(0, 4, 1, 2, 3) * 2 - 1).to(self.device, self.codec.dtype)  # (B, 3, F, H, W)
-        return to_uint8(roundtrip(video)).cpu().numpy()
+        return reconstruct_frames(frames, roundtrip, self.device, self.codec.dtype)
 
     def finish(
         self,
@@ -298,6 +294,18 @@ class VideoPipeline:
 # ------------------------------------------------------------------------------------------------
 # Images and videos as conditioning input
 # ------------------------------------------------------------------------------------------------
+def reconstruct_frames(
+    frames: np.ndarray | torch.Tensor, roundtrip: Callable[[torch.Tensor], torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> np.ndarray:
+    """uint8 (or [0, 1] float) frames (B, F, H, W, 3) -> ``roundtrip`` ((B, 3, F, H, W) in [-1, 1],
+    on ``device`` in ``dtype``, -> the same) -> uint8 frames (B, F, H, W, 3)."""
+    video = _unit_range(frames, "frames")  # (B, F, H, W, 3) in [0, 1]
+    if video.dim() != 5 or video.shape[-1] != 3:
+        raise KinemaError(f"frames must be (B, F, H, W, 3); got shape {tuple(video.shape)}")
+    video = (video.permute(0, 4, 1, 2, 3) * 2 - 1).to(device, dtype)  # (B, 3, F, H, W)
+    return to_uint8(roundtrip(video)).cpu().numpy()
+
+
 def _as_array(x: Any) -> np.ndarray | torch.Tensor:
     if hasattr(x, "convert") and hasattr(x, "size"):  # a PIL image, without importing PIL
         return np.asarray(x.convert("RGB"))

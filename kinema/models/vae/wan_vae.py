@@ -39,6 +39,7 @@ WAN21_LATENTS_STD = (
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 # F.normalize's floor on the norm (RMS_norm in wan/modules/vae.py normalises with F.normalize).
 NORM_EPS = 1e-12
+CLASS_NAME = "AutoencoderKLWan"  # config.json's _class_name (diffusers')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,8 +96,8 @@ class WanVAEConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "WanVAEConfig":
         """From diffusers' ``AutoencoderKLWan`` config dict; unsupported values raise CheckpointError."""
-        cls_name = config.get("_class_name", "AutoencoderKLWan")
-        if cls_name != "AutoencoderKLWan":
+        cls_name = config.get("_class_name", CLASS_NAME)
+        if cls_name != CLASS_NAME:
             raise CheckpointError(f"expected a diffusers AutoencoderKLWan config, got _class_name={cls_name!r}")
         known = {*_DIFFUSERS_RENAMES, *_DIFFUSERS_WAN21_ONLY, *_DIFFUSERS_DERIVED}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
@@ -123,7 +124,7 @@ class WanVAEConfig:
     def to_diffusers(self) -> dict:
         """diffusers' ``AutoencoderKLWan`` config dict (``config.json`` content)."""
         ours = asdict(self)
-        out: dict = {"_class_name": "AutoencoderKLWan"}
+        out: dict = {"_class_name": CLASS_NAME}
         for theirs, name in _DIFFUSERS_RENAMES.items():
             value = ours[name]
             out[theirs] = list(value) if isinstance(value, tuple) else value
