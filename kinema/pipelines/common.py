@@ -291,9 +291,6 @@ class VideoPipeline:
         return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings)
 
 
-# ------------------------------------------------------------------------------------------------
-# Images and videos as conditioning input
-# ------------------------------------------------------------------------------------------------
 def reconstruct_frames(
     frames: np.ndarray | torch.Tensor, roundtrip: Callable[[torch.Tensor], torch.Tensor], device: torch.device, dtype: torch.dtype
 ) -> np.ndarray:
@@ -306,6 +303,9 @@ def reconstruct_frames(
     return to_uint8(roundtrip(video)).cpu().numpy()
 
 
+# ------------------------------------------------------------------------------------------------
+# Images and videos as conditioning input
+# ------------------------------------------------------------------------------------------------
 def _as_array(x: Any) -> np.ndarray | torch.Tensor:
     if hasattr(x, "convert") and hasattr(x, "size"):  # a PIL image, without importing PIL
         return np.asarray(x.convert("RGB"))

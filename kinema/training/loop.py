@@ -682,8 +682,9 @@ def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | No
     on the same frozen VAE or tokenizer (``codec``, its :func:`codec_identity`), and the steps it
     has done had the learning rates this config's schedule gives them: a checkpoint from before
     any decay began may take on a decay (or move one that has not begun); one inside its decay
-    resumes only with the same ``steps`` and ``optim.decay_steps``. Checkpoints written before the
-    codec (the schedule) was recorded resume without that check (were trained without a decay)."""
+    resumes only with the same ``steps`` and ``optim.decay_steps``. Checkpoints from before the
+    codec was recorded skip that check; those from before the schedule was recorded count as
+    trained without a decay."""
     info = read_json(path / "trainer.json")
     if info.get("config_hash") != chash:
         raise KinemaError(
