@@ -133,6 +133,19 @@ def read_json(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {_one_line(e)}") from None
 
 
+def config_class_name(directory: str | os.PathLike) -> str | None:
+    """The ``_class_name`` of ``directory/config.json``, or None when there is no such file, it is
+    not JSON, or it names no class: for asking what a directory holds without raising."""
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 # ------------------------------------------------------------------------------------------------
 # Building and filling models
 # ------------------------------------------------------------------------------------------------

@@ -119,20 +119,19 @@ class CodecOnly:
         config.json), then loads it."""
         import torch
 
-        from ..checkpoints.io import read_json
+        from ..checkpoints.io import config_class_name, read_json
         from ..models.vae.vq_video import CLASS_NAME as VQ_CLASS, VQVideoConfig, load_vq_tokenizer
         from ..models.vae.wan_vae import CLASS_NAME as WAN_VAE_CLASS, WanVAEConfig, load_wan_vae
         from ..pipelines.common import check_frames, check_size
 
         path = Path(path)
-        config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
-        name = config.get("_class_name")
-        if name not in (VQ_CLASS, WAN_VAE_CLASS):
+        if not is_codec_dir(path):
             raise KinemaError(
                 f"--reconstruct: {path} is neither a model (wan-t2v, token-ar) nor a codec directory "
-                f"(config.json with _class_name {WAN_VAE_CLASS} or {VQ_CLASS}; got {name!r})"
+                f"(config.json with _class_name {WAN_VAE_CLASS} or {VQ_CLASS}; got {config_class_name(path)!r})"
             )
-        vq = name == VQ_CLASS
+        config = read_json(path / "config.json")
+        vq = config["_class_name"] == VQ_CLASS
         arch = VQVideoConfig.from_dict(config).autoencoder if vq else WanVAEConfig.from_diffusers(config)
         check_frames(frames, arch.temporal_compression, codec="tokenizer" if vq else "VAE")
         check_size(size, size, arch.spatial_compression)
@@ -156,16 +155,11 @@ class CodecOnly:
 
 def is_codec_dir(path: str | Path) -> bool:
     """Whether ``path`` is a directory whose config.json names a Wan VAE or a VQ tokenizer."""
+    from ..checkpoints.io import config_class_name
     from ..models.vae.vq_video import CLASS_NAME as VQ_CLASS
     from ..models.vae.wan_vae import CLASS_NAME as WAN_VAE_CLASS
 
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("_class_name") in (WAN_VAE_CLASS, VQ_CLASS)
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+    return config_class_name(path) in (WAN_VAE_CLASS, VQ_CLASS)
 
 
 def _write_reference_set(

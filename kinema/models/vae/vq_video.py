@@ -240,13 +240,9 @@ def save_vq_tokenizer(directory: str | os.PathLike, config: VQVideoConfig, state
 
 def is_vq_tokenizer_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a directory whose config.json names a VQVideoTokenizer."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("_class_name") == CLASS_NAME
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+    from ...checkpoints.io import config_class_name
+
+    return config_class_name(path) == CLASS_NAME
 
 
 def load_vq_tokenizer(
