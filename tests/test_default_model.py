@@ -20,6 +20,7 @@ from kinema.video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 50 * 1024 * 1024  # the limit for the shipped weights
+MAX_ASSET_BYTES = 100 * 1024 * 1024  # every shipped model together (the diffusion default and shapes-ar)
 
 
 def test_shipped_model_is_small_and_complete():
@@ -36,6 +37,15 @@ def test_shipped_model_is_small_and_complete():
     card = json.loads((root / "kinema.json").read_text())
     assert card["defaults"]["num_frames"] == 33 and card["defaults"]["height"] >= 64
     assert card["defaults"]["num_inference_steps"] <= 20
+
+
+def test_all_shipped_models_together_stay_within_100_mb():
+    from kinema.pipelines.loading import ASSETS_DIR, SHIPPED_MODELS
+
+    assert set(SHIPPED_MODELS) >= {"shapes", "shapes-ar"}
+    files = [p for p in ASSETS_DIR.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".safetensors") for p in files)
+    assert sum(p.stat().st_size for p in files) <= MAX_ASSET_BYTES
 
 
 def test_quickstart_command_writes_a_video_that_follows_its_prompt(tmp_path):
