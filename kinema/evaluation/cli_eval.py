@@ -125,13 +125,14 @@ class CodecOnly:
         from ..pipelines.common import check_frames, check_size
 
         path = Path(path)
-        if not is_codec_dir(path):
+        name = config_class_name(path)
+        if name not in (WAN_VAE_CLASS, VQ_CLASS):
             raise KinemaError(
                 f"--reconstruct: {path} is neither a model (wan-t2v, token-ar) nor a codec directory "
-                f"(config.json with _class_name {WAN_VAE_CLASS} or {VQ_CLASS}; got {config_class_name(path)!r})"
+                f"(config.json with _class_name {WAN_VAE_CLASS} or {VQ_CLASS}; got {name!r})"
             )
         config = read_json(path / "config.json")
-        vq = config["_class_name"] == VQ_CLASS
+        vq = name == VQ_CLASS
         arch = VQVideoConfig.from_dict(config).autoencoder if vq else WanVAEConfig.from_diffusers(config)
         check_frames(frames, arch.temporal_compression, codec="tokenizer" if vq else "VAE")
         check_size(size, size, arch.spatial_compression)
