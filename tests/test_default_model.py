@@ -48,13 +48,15 @@ def test_all_shipped_models_together_stay_within_100_mb():
     assert sum(p.stat().st_size for p in files) <= MAX_ASSET_BYTES
 
 
-def test_quickstart_command_writes_a_video_that_follows_its_prompt(tmp_path):
-    """The README Quickstart's generate command, as written there, run in a fresh process."""
+def _bash_blocks(section: str) -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
-    first = re.findall(r"```bash\n(.*?)\n```", quickstart, flags=re.S)[0]
-    command = shlex.split(first.split("&&")[-1])
-    assert command[:2] == ["kinema", "generate"] and "--model" not in command
+    text = readme.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
+
+
+def _run_and_judge(command: list[str], tmp_path: Path) -> None:
+    """Run a README ``kinema generate`` command in a fresh process; its one .mp4 must follow the prompt."""
+    assert command[:2] == ["kinema", "generate"]
     exe = [shutil.which("kinema")] if shutil.which("kinema") else [sys.executable, "-m", "kinema.cli"]
     res = subprocess.run([*exe, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -65,6 +67,21 @@ def test_quickstart_command_writes_a_video_that_follows_its_prompt(tmp_path):
     prompt = command[2]
     colour, shape, motion = re.fullmatch(r"an? (\w+) (\w+) moving (\w+)", prompt).groups()
     assert all(judge_clip(frames).matches(colour, shape, motion).values()), judge_clip(frames).to_dict()
+
+
+def test_quickstart_command_writes_a_video_that_follows_its_prompt(tmp_path):
+    """The README Quickstart's generate command, as written there, run in a fresh process."""
+    command = shlex.split(_bash_blocks("Quickstart")[0].split("&&")[-1])
+    assert "--model" not in command
+    _run_and_judge(command, tmp_path)
+
+
+def test_shipped_shapes_ar_command_follows_its_prompt(tmp_path):
+    """The README's shapes-ar command (the autoregressive model shipped beside the default), in a fresh process."""
+    lines = [ln for block in _bash_blocks("The autoregressive family") for ln in block.splitlines()]
+    commands = [shlex.split(ln.split("#")[0]) for ln in lines if "--model shapes-ar" in ln]
+    assert len(commands) == 1, lines
+    _run_and_judge(commands[0], tmp_path)
 
 
 def test_default_model_is_deterministic_and_named(tmp_path, capsys):
