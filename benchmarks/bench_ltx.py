@@ -61,7 +61,7 @@ def _transformer_pair(args, impl: str, dtype: torch.dtype):
     from diffusers import LTXVideoTransformer3DModel
 
     from kinema.checkpoints.io import build_on_meta, load_into
-    from kinema.checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS
+    from kinema.checkpoints.ltx import DIFFUSERS_KEYS, to_diffusers
     from kinema.models.ltx import LTX_PRESETS, LTXTransformer, ltx_rope_scale
 
     preset = LTX_PRESETS[args.preset]()
@@ -69,7 +69,7 @@ def _transformer_pair(args, impl: str, dtype: torch.dtype):
     kconfig = replace(preset, num_layers=args.layers, num_heads=args.heads, dim=args.heads * head_dim,
                       ffn_dim=preset.ffn_dim // preset.dim * args.heads * head_dim)  # fmt: skip
     torch.manual_seed(0)
-    ref = LTXVideoTransformer3DModel(**_kwargs(kconfig.to_diffusers())).eval()
+    ref = LTXVideoTransformer3DModel(**_kwargs(to_diffusers(kconfig))).eval()
     if impl == "diffusers":
         model = ref.to(dtype)
     else:
@@ -150,12 +150,12 @@ def _vae_pair(args, impl: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLLTXVideo
 
     from kinema.checkpoints.io import build_on_meta, load_into
-    from kinema.checkpoints.ltx_vae_keys import diffusers_keys
+    from kinema.checkpoints.ltx_vae import diffusers_keys, to_diffusers
     from kinema.models.vae.ltx_vae import LTXVAE
 
     kconfig = _vae_config(args)
     torch.manual_seed(0)
-    ref = AutoencoderKLLTXVideo(**_kwargs(kconfig.to_diffusers())).eval()
+    ref = AutoencoderKLLTXVideo(**_kwargs(to_diffusers(kconfig))).eval()
     f, h, w = (args.frames - 1) // 8 + 1, args.height // 32, args.width // 32
     z = torch.randn(1, LATENT_CHANNELS, f, h, w, generator=torch.Generator().manual_seed(1)).to(dtype)  # denormalised
     conditioned = kconfig.timestep_conditioning

@@ -30,8 +30,8 @@ def _transformer_pair(args, impl: str, dtype: torch.dtype):
     from diffusers import WanTransformer3DModel
 
     from kinema.checkpoints.io import build_on_meta, load_into
-    from kinema.checkpoints.wan_transformer_keys import DIFFUSERS_KEYS
-    from kinema.models.wan import WanTransformer, WanTransformerConfig
+    from kinema.checkpoints.wan import DIFFUSERS_KEYS, from_diffusers
+    from kinema.models.wan import WanTransformer
 
     torch.manual_seed(0)
     config = dict(
@@ -43,7 +43,7 @@ def _transformer_pair(args, impl: str, dtype: torch.dtype):
     if impl == "diffusers":
         model = ref.to(dtype)
     else:
-        kconfig = WanTransformerConfig.from_diffusers(ref.config)
+        kconfig = from_diffusers(ref.config)
         model = load_into(build_on_meta(lambda: WanTransformer(kconfig)), DIFFUSERS_KEYS.to_ours(ref.state_dict()), dtype=dtype)
         del ref
     g = torch.Generator().manual_seed(1)
@@ -74,8 +74,8 @@ def _vae_pair(args, impl: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLWan
 
     from kinema.checkpoints.io import build_on_meta, load_into
-    from kinema.checkpoints.wan_vae_keys import diffusers_keys
-    from kinema.models.vae.wan_vae import WanVAE, WanVAEConfig
+    from kinema.checkpoints.wan_vae import diffusers_keys, from_diffusers
+    from kinema.models.vae.wan_vae import WanVAE
 
     torch.manual_seed(0)
     ref = AutoencoderKLWan().eval()  # the Wan 2.1 VAE at full size (126.9 M parameters)
@@ -84,7 +84,7 @@ def _vae_pair(args, impl: str, dtype: torch.dtype):
     if impl == "diffusers":
         model = ref.to(dtype)
         return lambda: model.decode(z, return_dict=False)[0]
-    kconfig = WanVAEConfig.from_diffusers(ref.config)
+    kconfig = from_diffusers(ref.config)
     state = diffusers_keys(kconfig).to_ours(ref.state_dict())
     model = load_into(build_on_meta(lambda: WanVAE(kconfig)), state, dtype=dtype).eval()
     del ref

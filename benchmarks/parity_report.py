@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers
 
 import kinema  # noqa: E402
-from kinema.models.vae.wan_vae import load_wan_vae  # noqa: E402
-from kinema.models.wan import load_wan_transformer  # noqa: E402
+from kinema.checkpoints.wan import load_wan_transformer  # noqa: E402
+from kinema.checkpoints.wan_vae import load_wan_vae  # noqa: E402
 from tests.helpers import save_diffusers_wan_pipeline, save_original_wan_layout  # noqa: E402
 
 

@@ -128,19 +128,19 @@ def save_original_wan_layout(diffusers_dir: Path, root: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     from kinema.checkpoints.t5_keys import WAN_T5_KEYS
-    from kinema.checkpoints.wan_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
-    from kinema.checkpoints.wan_vae_keys import diffusers_keys, original_keys
-    from kinema.models.vae.wan_vae import WanVAEConfig
-    from kinema.models.wan import WanTransformerConfig
+    from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
+    from kinema.checkpoints import wan as wan_ckpt
+    from kinema.checkpoints import wan_vae as wan_vae_ckpt
+    from kinema.checkpoints.wan_vae import diffusers_keys, original_keys
 
     root.mkdir(parents=True, exist_ok=True)
-    tcfg = WanTransformerConfig.from_diffusers(json.loads((diffusers_dir / "transformer" / "config.json").read_text()))
+    tcfg = wan_ckpt.from_diffusers(json.loads((diffusers_dir / "transformer" / "config.json").read_text()))
     # rope_max_seq_len only bounds the positions; the original code fixes it at 1024
-    (root / "config.json").write_text(json.dumps(dataclasses.replace(tcfg, rope_max_seq_len=1024).to_original()))
+    (root / "config.json").write_text(json.dumps(wan_ckpt.to_original(dataclasses.replace(tcfg, rope_max_seq_len=1024))))
     sd = load_file(diffusers_dir / "transformer" / "diffusion_pytorch_model.safetensors")
     save_file(ORIGINAL_KEYS.to_theirs(DIFFUSERS_KEYS.to_ours(sd)), root / "diffusion_pytorch_model.safetensors")
 
-    vcfg = WanVAEConfig.from_diffusers(json.loads((diffusers_dir / "vae" / "config.json").read_text()))
+    vcfg = wan_vae_ckpt.from_diffusers(json.loads((diffusers_dir / "vae" / "config.json").read_text()))
     vsd = load_file(diffusers_dir / "vae" / "diffusion_pytorch_model.safetensors")
     torch.save(original_keys(vcfg).to_theirs(diffusers_keys(vcfg).to_ours(vsd)), root / "Wan2.1_VAE.pth")
 
@@ -247,21 +247,22 @@ def save_original_ltx_layout(diffusers_dir: Path, root: Path, name: str = "ltx-v
     from safetensors.torch import load_file
 
     from kinema.checkpoints.io import save_safetensors
-    from kinema.checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
-    from kinema.checkpoints.ltx_vae_keys import ORIGINAL_KEYS as VAE_ORIGINAL_KEYS
-    from kinema.checkpoints.ltx_vae_keys import ORIGINAL_PREFIX
-    from kinema.models.ltx import SINGLE_FILE_PREFIX, LTXTransformerConfig
-    from kinema.models.vae.ltx_vae import load_ltx_vae
+    from kinema.checkpoints.ltx import DIFFUSERS_KEYS, ORIGINAL_KEYS
+    from kinema.checkpoints.ltx_vae import ORIGINAL_KEYS as VAE_ORIGINAL_KEYS
+    from kinema.checkpoints.ltx_vae import ORIGINAL_PREFIX
+    from kinema.checkpoints import ltx as ltx_ckpt
+    from kinema.checkpoints.ltx import SINGLE_FILE_PREFIX
+    from kinema.checkpoints.ltx_vae import load_ltx_vae
 
     root.mkdir(parents=True, exist_ok=True)
-    tcfg = LTXTransformerConfig.from_diffusers(json.loads((diffusers_dir / "transformer" / "config.json").read_text()))
+    tcfg = ltx_ckpt.from_diffusers(json.loads((diffusers_dir / "transformer" / "config.json").read_text()))
     sd = load_file(diffusers_dir / "transformer" / "diffusion_pytorch_model.safetensors")
     state = {SINGLE_FILE_PREFIX + k: v for k, v in ORIGINAL_KEYS.to_theirs(DIFFUSERS_KEYS.to_ours(sd)).items()}
     vae = load_ltx_vae(diffusers_dir / "vae")
     state.update({ORIGINAL_PREFIX + k: v for k, v in VAE_ORIGINAL_KEYS.to_theirs(vae.state_dict()).items()})
     scheduler = {"_class_name": "RectifiedFlowScheduler", "num_train_timesteps": 1000, "shifting": "SD3",
                  "base_resolution": None, "target_shift_terminal": 0.1}  # fmt: skip
-    config = {"transformer": tcfg.to_original(), "vae": TINY_LTX_VAE_ORIGINAL, "scheduler": scheduler}
+    config = {"transformer": ltx_ckpt.to_original(tcfg), "vae": TINY_LTX_VAE_ORIGINAL, "scheduler": scheduler}
     save_safetensors(state, root / name, metadata={"config": json.dumps(config)})
     text_root = root / "PixArt-alpha" / "PixArt-XL-2-1024-MS" if text_under_repo else root
     for folder in ("text_encoder", "tokenizer"):

@@ -28,6 +28,7 @@ from ..errors import CheckpointError
 from .keymap import _preview
 
 M = TypeVar("M", bound=torch.nn.Module)
+C = TypeVar("C")
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -123,14 +124,20 @@ def load_sharded_safetensors(directory: str | os.PathLike, stem: str) -> dict[st
 
 
 def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON config file with a one-line error when it is missing or malformed."""
+    """Read a JSON config file (an object) with a one-line error when it is missing, malformed or
+    holds anything but an object (``null``, a list)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"config file not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {_one_line(e)}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} could not be read: {_one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of settings; got {type(data).__name__} {json.dumps(data)[:40]}")
+    return data
 
 
 def config_class_name(directory: str | os.PathLike) -> str | None:
@@ -144,6 +151,25 @@ def config_class_name(directory: str | os.PathLike) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return None
     return name if isinstance(name, str) else None
+
+
+def resolve_config(stored: C | None, passed: C | None, infer: Callable[[], C] | None, *, where, what: str) -> C:
+    """The one rule by which every kinema loader settles a model's architecture.
+
+    A config stored with the weights (a ``config.json``, a single file's metadata) is the source of
+    truth: a ``passed`` config must equal it, or the call raises rather than build a model the
+    weights do not describe. With nothing stored, ``passed`` is used; failing that, ``infer()``
+    reads the architecture off the weights' shapes (None: the format needs a stored config).
+    """
+    if stored is not None:
+        if passed is not None and passed != stored:
+            raise CheckpointError(f"{where} does not match the config passed to the {what} loader; pass none (the stored one is used)")
+        return stored
+    if passed is not None:
+        return passed
+    if infer is None:
+        raise CheckpointError(f"{where}: no config stored with the {what} weights; pass config=")
+    return infer()
 
 
 # ------------------------------------------------------------------------------------------------

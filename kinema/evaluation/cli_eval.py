@@ -120,8 +120,8 @@ class CodecOnly:
         import torch
 
         from ..checkpoints.io import config_class_name, read_json
-        from ..models.vae.vq_video import CLASS_NAME as VQ_CLASS, VQVideoConfig, load_vq_tokenizer
-        from ..models.vae.wan_vae import CLASS_NAME as WAN_VAE_CLASS, WanVAEConfig, load_wan_vae
+        from ..checkpoints.vq_video import CLASS_NAME as VQ_CLASS, from_json as vq_config, load_vq_tokenizer
+        from ..checkpoints.wan_vae import CLASS_NAME as WAN_VAE_CLASS, from_diffusers as wan_vae_config, load_wan_vae
         from ..pipelines.common import check_frames, check_size
 
         path = Path(path)
@@ -133,7 +133,7 @@ class CodecOnly:
             )
         config = read_json(path / "config.json")
         vq = name == VQ_CLASS
-        arch = VQVideoConfig.from_dict(config).autoencoder if vq else WanVAEConfig.from_diffusers(config)
+        arch = vq_config(config).autoencoder if vq else wan_vae_config(config)
         check_frames(frames, arch.temporal_compression, codec="tokenizer" if vq else "VAE")
         check_size(size, size, arch.spatial_compression)
         self.device = torch.device(device or "cpu")
@@ -157,8 +157,8 @@ class CodecOnly:
 def is_codec_dir(path: str | Path) -> bool:
     """Whether ``path`` is a directory whose config.json names a Wan VAE or a VQ tokenizer."""
     from ..checkpoints.io import config_class_name
-    from ..models.vae.vq_video import CLASS_NAME as VQ_CLASS
-    from ..models.vae.wan_vae import CLASS_NAME as WAN_VAE_CLASS
+    from ..checkpoints.vq_video import CLASS_NAME as VQ_CLASS
+    from ..checkpoints.wan_vae import CLASS_NAME as WAN_VAE_CLASS
 
     return config_class_name(path) in (WAN_VAE_CLASS, VQ_CLASS)
 

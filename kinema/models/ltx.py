@@ -2,8 +2,7 @@
 
 The architecture of ``Lightricks/LTX-Video`` ``Transformer3DModel`` as released (diffusers:
 ``LTXVideoTransformer3DModel``). Parameter names follow :mod:`kinema.models.wan`; diffusers
-checkpoints and the original single-file releases load through
-:mod:`kinema.checkpoints.ltx_transformer_keys`. Numerics follow diffusers (float32 results agree to
+checkpoints and the original single-file releases load through :mod:`kinema.checkpoints.ltx`. Numerics follow diffusers (float32 results agree to
 float rounding). In reduced precision the residual stream, the time path, the modulation and the
 norms stay float32; only the linear layers and attention run in the weights' dtype.
 
@@ -17,23 +16,27 @@ the conditioning frame timestep 0.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, load_weights, read_json, safetensors_metadata
-from ..checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
-from ..errors import CheckpointError, KinemaError
+from ..errors import KinemaError
+from ..schema import POSITIVE, check_ints, check_numbers
 from .attention import attention
-from .layers import RMSNorm, layer_norm_fp32, mlp, modulate, randn_parameter, rms_norm_fp32, timestep_embedding
+from .layers import (
+    RMSNorm,
+    layer_norm_fp32,
+    mlp,
+    modulate,
+    randn_parameter,
+    rms_norm_fp32,
+    timestep_embedding,
+)
 from .rope import apply_rope
 
 ROPE_THETA = 10000.0  # RoPE base (original ``positional_embedding_theta``; fixed in diffusers)
@@ -43,7 +46,6 @@ QK_NORM_EPS = 1e-5  # eps of the q/k RMSNorms (hard-coded in both the original a
 OUT_NORM_EPS = 1e-6  # eps of the final LayerNorm (hard-coded, independent of ``eps``)
 MASK_BIAS = -10000.0  # logit bias of padded text tokens: both implementations turn the 0/1 mask into (1 - mask) * -10000
 FFN_MULT = 4  # feed-forward width / model width in both external formats (their FeedForward's ``mult``)
-LTX_NUM_HEADS = 32  # heads of every released LTX-Video transformer (2B: 32 x 64, 13B: 32 x 128); to infer configs
 TIMESTEP_SCALE = 1000  # the original multiplies its [0, 1] time by this (``timestep_scale_multiplier``); kinema takes [0, 1000]
 
 
@@ -62,6 +64,8 @@ class LTXTransformerConfig:
     eps: float = 1e-6  # eps of the blocks' parameter-free RMSNorms
 
     def __post_init__(self) -> None:
+        check_ints("LTX transformer", self, ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim"))
+        check_numbers("LTX transformer", self, {"eps": POSITIVE})
         if self.dim % self.num_heads:
             raise KinemaError(f"LTX dim ({self.dim}) must be a multiple of num_heads ({self.num_heads})")
         if self.dim % 2:
@@ -70,167 +74,6 @@ class LTXTransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
-
-    # -- diffusers config.json -----------------------------------------------------------------
-    @classmethod
-    def from_diffusers(cls, config: Mapping[str, Any]) -> "LTXTransformerConfig":
-        """From a diffusers ``LTXVideoTransformer3DModel`` config.json (missing fields take diffusers'
-        defaults); fields or values kinema does not implement raise :class:`CheckpointError`."""
-        name = config.get("_class_name", _DIFFUSERS_CLASS)
-        if name != _DIFFUSERS_CLASS:
-            raise CheckpointError(f"expected a diffusers {_DIFFUSERS_CLASS} config; got _class_name {name!r}")
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in _DIFFUSERS_DEFAULTS)
-        if unknown:
-            raise CheckpointError(f"diffusers LTX transformer config has fields kinema does not implement: {', '.join(unknown)}")
-        c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-        _require(c, _DIFFUSERS_FIXED, "diffusers LTX transformer")
-        dim = c["num_attention_heads"] * c["attention_head_dim"]
-        if c["cross_attention_dim"] != dim:
-            raise CheckpointError(
-                f"diffusers LTX config has cross_attention_dim={c['cross_attention_dim']}, but the text is projected "
-                f"to the model width {dim}; kinema supports only cross_attention_dim == num_attention_heads * attention_head_dim"
-            )
-        return cls(
-            dim=dim,
-            ffn_dim=FFN_MULT * dim,
-            num_heads=c["num_attention_heads"],
-            num_layers=c["num_layers"],
-            in_dim=c["in_channels"],
-            out_dim=c["out_channels"] or c["in_channels"],
-            text_dim=c["caption_channels"],
-            eps=c["norm_eps"],
-        )
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The diffusers ``LTXVideoTransformer3DModel`` config.json for this config."""
-        self._check_ffn("diffusers' LTXVideoTransformer3DModel")
-        return {
-            "_class_name": _DIFFUSERS_CLASS,
-            **_DIFFUSERS_FIXED,
-            "in_channels": self.in_dim,
-            "out_channels": self.out_dim,
-            "num_attention_heads": self.num_heads,
-            "attention_head_dim": self.head_dim,
-            "cross_attention_dim": self.dim,
-            "num_layers": self.num_layers,
-            "norm_eps": self.eps,
-            "caption_channels": self.text_dim,
-        }
-
-    # -- original LTX-Video config (the "transformer" entry of a single file's metadata) ----------
-    @classmethod
-    def from_original(cls, config: Mapping[str, Any]) -> "LTXTransformerConfig":
-        """From an original LTX-Video ``Transformer3DModel`` config (missing fields take its
-        defaults). Values that change the computation and that kinema does not implement raise
-        :class:`CheckpointError`; the original's run-time flags (TPU attention, dropout...) are ignored."""
-        c = {**_ORIGINAL_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-        _require(c, _ORIGINAL_FIXED, "original LTX transformer")
-        dim = c["num_attention_heads"] * c["attention_head_dim"]
-        if c["cross_attention_dim"] != dim or c["caption_channels"] is None or c["in_channels"] is None:
-            raise CheckpointError(
-                f"original LTX config has cross_attention_dim={c['cross_attention_dim']}, caption_channels="
-                f"{c['caption_channels']}, in_channels={c['in_channels']}; kinema needs all three set, with "
-                f"cross_attention_dim == num_attention_heads * attention_head_dim ({dim})"
-            )
-        return cls(
-            dim=dim,
-            ffn_dim=FFN_MULT * dim,
-            num_heads=c["num_attention_heads"],
-            num_layers=c["num_layers"],
-            in_dim=c["in_channels"],
-            out_dim=c["out_channels"] or c["in_channels"],
-            text_dim=c["caption_channels"],
-            eps=c["norm_eps"],
-        )
-
-    def to_original(self) -> dict[str, Any]:
-        """The original LTX-Video ``Transformer3DModel`` config for this config."""
-        self._check_ffn("the original LTX-Video Transformer3DModel")
-        return {
-            "_class_name": "Transformer3DModel",
-            **_ORIGINAL_FIXED,
-            "num_attention_heads": self.num_heads,
-            "attention_head_dim": self.head_dim,
-            "in_channels": self.in_dim,
-            "out_channels": self.out_dim,
-            "num_layers": self.num_layers,
-            "cross_attention_dim": self.dim,
-            "caption_channels": self.text_dim,
-            "norm_eps": self.eps,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "LTXTransformerConfig":
-        """Infer the config from kinema-named weights (for a single file without a config).
-
-        Everything is read from tensor shapes except the head count, which shapes cannot give: it
-        assumes the 32 heads of every released LTX-Video transformer; ``eps`` takes its default.
-        """
-        try:
-            dim, in_dim = state["patch_embedding.weight"].shape  # (dim, in_dim)
-            fields = dict(
-                dim=dim,
-                ffn_dim=state["blocks.0.ffn.0.weight"].shape[0],
-                num_layers=1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")),
-                in_dim=in_dim,
-                out_dim=state["head.head.weight"].shape[0],
-                text_dim=state["text_embedding.0.weight"].shape[1],
-            )
-        except (KeyError, ValueError, IndexError) as e:
-            raise CheckpointError(
-                f"cannot infer an LTX transformer config from these weights (missing {e}); pass config="
-            ) from None
-        if dim % LTX_NUM_HEADS:
-            raise CheckpointError(
-                f"cannot infer the head count of an LTX transformer of width {dim} (released models have "
-                f"{LTX_NUM_HEADS} heads); pass config="
-            )
-        return cls(num_heads=LTX_NUM_HEADS, **fields)
-
-    def _check_ffn(self, target: str) -> None:
-        if self.ffn_dim != FFN_MULT * self.dim:
-            raise CheckpointError(
-                f"{target} fixes the feed-forward width at {FFN_MULT} * dim = {FFN_MULT * self.dim}; got ffn_dim {self.ffn_dim}"
-            )
-
-
-_DIFFUSERS_CLASS = "LTXVideoTransformer3DModel"
-# diffusers LTXVideoTransformer3DModel.__init__ defaults (diffusers 0.42), for fields a config.json omits.
-_DIFFUSERS_DEFAULTS: dict[str, Any] = dict(
-    in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=64,
-    cross_attention_dim=2048, num_layers=28, activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads",
-    norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, attention_bias=True, attention_out_bias=True,
-)  # fmt: skip
-# diffusers fields with the one value kinema implements (the released models' values).
-_DIFFUSERS_FIXED: dict[str, Any] = dict(
-    patch_size=1, patch_size_t=1, activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads",
-    norm_elementwise_affine=False, attention_bias=True, attention_out_bias=True,
-)  # fmt: skip
-# original Transformer3DModel.__init__ defaults (Lightricks/LTX-Video ltx_video/models/transformers/transformer3d.py)
-# of the fields that matter here; its released configs set every one of them.
-_ORIGINAL_DEFAULTS: dict[str, Any] = dict(
-    num_attention_heads=16, attention_head_dim=88, in_channels=None, out_channels=None, num_layers=1,
-    cross_attention_dim=None, attention_bias=False, activation_fn="geglu", only_cross_attention=False,
-    double_self_attention=False, adaptive_norm="single_scale_shift", standardization_norm="layer_norm",
-    norm_elementwise_affine=True, norm_eps=1e-5, attention_type="default", caption_channels=None, qk_norm=None,
-    positional_embedding_type="rope", positional_embedding_theta=None, positional_embedding_max_pos=None,
-    timestep_scale_multiplier=None,
-)  # fmt: skip
-# original fields with the one value kinema implements (the released 2B and 13B models' values).
-_ORIGINAL_FIXED: dict[str, Any] = dict(
-    activation_fn="gelu-approximate", attention_bias=True, only_cross_attention=False, double_self_attention=False,
-    adaptive_norm="single_scale_shift", standardization_norm="rms_norm", norm_elementwise_affine=False,
-    attention_type="default", qk_norm="rms_norm", positional_embedding_type="rope",
-    positional_embedding_theta=ROPE_THETA, positional_embedding_max_pos=list(ROPE_BASE_POSITIONS),
-    timestep_scale_multiplier=TIMESTEP_SCALE,
-)  # fmt: skip
-
-
-def _require(config: Mapping[str, Any], fixed: Mapping[str, Any], what: str) -> None:
-    for key, want in fixed.items():
-        got = config[key]
-        if (list(got) if isinstance(got, (list, tuple)) else got) != want:
-            raise CheckpointError(f"{what} config has {key}={got!r}; kinema supports only {want!r}")
 
 
 # Presets: one line each, derived from the LTX-Video defaults of LTXTransformerConfig.
@@ -543,74 +386,3 @@ class LTXTransformer(nn.Module):
                 nn.init.zeros_(linear.bias)
         nn.init.zeros_(self.head.head.weight)
         nn.init.zeros_(self.head.head.bias)
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-WEIGHTS_STEM = "diffusion_pytorch_model"  # weights file stem of a diffusers transformer directory
-SINGLE_FILE_PREFIX = "model.diffusion_model."  # prefix of the transformer keys in the original single files
-
-
-def load_ltx_transformer(
-    path: str | os.PathLike,
-    config: LTXTransformerConfig | None = None,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> LTXTransformer:
-    """Load an LTX-Video transformer from a diffusers directory or an original single file.
-
-    Args:
-        path: one of
-            - a diffusers ``transformer/`` directory (config.json with ``_class_name``
-              ``LTXVideoTransformer3DModel`` and ``diffusion_pytorch_model*.safetensors``, possibly
-              sharded), or a diffusers pipeline directory holding one;
-            - an original single file (``ltx-video-2b-v0.9*.safetensors``): the keys under
-              ``model.diffusion_model.`` are the transformer's (the VAE's ``vae.*`` keys are
-              skipped), and its config is the ``"transformer"`` entry of the JSON stored under
-              ``"config"`` in the safetensors metadata, or, when absent, inferred from the weights;
-            - any single weights file with diffusers or original keys (unprefixed).
-        config: use this config instead of the checkpoint's (required only where neither the
-            metadata nor the weights tell it, e.g. a head count other than 32).
-        dtype: cast floating-point weights to this dtype (None keeps the file's); the modules in
-            ``LTXTransformer._keep_in_fp32`` stay float32.
-        device: where the weights go (None: stay memory-mapped on the CPU).
-
-    Returns:
-        The model in eval mode.
-    """
-    path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
-        path = path / "transformer"  # a diffusers pipeline directory
-    if path.is_dir():
-        file_config: LTXTransformerConfig | None = LTXTransformerConfig.from_diffusers(read_json(path / "config.json"))
-        state = load_sharded_safetensors(path, WEIGHTS_STEM)
-    elif path.is_file():
-        file_config = _config_from_metadata(path) if path.suffix == ".safetensors" else None
-        state = load_weights(path)
-        if any(k.startswith(SINGLE_FILE_PREFIX) for k in state):
-            state = {k[len(SINGLE_FILE_PREFIX) :]: v for k, v in state.items() if k.startswith(SINGLE_FILE_PREFIX)}
-    else:
-        raise CheckpointError(f"LTX transformer checkpoint not found: {path}")
-
-    keys = DIFFUSERS_KEYS if any(k.startswith("proj_in.") for k in state) else ORIGINAL_KEYS
-    state = keys.to_ours(state)
-    config = config or file_config or LTXTransformerConfig.from_state_dict(state)
-    model = build_on_meta(lambda: LTXTransformer(config))
-    return load_into(model, state, dtype=dtype, device=device, what="LTX transformer").eval()
-
-
-def _config_from_metadata(path: Path) -> LTXTransformerConfig | None:
-    """The transformer config stored in an original single file's metadata, or None."""
-    raw = safetensors_metadata(path).get("config")
-    if raw is None:
-        return None
-    try:
-        transformer = json.loads(raw).get("transformer")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: the 'config' metadata is not a JSON object: {e}") from None
-    if transformer is None:
-        return None
-    if transformer.get("_class_name") == _DIFFUSERS_CLASS:
-        return LTXTransformerConfig.from_diffusers(transformer)
-    return LTXTransformerConfig.from_original(transformer)

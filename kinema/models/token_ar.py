@@ -32,25 +32,21 @@ may *not* recompute only the last ``window_frames`` frames: :func:`generate` wit
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, load_weights, read_json
-from ..errors import CheckpointError, KinemaError
+from ..errors import KinemaError
+from ..schema import POSITIVE, check_bools, check_ints, check_numbers, int_tuple
 from .attention import attention
-from .configs import POSITIVE, check_bools, check_ints, check_numbers, config_from_dict, config_to_dict, int_tuple
 from .layers import RMSNorm, randn_embedding, randn_parameter
 from .rope import apply_rope, rope_3d, wan_rope_dims
 
 SPATIAL, TEMPORAL = "S", "T"  # the letters of TokenARConfig.layers
-CLASS_NAME = "TokenAR"  # ``_class_name`` of the config.json
 INIT_STD = 0.02  # std of the normal initialisation of embeddings and linears (GPT-2 / Llama practice)
 
 
@@ -124,17 +120,6 @@ class TokenARConfig:
         """Frames that can influence a frame's logits (itself included): each temporal layer reaches
         ``window_frames - 1`` further back."""
         return self.num_temporal * (self.window_frames - 1) + 1
-
-    # -- config.json ---------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The config.json content (``_class_name`` plus every field; the layer order is explicit)."""
-        return config_to_dict(self, CLASS_NAME)
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "TokenARConfig":
-        """From :meth:`to_dict`'s output; another ``_class_name``, unknown or missing fields and bad
-        values raise :class:`CheckpointError`."""
-        return config_from_dict(cls, config, CLASS_NAME)
 
 
 # Presets: one line each.
@@ -657,34 +642,3 @@ def _concat_text(
         parts.append(F.pad(states, (0, 0, 0, length - states.shape[1])))  # (B, L, C)
         masks.append(F.pad(m, (0, length - m.shape[1]), value=False))  # (B, L)
     return torch.cat(parts), torch.cat(masks)  # (2B, L, C), (2B, L)
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-WEIGHTS_STEM = "diffusion_pytorch_model"  # weights file stem of an export (the training loop's ``model/``)
-
-
-def load_token_ar(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
-) -> TokenAR:
-    """Load a token model from a directory (config.json from :meth:`TokenARConfig.to_dict` and
-    ``diffusion_pytorch_model*.safetensors``) or a weights file with that config.json beside it.
-
-    Args:
-        dtype: cast floating-point weights to this dtype (None keeps the file's); the modules in
-            ``TokenAR._keep_in_fp32`` stay float32.
-        device: where the weights go (None: stay memory-mapped on the CPU).
-
-    Returns:
-        The model in eval mode.
-    """
-    path = Path(path)
-    if path.is_dir():
-        config, state = read_json(path / "config.json"), load_sharded_safetensors(path, WEIGHTS_STEM)
-    elif path.is_file():
-        config, state = read_json(path.parent / "config.json"), load_weights(path)
-    else:
-        raise CheckpointError(f"token AR checkpoint not found: {path}")
-    model = build_on_meta(lambda: TokenAR(TokenARConfig.from_dict(config)))
-    return load_into(model, state, dtype=dtype, device=device, what="token AR model").eval()

@@ -2,7 +2,7 @@
 
 The architecture of ``Wan-Video/Wan2.1`` ``wan/modules/model.py`` (``WanModel``), with its parameter
 names, so the original safetensors load with an identity key map; diffusers checkpoints load
-through :data:`kinema.checkpoints.wan_transformer_keys.DIFFUSERS_KEYS`. Numerics follow diffusers'
+through :data:`kinema.checkpoints.wan.DIFFUSERS_KEYS` (the loaders and config forms live there). Numerics follow diffusers'
 ``WanTransformer3DModel`` (float32 results agree to float rounding). In reduced precision the
 residual stream, the time path, the modulation and the norms stay float32, as in the original
 model; only the linear layers and attention run in the weights' dtype.
@@ -15,25 +15,29 @@ for i2v), and a GELU feed-forward.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, load_weights, read_json
-from ..checkpoints.wan_transformer_keys import DIFFUSERS_IGNORED_KEYS, DIFFUSERS_KEYS, ORIGINAL_KEYS
-from ..errors import CheckpointError, KinemaError
+from ..errors import KinemaError
+from ..schema import POSITIVE, check_bools, check_ints, check_numbers, int_tuple
 from .attention import attention
-from .layers import FP32LayerNorm, RMSNorm, layer_norm_fp32, mlp, modulate, randn_parameter, timestep_embedding
+from .layers import (
+    FP32LayerNorm,
+    RMSNorm,
+    layer_norm_fp32,
+    mlp,
+    modulate,
+    randn_parameter,
+    timestep_embedding,
+)
 from .rope import apply_rope, rope_3d, wan_rope_dims
 
 ROPE_THETA = 10000.0  # RoPE base of Wan 2.1 (original ``rope_params``)
-WAN_HEAD_DIM = 128  # head width of every released Wan 2.1 model; used only to infer a config from weights
 WAN_CLIP_DIM = 1280  # CLIP ViT-H/14 feature width that the original i2v ``MLPProj(1280, dim)`` hard-codes
 CLIP_NORM_EPS = 1e-5  # eps of the image MLP's LayerNorms (torch default in both the original and diffusers)
 
@@ -60,9 +64,15 @@ class WanTransformerConfig:
     text_len: int = 512  # text tokens; shorter contexts are zero-padded to this, as in the original
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
-        if len(self.patch_size) != 3:
-            raise KinemaError(f"Wan patch_size must have 3 entries (t, h, w); got {self.patch_size}")
+        owner = "Wan transformer"
+        object.__setattr__(self, "patch_size", int_tuple(owner, "patch_size (t, h, w)", self.patch_size, length=3))
+        check_ints(owner, self, ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim", "rope_max_seq_len", "text_len"))
+        check_numbers(owner, self, {"eps": POSITIVE})
+        check_bools(owner, self, ("cross_attn_norm", "qk_norm"))
+        if self.image_dim is not None:
+            check_ints(owner, self, ("image_dim",))
+        if self.freq_dim % 2:
+            raise KinemaError(f"Wan freq_dim must be even (a sinusoidal embedding); got {self.freq_dim}")
         if self.dim % self.num_heads:
             raise KinemaError(f"Wan dim ({self.dim}) must be a multiple of num_heads ({self.num_heads})")
         if (self.dim // self.num_heads) % 2:
@@ -71,186 +81,6 @@ class WanTransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
-
-    # -- diffusers config.json -----------------------------------------------------------------
-    @classmethod
-    def from_diffusers(cls, config: Mapping[str, Any]) -> "WanTransformerConfig":
-        """From a diffusers ``WanTransformer3DModel`` config.json (missing fields take diffusers'
-        defaults); fields or values kinema does not implement raise :class:`CheckpointError`."""
-        name = config.get("_class_name", _DIFFUSERS_CLASS)
-        if name != _DIFFUSERS_CLASS:
-            raise CheckpointError(f"expected a diffusers {_DIFFUSERS_CLASS} config; got _class_name {name!r}")
-        _reject_unknown(config, _DIFFUSERS_DEFAULTS, "diffusers Wan transformer")
-        c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-        if c["pos_embed_seq_len"] is not None:
-            raise CheckpointError(
-                f"diffusers Wan config has pos_embed_seq_len={c['pos_embed_seq_len']} (first-last-frame "
-                "model), which kinema does not support; use a Wan 2.1 t2v or i2v checkpoint"
-            )
-        if c["qk_norm"] != _DIFFUSERS_QK_NORM:
-            raise CheckpointError(
-                f"diffusers Wan config has qk_norm={c['qk_norm']!r}; kinema supports only {_DIFFUSERS_QK_NORM!r} "
-                "(diffusers applies that norm whatever this field says)"
-            )
-        dim = c["num_attention_heads"] * c["attention_head_dim"]
-        if (c["image_dim"] is None) != (c["added_kv_proj_dim"] is None) or c["added_kv_proj_dim"] not in (None, dim):
-            raise CheckpointError(
-                f"diffusers Wan config has image_dim={c['image_dim']} and added_kv_proj_dim={c['added_kv_proj_dim']}; "
-                f"kinema supports both None (t2v) or image_dim set with added_kv_proj_dim == {dim} (i2v)"
-            )
-        return cls(
-            dim=dim,
-            ffn_dim=c["ffn_dim"],
-            num_heads=c["num_attention_heads"],
-            num_layers=c["num_layers"],
-            patch_size=tuple(c["patch_size"]),
-            in_dim=c["in_channels"],
-            out_dim=c["out_channels"] or c["in_channels"],
-            freq_dim=c["freq_dim"],
-            text_dim=c["text_dim"],
-            eps=c["eps"],
-            cross_attn_norm=bool(c["cross_attn_norm"]),
-            qk_norm=True,
-            image_dim=c["image_dim"],
-            rope_max_seq_len=c["rope_max_seq_len"],
-        )
-
-    def to_diffusers(self) -> dict[str, Any]:
-        """The diffusers ``WanTransformer3DModel`` config.json for this config."""
-        if not self.qk_norm:
-            raise CheckpointError("diffusers' WanTransformer3DModel always applies q/k norms; qk_norm=False has no such form")
-        if self.text_len != 512:
-            raise CheckpointError(f"diffusers' WanTransformer3DModel hard-codes 512 text tokens; text_len is {self.text_len}")
-        return {
-            "_class_name": _DIFFUSERS_CLASS,
-            "patch_size": list(self.patch_size),
-            "num_attention_heads": self.num_heads,
-            "attention_head_dim": self.head_dim,
-            "in_channels": self.in_dim,
-            "out_channels": self.out_dim,
-            "text_dim": self.text_dim,
-            "freq_dim": self.freq_dim,
-            "ffn_dim": self.ffn_dim,
-            "num_layers": self.num_layers,
-            "cross_attn_norm": self.cross_attn_norm,
-            "qk_norm": _DIFFUSERS_QK_NORM,
-            "eps": self.eps,
-            "image_dim": self.image_dim,
-            "added_kv_proj_dim": self.dim if self.image_dim is not None else None,
-            "rope_max_seq_len": self.rope_max_seq_len,
-            "pos_embed_seq_len": None,
-        }
-
-    # -- original Wan config.json --------------------------------------------------------------
-    @classmethod
-    def from_original(cls, config: Mapping[str, Any]) -> "WanTransformerConfig":
-        """From an original Wan 2.1 ``WanModel`` config.json (missing fields take ``WanModel``'s
-        defaults); unsupported model types or values raise :class:`CheckpointError`."""
-        _reject_unknown(config, _ORIGINAL_DEFAULTS, "original Wan transformer")
-        c = {**_ORIGINAL_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-        if c["model_type"] not in ("t2v", "i2v"):
-            raise CheckpointError(
-                f"original Wan config has model_type {c['model_type']!r}; kinema supports 't2v' and 'i2v'"
-            )
-        if tuple(c["window_size"]) != (-1, -1):
-            raise CheckpointError(
-                f"original Wan config has window_size={c['window_size']}; kinema supports only global attention (-1, -1)"
-            )
-        return cls(
-            dim=c["dim"],
-            ffn_dim=c["ffn_dim"],
-            num_heads=c["num_heads"],
-            num_layers=c["num_layers"],
-            patch_size=tuple(c["patch_size"]),
-            in_dim=c["in_dim"],
-            out_dim=c["out_dim"],
-            freq_dim=c["freq_dim"],
-            text_dim=c["text_dim"],
-            eps=c["eps"],
-            cross_attn_norm=bool(c["cross_attn_norm"]),
-            qk_norm=bool(c["qk_norm"]),
-            image_dim=WAN_CLIP_DIM if c["model_type"] == "i2v" else None,
-            text_len=c["text_len"],
-        )
-
-    def to_original(self) -> dict[str, Any]:
-        """The original Wan ``WanModel`` config.json for this config."""
-        if self.image_dim not in (None, WAN_CLIP_DIM):
-            raise CheckpointError(f"the original Wan i2v model hard-codes image_dim {WAN_CLIP_DIM}; got {self.image_dim}")
-        if self.rope_max_seq_len != 1024:
-            raise CheckpointError(f"the original Wan model hard-codes rope_max_seq_len 1024; got {self.rope_max_seq_len}")
-        return {
-            "_class_name": "WanModel",
-            "model_type": "t2v" if self.image_dim is None else "i2v",
-            "patch_size": list(self.patch_size),
-            "text_len": self.text_len,
-            "in_dim": self.in_dim,
-            "dim": self.dim,
-            "ffn_dim": self.ffn_dim,
-            "freq_dim": self.freq_dim,
-            "text_dim": self.text_dim,
-            "out_dim": self.out_dim,
-            "num_heads": self.num_heads,
-            "num_layers": self.num_layers,
-            "window_size": [-1, -1],
-            "qk_norm": self.qk_norm,
-            "cross_attn_norm": self.cross_attn_norm,
-            "eps": self.eps,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "WanTransformerConfig":
-        """Infer the config from kinema-named weights (for a single file without a config.json).
-
-        Everything is read from tensor shapes except the head count, which shapes cannot give:
-        it assumes Wan's head width of 128 (true for all released Wan 2.1 models).
-        """
-        try:
-            patch = state["patch_embedding.weight"]  # (dim, in_dim, pt, ph, pw)
-            dim, in_dim, patch_size = patch.shape[0], patch.shape[1], tuple(patch.shape[2:])
-            num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-            image = state.get("img_emb.proj.0.weight")
-            return cls(
-                dim=dim,
-                ffn_dim=state["blocks.0.ffn.0.weight"].shape[0],
-                num_heads=dim // WAN_HEAD_DIM,
-                num_layers=num_layers,
-                patch_size=patch_size,
-                in_dim=in_dim,
-                out_dim=state["head.head.weight"].shape[0] // math.prod(patch_size),
-                freq_dim=state["time_embedding.0.weight"].shape[1],
-                text_dim=state["text_embedding.0.weight"].shape[1],
-                cross_attn_norm="blocks.0.norm3.weight" in state,
-                qk_norm="blocks.0.self_attn.norm_q.weight" in state,
-                image_dim=None if image is None else image.shape[0],
-            )
-        except (KeyError, ValueError, IndexError) as e:
-            raise CheckpointError(
-                f"cannot infer a Wan transformer config from these weights (missing {e}); put its config.json beside them"
-            ) from None
-
-
-_DIFFUSERS_CLASS = "WanTransformer3DModel"
-_DIFFUSERS_QK_NORM = "rms_norm_across_heads"
-# diffusers WanTransformer3DModel.__init__ defaults (diffusers 0.42), used for fields a config.json omits.
-_DIFFUSERS_DEFAULTS: dict[str, Any] = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm=_DIFFUSERS_QK_NORM,
-    eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024, pos_embed_seq_len=None,
-)  # fmt: skip
-# original WanModel.__init__ defaults (Wan-Video/Wan2.1 wan/modules/model.py); its config.json
-# omits patch_size, cross_attn_norm, qk_norm, text_dim and window_size (``ignore_for_config``).
-_ORIGINAL_DEFAULTS: dict[str, Any] = dict(
-    model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=2048, ffn_dim=8192, freq_dim=256,
-    text_dim=4096, out_dim=16, num_heads=16, num_layers=32, window_size=(-1, -1), qk_norm=True,
-    cross_attn_norm=True, eps=1e-6,
-)  # fmt: skip
-
-
-def _reject_unknown(config: Mapping[str, Any], known: Mapping[str, Any], what: str) -> None:
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-    if unknown:
-        raise CheckpointError(f"{what} config has fields kinema does not implement: {', '.join(unknown)}")
 
 
 # Presets: one line each, derived from the shared Wan 2.1 defaults of WanTransformerConfig.
@@ -535,83 +365,3 @@ class WanTransformer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-WEIGHTS_STEM = "diffusion_pytorch_model"  # weights file stem in both the diffusers and the original layout
-_PREFIXES = ("model.diffusion_model.",)  # prefixes of repackaged single-file checkpoints (ComfyUI)
-
-
-def load_wan_transformer(
-    path: str | os.PathLike,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> WanTransformer:
-    """Load a Wan 2.1 transformer from a diffusers or an original checkpoint.
-
-    Args:
-        path: one of
-            - a diffusers ``transformer/`` directory (config.json with ``_class_name``
-              ``WanTransformer3DModel`` and ``diffusion_pytorch_model*.safetensors``), or a diffusers
-              pipeline directory holding one;
-            - an original Wan 2.1 directory (config.json with ``model_type`` and
-              ``diffusion_pytorch_model*.safetensors`` with the original keys);
-            - a single weights file (original or diffusers keys, optionally prefixed with
-              ``model.diffusion_model.``), with the config read from a Wan config.json beside it or,
-              failing that, inferred from the weights.
-        dtype: cast floating-point weights to this dtype (None keeps the file's); the modules in
-            ``WanTransformer._keep_in_fp32`` stay float32.
-        device: where the weights go (None: stay memory-mapped on the CPU).
-
-    Returns:
-        The model in eval mode.
-    """
-    path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
-        path = path / "transformer"  # a diffusers pipeline directory
-    if path.is_dir():
-        raw_config: dict | None = read_json(path / "config.json")
-        state = load_sharded_safetensors(path, WEIGHTS_STEM)
-    elif path.is_file():
-        sibling = path.parent / "config.json"
-        raw_config = read_json(sibling) if sibling.is_file() else None
-        if raw_config is not None and not _is_wan_config(raw_config):
-            raw_config = None
-        state = load_weights(path)
-    else:
-        raise CheckpointError(f"Wan transformer checkpoint not found: {path}")
-
-    state = _strip_prefixes(state)
-    if _is_diffusers_state(state):
-        state = DIFFUSERS_KEYS.to_ours({k: v for k, v in state.items() if DIFFUSERS_IGNORED_KEYS.our_key(k) is None})
-    else:
-        state = ORIGINAL_KEYS.to_ours(state)
-
-    if raw_config is None:
-        config = WanTransformerConfig.from_state_dict(state)
-    elif raw_config.get("_class_name") == _DIFFUSERS_CLASS:
-        config = WanTransformerConfig.from_diffusers(raw_config)
-    elif _is_wan_config(raw_config):
-        config = WanTransformerConfig.from_original(raw_config)
-    else:
-        raise CheckpointError(f"{path / 'config.json'} is neither a diffusers {_DIFFUSERS_CLASS} nor an original Wan config")
-
-    model = build_on_meta(lambda: WanTransformer(config))
-    return load_into(model, state, dtype=dtype, device=device, what="Wan transformer").eval()
-
-
-def _is_wan_config(raw: Mapping[str, Any]) -> bool:
-    return raw.get("_class_name") in (_DIFFUSERS_CLASS, "WanModel") or "model_type" in raw
-
-
-def _is_diffusers_state(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith("condition_embedder.") for k in state)
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix) :]: v for k, v in state.items()}
-    return state

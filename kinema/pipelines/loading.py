@@ -26,15 +26,25 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from ..checkpoints.io import read_json, safetensors_metadata, safetensors_shapes
-from ..checkpoints.ltx_transformer_keys import ORIGINAL_KEYS as LTX_ORIGINAL_KEYS
 from ..errors import CheckpointError, KinemaError
 from ..models.fp8 import quantize_linears_fp8
-from ..models.ltx import LTX_PRESETS, SINGLE_FILE_PREFIX, LTXTransformerConfig, _config_from_metadata, load_ltx_transformer
-from ..models.token_ar import TOKEN_AR_PRESETS, TokenARConfig, load_token_ar
-from ..models.vae.ltx_vae import LTXVAEConfig, load_ltx_vae
-from ..models.vae.vq_video import VQVideoConfig, load_vq_tokenizer
-from ..models.vae.wan_vae import WanVAEConfig, load_wan_vae
-from ..models.wan import WAN_PRESETS, WanTransformerConfig, load_wan_transformer
+from ..checkpoints import ltx as ltx_ckpt
+from ..checkpoints import ltx_vae as ltx_vae_ckpt
+from ..checkpoints import token_ar as token_ar_ckpt
+from ..checkpoints import vq_video as vq_ckpt
+from ..checkpoints import wan as wan_ckpt
+from ..checkpoints import wan_vae as wan_vae_ckpt
+from ..checkpoints.ltx import SINGLE_FILE_PREFIX, load_ltx_transformer
+from ..checkpoints.ltx_vae import load_ltx_vae
+from ..checkpoints.token_ar import load_token_ar
+from ..checkpoints.vq_video import load_vq_tokenizer
+from ..checkpoints.wan import load_wan_transformer
+from ..checkpoints.wan_vae import load_wan_vae
+from ..models.ltx import LTX_PRESETS, LTXTransformerConfig
+from ..models.token_ar import TOKEN_AR_PRESETS, TokenARConfig
+from ..models.vae.ltx_vae import LTXVAEConfig
+from ..models.vae.wan_vae import WanVAEConfig
+from ..models.wan import WAN_PRESETS, WanTransformerConfig
 from ..sampling import ResolutionShift, SamplerSpec
 from ..sampling.tokens import TokenSampling
 from ..text.minilm import MINILM_DIM, load_minilm
@@ -121,14 +131,12 @@ class ModelLayout:
 def _wan_transformer_config(layout: ModelLayout) -> WanTransformerConfig:
     path = layout.components["transformer"]
     raw = read_json((path if path.is_dir() else path.parent) / "config.json")
-    if raw.get("_class_name") == "WanTransformer3DModel":
-        return WanTransformerConfig.from_diffusers(raw)
-    return WanTransformerConfig.from_original(raw)
+    return wan_ckpt.from_config_json(raw)
 
 
 def _wan_request_rules(layout: ModelLayout) -> dict[str, int]:
     vae = layout.components["vae"]
-    config = WanVAEConfig.from_diffusers(read_json(vae / "config.json")) if vae.is_dir() else WanVAEConfig()
+    config = wan_vae_ckpt.from_diffusers(read_json(vae / "config.json")) if vae.is_dir() else WanVAEConfig()
     patch = max(_wan_transformer_config(layout).patch_size[1:])
     return {"temporal_multiple": config.temporal_compression, "spatial_multiple": config.spatial_compression * patch}
 
@@ -287,21 +295,21 @@ def _single_file_config(path: Path) -> dict:
 def _ltx_transformer_config(layout: ModelLayout) -> LTXTransformerConfig:
     path = layout.components["transformer"]
     if path.is_dir():
-        return LTXTransformerConfig.from_diffusers(read_json(path / "config.json"))
-    config = _config_from_metadata(path)
+        return ltx_ckpt.from_diffusers(read_json(path / "config.json"))
+    config = ltx_ckpt.stored_config(path)
     if config is not None:
         return config
     # no config stored: infer it from the tensor shapes in the header, as the loader does
     shapes = {k[len(SINGLE_FILE_PREFIX) :]: v for k, v in safetensors_shapes(path).items() if k.startswith(SINGLE_FILE_PREFIX)}
-    return LTXTransformerConfig.from_state_dict(LTX_ORIGINAL_KEYS.to_ours({k: torch.empty(v, device="meta") for k, v in shapes.items()}))
+    return ltx_ckpt.from_weights(ltx_ckpt.ORIGINAL_KEYS.to_ours({k: torch.empty(v, device="meta") for k, v in shapes.items()}))
 
 
 def _ltx_vae_config(layout: ModelLayout) -> LTXVAEConfig:
     path = layout.components["vae"]
     if path.is_dir():
-        return LTXVAEConfig.from_diffusers(read_json(path / "config.json"))
+        return ltx_vae_ckpt.from_diffusers(read_json(path / "config.json"))
     stored = _single_file_config(path).get("vae")
-    return LTXVAEConfig.from_original(stored) if stored else LTXVAEConfig()  # every release compresses 8 x 32 x 32
+    return ltx_vae_ckpt.from_original(stored) if stored else LTXVAEConfig()  # every release compresses 8 x 32 x 32
 
 
 def _ltx_request_rules(layout: ModelLayout) -> dict[str, int]:
@@ -464,14 +472,14 @@ def _load_ltx(layout: ModelLayout, device: torch.device, dtype: torch.dtype | No
 # Token models (kinema layout only): transformer/ (TokenAR) + tokenizer/ (VQ video tokenizer)
 # ------------------------------------------------------------------------------------------------
 def _token_ar_transformer_config(layout: ModelLayout) -> TokenARConfig:
-    return TokenARConfig.from_dict(read_json(layout.components["transformer"] / "config.json"))
+    return token_ar_ckpt.from_json(read_json(layout.components["transformer"] / "config.json"))
 
 
 def _token_ar_request_rules(layout: ModelLayout) -> dict[str, Any]:
     """The tokenizer's time stride and the one frame size (token grid x stride), after checking
     that the components fit together (codebook size, text width)."""
     ar = _token_ar_transformer_config(layout)
-    vq = VQVideoConfig.from_dict(read_json(layout.components["tokenizer"] / "config.json"))
+    vq = vq_ckpt.from_json(read_json(layout.components["tokenizer"] / "config.json"))
     if ar.vocab_size != vq.codebook_size:
         raise CheckpointError(
             f"{layout.root}: the token model predicts {ar.vocab_size} ids but the tokenizer has {vq.codebook_size} codes; "

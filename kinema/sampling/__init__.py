@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import KinemaError
+from ..schema import Key, ignored, must, read, read_table
 from .flow_match import EulerSampler, euler_step, flow_interpolate, predict_x0
 from .guidance import cfg, rescale_guidance
 from .schedules import (
@@ -266,26 +267,26 @@ class SamplerSpec:
         return self.get_sampler(), s.sigmas, timesteps
 
 
-_UNIPC_KEYS: dict[str, tuple[Any, str, Any]] = {
-    "num_train_timesteps": (1000, "read", None),
-    "flow_shift": (1.0, "read", None),
-    "solver_order": (2, "read", None),
-    "solver_type": ("bh2", "read", None),
-    "lower_order_final": (True, "read", None),
-    "disable_corrector": ([], "read", None),
-    "prediction_type": ("epsilon", "must", "flow_prediction"),
-    "use_flow_sigmas": (False, "must", True),
-    "predict_x0": (True, "must", True),
-    "thresholding": (False, "must", False),
-    "use_karras_sigmas": (False, "must", False),
-    "use_exponential_sigmas": (False, "must", False),
-    "use_beta_sigmas": (False, "must", False),
-    "use_dynamic_shifting": (False, "must", False),
-    "final_sigmas_type": ("zero", "must", "zero"),
-    "shift_terminal": (None, "must", None),
-    "solver_p": (None, "must", None),
+_UNIPC_KEYS: dict[str, Key] = {
+    "num_train_timesteps": read(1000),
+    "flow_shift": read(1.0),
+    "solver_order": read(2),
+    "solver_type": read("bh2"),
+    "lower_order_final": read(True),
+    "disable_corrector": read([]),
+    "prediction_type": must("flow_prediction", "epsilon"),
+    "use_flow_sigmas": must(True, False),
+    "predict_x0": must(True),
+    "thresholding": must(False),
+    "use_karras_sigmas": must(False),
+    "use_exponential_sigmas": must(False),
+    "use_beta_sigmas": must(False),
+    "use_dynamic_shifting": must(False),
+    "final_sigmas_type": must("zero"),
+    "shift_terminal": must(None, off=(0, 0.0)),  # diffusers tests it for truth: None, 0 and 0.0 all mean "off"
+    "solver_p": must(None),
     **{
-        key: (None, "ignored", None)
+        key: ignored()
         for key in (
             "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
             "timestep_spacing", "steps_offset", "dynamic_thresholding_ratio", "sample_max_value",
@@ -294,50 +295,31 @@ _UNIPC_KEYS: dict[str, tuple[Any, str, Any]] = {
     },
 }  # fmt: skip
 
-_EULER_KEYS: dict[str, tuple[Any, str, Any]] = {
-    "num_train_timesteps": (1000, "read", None),
-    "shift": (1.0, "read", None),
-    "use_dynamic_shifting": (False, "read", None),  # LTX-Video: True, with the four keys below
-    "base_shift": (0.5, "read", None),
-    "max_shift": (1.15, "read", None),
-    "base_image_seq_len": (256, "read", None),
-    "max_image_seq_len": (4096, "read", None),
-    "time_shift_type": ("exponential", "read", None),
-    "shift_terminal": (None, "read", None),  # only with use_dynamic_shifting (LTX-Video: 0.1)
-    "invert_sigmas": (False, "must", False),
-    "use_karras_sigmas": (False, "must", False),
-    "use_exponential_sigmas": (False, "must", False),
-    "use_beta_sigmas": (False, "must", False),
-    "stochastic_sampling": (False, "must", False),
+_EULER_KEYS: dict[str, Key] = {
+    "num_train_timesteps": read(1000),
+    "shift": read(1.0),
+    "use_dynamic_shifting": read(False),  # LTX-Video: True, with the four keys below
+    "base_shift": read(0.5),
+    "max_shift": read(1.15),
+    "base_image_seq_len": read(256),
+    "max_image_seq_len": read(4096),
+    "time_shift_type": read("exponential"),
+    "shift_terminal": read(None),  # LTX-Video: 0.1
+    "invert_sigmas": must(False),
+    "use_karras_sigmas": must(False),
+    "use_exponential_sigmas": must(False),
+    "use_beta_sigmas": must(False),
+    "stochastic_sampling": must(False),
 }  # fmt: skip
 
 # diffusers maps these old UniPC solver names to "bh2" (UniPCMultistepScheduler.__init__).
 _UNIPC_SOLVER_ALIASES = {"bh1": "bh1", "bh2": "bh2", "midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}
+_HINT = "results could differ from diffusers; use a Wan-style flow-matching scheduler config"
 
 
-def _read(config: Mapping[str, Any], table: dict[str, tuple[Any, str, Any]]) -> dict[str, Any]:
-    """Apply diffusers' defaults, check the "must" keys, reject unknown ones; return the read keys."""
-    cls = config.get("_class_name")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in table)
-    if unknown:
-        raise KinemaError(
-            f"{cls} config has settings kinema does not know: {unknown}; results could differ from "
-            "diffusers, so remove them or add support for them in kinema.sampling"
-        )
-    read = {}
-    for key, (default, kind, required) in table.items():
-        value = config.get(key, default)
-        if kind == "read":
-            read[key] = value
-        elif kind == "must":
-            # diffusers tests shift_terminal for truth: None, 0 and 0.0 all mean "off".
-            off = key == "shift_terminal" and not value
-            if not off and value != required:
-                raise KinemaError(
-                    f"{cls} with {key}={value!r} is not supported by kinema (only {key}={required!r}); "
-                    "use a Wan-style flow-matching scheduler config"
-                )
-    return read
+def _read(config: Mapping[str, Any], table: dict[str, Key]) -> dict[str, Any]:
+    """The settings kinema reads from a scheduler config (:func:`kinema.schema.read_table`)."""
+    return read_table(config, table, what=f"{config.get('_class_name')} config", hint=_HINT)
 
 
 def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:

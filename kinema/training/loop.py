@@ -286,11 +286,11 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
 
 def load_vae(path: str | os.PathLike):
     """A frozen Wan VAE from a directory (a VAE run's ``model/``) or a weights file (+ config.json beside it)."""
-    from ..models.vae.wan_vae import WanVAEConfig, load_wan_vae
+    from ..checkpoints.wan_vae import from_diffusers, load_wan_vae
 
     path = Path(path)
     if path.is_file() and (path.parent / "config.json").is_file():
-        return load_wan_vae(path, config=WanVAEConfig.from_diffusers(read_json(path.parent / "config.json")))
+        return load_wan_vae(path, config=from_diffusers(read_json(path.parent / "config.json")))
     if not path.exists():
         raise KinemaError(f"vae not found: {path}; point 'vae' at a VAE run's model/ directory or a weights file")
     return load_wan_vae(path)
@@ -298,7 +298,7 @@ def load_vae(path: str | os.PathLike):
 
 def load_tokenizer(path: str | os.PathLike):
     """A frozen VQ video tokenizer from a directory (a vq-tokenizer run's ``model/``)."""
-    from ..models.vae.vq_video import is_vq_tokenizer_dir, load_vq_tokenizer
+    from ..checkpoints.vq_video import is_vq_tokenizer_dir, load_vq_tokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -653,7 +653,7 @@ def _top_module(key: str) -> str:
 
 def _export_state(path: Path) -> dict[str, torch.Tensor]:
     """The state dict (kinema's names) of an exported Wan VAE or VQ tokenizer directory."""
-    from ..models.vae.vq_video import is_vq_tokenizer_dir, load_vq_tokenizer
+    from ..checkpoints.vq_video import is_vq_tokenizer_dir, load_vq_tokenizer
 
     if is_vq_tokenizer_dir(path):
         return load_vq_tokenizer(path).state_dict()
@@ -891,21 +891,25 @@ def _token_objective(config: TrainConfig, arch, out_dir: Path):
 
 def _export_wan_vae(config: TrainConfig, arch, state: dict) -> tuple[dict, dict]:
     """diffusers' config (with latents_mean/latents_std measured on the training clips) and names."""
-    from ..checkpoints.wan_vae_keys import diffusers_keys
+    from ..checkpoints.wan_vae import diffusers_keys, to_diffusers
 
     mean, std = measure_latent_stats(config, state)
     arch = dataclasses.replace(arch, latents_mean=mean, latents_std=std)
-    return arch.to_diffusers(), diffusers_keys(arch).to_theirs(state)
+    return to_diffusers(arch), diffusers_keys(arch).to_theirs(state)
 
 
 def _export_wan_transformer(config: TrainConfig, arch, state: dict) -> tuple[dict, dict]:
     """The original Wan names; diffusers' config form when text_len is 512, else the original Wan config."""
-    return (arch.to_diffusers() if arch.text_len == 512 else arch.to_original()), dict(state)
+    from ..checkpoints.wan import to_diffusers, to_original
+
+    return (to_diffusers(arch) if arch.text_len == 512 else to_original(arch)), dict(state)
 
 
 def _export_own(config: TrainConfig, arch, state: dict) -> tuple[dict, dict]:
-    """kinema's own config.json (``to_dict``) and names: load_vq_tokenizer / load_token_ar read them."""
-    return arch.to_dict(), dict(state)
+    """kinema's own config.json and names: load_vq_tokenizer / load_token_ar read them."""
+    from ..checkpoints import token_ar, vq_video
+
+    return (token_ar.to_json(arch) if config.model == "token-ar" else vq_video.to_json(arch)), dict(state)
 
 
 TRAINING_KINDS: dict[str, TrainingKind] = {

@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kinema.checkpoints import ltx as ltx_ckpt
 from kinema.checkpoints.io import build_on_meta, load_into, module_pattern
-from kinema.checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
+from kinema.checkpoints.ltx import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.ltx import (
     LTX_PRESETS,
@@ -83,41 +84,41 @@ ORIGINAL_2B = {
 
 def test_published_configs_give_the_preset():
     preset = LTX_PRESETS["spectro-2b"]()
-    assert LTXTransformerConfig.from_diffusers(DIFFUSERS_2B) == preset
-    assert LTXTransformerConfig.from_diffusers({"_class_name": "LTXVideoTransformer3DModel"}) == preset  # all defaults
-    assert LTXTransformerConfig.from_original(ORIGINAL_2B) == preset
-    assert LTXTransformerConfig.from_diffusers(preset.to_diffusers()) == preset
-    assert LTXTransformerConfig.from_original(preset.to_original()) == preset
+    assert ltx_ckpt.from_diffusers(DIFFUSERS_2B) == preset
+    assert ltx_ckpt.from_diffusers({"_class_name": "LTXVideoTransformer3DModel"}) == preset  # all defaults
+    assert ltx_ckpt.from_original(ORIGINAL_2B) == preset
+    assert ltx_ckpt.from_diffusers(ltx_ckpt.to_diffusers(preset)) == preset
+    assert ltx_ckpt.from_original(ltx_ckpt.to_original(preset)) == preset
     published = {k: v for k, v in DIFFUSERS_2B.items() if not k.startswith("_")}
-    assert {k: v for k, v in preset.to_diffusers().items() if not k.startswith("_")} == published
+    assert {k: v for k, v in ltx_ckpt.to_diffusers(preset).items() if not k.startswith("_")} == published
 
 
 def test_config_inferred_from_weights():
     state = build_on_meta(lambda: LTXTransformer(LTX_PRESETS["spectro-2b"]())).state_dict()
-    assert LTXTransformerConfig.from_state_dict(state) == LTX_PRESETS["spectro-2b"]()
+    assert ltx_ckpt.from_weights(state) == LTX_PRESETS["spectro-2b"]()
     with pytest.raises(CheckpointError, match="head count"):
-        LTXTransformerConfig.from_state_dict(_tiny().state_dict())  # width 16: not 32 heads
+        ltx_ckpt.from_weights(_tiny().state_dict())  # width 16: not 32 heads
     with pytest.raises(CheckpointError, match="cannot infer"):
-        LTXTransformerConfig.from_state_dict({})
+        ltx_ckpt.from_weights({})
 
 
 def test_unsupported_configs_raise():
     with pytest.raises(CheckpointError, match="patch_size"):
-        LTXTransformerConfig.from_diffusers({**DIFFUSERS_2B, "patch_size": 2})
+        ltx_ckpt.from_diffusers({**DIFFUSERS_2B, "patch_size": 2})
     with pytest.raises(CheckpointError, match="cross_attention_dim"):
-        LTXTransformerConfig.from_diffusers({**DIFFUSERS_2B, "cross_attention_dim": 4096})
+        ltx_ckpt.from_diffusers({**DIFFUSERS_2B, "cross_attention_dim": 4096})
     with pytest.raises(CheckpointError, match="norm_elementwise_affine"):
-        LTXTransformerConfig.from_diffusers({**DIFFUSERS_2B, "norm_elementwise_affine": True})
+        ltx_ckpt.from_diffusers({**DIFFUSERS_2B, "norm_elementwise_affine": True})
     with pytest.raises(CheckpointError, match="window_size"):
-        LTXTransformerConfig.from_diffusers({**DIFFUSERS_2B, "window_size": 8})
+        ltx_ckpt.from_diffusers({**DIFFUSERS_2B, "window_size": 8})
     with pytest.raises(CheckpointError, match="_class_name"):
-        LTXTransformerConfig.from_diffusers({**DIFFUSERS_2B, "_class_name": "WanTransformer3DModel"})
+        ltx_ckpt.from_diffusers({**DIFFUSERS_2B, "_class_name": "WanTransformer3DModel"})
     with pytest.raises(CheckpointError, match="standardization_norm"):
-        LTXTransformerConfig.from_original({**ORIGINAL_2B, "standardization_norm": "layer_norm"})
+        ltx_ckpt.from_original({**ORIGINAL_2B, "standardization_norm": "layer_norm"})
     with pytest.raises(CheckpointError, match="timestep_scale_multiplier"):
-        LTXTransformerConfig.from_original({k: v for k, v in ORIGINAL_2B.items() if k != "timestep_scale_multiplier"})
+        ltx_ckpt.from_original({k: v for k, v in ORIGINAL_2B.items() if k != "timestep_scale_multiplier"})
     with pytest.raises(CheckpointError, match="ffn_dim"):
-        replace(TINY, ffn_dim=48).to_diffusers()
+        ltx_ckpt.to_diffusers(replace(TINY, ffn_dim=48))
     with pytest.raises(KinemaError, match="multiple of num_heads"):
         LTXTransformerConfig(dim=18, ffn_dim=72, num_heads=4, num_layers=1)
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kinema.checkpoints import ltx_vae as ltx_vae_ckpt
 from kinema.checkpoints.io import build_on_meta, load_into
 from kinema.errors import CheckpointError, KinemaError
-from kinema.models.vae.ltx_vae import (
-    LTX_VAE_PRESETS,
-    LTXVAE,
-    LTXConv3d,
-    LTXVAEConfig,
-    _flush_groups,
-)
+from kinema.models.vae.ltx_vae import LTX_VAE_PRESETS, LTXVAE, LTXVAEConfig
+from kinema.models.vae.ltx_vae_blocks import LTXConv3d, _flush_groups
 
 # LTX's structure (patch 4, three 2x resamplers: 32x32x8) at widths 4..32 with one resnet per stage.
 TINY_090 = LTXVAEConfig(
@@ -78,13 +74,13 @@ def test_preset_parameter_counts_on_meta():
 
 def test_config_round_trips_through_diffusers_dict():
     for config in (*(make() for make in LTX_VAE_PRESETS.values()), TINY_090, TINY_091):
-        d = config.to_diffusers()
+        d = ltx_vae_ckpt.to_diffusers(config)
         assert d["_class_name"] == "AutoencoderKLLTXVideo"
         assert (d["spatial_compression_ratio"], d["temporal_compression_ratio"]) == (32, 8)
-        assert LTXVAEConfig.from_diffusers(d) == config
+        assert ltx_vae_ckpt.from_diffusers(d) == config
     # a config.json with only the fields of its time, nulls for the derived ratios
     old = {"_class_name": "AutoencoderKLLTXVideo", "latent_channels": 128, "spatial_compression_ratio": None}
-    assert LTXVAEConfig.from_diffusers(old) == LTXVAEConfig()
+    assert ltx_vae_ckpt.from_diffusers(old) == LTXVAEConfig()
 
 
 # The original CausalVideoAutoencoder configs (the "vae" entry of a single file's metadata; 0.9.0 and
@@ -117,12 +113,12 @@ ORIGINAL_095_ENCODER = [
 
 
 def test_original_configs_give_the_presets():
-    assert LTXVAEConfig.from_original(ORIGINAL_090) == LTX_VAE_PRESETS["ltx-video-0.9.0"]()
-    assert LTXVAEConfig.from_original(ORIGINAL_091) == LTX_VAE_PRESETS["ltx-video-0.9.1"]()
+    assert ltx_vae_ckpt.from_original(ORIGINAL_090) == LTX_VAE_PRESETS["ltx-video-0.9.0"]()
+    assert ltx_vae_ckpt.from_original(ORIGINAL_091) == LTX_VAE_PRESETS["ltx-video-0.9.1"]()
     decoder_095 = [[n, dict(p, inject_noise=False) if n == "res_x" else p] for n, p in ORIGINAL_091["decoder_blocks"]]
     decoder_095 = [[n, dict(p, num_layers=5) if n == "res_x" else p] for n, p in decoder_095]
     original_095 = dict(ORIGINAL_091, encoder_blocks=ORIGINAL_095_ENCODER, decoder_blocks=decoder_095, extra_key="ignored")
-    assert LTXVAEConfig.from_original(original_095) == LTX_VAE_PRESETS["ltx-video-0.9.5"]()
+    assert ltx_vae_ckpt.from_original(original_095) == LTX_VAE_PRESETS["ltx-video-0.9.5"]()
 
 
 def test_unsupported_configs_raise():
@@ -133,18 +129,18 @@ def test_unsupported_configs_raise():
     with pytest.raises(CheckpointError, match="timestep conditioning"):  # 0.9.0's decoder changes widths in resnets
         LTXVAEConfig(timestep_conditioning=True)
     with pytest.raises(CheckpointError, match="mystery"):
-        LTXVAEConfig.from_diffusers(dict(LTXVAEConfig().to_diffusers(), mystery=1))
+        ltx_vae_ckpt.from_diffusers(dict(ltx_vae_ckpt.to_diffusers(LTXVAEConfig()), mystery=1))
     with pytest.raises(CheckpointError, match="spatial_compression_ratio"):
-        LTXVAEConfig.from_diffusers(dict(LTXVAEConfig().to_diffusers(), spatial_compression_ratio=64))
+        ltx_vae_ckpt.from_diffusers(dict(ltx_vae_ckpt.to_diffusers(LTXVAEConfig()), spatial_compression_ratio=64))
     with pytest.raises(CheckpointError, match="AutoencoderKLLTXVideo"):
-        LTXVAEConfig.from_diffusers({"_class_name": "AutoencoderKLWan"})
+        ltx_vae_ckpt.from_diffusers({"_class_name": "AutoencoderKLWan"})
     with pytest.raises(CheckpointError, match="norm_layer"):
-        LTXVAEConfig.from_original(dict(ORIGINAL_090, norm_layer="group_norm"))
+        ltx_vae_ckpt.from_original(dict(ORIGINAL_090, norm_layer="group_norm"))
     with pytest.raises(CheckpointError, match="spatial_padding_mode"):
-        LTXVAEConfig.from_original(dict(ORIGINAL_090, spatial_padding_mode="reflect"))
+        ltx_vae_ckpt.from_original(dict(ORIGINAL_090, spatial_padding_mode="reflect"))
     ltx2_decoder = [["res_x", 4], ["compress_space", {"multiplier": 2}], ["res_x", 4]]
     with pytest.raises(CheckpointError, match="compress_space"):
-        LTXVAEConfig.from_original(dict(ORIGINAL_091, decoder_blocks=ltx2_decoder))
+        ltx_vae_ckpt.from_original(dict(ORIGINAL_091, decoder_blocks=ltx2_decoder))
 
 
 # ------------------------------------------------------------------------------------------------

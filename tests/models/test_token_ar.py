@@ -9,7 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kinema.checkpoints import token_ar as token_ar_ckpt
 from kinema.checkpoints.io import build_on_meta, save_safetensors
+from kinema.checkpoints.token_ar import load_token_ar
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.attention import attention
 from kinema.models.rope import rope_3d
@@ -19,7 +21,6 @@ from kinema.models.token_ar import (
     TokenARConfig,
     generate,
     interleave_layers,
-    load_token_ar,
     spatial_mask,
     temporal_mask,
 )
@@ -85,13 +86,13 @@ def test_layer_pattern():
 
 def test_config_json_round_trip():
     config = TOKEN_AR_PRESETS["ar-8b"]()
-    saved = json.loads(json.dumps(config.to_dict()))
+    saved = json.loads(json.dumps(token_ar_ckpt.to_json(config)))
     assert saved["layers"] == config.layers and saved["_class_name"] == "TokenAR"
-    assert TokenARConfig.from_dict(saved) == config
+    assert token_ar_ckpt.from_json(saved) == config
     with pytest.raises(CheckpointError, match="sliding"):
-        TokenARConfig.from_dict({**saved, "sliding": 4})
+        token_ar_ckpt.from_json({**saved, "sliding": 4})
     with pytest.raises(CheckpointError, match="_class_name"):
-        TokenARConfig.from_dict({**saved, "_class_name": "WanModel"})
+        token_ar_ckpt.from_json({**saved, "_class_name": "WanModel"})
 
 
 def test_bad_configs_raise():
@@ -124,22 +125,22 @@ def test_bad_config_values_give_one_line_errors(field, value, message):
         replace(TINY, **{field: value})
     assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match=message) as e:  # reading a config.json
-        TokenARConfig.from_dict({**TINY.to_dict(), field: value})
+        token_ar_ckpt.from_json({**token_ar_ckpt.to_json(TINY), field: value})
     assert "\n" not in str(e.value)
 
 
 def test_from_dict_names_what_is_missing():
-    saved = TINY.to_dict()
+    saved = token_ar_ckpt.to_json(TINY)
     del saved["dim"]
     with pytest.raises(CheckpointError, match=r"lacks required field\(s\) \['dim'\]"):
-        TokenARConfig.from_dict(saved)
+        token_ar_ckpt.from_json(saved)
     with pytest.raises(CheckpointError, match="must be a mapping"):
-        TokenARConfig.from_dict("TokenAR")
+        token_ar_ckpt.from_json("TokenAR")
 
 
 def test_load_round_trip(tmp_path):
     model = _model(dtype=torch.float32)
-    (tmp_path / "config.json").write_text(json.dumps(TINY.to_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(token_ar_ckpt.to_json(TINY)))
     save_safetensors(model.state_dict(), tmp_path / "diffusion_pytorch_model.safetensors")
     loaded = load_token_ar(tmp_path)
     text, mask = _text()

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import kinema.models.vq as vq_module
+from kinema.checkpoints import vq_video as vq_ckpt
 from kinema.checkpoints.io import load_safetensors, save_safetensors
+from kinema.checkpoints.vq_video import load_vq_tokenizer, save_vq_tokenizer
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.vae.vq_video import (
     VQVideoConfig,
     VQVideoTokenizer,
-    load_vq_tokenizer,
-    save_vq_tokenizer,
 )
 from kinema.models.vae.wan_vae import WanVAE
 from kinema.models.vq import VectorQuantizer, perplexity
@@ -264,7 +264,7 @@ def test_config_json_round_trip(tmp_path):
     model.quantizer.init_from_samples(torch.randn(100, 3))
     directory = save_vq_tokenizer(tmp_path / "tok", TINY, model.state_dict())
     raw = json.loads((directory / "config.json").read_text())
-    assert raw["_class_name"] == "VQVideoTokenizer" and VQVideoConfig.from_dict(raw) == TINY
+    assert raw["_class_name"] == "VQVideoTokenizer" and vq_ckpt.from_json(raw) == TINY
     loaded = load_vq_tokenizer(directory, dtype=torch.bfloat16)
     assert loaded.quantizer.codebook.dtype == torch.float32 and loaded.conv2.weight.dtype == torch.bfloat16
     loaded = load_vq_tokenizer(directory)
@@ -272,9 +272,9 @@ def test_config_json_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.encode_tokens(video), model.encode_tokens(video))
     with pytest.raises(CheckpointError, match="unknown"):
-        VQVideoConfig.from_dict({**raw, "codebook_colour": 1})
+        vq_ckpt.from_json({**raw, "codebook_colour": 1})
     with pytest.raises(CheckpointError, match="expected a VQVideoTokenizer"):
-        VQVideoConfig.from_dict({**raw, "_class_name": "AutoencoderKLWan"})
+        vq_ckpt.from_json({**raw, "_class_name": "AutoencoderKLWan"})
     with pytest.raises(KinemaError, match="temporal_downsample"):
         VQVideoConfig(dim_mult=(1, 2), temporal_downsample=(True, True))
 
@@ -300,10 +300,10 @@ def test_bad_config_values_give_one_line_errors(field, value, message):
         VQVideoConfig(**{field: value})
     assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match=message) as e:  # reading a config.json
-        VQVideoConfig.from_dict({**TINY.to_dict(), field: value})
+        vq_ckpt.from_json({**vq_ckpt.to_json(TINY), field: value})
     assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match="must be a mapping"):
-        VQVideoConfig.from_dict(["codebook_size", 16])
+        vq_ckpt.from_json(["codebook_size", 16])
 
 
 def test_tiny_tokenizer_overfits_two_clips():

@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kinema.checkpoints import wan as wan_ckpt
 from kinema.checkpoints.io import build_on_meta, load_into, module_pattern
-from kinema.checkpoints.wan_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
+from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
 
@@ -50,7 +51,7 @@ def test_i2v_preset_count_equals_diffusers():
     diffusers = pytest.importorskip("diffusers")
     config = WAN_PRESETS["wan2.1-i2v-14b"]()
     with torch.device("meta"):
-        reference = diffusers.WanTransformer3DModel(**{k: v for k, v in config.to_diffusers().items() if not k.startswith("_")})
+        reference = diffusers.WanTransformer3DModel(**{k: v for k, v in wan_ckpt.to_diffusers(config).items() if not k.startswith("_")})
     assert sum(p.numel() for p in reference.parameters()) == PRESET_PARAMETERS["wan2.1-i2v-14b"]
 
 
@@ -78,29 +79,29 @@ DIFFUSERS_I2V_14B = {
 
 
 def test_published_configs_give_the_presets():
-    assert WanTransformerConfig.from_original(ORIGINAL_1_3B) == WAN_PRESETS["wan2.1-t2v-1.3b"]()
-    assert WanTransformerConfig.from_diffusers(DIFFUSERS_1_3B) == WAN_PRESETS["wan2.1-t2v-1.3b"]()
-    assert WanTransformerConfig.from_diffusers(DIFFUSERS_I2V_14B) == WAN_PRESETS["wan2.1-i2v-14b"]()
+    assert wan_ckpt.from_original(ORIGINAL_1_3B) == WAN_PRESETS["wan2.1-t2v-1.3b"]()
+    assert wan_ckpt.from_diffusers(DIFFUSERS_1_3B) == WAN_PRESETS["wan2.1-t2v-1.3b"]()
+    assert wan_ckpt.from_diffusers(DIFFUSERS_I2V_14B) == WAN_PRESETS["wan2.1-i2v-14b"]()
     i2v = WAN_PRESETS["wan2.1-i2v-14b"]()
-    assert WanTransformerConfig.from_original(i2v.to_original()) == i2v
-    assert WanTransformerConfig.from_diffusers(i2v.to_diffusers()) == i2v
+    assert wan_ckpt.from_original(wan_ckpt.to_original(i2v)) == i2v
+    assert wan_ckpt.from_diffusers(wan_ckpt.to_diffusers(i2v)) == i2v
 
 
 def test_config_inferred_from_weights():
     for name in ("wan2.1-t2v-1.3b", "wan2.1-i2v-14b"):
         state = build_on_meta(lambda: WanTransformer(WAN_PRESETS[name]())).state_dict()
-        assert WanTransformerConfig.from_state_dict(state) == WAN_PRESETS[name]()
+        assert wan_ckpt.from_weights(state) == WAN_PRESETS[name]()
 
 
 def test_unsupported_configs_raise():
     with pytest.raises(CheckpointError, match="flf2v"):
-        WanTransformerConfig.from_original({**ORIGINAL_1_3B, "model_type": "flf2v"})
+        wan_ckpt.from_original({**ORIGINAL_1_3B, "model_type": "flf2v"})
     with pytest.raises(CheckpointError, match="window_size"):
-        WanTransformerConfig.from_original({**ORIGINAL_1_3B, "window_size": [256, 256]})
+        wan_ckpt.from_original({**ORIGINAL_1_3B, "window_size": [256, 256]})
     with pytest.raises(CheckpointError, match="vace_layers"):
-        WanTransformerConfig.from_original({**ORIGINAL_1_3B, "vace_layers": [0, 2]})
+        wan_ckpt.from_original({**ORIGINAL_1_3B, "vace_layers": [0, 2]})
     with pytest.raises(CheckpointError, match="pos_embed_seq_len"):
-        WanTransformerConfig.from_diffusers({**DIFFUSERS_I2V_14B, "pos_embed_seq_len": 514})
+        wan_ckpt.from_diffusers({**DIFFUSERS_I2V_14B, "pos_embed_seq_len": 514})
     with pytest.raises(KinemaError, match="multiple of num_heads"):
         WanTransformerConfig(dim=25, ffn_dim=32, num_heads=2, num_layers=1)
 

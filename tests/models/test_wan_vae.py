@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kinema.checkpoints import wan_vae as wan_vae_ckpt
 from kinema.checkpoints.io import build_on_meta, load_into
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.vae import CausalCache, CausalConv3d, WanVAE, WanVAEConfig
@@ -52,12 +53,12 @@ def test_default_parameter_count_on_meta():
 
 def test_config_round_trips_through_diffusers_dict():
     for config in (WanVAEConfig(), TINY):
-        d = config.to_diffusers()
+        d = wan_vae_ckpt.to_diffusers(config)
         assert d["_class_name"] == "AutoencoderKLWan" and d["temperal_downsample"] == [False, True, True]
-        assert WanVAEConfig.from_diffusers(d) == config
+        assert wan_vae_ckpt.from_diffusers(d) == config
     # an old config.json with only the fields of its time
     old = {"_class_name": "AutoencoderKLWan", "base_dim": 96, "z_dim": 16}
-    assert WanVAEConfig.from_diffusers(old) == WanVAEConfig()
+    assert wan_vae_ckpt.from_diffusers(old) == WanVAEConfig()
 
 
 def test_unsupported_config_values_raise():
@@ -66,11 +67,11 @@ def test_unsupported_config_values_raise():
     with pytest.raises(CheckpointError, match="latents_mean"):
         WanVAEConfig(z_dim=4)
     with pytest.raises(CheckpointError, match="is_residual"):
-        WanVAEConfig.from_diffusers(dict(WanVAEConfig().to_diffusers(), is_residual=True))
+        wan_vae_ckpt.from_diffusers(dict(wan_vae_ckpt.to_diffusers(WanVAEConfig()), is_residual=True))
     with pytest.raises(CheckpointError, match="scale_factor_spatial"):
-        WanVAEConfig.from_diffusers(dict(WanVAEConfig().to_diffusers(), scale_factor_spatial=16))
+        wan_vae_ckpt.from_diffusers(dict(wan_vae_ckpt.to_diffusers(WanVAEConfig()), scale_factor_spatial=16))
     with pytest.raises(CheckpointError, match="AutoencoderKLWan"):
-        WanVAEConfig.from_diffusers({"_class_name": "AutoencoderKL"})
+        wan_vae_ckpt.from_diffusers({"_class_name": "AutoencoderKL"})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,10 +14,12 @@ import json
 import pytest
 import torch
 
+from kinema.checkpoints import ltx as ltx_ckpt
 from kinema.checkpoints.io import save_safetensors
-from kinema.checkpoints.ltx_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
+from kinema.checkpoints.ltx import load_ltx_transformer
+from kinema.checkpoints.ltx import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError
-from kinema.models.ltx import LTXTransformer, LTXTransformerConfig, load_ltx_transformer, ltx_rope_scale
+from kinema.models.ltx import LTXTransformer, ltx_rope_scale
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import LTXVideoTransformer3DModel  # noqa: E402
@@ -155,7 +157,7 @@ def _write_single_file(ref: LTXVideoTransformer3DModel, path, metadata: bool = T
     original = ORIGINAL_KEYS.to_theirs(DIFFUSERS_KEYS.to_ours(ref.state_dict()))
     state = {"model.diffusion_model." + k: v for k, v in original.items()}
     state["vae.decoder.conv_in.conv.weight"] = torch.zeros(3)  # the single files hold the VAE too
-    config = LTXTransformerConfig.from_diffusers(dict(ref.config)).to_original()
+    config = ltx_ckpt.to_original(ltx_ckpt.from_diffusers(dict(ref.config)))
     meta = {"config": json.dumps({"transformer": config, "vae": {}, "scheduler": {}})} if metadata else None
     save_safetensors(state, path, metadata=meta)
 
@@ -164,7 +166,7 @@ def test_original_single_file_matches_diffusers(tiny_ltx_diffusers_dir, tmp_path
     ref, _ = tiny_ltx_diffusers_dir
     _write_single_file(ref, tmp_path / "ltx-video-tiny.safetensors")
     model = load_ltx_transformer(tmp_path / "ltx-video-tiny.safetensors")
-    assert model.config == LTXTransformerConfig.from_diffusers(dict(ref.config))
+    assert model.config == ltx_ckpt.from_diffusers(dict(ref.config))
     x, t, text, mask = _inputs()
     for timestep in (t, _i2v_timesteps(t)):
         with torch.no_grad():
@@ -178,7 +180,7 @@ def test_single_file_without_metadata(tiny_ltx_diffusers_dir, tmp_path):
     _write_single_file(ref, path, metadata=False)
     with pytest.raises(CheckpointError, match="head count"):  # 20 wide: not the released 32 heads
         load_ltx_transformer(path)
-    model = load_ltx_transformer(path, config=LTXTransformerConfig.from_diffusers(dict(ref.config)))
+    model = load_ltx_transformer(path, config=ltx_ckpt.from_diffusers(dict(ref.config)))
     x, t, text, mask = _inputs()
     with torch.no_grad():
         assert _max_diff(model(x, t, text, mask, rope_scale=SCALE), _diffusers_out(ref, x, t, text, mask)) <= TOL
@@ -187,7 +189,7 @@ def test_single_file_without_metadata(tiny_ltx_diffusers_dir, tmp_path):
 def test_diffusers_keyed_single_file(tiny_ltx_diffusers_dir, tmp_path):
     ref, directory = tiny_ltx_diffusers_dir
     save_safetensors(ref.state_dict(), tmp_path / "transformer.safetensors")
-    model = load_ltx_transformer(tmp_path / "transformer.safetensors", config=LTXTransformerConfig.from_diffusers(dict(ref.config)))
+    model = load_ltx_transformer(tmp_path / "transformer.safetensors", config=ltx_ckpt.from_diffusers(dict(ref.config)))
     x, t, text, mask = _inputs()
     with torch.no_grad():
         assert _max_diff(model(x, t, text, mask, rope_scale=SCALE), _diffusers_out(ref, x, t, text, mask)) <= TOL
@@ -200,7 +202,7 @@ def test_key_maps_round_trip(tiny_ltx_diffusers_dir):
     ref, _ = tiny_ltx_diffusers_dir
     theirs = ref.state_dict()
     ours = DIFFUSERS_KEYS.to_ours(theirs)
-    model = LTXTransformer(LTXTransformerConfig.from_diffusers(dict(ref.config)))
+    model = LTXTransformer(ltx_ckpt.from_diffusers(dict(ref.config)))
     assert set(ours) == set(model.state_dict())  # every diffusers key maps onto exactly our keys
     assert set(DIFFUSERS_KEYS.to_theirs(ours)) == set(theirs)  # and back
     assert ORIGINAL_KEYS.to_ours(ORIGINAL_KEYS.to_theirs(ours)).keys() == ours.keys()
@@ -245,8 +247,8 @@ def test_missing_or_extra_key_raises(change, tiny_ltx_diffusers_dir, tmp_path):
 def test_diffusers_config_round_trip(tiny_ltx_diffusers_dir):
     _, directory = tiny_ltx_diffusers_dir
     saved = json.loads((directory / "config.json").read_text())
-    ours = LTXTransformerConfig.from_diffusers(saved)
+    ours = ltx_ckpt.from_diffusers(saved)
     assert {k: v for k, v in saved.items() if not k.startswith("_")} == {
-        k: v for k, v in ours.to_diffusers().items() if not k.startswith("_")
+        k: v for k, v in ltx_ckpt.to_diffusers(ours).items() if not k.startswith("_")
     }
-    assert LTXTransformerConfig.from_original(ours.to_original()) == ours
+    assert ltx_ckpt.from_original(ltx_ckpt.to_original(ours)) == ours

@@ -14,10 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from kinema.checkpoints import ltx_vae as ltx_vae_ckpt
 from kinema.checkpoints.io import build_on_meta
-from kinema.checkpoints.ltx_vae_keys import ORIGINAL_KEYS, ORIGINAL_PREFIX, diffusers_keys
+from kinema.checkpoints.ltx_vae import load_ltx_vae
+from kinema.checkpoints.ltx_vae import ORIGINAL_KEYS, ORIGINAL_PREFIX, diffusers_keys
 from kinema.errors import CheckpointError
-from kinema.models.vae.ltx_vae import LTX_VAE_PRESETS, LTXVAE, LTXVAEConfig, load_ltx_vae
+from kinema.models.vae.ltx_vae import LTX_VAE_PRESETS, LTXVAE, LTXVAEConfig
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLLTXVideo, LTXPipeline  # noqa: E402
@@ -193,7 +195,7 @@ def _original_file_state(ours: LTXVAE) -> dict[str, torch.Tensor]:
 def test_original_single_file_loads_the_same(saved, tmp_path):
     layout, ref, directory = saved
     from_dir = load_ltx_vae(directory)
-    assert LTXVAEConfig.from_original(ORIGINAL[layout]) == from_dir.config
+    assert ltx_vae_ckpt.from_original(ORIGINAL[layout]) == from_dir.config
     path = tmp_path / "ltx-video-2b.safetensors"
     metadata = {"config": json.dumps({"vae": ORIGINAL[layout], "transformer": {}})}
     save_file(_original_file_state(from_dir), str(path), metadata=metadata)
@@ -229,7 +231,7 @@ def test_key_maps_agree_with_diffusers_and_its_converter(preset):
     config = LTX_VAE_PRESETS[preset]()
     ours = build_on_meta(lambda: LTXVAE(config)).state_dict()
     with torch.device("meta"):
-        kwargs = {k: v for k, v in config.to_diffusers().items() if not k.startswith("_")}
+        kwargs = {k: v for k, v in ltx_vae_ckpt.to_diffusers(config).items() if not k.startswith("_")}
         theirs = AutoencoderKLLTXVideo(**kwargs).state_dict()
     mapped = diffusers_keys(config).to_theirs(ours)
     assert sorted(mapped) == sorted(theirs)
@@ -247,7 +249,7 @@ def test_key_maps_agree_with_diffusers_and_its_converter(preset):
 def test_diffusers_converter_output_runs_like_the_reference(layout):
     """Tensors through our original layout, then diffusers' converter, into diffusers: same outputs."""
     ref = make_reference(layout, seed=3)
-    config = LTXVAEConfig.from_diffusers(dict(ref.config))
+    config = ltx_vae_ckpt.from_diffusers(dict(ref.config))
     ours = diffusers_keys(config).to_ours(ref.state_dict())
     original = {ORIGINAL_PREFIX + k: v for k, v in ORIGINAL_KEYS.to_theirs(ours).items()}
     clone = AutoencoderKLLTXVideo(**TINY[layout]).eval()

@@ -13,10 +13,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kinema.checkpoints import wan as wan_ckpt
 from kinema.checkpoints.io import save_safetensors
-from kinema.checkpoints.wan_transformer_keys import DIFFUSERS_KEYS, ORIGINAL_KEYS
+from kinema.checkpoints.wan import load_wan_transformer
+from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError
-from kinema.models.wan import WanTransformer, WanTransformerConfig, load_wan_transformer
+from kinema.models.wan import WanTransformer
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402
@@ -148,7 +150,7 @@ def _write_original(ref: WanTransformer3DModel, directory, prefix: str = "") -> 
     original = ORIGINAL_KEYS.to_theirs(DIFFUSERS_KEYS.to_ours(ref.state_dict()))
     directory.mkdir(parents=True)
     save_safetensors({prefix + k: v for k, v in original.items()}, directory / "diffusion_pytorch_model.safetensors")
-    config = replace(WanTransformerConfig.from_diffusers(dict(ref.config)), rope_max_seq_len=1024).to_original()
+    config = wan_ckpt.to_original(replace(wan_ckpt.from_diffusers(dict(ref.config)), rope_max_seq_len=1024))
     for omitted in ("patch_size", "window_size", "qk_norm", "cross_attn_norm"):
         config.pop(omitted)  # real original config.json files omit these (WanModel.ignore_for_config)
     # (text_dim is omitted too in real files, where it is the default 4096; the tiny model needs 32)
@@ -187,7 +189,7 @@ def test_key_maps_cover_both_formats(kind, tiny_wan_t2v_diffusers_dir, tiny_wan_
     ref, _ = tiny_wan_t2v_diffusers_dir if kind == "t2v" else tiny_wan_i2v_diffusers_dir
     theirs = ref.state_dict()
     ours = DIFFUSERS_KEYS.to_ours(theirs)
-    model = WanTransformer(WanTransformerConfig.from_diffusers(dict(ref.config)))
+    model = WanTransformer(wan_ckpt.from_diffusers(dict(ref.config)))
     assert set(ours) == set(model.state_dict())  # every diffusers key maps onto exactly our keys
     assert set(DIFFUSERS_KEYS.to_theirs(ours)) == set(theirs)  # and back
     assert set(ORIGINAL_KEYS.to_ours(ORIGINAL_KEYS.to_theirs(ours))) == set(ours)
@@ -250,25 +252,25 @@ def test_ignored_diffusers_key_is_dropped(tiny_wan_i2v_diffusers_dir, tmp_path):
 def test_diffusers_config_round_trip(config, tiny_wan_t2v_diffusers_dir, tiny_wan_i2v_diffusers_dir):
     ref, directory = tiny_wan_t2v_diffusers_dir if config is TINY_T2V else tiny_wan_i2v_diffusers_dir
     saved = json.loads((directory / "config.json").read_text())
-    ours = WanTransformerConfig.from_diffusers(saved)
-    back = ours.to_diffusers()
+    ours = wan_ckpt.from_diffusers(saved)
+    back = wan_ckpt.to_diffusers(ours)
     assert {k: v for k, v in saved.items() if not k.startswith("_")} == {k: v for k, v in back.items() if not k.startswith("_")}
     as_original = replace(ours, rope_max_seq_len=1024)  # the original format has no such field (fixed 1024)
-    assert WanTransformerConfig.from_original(as_original.to_original()) == as_original
+    assert wan_ckpt.from_original(wan_ckpt.to_original(as_original)) == as_original
     with pytest.raises(CheckpointError, match="rope_max_seq_len"):
-        ours.to_original()
+        wan_ckpt.to_original(ours)
 
 
 def test_unsupported_diffusers_configs_raise(tiny_wan_t2v_diffusers_dir):
     _, directory = tiny_wan_t2v_diffusers_dir
     saved = json.loads((directory / "config.json").read_text())
     with pytest.raises(CheckpointError, match="pos_embed_seq_len"):
-        WanTransformerConfig.from_diffusers({**saved, "pos_embed_seq_len": 514})
+        wan_ckpt.from_diffusers({**saved, "pos_embed_seq_len": 514})
     with pytest.raises(CheckpointError, match="window_size"):
-        WanTransformerConfig.from_diffusers({**saved, "window_size": [-1, -1]})  # not a diffusers field
+        wan_ckpt.from_diffusers({**saved, "window_size": [-1, -1]})  # not a diffusers field
     with pytest.raises(CheckpointError, match="added_kv_proj_dim"):
-        WanTransformerConfig.from_diffusers({**saved, "image_dim": 1280, "added_kv_proj_dim": 48})
+        wan_ckpt.from_diffusers({**saved, "image_dim": 1280, "added_kv_proj_dim": 48})
     with pytest.raises(CheckpointError, match="qk_norm"):
-        WanTransformerConfig.from_diffusers({**saved, "qk_norm": None})
+        wan_ckpt.from_diffusers({**saved, "qk_norm": None})
     with pytest.raises(CheckpointError, match="_class_name"):
-        WanTransformerConfig.from_diffusers({**saved, "_class_name": "LTXVideoTransformer3DModel"})
+        wan_ckpt.from_diffusers({**saved, "_class_name": "LTXVideoTransformer3DModel"})

@@ -10,10 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from kinema.checkpoints import wan_vae as wan_vae_ckpt
 from kinema.checkpoints.io import build_on_meta
-from kinema.checkpoints.wan_vae_keys import diffusers_keys, original_keys
+from kinema.checkpoints.wan_vae import load_wan_vae
+from kinema.checkpoints.wan_vae import diffusers_keys, original_keys
 from kinema.errors import CheckpointError
-from kinema.models.vae import CausalCache, WanVAE, WanVAEConfig, load_wan_vae
+from kinema.models.vae import CausalCache, WanVAE, WanVAEConfig
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLWan  # noqa: E402
@@ -152,7 +154,7 @@ def test_key_map_agrees_with_diffusers_converter():
 def test_diffusers_converter_output_runs_like_ours():
     """Tensors through our original layout, then diffusers' converter, into diffusers: same outputs."""
     ref = make_reference(seed=3, **TINY["wan-shaped"])
-    config = WanVAEConfig.from_diffusers(dict(ref.config))
+    config = wan_vae_ckpt.from_diffusers(dict(ref.config))
     converted = convert_wan_vae_to_diffusers(_original_state(ref, config))
     clone = AutoencoderKLWan(**dict(ref.config)).eval()
     clone.load_state_dict(converted, strict=True)

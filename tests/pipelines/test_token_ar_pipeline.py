@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import kinema
+from kinema.checkpoints import token_ar as token_ar_ckpt
 from kinema.checkpoints.io import save_safetensors
+from kinema.checkpoints.vq_video import save_vq_tokenizer
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.fp8 import FP8Linear, fp8_state_bytes
 from kinema.models.token_ar import TokenAR, TokenARConfig, generate
-from kinema.models.vae.vq_video import VQVideoConfig, VQVideoTokenizer, save_vq_tokenizer
+from kinema.models.vae.vq_video import VQVideoConfig, VQVideoTokenizer
 from kinema.pipelines.loading import check_before_loading, resolve_model
 from kinema.pipelines.package import KINEMA_MODEL_FILE, write_kinema_model
 from kinema.pipelines.token_ar import TokenARPipeline, token_picker
@@ -53,7 +55,7 @@ def save_token_ar_components(root: Path, vq: VQVideoConfig = TINY_VQ, ar: TokenA
     ar_dir = root / "ar-run" / "model"
     ar_dir.mkdir(parents=True)
     save_safetensors(model.state_dict(), ar_dir / "diffusion_pytorch_model.safetensors")
-    (ar_dir / "config.json").write_text(json.dumps(ar.to_dict(), indent=2))
+    (ar_dir / "config.json").write_text(json.dumps(token_ar_ckpt.to_json(ar), indent=2))
     return ar_dir, vq_dir
 
 

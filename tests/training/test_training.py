@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from kinema.checkpoints import token_ar as token_ar_ckpt
 from kinema.errors import KinemaError
 from kinema.cli import main as cli_main
 from kinema.training import load_config, train
@@ -129,8 +130,8 @@ def test_resume_drops_metrics_logged_past_the_checkpoint(tmp_path):
 
 
 def test_exports_load_with_kinema_loaders(tiny_vae, tmp_path):
-    from kinema.models.vae.wan_vae import load_wan_vae
-    from kinema.models.wan import load_wan_transformer
+    from kinema.checkpoints.wan import load_wan_transformer
+    from kinema.checkpoints.wan_vae import load_wan_vae
 
     vae = load_wan_vae(tiny_vae)
     assert vae.config.z_dim == 4
@@ -382,8 +383,8 @@ def _architecture(name: str, **over) -> dict:
          r"the architecture of a token-ar needs the field\(s\) \['dim'\]"),
         ({"model": "vq-tokenizer", "architecture": _architecture("tiny-vq.yaml", codebook_size="1024")}, "codebook_size must be an integer >= 2; got '1024'"),
         ({"model": "vq-tokenizer", "architecture": _architecture("tiny-vq.yaml", dim_mult=4)}, "dim_mult must be a list of integers >= 1; got 4"),
-        ({"model": "wan-transformer", "architecture": _architecture("tiny-transformer.yaml", patch_size=2)}, "bad architecture for wan-transformer"),
-        ({"model": "wan-vae", "architecture": _architecture("tiny-vae.yaml", dim_mult=4)}, "bad architecture for wan-vae"),
+        ({"model": "wan-transformer", "architecture": _architecture("tiny-transformer.yaml", patch_size=2)}, r"patch_size \(t, h, w\) must be a list of 3 integers >= 1; got 2"),
+        ({"model": "wan-vae", "architecture": _architecture("tiny-vae.yaml", dim_mult=4)}, "dim_mult must be a list of integers >= 1; got 4"),
         ({"model": "wan-vae", "architecture": [8, 4]}, "architecture must be a mapping of WanVAEConfig fields"),
     ],
 )
@@ -479,7 +480,7 @@ def test_ema_warmup_forgets_the_initial_weights():
 
 
 def test_vae_export_measures_latent_normalisation(tiny_vae):
-    from kinema.models.vae.wan_vae import load_wan_vae
+    from kinema.checkpoints.wan_vae import load_wan_vae
     from kinema.training.loop import make_dataset
 
     vae = load_wan_vae(tiny_vae)
@@ -588,7 +589,7 @@ def test_fields_added_later_leave_old_config_hashes_alone():
 # The VQ tokenizer
 # ------------------------------------------------------------------------------------------------
 def test_vq_tokenizer_run_logs_codebook_use_and_exports(tmp_path):
-    from kinema.models.vae.vq_video import load_vq_tokenizer
+    from kinema.checkpoints.vq_video import load_vq_tokenizer
 
     out = train(vq_config(tmp_path / "q", steps=3), progress=False)
     metrics = [json.loads(line) for line in (tmp_path / "q" / METRICS_FILE).read_text().splitlines()]
@@ -624,7 +625,7 @@ def test_vq_objective_collects_the_assignments_of_one_step(tmp_path):
 
 
 def test_vq_tokenizer_starts_from_a_wan_vae(tiny_vae, tmp_path):
-    from kinema.models.vae.wan_vae import load_wan_vae
+    from kinema.checkpoints.wan_vae import load_wan_vae
     from kinema.training.loop import _trainable, init_weights_from
 
     vae = load_wan_vae(tiny_vae).state_dict()  # the export has diffusers' names; init_from maps them
@@ -718,7 +719,8 @@ def test_token_ar_refuses_a_tokenizer_it_does_not_fit(tiny_vq, tiny_vae, tmp_pat
 
 
 def test_token_ar_export_loads_and_gives_the_ema_logits(tiny_vq, tmp_path):
-    from kinema.models.token_ar import TokenAR, TokenARConfig, load_token_ar
+    from kinema.checkpoints.token_ar import load_token_ar
+    from kinema.models.token_ar import TokenAR
     from kinema.training.loop import ToyTextEncoder
 
     out = train(ar_config(tmp_path / "e", tiny_vq, steps=2, checkpoint_every=2), progress=False)
@@ -729,7 +731,7 @@ def test_token_ar_export_loads_and_gives_the_ema_logits(tiny_vq, tmp_path):
     ema = _tensors(tmp_path / "e/checkpoints/step-0000002/ema.safetensors")
     raw = _tensors(tmp_path / "e/checkpoints/step-0000002/model.safetensors")
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
-    reference = TokenAR(TokenARConfig.from_dict(json.loads((out / "config.json").read_text())))
+    reference = TokenAR(token_ar_ckpt.from_json(json.loads((out / "config.json").read_text())))
     reference.load_state_dict(ema)
     tokens = torch.randint(32, (2, 3 * 64), generator=torch.Generator().manual_seed(0))
     text = ToyTextEncoder(16, 8)(["a red square moving right", ""])

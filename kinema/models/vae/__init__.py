@@ -1,8 +1,8 @@
 """Video autoencoders: a causal 3D conv with an explicit cache, and each autoencoder built on it."""
 
 from .causal import CausalCache, CausalConv3d
-from .vq_video import VQVideoConfig, VQVideoTokenizer, load_vq_tokenizer
-from .wan_vae import WanPosterior, WanVAE, WanVAEConfig, load_wan_vae
+from .vq_video import VQVideoConfig, VQVideoTokenizer
+from .wan_vae import WanPosterior, WanVAE, WanVAEConfig
 
 __all__ = [
     "CausalCache",
@@ -12,6 +12,4 @@ __all__ = [
     "WanPosterior",
     "WanVAE",
     "WanVAEConfig",
-    "load_vq_tokenizer",
-    "load_wan_vae",
 ]

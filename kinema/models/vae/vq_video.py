@@ -22,17 +22,13 @@ names), read by :func:`load_vq_tokenizer`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from ...errors import CheckpointError, KinemaError
-from ..configs import (
+from ...errors import KinemaError
+from ...schema import (
     NON_NEGATIVE,
     OPEN_UNIT,
     POSITIVE,
@@ -41,16 +37,18 @@ from ..configs import (
     check_bools,
     check_ints,
     check_numbers,
-    config_from_dict,
-    config_to_dict,
     int_tuple,
 )
 from ..vq import VectorQuantizer
 from .causal import CausalCache, CausalConv3d
-from .wan_vae import Decoder3d, Encoder3d, WanCodecProperties, WanVAEConfig, _check_video, _time_chunks
-
-CLASS_NAME = "VQVideoTokenizer"  # config.json's _class_name
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the weights beside config.json (as every kinema export)
+from .wan_vae import (
+    Decoder3d,
+    Encoder3d,
+    WanCodecProperties,
+    WanVAEConfig,
+    _check_video,
+    _time_chunks,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,16 +104,6 @@ class VQVideoConfig:
     def spatial_compression(self) -> int:
         """Pixels per token along height and width: the Wan encoder's."""
         return self.autoencoder.spatial_compression
-
-    # -- config.json ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """``config.json`` content: ``_class_name`` and every field (tuples as lists)."""
-        return config_to_dict(self, CLASS_NAME)
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "VQVideoConfig":
-        """From :meth:`to_dict`'s form; another class, an unknown field or a bad value raise CheckpointError."""
-        return config_from_dict(cls, config, CLASS_NAME)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,42 +210,3 @@ class VQVideoTokenizer(WanCodecProperties, nn.Module):
         """
         z_q, tokens, info = self.quantizer(self.encode_features(video))  # (B, D, F', h, w), (B, F', h, w)
         return self.decode_features(z_q), {**info, "tokens": tokens}
-
-
-# ------------------------------------------------------------------------------------------------
-# Saving and loading
-# ------------------------------------------------------------------------------------------------
-def save_vq_tokenizer(directory: str | os.PathLike, config: VQVideoConfig, state: Mapping[str, torch.Tensor]) -> Path:
-    """Write ``config.json`` and the weights (a :class:`VQVideoTokenizer` state dict) into ``directory``."""
-    from ...checkpoints.io import save_safetensors
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_safetensors(state, directory / WEIGHTS_FILE)
-    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    return directory
-
-
-def is_vq_tokenizer_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory whose config.json names a VQVideoTokenizer."""
-    from ...checkpoints.io import config_class_name
-
-    return config_class_name(path) == CLASS_NAME
-
-
-def load_vq_tokenizer(
-    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
-) -> VQVideoTokenizer:
-    """Load a tokenizer directory (``config.json`` + ``diffusion_pytorch_model.safetensors``, as a
-    ``vq-tokenizer`` training run exports to ``OUT/model``), built on the meta device and filled
-    strictly. ``dtype`` casts the weights except the quantiser's (float32). Eval mode, no gradients.
-    """
-    from ...checkpoints.io import build_on_meta, load_into, load_safetensors, read_json
-
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"VQ tokenizer not found: {path}; give a directory with config.json and {WEIGHTS_FILE}")
-    config = VQVideoConfig.from_dict(read_json(path / "config.json"))
-    model = build_on_meta(lambda: VQVideoTokenizer(config))
-    load_into(model, load_safetensors(path / WEIGHTS_FILE), dtype=dtype, device=device, what="VQ video tokenizer")
-    return model.eval().requires_grad_(False)

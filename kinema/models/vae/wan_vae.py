@@ -2,7 +2,7 @@
 
 Architecture and parameter names are those of the original release (Wan-Video/Wan2.1,
 ``wan/modules/vae.py``), so ``Wan2.1_VAE.pth`` loads with an identity key map; diffusers'
-``AutoencoderKLWan`` layout loads through :func:`kinema.checkpoints.wan_vae_keys.diffusers_keys`.
+``AutoencoderKLWan`` layout loads through :mod:`kinema.checkpoints.wan_vae`.
 
 Time is processed in chunks with an explicit :class:`~kinema.models.vae.causal.CausalCache`:
 encoding takes frames 1, 4, 4, ... and decoding one latent frame at a time (1 then 4 pixel
@@ -11,9 +11,7 @@ frames each), so activation memory does not grow with the length of the video.
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -22,6 +20,14 @@ from einops import rearrange
 from torch import nn
 
 from ...errors import CheckpointError, KinemaError
+from ...schema import (
+    UNIT_BELOW_ONE,
+    bool_tuple,
+    check_ints,
+    check_numbers,
+    int_tuple,
+    is_finite_number,
+)
 from .causal import CausalCache, CausalConv3d, conv3d, preferred_format
 
 # Wan's per-channel statistics of the latents of its training videos (wan/modules/vae.py, WanVAE;
@@ -39,7 +45,6 @@ WAN21_LATENTS_STD = (
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 # F.normalize's floor on the norm (RMS_norm in wan/modules/vae.py normalises with F.normalize).
 NORM_EPS = 1e-12
-CLASS_NAME = "AutoencoderKLWan"  # config.json's _class_name (diffusers')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,11 +67,16 @@ class WanVAEConfig:
     out_channels: int = 3  # video channels out of the decoder
 
     def __post_init__(self) -> None:
-        self.dim_mult = tuple(int(m) for m in self.dim_mult)
-        self.attn_scales = tuple(float(s) for s in self.attn_scales)
-        self.temporal_downsample = tuple(bool(t) for t in self.temporal_downsample)
-        self.latents_mean = tuple(float(v) for v in self.latents_mean)
-        self.latents_std = tuple(float(v) for v in self.latents_std)
+        owner = "Wan VAE"
+        self.dim_mult = int_tuple(owner, "dim_mult", self.dim_mult)
+        self.temporal_downsample = bool_tuple(owner, "temporal_downsample", self.temporal_downsample)
+        check_ints(owner, self, ("base_dim", "z_dim", "num_res_blocks", "in_channels", "out_channels"))
+        check_numbers(owner, self, {"dropout": UNIT_BELOW_ONE})
+        for name in ("attn_scales", "latents_mean", "latents_std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not all(is_finite_number(v) for v in values):
+                raise CheckpointError(f"{owner} {name} must be a list of numbers; got {values!r}")
+            setattr(self, name, tuple(float(v) for v in values))
         if self.attn_scales:
             raise CheckpointError(
                 f"Wan VAE attn_scales={list(self.attn_scales)} is not supported (Wan 2.1 has none); use []"
@@ -81,6 +91,8 @@ class WanVAEConfig:
                 f"Wan VAE latents_mean/latents_std need z_dim={self.z_dim} values each; "
                 f"got {len(self.latents_mean)} and {len(self.latents_std)}"
             )
+        if not all(v > 0 for v in self.latents_std):
+            raise CheckpointError(f"Wan VAE latents_std must be positive (latents are divided by it); got {list(self.latents_std)}")
 
     @property
     def temporal_compression(self) -> int:
@@ -91,69 +103,6 @@ class WanVAEConfig:
     def spatial_compression(self) -> int:
         """Pixels per latent along height and width: 8 for Wan 2.1."""
         return 2 ** (len(self.dim_mult) - 1)
-
-    # -- diffusers' config.json ------------------------------------------------------------------
-    @classmethod
-    def from_diffusers(cls, config: dict) -> "WanVAEConfig":
-        """From diffusers' ``AutoencoderKLWan`` config dict; unsupported values raise CheckpointError."""
-        cls_name = config.get("_class_name", CLASS_NAME)
-        if cls_name != CLASS_NAME:
-            raise CheckpointError(f"expected a diffusers AutoencoderKLWan config, got _class_name={cls_name!r}")
-        known = {*_DIFFUSERS_RENAMES, *_DIFFUSERS_WAN21_ONLY, *_DIFFUSERS_DERIVED}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-        if unknown:
-            raise CheckpointError(
-                f"unknown AutoencoderKLWan config field(s) {unknown}: not a Wan 2.1 VAE kinema supports"
-            )
-        for key, allowed in _DIFFUSERS_WAN21_ONLY.items():
-            value = config.get(key, allowed)
-            same_decoder_width = key == "decoder_base_dim" and value == config.get("base_dim", cls.base_dim)
-            if value != allowed and not same_decoder_width:
-                raise CheckpointError(
-                    f"AutoencoderKLWan {key}={value!r} is not supported (a Wan 2.2 VAE?); "
-                    f"kinema's Wan VAE needs {key}={allowed!r}"
-                )
-        out = cls(**{ours: config[theirs] for theirs, ours in _DIFFUSERS_RENAMES.items() if theirs in config})
-        for key, expected in out._derived().items():
-            if config.get(key) not in (None, expected):
-                raise CheckpointError(
-                    f"AutoencoderKLWan {key}={config[key]} does not match the architecture ({expected})"
-                )
-        return out
-
-    def to_diffusers(self) -> dict:
-        """diffusers' ``AutoencoderKLWan`` config dict (``config.json`` content)."""
-        ours = asdict(self)
-        out: dict = {"_class_name": CLASS_NAME}
-        for theirs, name in _DIFFUSERS_RENAMES.items():
-            value = ours[name]
-            out[theirs] = list(value) if isinstance(value, tuple) else value
-        out.update(_DIFFUSERS_WAN21_ONLY)
-        out.update(self._derived())
-        return out
-
-    def _derived(self) -> dict[str, int]:
-        return dict(zip(_DIFFUSERS_DERIVED, (self.temporal_compression, self.spatial_compression)))
-
-
-# diffusers' config field -> ours (diffusers keeps the original's "temperal" spelling).
-_DIFFUSERS_RENAMES = {
-    "base_dim": "base_dim",
-    "z_dim": "z_dim",
-    "dim_mult": "dim_mult",
-    "num_res_blocks": "num_res_blocks",
-    "attn_scales": "attn_scales",
-    "temperal_downsample": "temporal_downsample",
-    "dropout": "dropout",
-    "latents_mean": "latents_mean",
-    "latents_std": "latents_std",
-    "in_channels": "in_channels",
-    "out_channels": "out_channels",
-}
-# diffusers fields that select Wan 2.2 variants, with the only value Wan 2.1 uses.
-_DIFFUSERS_WAN21_ONLY = {"decoder_base_dim": None, "is_residual": False, "patch_size": None}
-# diffusers fields that follow from the architecture (temporal, spatial compression).
-_DIFFUSERS_DERIVED = ("scale_factor_temporal", "scale_factor_spatial")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,55 +517,3 @@ def _check_video(video: torch.Tensor, channels: int, tc: int, sc: int) -> None:
         raise KinemaError(f"num_frames must be {tc}k+1 for this VAE; got {f}, try {lo} or {lo + tc}")
     if h % sc or w % sc:
         raise KinemaError(f"height and width must be multiples of {sc} for this VAE; got {h}x{w}")
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-DIFFUSERS_WEIGHTS_STEM = "diffusion_pytorch_model"
-
-
-def load_wan_vae(
-    path: str | os.PathLike,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    config: WanVAEConfig | None = None,
-) -> WanVAE:
-    """Load a Wan 2.1 VAE from a diffusers ``vae/`` directory or an original weights file.
-
-    Args:
-        path: a diffusers directory (``config.json`` with ``_class_name`` AutoencoderKLWan and
-            ``diffusion_pytorch_model.safetensors``; a model root with a ``vae/`` folder also
-            works), or one weights file: ``Wan2.1_VAE.pth`` (loaded with ``weights_only=True``)
-            or a ``.safetensors`` with original (or diffusers) keys.
-        dtype: cast the weights to this dtype (None keeps the stored dtype).
-        device: put the weights here (None: CPU).
-        config: the architecture of a single weights file (default: the released Wan 2.1 VAE's
-            structure, with the base width read off the first convolution).
-            A directory's ``config.json`` is the source of truth; a different ``config`` raises.
-    Returns:
-        the :class:`WanVAE` in eval mode, without gradients.
-    """
-    from ...checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, load_weights, read_json
-    from ...checkpoints.wan_vae_keys import diffusers_keys, original_keys
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-            path = path / "vae"
-        stored = WanVAEConfig.from_diffusers(read_json(path / "config.json"))
-        if config is not None and config != stored:
-            raise CheckpointError(f"{path / 'config.json'} does not match the config passed to load_wan_vae; pass none")
-        config = stored
-        state = load_sharded_safetensors(path, DIFFUSERS_WEIGHTS_STEM)
-        keymap = diffusers_keys(config)
-    else:
-        state = load_weights(path)
-        is_diffusers = any(k.startswith("encoder.conv_in.") for k in state)
-        if config is None:  # Wan 2.1's structure, at the width the tensors have
-            first_conv = state.get("encoder.conv_in.weight" if is_diffusers else "encoder.conv1.weight")
-            config = WanVAEConfig(base_dim=first_conv.shape[0]) if first_conv is not None else WanVAEConfig()
-        keymap = diffusers_keys(config) if is_diffusers else original_keys(config)
-    model = build_on_meta(lambda: WanVAE(config))
-    load_into(model, keymap.to_ours(state), dtype=dtype, device=device, what="Wan VAE")
-    return model.eval().requires_grad_(False)

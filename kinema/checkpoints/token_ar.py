@@ -1,0 +1,70 @@
+"""Token model checkpoints: kinema's own format, as a ``token-ar`` training run exports it.
+
+A token model directory holds ``config.json`` (every field of
+:class:`~kinema.models.token_ar.TokenARConfig`, with ``_class_name`` ``TokenAR``; the layer order
+explicit) and ``diffusion_pytorch_model*.safetensors`` under kinema's own parameter names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.token_ar import TokenAR, TokenARConfig
+from ..schema import dataclass_to_dict, read_dataclass
+from .io import (
+    build_on_meta,
+    load_into,
+    load_sharded_safetensors,
+    load_weights,
+    read_json,
+    resolve_config,
+)
+
+CLASS_NAME = "TokenAR"  # ``_class_name`` of the config.json
+WEIGHTS_STEM = "diffusion_pytorch_model"  # weights file stem of an export (the training loop's ``model/``)
+
+
+def from_json(raw: Any) -> TokenARConfig:
+    """The config from its ``config.json`` form; another ``_class_name``, unknown or missing fields
+    and bad values raise :class:`CheckpointError`."""
+    return read_dataclass(TokenARConfig, raw, what=f"{CLASS_NAME} config", class_name=CLASS_NAME, check_types=False)
+
+
+def to_json(config: TokenARConfig) -> dict[str, Any]:
+    """The config.json content (``_class_name`` plus every field; the layer order is explicit)."""
+    return dataclass_to_dict(config, CLASS_NAME)
+
+
+def load_token_ar(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    config: TokenARConfig | None = None,
+) -> TokenAR:
+    """Load a token model from a directory (config.json and ``diffusion_pytorch_model*.safetensors``)
+    or a weights file with that config.json beside it.
+
+    Args:
+        dtype: cast floating-point weights to this dtype (None keeps the file's); the modules in
+            ``TokenAR._keep_in_fp32`` stay float32.
+        device: where the weights go (None: stay memory-mapped on the CPU).
+        config: if given, must equal the stored config (:func:`~kinema.checkpoints.io.resolve_config`).
+
+    Returns:
+        The model in eval mode.
+    """
+    path = Path(path)
+    if path.is_dir():
+        where, state = path / "config.json", load_sharded_safetensors(path, WEIGHTS_STEM)
+    elif path.is_file():
+        where, state = path.parent / "config.json", load_weights(path)
+    else:
+        raise CheckpointError(f"token AR checkpoint not found: {path}")
+    config = resolve_config(from_json(read_json(where)), config, None, where=where, what="token AR model")
+    model = build_on_meta(lambda: TokenAR(config))
+    return load_into(model, state, dtype=dtype, device=device, what="token AR model").eval()

@@ -1,0 +1,370 @@
+"""Wan 2.1 transformer checkpoints: key maps, config translation and the loader.
+
+kinema's parameter names are the original Wan 2.1 names (``Wan-Video/Wan2.1``,
+``wan/modules/model.py``), so :data:`ORIGINAL_KEYS` is the identity on exactly the keys the
+original model has (anything else raises), and :data:`DIFFUSERS_KEYS` renames to diffusers'
+``WanTransformer3DModel``. Both come from one table. Note the swap: the original ``norm3`` (the
+affine cross-attention norm) is diffusers' ``norm2``; the parameter-free norms have no keys.
+
+Configs come in two forms, diffusers' ``config.json`` (:func:`from_diffusers` /
+:func:`to_diffusers`) and the original ``WanModel`` ``config.json`` (:func:`from_original` /
+:func:`to_original`); a single weights file without either gives its config from its tensor shapes
+(:func:`from_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.wan import WAN_CLIP_DIM, WanTransformer, WanTransformerConfig
+from ..schema import Key, must, read, read_table
+from .io import (
+    build_on_meta,
+    load_into,
+    load_sharded_safetensors,
+    load_weights,
+    read_json,
+    resolve_config,
+)
+from .keymap import KeyMap
+
+# ------------------------------------------------------------------------------------------------
+# Key maps
+# ------------------------------------------------------------------------------------------------
+# (kinema = original Wan, diffusers WanTransformer3DModel)
+_RULES: list[tuple[str, str]] = [
+    # embeddings
+    ("patch_embedding.{leaf}", "patch_embedding.{leaf}"),
+    ("text_embedding.0.{leaf}", "condition_embedder.text_embedder.linear_1.{leaf}"),
+    ("text_embedding.2.{leaf}", "condition_embedder.text_embedder.linear_2.{leaf}"),
+    ("time_embedding.0.{leaf}", "condition_embedder.time_embedder.linear_1.{leaf}"),
+    ("time_embedding.2.{leaf}", "condition_embedder.time_embedder.linear_2.{leaf}"),
+    ("time_projection.1.{leaf}", "condition_embedder.time_proj.{leaf}"),
+    # image-to-video: CLIP feature MLP (LayerNorm, Linear, GELU, Linear, LayerNorm)
+    ("img_emb.proj.0.{leaf}", "condition_embedder.image_embedder.norm1.{leaf}"),
+    ("img_emb.proj.1.{leaf}", "condition_embedder.image_embedder.ff.net.0.proj.{leaf}"),
+    ("img_emb.proj.3.{leaf}", "condition_embedder.image_embedder.ff.net.2.{leaf}"),
+    ("img_emb.proj.4.{leaf}", "condition_embedder.image_embedder.norm2.{leaf}"),
+    # blocks: self-attention
+    ("blocks.{i}.self_attn.q.{leaf}", "blocks.{i}.attn1.to_q.{leaf}"),
+    ("blocks.{i}.self_attn.k.{leaf}", "blocks.{i}.attn1.to_k.{leaf}"),
+    ("blocks.{i}.self_attn.v.{leaf}", "blocks.{i}.attn1.to_v.{leaf}"),
+    ("blocks.{i}.self_attn.o.{leaf}", "blocks.{i}.attn1.to_out.0.{leaf}"),
+    ("blocks.{i}.self_attn.norm_q.{leaf}", "blocks.{i}.attn1.norm_q.{leaf}"),
+    ("blocks.{i}.self_attn.norm_k.{leaf}", "blocks.{i}.attn1.norm_k.{leaf}"),
+    # blocks: cross-attention (text, and image keys/values for i2v)
+    ("blocks.{i}.norm3.{leaf}", "blocks.{i}.norm2.{leaf}"),
+    ("blocks.{i}.cross_attn.q.{leaf}", "blocks.{i}.attn2.to_q.{leaf}"),
+    ("blocks.{i}.cross_attn.k.{leaf}", "blocks.{i}.attn2.to_k.{leaf}"),
+    ("blocks.{i}.cross_attn.v.{leaf}", "blocks.{i}.attn2.to_v.{leaf}"),
+    ("blocks.{i}.cross_attn.o.{leaf}", "blocks.{i}.attn2.to_out.0.{leaf}"),
+    ("blocks.{i}.cross_attn.norm_q.{leaf}", "blocks.{i}.attn2.norm_q.{leaf}"),
+    ("blocks.{i}.cross_attn.norm_k.{leaf}", "blocks.{i}.attn2.norm_k.{leaf}"),
+    ("blocks.{i}.cross_attn.k_img.{leaf}", "blocks.{i}.attn2.add_k_proj.{leaf}"),
+    ("blocks.{i}.cross_attn.v_img.{leaf}", "blocks.{i}.attn2.add_v_proj.{leaf}"),
+    ("blocks.{i}.cross_attn.norm_k_img.{leaf}", "blocks.{i}.attn2.norm_added_k.{leaf}"),
+    # blocks: feed-forward and modulation
+    ("blocks.{i}.ffn.0.{leaf}", "blocks.{i}.ffn.net.0.proj.{leaf}"),
+    ("blocks.{i}.ffn.2.{leaf}", "blocks.{i}.ffn.net.2.{leaf}"),
+    ("blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
+    # output head
+    ("head.head.{leaf}", "proj_out.{leaf}"),
+    ("head.modulation", "scale_shift_table"),
+]
+
+#: kinema <-> diffusers ``WanTransformer3DModel``.
+DIFFUSERS_KEYS = KeyMap("diffusers Wan transformer", _RULES)
+
+#: kinema <-> original Wan 2.1 (identity on the original's keys; a ``model.diffusion_model.``
+#: prefix, as in repackaged single files, is the loader's to strip).
+ORIGINAL_KEYS = KeyMap("original Wan transformer", [(ours, ours) for ours, _ in _RULES])
+
+#: diffusers keys that carry nothing and are dropped on load: an image query norm that older
+#: diffusers versions created and saved but never used (diffusers itself ignores it on load).
+DIFFUSERS_IGNORED_KEYS = KeyMap(
+    "ignored diffusers Wan keys", [("blocks.{i}.attn2.norm_added_q.{leaf}", "blocks.{i}.attn2.norm_added_q.{leaf}")]
+)
+
+# ------------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------------
+DIFFUSERS_CLASS = "WanTransformer3DModel"
+ORIGINAL_CLASS = "WanModel"
+DIFFUSERS_QK_NORM = "rms_norm_across_heads"
+WAN_HEAD_DIM = 128  # head width of every released Wan 2.1 model; used only to infer a config from weights
+ORIGINAL_TEXT_LEN = 512  # diffusers' WanTransformer3DModel hard-codes 512 text tokens
+ORIGINAL_ROPE_LEN = 1024  # the original WanModel hard-codes rope_max_seq_len 1024
+
+# diffusers WanTransformer3DModel.__init__ (diffusers 0.42): each field, its default, and how kinema takes it.
+_DIFFUSERS: dict[str, Key] = {
+    "patch_size": read((1, 2, 2), convert=tuple),
+    "num_attention_heads": read(40),
+    "attention_head_dim": read(128),
+    "in_channels": read(16),
+    "out_channels": read(16),
+    "text_dim": read(4096),
+    "freq_dim": read(256),
+    "ffn_dim": read(13824),
+    "num_layers": read(40),
+    "cross_attn_norm": read(True, convert=bool),
+    # diffusers applies this norm whatever the field says; kinema implements that one
+    "qk_norm": must(DIFFUSERS_QK_NORM),
+    "eps": read(1e-6),
+    "image_dim": read(None),
+    "added_kv_proj_dim": read(None),
+    "rope_max_seq_len": read(1024),
+    "pos_embed_seq_len": must(None),  # first-last-frame models (Wan 2.1 FLF2V)
+}
+_MODEL_TYPES = ("t2v", "i2v")
+
+
+def _model_type(value: Any) -> str:
+    if value not in _MODEL_TYPES:
+        raise ValueError(f"kinema supports {' and '.join(map(repr, _MODEL_TYPES))}")
+    return value
+
+
+# original WanModel.__init__ (Wan-Video/Wan2.1 wan/modules/model.py); its config.json omits
+# patch_size, cross_attn_norm, qk_norm, text_dim and window_size (``ignore_for_config``).
+_ORIGINAL: dict[str, Key] = {
+    "model_type": read("t2v", convert=_model_type),
+    "patch_size": read((1, 2, 2), convert=tuple),
+    "text_len": read(512),
+    "in_dim": read(16),
+    "dim": read(2048),
+    "ffn_dim": read(8192),
+    "freq_dim": read(256),
+    "text_dim": read(4096),
+    "out_dim": read(16),
+    "num_heads": read(16),
+    "num_layers": read(32),
+    "window_size": must((-1, -1)),  # only global attention
+    "qk_norm": read(True, convert=bool),
+    "cross_attn_norm": read(True, convert=bool),
+    "eps": read(1e-6),
+}
+
+
+def from_diffusers(config: Mapping[str, Any]) -> WanTransformerConfig:
+    """From a diffusers ``WanTransformer3DModel`` config.json (missing fields take diffusers'
+    defaults); fields or values kinema does not implement raise :class:`CheckpointError`."""
+    name = config.get("_class_name", DIFFUSERS_CLASS) if isinstance(config, Mapping) else None
+    if name != DIFFUSERS_CLASS:
+        raise CheckpointError(f"expected a diffusers {DIFFUSERS_CLASS} config; got _class_name {name!r}")
+    c = read_table(config, _DIFFUSERS, what="diffusers Wan transformer config", hint="use a Wan 2.1 t2v or i2v checkpoint")
+    dim = c["num_attention_heads"] * c["attention_head_dim"]
+    if (c["image_dim"] is None) != (c["added_kv_proj_dim"] is None) or c["added_kv_proj_dim"] not in (None, dim):
+        raise CheckpointError(
+            f"diffusers Wan config has image_dim={c['image_dim']} and added_kv_proj_dim={c['added_kv_proj_dim']}; "
+            f"kinema supports both None (t2v) or image_dim set with added_kv_proj_dim == {dim} (i2v)"
+        )
+    return WanTransformerConfig(
+        dim=dim,
+        ffn_dim=c["ffn_dim"],
+        num_heads=c["num_attention_heads"],
+        num_layers=c["num_layers"],
+        patch_size=c["patch_size"],
+        in_dim=c["in_channels"],
+        out_dim=c["out_channels"] or c["in_channels"],
+        freq_dim=c["freq_dim"],
+        text_dim=c["text_dim"],
+        eps=c["eps"],
+        cross_attn_norm=c["cross_attn_norm"],
+        qk_norm=True,
+        image_dim=c["image_dim"],
+        rope_max_seq_len=c["rope_max_seq_len"],
+    )
+
+
+def to_diffusers(config: WanTransformerConfig) -> dict[str, Any]:
+    """The diffusers ``WanTransformer3DModel`` config.json for ``config``."""
+    if not config.qk_norm:
+        raise CheckpointError("diffusers' WanTransformer3DModel always applies q/k norms; qk_norm=False has no such form")
+    if config.text_len != ORIGINAL_TEXT_LEN:
+        raise CheckpointError(f"diffusers' WanTransformer3DModel hard-codes {ORIGINAL_TEXT_LEN} text tokens; text_len is {config.text_len}")
+    return {
+        "_class_name": DIFFUSERS_CLASS,
+        "patch_size": list(config.patch_size),
+        "num_attention_heads": config.num_heads,
+        "attention_head_dim": config.head_dim,
+        "in_channels": config.in_dim,
+        "out_channels": config.out_dim,
+        "text_dim": config.text_dim,
+        "freq_dim": config.freq_dim,
+        "ffn_dim": config.ffn_dim,
+        "num_layers": config.num_layers,
+        "cross_attn_norm": config.cross_attn_norm,
+        "qk_norm": DIFFUSERS_QK_NORM,
+        "eps": config.eps,
+        "image_dim": config.image_dim,
+        "added_kv_proj_dim": config.dim if config.image_dim is not None else None,
+        "rope_max_seq_len": config.rope_max_seq_len,
+        "pos_embed_seq_len": None,
+    }
+
+
+def from_original(config: Mapping[str, Any]) -> WanTransformerConfig:
+    """From an original Wan 2.1 ``WanModel`` config.json (missing fields take ``WanModel``'s
+    defaults); unsupported model types or values raise :class:`CheckpointError`."""
+    c = read_table(config, _ORIGINAL, what="original Wan transformer config", hint="use a Wan 2.1 t2v or i2v checkpoint")
+    return WanTransformerConfig(
+        dim=c["dim"],
+        ffn_dim=c["ffn_dim"],
+        num_heads=c["num_heads"],
+        num_layers=c["num_layers"],
+        patch_size=c["patch_size"],
+        in_dim=c["in_dim"],
+        out_dim=c["out_dim"],
+        freq_dim=c["freq_dim"],
+        text_dim=c["text_dim"],
+        eps=c["eps"],
+        cross_attn_norm=c["cross_attn_norm"],
+        qk_norm=c["qk_norm"],
+        image_dim=WAN_CLIP_DIM if c["model_type"] == "i2v" else None,
+        text_len=c["text_len"],
+    )
+
+
+def to_original(config: WanTransformerConfig) -> dict[str, Any]:
+    """The original Wan ``WanModel`` config.json for ``config``."""
+    if config.image_dim not in (None, WAN_CLIP_DIM):
+        raise CheckpointError(f"the original Wan i2v model hard-codes image_dim {WAN_CLIP_DIM}; got {config.image_dim}")
+    if config.rope_max_seq_len != ORIGINAL_ROPE_LEN:
+        raise CheckpointError(f"the original Wan model hard-codes rope_max_seq_len {ORIGINAL_ROPE_LEN}; got {config.rope_max_seq_len}")
+    return {
+        "_class_name": ORIGINAL_CLASS,
+        "model_type": "t2v" if config.image_dim is None else "i2v",
+        "patch_size": list(config.patch_size),
+        "text_len": config.text_len,
+        "in_dim": config.in_dim,
+        "dim": config.dim,
+        "ffn_dim": config.ffn_dim,
+        "freq_dim": config.freq_dim,
+        "text_dim": config.text_dim,
+        "out_dim": config.out_dim,
+        "num_heads": config.num_heads,
+        "num_layers": config.num_layers,
+        "window_size": [-1, -1],
+        "qk_norm": config.qk_norm,
+        "cross_attn_norm": config.cross_attn_norm,
+        "eps": config.eps,
+    }
+
+
+def from_weights(state: Mapping[str, torch.Tensor]) -> WanTransformerConfig:
+    """The config of kinema-named weights (a single file without a config.json).
+
+    Everything is read from tensor shapes except the head count, which shapes cannot give: it
+    assumes Wan's head width of 128 (true for all released Wan 2.1 models).
+    """
+    try:
+        patch = state["patch_embedding.weight"]  # (dim, in_dim, pt, ph, pw)
+        dim, in_dim, patch_size = patch.shape[0], patch.shape[1], tuple(patch.shape[2:])
+        num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        image = state.get("img_emb.proj.0.weight")
+        return WanTransformerConfig(
+            dim=dim,
+            ffn_dim=state["blocks.0.ffn.0.weight"].shape[0],
+            num_heads=dim // WAN_HEAD_DIM,
+            num_layers=num_layers,
+            patch_size=patch_size,
+            in_dim=in_dim,
+            out_dim=state["head.head.weight"].shape[0] // math.prod(patch_size),
+            freq_dim=state["time_embedding.0.weight"].shape[1],
+            text_dim=state["text_embedding.0.weight"].shape[1],
+            cross_attn_norm="blocks.0.norm3.weight" in state,
+            qk_norm="blocks.0.self_attn.norm_q.weight" in state,
+            image_dim=None if image is None else image.shape[0],
+        )
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(
+            f"cannot infer a Wan transformer config from these weights (missing {e}); put its config.json beside them"
+        ) from None
+
+
+def is_wan_config(raw: Any) -> bool:
+    """Whether a config.json mapping is a Wan transformer's (diffusers or original)."""
+    return isinstance(raw, Mapping) and (raw.get("_class_name") in (DIFFUSERS_CLASS, ORIGINAL_CLASS) or "model_type" in raw)
+
+
+def from_config_json(raw: Mapping[str, Any]) -> WanTransformerConfig:
+    """Either form of a Wan transformer config.json."""
+    if isinstance(raw, Mapping) and raw.get("_class_name") == DIFFUSERS_CLASS:
+        return from_diffusers(raw)
+    if is_wan_config(raw):
+        return from_original(raw)
+    raise CheckpointError(f"a config of _class_name {raw.get('_class_name') if isinstance(raw, Mapping) else raw!r} is neither a "
+                          f"diffusers {DIFFUSERS_CLASS} nor an original Wan config")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+WEIGHTS_STEM = "diffusion_pytorch_model"  # weights file stem in both the diffusers and the original layout
+_PREFIXES = ("model.diffusion_model.",)  # prefixes of repackaged single-file checkpoints (ComfyUI)
+
+
+def load_wan_transformer(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    config: WanTransformerConfig | None = None,
+) -> WanTransformer:
+    """Load a Wan 2.1 transformer from a diffusers or an original checkpoint.
+
+    Args:
+        path: one of
+            - a diffusers ``transformer/`` directory (config.json with ``_class_name``
+              ``WanTransformer3DModel`` and ``diffusion_pytorch_model*.safetensors``), or a diffusers
+              pipeline directory holding one;
+            - an original Wan 2.1 directory (config.json with ``model_type`` and
+              ``diffusion_pytorch_model*.safetensors`` with the original keys);
+            - a single weights file (original or diffusers keys, optionally prefixed with
+              ``model.diffusion_model.``), with the config read from a Wan config.json beside it or,
+              failing that, inferred from the weights.
+        dtype: cast floating-point weights to this dtype (None keeps the file's); the modules in
+            ``WanTransformer._keep_in_fp32`` stay float32.
+        device: where the weights go (None: stay memory-mapped on the CPU).
+        config: the architecture, as every kinema loader takes it (:func:`~kinema.checkpoints.io.resolve_config`):
+            a config stored with the weights is the truth and ``config`` must equal it; without one,
+            ``config`` is used, else the weights' shapes decide.
+
+    Returns:
+        The model in eval mode.
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
+        path = path / "transformer"  # a diffusers pipeline directory
+    if path.is_dir():
+        where = path / "config.json"
+        stored = from_config_json(read_json(where))  # before the weights: a config kinema cannot run fails fast
+        state = load_sharded_safetensors(path, WEIGHTS_STEM)
+    elif path.is_file():
+        where = path.parent / "config.json"
+        sibling = read_json(where) if where.is_file() else None
+        stored = from_config_json(sibling) if is_wan_config(sibling) else None
+        state = load_weights(path)
+    else:
+        raise CheckpointError(f"Wan transformer checkpoint not found: {path}")
+
+    state = _strip_prefixes(state)
+    if any(k.startswith("condition_embedder.") for k in state):
+        state = DIFFUSERS_KEYS.to_ours({k: v for k, v in state.items() if DIFFUSERS_IGNORED_KEYS.our_key(k) is None})
+    else:
+        state = ORIGINAL_KEYS.to_ours(state)
+    config = resolve_config(stored, config, lambda: from_weights(state), where=where, what="Wan transformer")
+    model = build_on_meta(lambda: WanTransformer(config))
+    return load_into(model, state, dtype=dtype, device=device, what="Wan transformer").eval()
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
