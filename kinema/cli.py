@@ -157,10 +157,15 @@ def _load_checked(
 
     Returns (pipeline, what ``before_load`` returned, the sampling flags as call keywords).
     """
-    from .pipelines.loading import PIPELINES, check_before_loading, check_quantize, load_pipeline, resolve_model
+    from .pipelines.loading import (
+        check_before_loading,
+        check_quantize,
+        load_pipeline,
+        resolve_model,
+    )
 
     layout = resolve_model(model)
-    cls = PIPELINES[layout.pipeline].cls
+    cls = layout.family.pipeline_class()
     for flag, ability in needs:
         if not getattr(cls, ability, False):
             what = "image-to-video" if ability == "supports_image" else "video-to-video"
@@ -283,7 +288,12 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.cli_eval import generate_set, reconstruct_reference_set, render_reference_set, run_eval
+    from .evaluation.cli_eval import (
+        generate_set,
+        reconstruct_reference_set,
+        render_reference_set,
+        run_eval,
+    )
 
     if args.limit is not None and args.limit < 1:
         raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
@@ -305,16 +315,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     elif args.reconstruct:
         from .evaluation.cli_eval import CodecOnly, is_codec_dir
-        from .pipelines.loading import PIPELINES, resolve_model
 
         if is_codec_dir(args.reconstruct):  # a VAE's or tokenizer's own folder (a training run's model/)
             pipe = CodecOnly(args.reconstruct, args.size, args.frames, device=args.device)
         else:
-            pipeline = resolve_model(args.reconstruct).pipeline
-            if not hasattr(PIPELINES[pipeline].cls, "codec_roundtrip"):  # before minutes of loading
-                raise KinemaError(
-                    f"--reconstruct needs a wan-t2v or token-ar model, or a Wan VAE's or VQ tokenizer's folder; {args.reconstruct} is a {pipeline} model"
-                )
             pipe, _, _ = _load_checked(args.reconstruct, args.size, args.size, args.frames, args, device=args.device)
         clips = reconstruct_reference_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt

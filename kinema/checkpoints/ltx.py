@@ -349,3 +349,106 @@ def load_ltx_transformer(
     config = resolve_config(stored, config, lambda: from_weights(state), where=path, what="LTX transformer")
     model = build_on_meta(lambda: LTXTransformer(config))
     return load_into(model, state, dtype=dtype, device=device, what="LTX transformer").eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# Model directories: the original single file, and the family's parts by layout
+# ------------------------------------------------------------------------------------------------
+# The T5 folders LTX-Video's inference.py loads (from the PixArt-alpha repository), and the
+# schedule of its RectifiedFlowScheduler ("SD3" shifting: ltx_video/schedulers/rf.py get_normal_shift;
+# the same numbers as the published diffusers scheduler_config.json), terminal from the metadata.
+ORIGINAL_TEXT_REPO = "PixArt-alpha/PixArt-XL-2-1024-MS"
+VAE_PREFIX = "vae."  # the VAE's keys in a single file
+RESOLUTION_SHIFT = dict(base_seq_len=1024, max_seq_len=4096, base_shift=0.95, max_shift=2.05)
+SHIFT_TERMINAL = 0.1
+
+
+def is_single_file(path: Path) -> bool:
+    """An original LTX-Video checkpoint: transformer keys under ``model.diffusion_model.`` and VAE
+    keys under ``vae.`` in one safetensors file (only the header is read)."""
+    from .io import safetensors_shapes
+
+    keys = safetensors_shapes(path)
+    return any(k.startswith(SINGLE_FILE_PREFIX) for k in keys) and any(k.startswith(VAE_PREFIX) for k in keys)
+
+
+def detect(root: Path) -> Any:
+    """The original LTX-Video layout at ``root``: one single-file checkpoint
+    (``ltx-video-2b-v0.9*.safetensors``, recognised by its keys whatever its name) beside the T5
+    folders ``text_encoder/`` and ``tokenizer/`` of ``PixArt-alpha/PixArt-XL-2-1024-MS`` that
+    LTX-Video's inference.py loads (also accepted under that repository's name); None when
+    ``root`` holds no such file."""
+    from .layouts import ModelLayout
+
+    single_files = [f for f in sorted(root.glob("*.safetensors")) if is_single_file(f)]
+    if not single_files:
+        return None
+    if len(single_files) > 1:
+        names = ", ".join(f.name for f in single_files)
+        raise CheckpointError(f"{root} holds {len(single_files)} LTX-Video checkpoints ({names}); keep one per model directory")
+    checkpoint = single_files[0]
+    for base in (root, root / ORIGINAL_TEXT_REPO):
+        if (base / "text_encoder").is_dir() and (base / "tokenizer").is_dir():
+            text = {"text_encoder": base / "text_encoder", "tokenizer": base / "tokenizer"}
+            break
+    else:
+        missing = [n for n in ("text_encoder", "tokenizer") if not (root / n).is_dir()]
+        raise CheckpointError(
+            f"{root}: missing component {missing[0]!r} (expected the folders text_encoder/ and tokenizer/ of "
+            f"{ORIGINAL_TEXT_REPO} beside {checkpoint.name}, as LTX-Video's inference.py loads them)"
+        )
+    return ModelLayout("ltx-original", "ltx-video", root, {"transformer": checkpoint, "vae": checkpoint, **text})
+
+
+def generator_config(layout: Any) -> LTXTransformerConfig:
+    """The transformer's config: the diffusers config.json, the single file's metadata, or (with
+    neither) its tensor shapes, read from the file's header as the loader would read the weights."""
+    from .io import safetensors_shapes
+
+    path = layout.components["transformer"]
+    config = stored_config(path)
+    if config is not None:
+        return config
+    shapes = {k[len(SINGLE_FILE_PREFIX) :]: v for k, v in safetensors_shapes(path).items() if k.startswith(SINGLE_FILE_PREFIX)}
+    return from_weights(ORIGINAL_KEYS.to_ours({k: torch.empty(v, device="meta") for k, v in shapes.items()}))
+
+
+def load_generator(layout: Any, dtype: torch.dtype | None = None, device: Any = None, quantize: Any = None) -> LTXTransformer:
+    """The layout's transformer (``quantize`` is not offered for this family)."""
+    return load_ltx_transformer(layout.components["transformer"], dtype=dtype, device=device)
+
+
+def text_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = None) -> Any:
+    """T5 as diffusers' LTXPipeline runs it (128 tokens, the padding masked), for both layouts."""
+    from ..pipelines.ltx import LTX_TEXT_LEN
+    from ..text.t5 import T5TextEncoder
+
+    c = layout.components
+    return T5TextEncoder.from_diffusers(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device, max_length=LTX_TEXT_LEN)
+
+
+def sampler(layout: Any) -> Any:
+    """The diffusers scheduler config's sampler, or the single file's RectifiedFlowScheduler."""
+    from ..sampling import SamplerSpec
+
+    if layout.format == "diffusers":
+        return SamplerSpec.from_diffusers(read_json(layout.components["scheduler"] / "scheduler_config.json"))
+    return original_sampler(single_file_config(layout.components["transformer"]).get("scheduler"))
+
+
+def original_sampler(config: Mapping[str, Any] | None) -> Any:
+    """The sampler of an original LTX-Video ``RectifiedFlowScheduler`` config (a single file's
+    metadata; None or {}: LTX-Video's defaults). Settings kinema does not implement raise."""
+    from ..sampling import ResolutionShift, SamplerSpec
+
+    c = dict(config or {})
+    cls = c.get("_class_name", "RectifiedFlowScheduler")
+    shifting, sampler_ = c.get("shifting", "SD3"), c.get("sampler", "Uniform")
+    if cls != "RectifiedFlowScheduler" or shifting not in ("SD3", None) or sampler_ not in ("Uniform", None) or c.get("shift") is not None:
+        raise CheckpointError(
+            f"LTX-Video scheduler {cls} with shifting={shifting!r}, sampler={sampler_!r}, shift={c.get('shift')!r} is not "
+            "supported; kinema implements RectifiedFlowScheduler with SD3 shifting and uniform timesteps"
+        )
+    terminal = c.get("target_shift_terminal", SHIFT_TERMINAL if not config else None)
+    resolution = ResolutionShift(**RESOLUTION_SHIFT) if shifting == "SD3" else ResolutionShift.fixed(1.0)
+    return SamplerSpec("euler", 1.0, int(c.get("num_train_timesteps", 1000)), resolution_shift=resolution, shift_terminal=terminal or None)

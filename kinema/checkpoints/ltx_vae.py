@@ -410,3 +410,15 @@ def load_ltx_vae(
     model = build_on_meta(lambda: LTXVAE(config))
     load_into(model, state, dtype=dtype, device=device, what="LTX-Video VAE")
     return model.eval().requires_grad_(False)
+
+
+def codec_config(path: str | os.PathLike) -> LTXVAEConfig:
+    """The VAE's config, reading config files and metadata only (a single file without one: 0.9.0's
+    layout, whose compressions, 8 x 32 x 32, every release shares)."""
+    path = Path(path)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+        path = path / "vae"
+    return stored_config(path) or LTXVAEConfig()
+
+
+load_codec = load_ltx_vae

@@ -68,3 +68,34 @@ def load_token_ar(
     config = resolve_config(from_json(read_json(where)), config, None, where=where, what="token AR model")
     model = build_on_meta(lambda: TokenAR(config))
     return load_into(model, state, dtype=dtype, device=device, what="token AR model").eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# The family's parts (kinema layout only: transformer/ + tokenizer/)
+# ------------------------------------------------------------------------------------------------
+FP8_COMPUTE_DTYPE = torch.bfloat16  # FP8Linear's default: what an FP8 model computes in unless dtype= says otherwise
+
+
+def generator_config(layout: Any) -> TokenARConfig:
+    """The token model's config, from its config.json."""
+    return from_json(read_json(layout.components["transformer"] / "config.json"))
+
+
+def load_generator(layout: Any, dtype: torch.dtype | None = None, device: Any = None, quantize: Any = None) -> TokenAR:
+    """The token model; ``quantize`` ("fp8") stores its blocks' linear layers in FP8.
+
+    bf16 (or ``dtype``) first, then each block's linears to FP8 one block at a time (the peak is
+    the unquantised model plus one block). The head stays: its logits are sampled directly, and it
+    is a small share of the weights (0.8% of AR-8B). The token embedding is a lookup table, not a
+    linear, and its dtype is the model's compute dtype.
+    """
+    path = layout.components["transformer"]
+    if quantize is None:
+        return load_token_ar(path, dtype=dtype, device=device)
+    from ..models.fp8 import quantize_linears_fp8
+
+    compute = dtype or FP8_COMPUTE_DTYPE
+    model = load_token_ar(path, dtype=compute, device=device)
+    for block in model.blocks:
+        quantize_linears_fp8(block, compute_dtype=compute)
+    return model

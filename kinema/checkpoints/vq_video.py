@@ -79,3 +79,11 @@ def load_vq_tokenizer(
     model = build_on_meta(lambda: VQVideoTokenizer(config))
     load_into(model, load_safetensors(path / WEIGHTS_FILE), dtype=dtype, device=device, what="VQ video tokenizer")
     return model.eval().requires_grad_(False)
+
+
+def codec_config(path: str | os.PathLike) -> VQVideoConfig:
+    """The tokenizer's config, from its config.json."""
+    return from_json(read_json(Path(path) / "config.json"))
+
+
+load_codec = load_vq_tokenizer

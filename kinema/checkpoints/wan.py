@@ -368,3 +368,77 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if state and all(k.startswith(prefix) for k in state):
             return {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+# ------------------------------------------------------------------------------------------------
+# Model directories: the original Wan 2.1 release, and the family's parts by layout
+# ------------------------------------------------------------------------------------------------
+# Files of the original Wan 2.1 release (Wan-Video/Wan2.1, wan/configs/wan_t2v_*.py).
+ORIGINAL_VAE = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
+ORIGINAL_T5 = ("models_t5_umt5-xxl-enc-bf16.pth", "models_t5_umt5-xxl-enc-bf16.safetensors")
+ORIGINAL_TOKENIZER = "google/umt5-xxl"
+ORIGINAL_SHIFT = {"t2v": 5.0}  # wan/configs: sample_shift per task
+
+
+def detect(root: Path) -> Any:
+    """The original Wan 2.1 layout at ``root`` (``config.json`` with ``model_type`` beside
+    ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
+    and ``google/umt5-xxl/``), or None when ``root`` is not one."""
+    from ..errors import KinemaError
+    from .layouts import ModelLayout
+
+    if not (root / "config.json").is_file():
+        return None
+    config = read_json(root / "config.json")
+    if config.get("model_type") == "i2v":
+        raise KinemaError(f"{root} is a Wan image-to-video model; the image-to-video pipeline is not available yet")
+    if config.get("model_type") not in ORIGINAL_SHIFT:
+        return None
+
+    def first(names: tuple[str, ...], what: str) -> Path:
+        for n in names:
+            if (root / n).is_file():
+                return root / n
+        raise CheckpointError(f"{root}: missing component {what!r} (expected {' or '.join(names)})")
+
+    tokenizer = root / ORIGINAL_TOKENIZER
+    if not tokenizer.is_dir():
+        raise CheckpointError(f"{root}: missing component 'tokenizer' (expected the folder {ORIGINAL_TOKENIZER}/)")
+    single = root / "diffusion_pytorch_model.safetensors"
+    components = {
+        "transformer": single if single.is_file() else root,  # one file, or the directory of its shards
+        "vae": first(ORIGINAL_VAE, "vae"),
+        "text_encoder": first(ORIGINAL_T5, "text_encoder"),
+        "tokenizer": tokenizer,
+    }
+    return ModelLayout("wan-original", "wan-t2v", root, components)
+
+
+def generator_config(layout: Any) -> WanTransformerConfig:
+    """The transformer's config, from the config.json beside its weights."""
+    path = layout.components["transformer"]
+    return from_config_json(read_json((path if path.is_dir() else path.parent) / "config.json"))
+
+
+def load_generator(layout: Any, dtype: torch.dtype | None = None, device: Any = None, quantize: Any = None) -> WanTransformer:
+    """The layout's transformer (``quantize`` is not offered for this family)."""
+    return load_wan_transformer(layout.components["transformer"], dtype=dtype, device=device)
+
+
+def text_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = None) -> Any:
+    """UMT5 of a diffusers or original layout (512 tokens, Wan's text length)."""
+    from ..text.t5 import T5TextEncoder
+
+    c = layout.components
+    if layout.format == "diffusers":
+        return T5TextEncoder.from_diffusers(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
+    return T5TextEncoder.from_wan_original(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
+
+
+def sampler(layout: Any) -> Any:
+    """The diffusers scheduler config's sampler; the original release's default (UniPC, shift 5)."""
+    from ..sampling import SamplerSpec
+
+    if layout.format == "diffusers":
+        return SamplerSpec.from_diffusers(read_json(layout.components["scheduler"] / "scheduler_config.json"))
+    return SamplerSpec(name="unipc", shift=ORIGINAL_SHIFT["t2v"])

@@ -227,3 +227,19 @@ def load_wan_vae(
     model = build_on_meta(lambda: WanVAE(config))
     load_into(model, keymap.to_ours(state), dtype=dtype, device=device, what="Wan VAE")
     return model.eval().requires_grad_(False)
+
+
+def codec_config(path: str | os.PathLike) -> WanVAEConfig:
+    """The VAE's config, reading config files only: a directory's config.json (or its ``vae/``
+    folder's), a weights file's config.json beside it, else Wan 2.1's structure."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+            path = path / "vae"
+        return from_diffusers(read_json(path / "config.json"))
+    sibling = path.parent / "config.json"
+    raw = read_json(sibling) if sibling.is_file() else None
+    return from_diffusers(raw) if is_config(raw) else WanVAEConfig()
+
+
+load_codec = load_wan_vae

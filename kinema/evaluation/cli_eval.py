@@ -14,7 +14,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..data.records import read_records
-from ..data.shapes import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE, render_clip, sample_spec
+from ..data.shapes import (
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_SIZE,
+    render_clip,
+    sample_spec,
+)
 from ..errors import KinemaError
 from ..video import read_video, write_video
 from .judge import eval_prompts, format_table, judge_clip, score
@@ -108,8 +114,8 @@ def reconstruct_reference_set(
 
 
 class CodecOnly:
-    """A bare codec for :func:`reconstruct_reference_set`: a Wan VAE's or a VQ tokenizer's
-    directory (``config.json`` + weights, as a training run exports to ``OUT/model``), so that a
+    """A bare codec for :func:`reconstruct_reference_set`: a codec's own directory (``config.json``
+    + weights, as a training run exports to ``OUT/model``; any codec of the registry), so that a
     codec can be judged while it trains, before any transformer uses it."""
 
     fps = DEFAULT_FPS
@@ -117,50 +123,38 @@ class CodecOnly:
     def __init__(self, path: str | Path, size: int, frames: int, device: str | None = None) -> None:
         """Checks ``size`` x ``size`` and ``frames`` against the codec's strides (reading only its
         config.json), then loads it."""
-        import torch
-
-        from ..checkpoints.io import config_class_name, read_json
-        from ..checkpoints.vq_video import CLASS_NAME as VQ_CLASS, from_json as vq_config, load_vq_tokenizer
-        from ..checkpoints.wan_vae import CLASS_NAME as WAN_VAE_CLASS, from_diffusers as wan_vae_config, load_wan_vae
+        from ..checkpoints.io import config_class_name
+        from ..families import codec_class_names, codec_for_class
         from ..pipelines.common import check_frames, check_size
+        from ..pipelines.loading import resolve_device
 
         path = Path(path)
         name = config_class_name(path)
-        if name not in (WAN_VAE_CLASS, VQ_CLASS):
+        kind = codec_for_class(name)
+        if kind is None:
             raise KinemaError(
-                f"--reconstruct: {path} is neither a model (wan-t2v, token-ar) nor a codec directory "
-                f"(config.json with _class_name {WAN_VAE_CLASS} or {VQ_CLASS}; got {name!r})"
+                f"--reconstruct: {path} is neither a model nor a codec directory "
+                f"(config.json with _class_name one of {', '.join(codec_class_names())}; got {name!r})"
             )
-        config = read_json(path / "config.json")
-        vq = name == VQ_CLASS
-        arch = vq_config(config).autoencoder if vq else wan_vae_config(config)
-        check_frames(frames, arch.temporal_compression, codec="tokenizer" if vq else "VAE")
+        formats = kind.formats()
+        arch = formats.codec_config(path)
+        check_frames(frames, arch.temporal_compression, codec=kind.noun)
         check_size(size, size, arch.spatial_compression)
-        self.device = torch.device(device or "cpu")
-        if vq:
-            self.codec = load_vq_tokenizer(path, device=self.device)
-            self._roundtrip = lambda v: self.codec.decode_tokens(self.codec.encode_tokens(v)).float()
-        else:
-            self.codec = load_wan_vae(path, device=self.device)
-            self._roundtrip = lambda v: self.codec.decode(self.codec.encode(v).mean).float()
+        self.codec = formats.load_codec(path, device=resolve_device(device))
 
     def reconstruct(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (B, F, H, W, 3) encoded and decoded -> the same."""
-        import torch
-
         from ..pipelines.common import reconstruct_frames
 
-        with torch.no_grad():
-            return reconstruct_frames(frames, self._roundtrip, self.device, self.codec.dtype)
+        return reconstruct_frames(frames, self.codec)
 
 
 def is_codec_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a directory whose config.json names a Wan VAE or a VQ tokenizer."""
+    """Whether ``path`` is a directory whose config.json names a codec of the registry."""
     from ..checkpoints.io import config_class_name
-    from ..checkpoints.vq_video import CLASS_NAME as VQ_CLASS
-    from ..checkpoints.wan_vae import CLASS_NAME as WAN_VAE_CLASS
+    from ..families import codec_for_class
 
-    return config_class_name(path) in (WAN_VAE_CLASS, VQ_CLASS)
+    return codec_for_class(config_class_name(path)) is not None
 
 
 def _write_reference_set(

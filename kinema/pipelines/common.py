@@ -265,12 +265,8 @@ class VideoPipeline:
 
         What the codec keeps of a real clip, encoded and decoded with no sampling: a measure of the
         VAE or tokenizer apart from the transformer (``kinema eval --reconstruct``).
-        Needs the pipeline's ``codec_roundtrip``: (B, 3, F, H, W) in [-1, 1] -> the same.
         """
-        roundtrip = getattr(self, "codec_roundtrip", None)
-        if roundtrip is None:
-            raise KinemaError(f"{type(self).__name__} cannot reconstruct clips; wan-t2v and token-ar models can")
-        return reconstruct_frames(frames, roundtrip, self.device, self.codec.dtype)
+        return reconstruct_frames(frames, self.codec)
 
     def finish(
         self,
@@ -291,16 +287,15 @@ class VideoPipeline:
         return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings)
 
 
-def reconstruct_frames(
-    frames: np.ndarray | torch.Tensor, roundtrip: Callable[[torch.Tensor], torch.Tensor], device: torch.device, dtype: torch.dtype
-) -> np.ndarray:
-    """uint8 (or [0, 1] float) frames (B, F, H, W, 3) -> ``roundtrip`` ((B, 3, F, H, W) in [-1, 1],
-    on ``device`` in ``dtype``, -> the same) -> uint8 frames (B, F, H, W, 3)."""
+@torch.no_grad()
+def reconstruct_frames(frames: np.ndarray | torch.Tensor, codec: Any) -> np.ndarray:
+    """uint8 (or [0, 1] float) frames (B, F, H, W, 3) -> ``codec.roundtrip`` (a
+    :class:`~kinema.models.codec.VideoCodec`, on its device in its dtype) -> uint8 frames (B, F, H, W, 3)."""
     video = _unit_range(frames, "frames")  # (B, F, H, W, 3) in [0, 1]
     if video.dim() != 5 or video.shape[-1] != 3:
         raise KinemaError(f"frames must be (B, F, H, W, 3); got shape {tuple(video.shape)}")
-    video = (video.permute(0, 4, 1, 2, 3) * 2 - 1).to(device, dtype)  # (B, 3, F, H, W)
-    return to_uint8(roundtrip(video)).cpu().numpy()
+    video = (video.permute(0, 4, 1, 2, 3) * 2 - 1).to(codec.device, codec.dtype)  # (B, 3, F, H, W)
+    return to_uint8(codec.roundtrip(video)).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------

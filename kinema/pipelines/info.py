@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from ..checkpoints.io import build_on_meta
+from ..checkpoints.layouts import SHIPPED_MODELS, detect_layout, shipped_model_path
 from ..errors import KinemaError
-from ..models.ltx import LTXTransformer, LTXTransformerConfig
-from ..models.token_ar import TokenAR, TokenARConfig
-from ..models.wan import WanTransformer, WanTransformerConfig
-from .loading import PRESET_FAMILIES, SHIPPED_MODELS, detect_layout, shipped_model_path
-
-# architecture config -> the denoiser (or token model) it describes
-ARCHITECTURES = {WanTransformerConfig: WanTransformer, LTXTransformerConfig: LTXTransformer, TokenARConfig: TokenAR}
-PRESETS = {name: factory for family in PRESET_FAMILIES for name, factory in family.presets.items()}
+from ..families import Family, presets
+from ..schema import dataclass_to_dict
 
 
-def _model_class(config) -> type:
-    return ARCHITECTURES[type(config)]
-
-
-def _count(config) -> int:
-    model_class = _model_class(config)
+def _count(family: Family, config: Any) -> int:
+    model_class = family.model_class()
     return sum(p.numel() for p in build_on_meta(lambda: model_class(config)).parameters())
-
-
-def _jsonable(config) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
 def _size(path: Path) -> int:
@@ -40,22 +26,27 @@ def _size(path: Path) -> int:
 def describe(target: str) -> dict[str, Any]:
     """A JSON-able description: the denoiser's (or token model's) ``parameters``, ``architecture``
     and ``config``, and the model's ``components``."""
+    if not isinstance(target, str) or not target:
+        raise KinemaError(f"give a preset, a shipped model's name or a model directory; got {target!r}")
     path = Path(target)
     if not path.exists() and target in SHIPPED_MODELS:
         path = shipped_model_path(target)
     if not path.exists():
-        if target not in PRESETS:
+        known = presets()
+        if target not in known:
             raise KinemaError(
                 f"{target!r} is neither a path, a shipped model ({', '.join(sorted(SHIPPED_MODELS))}) nor a preset "
-                f"({', '.join(sorted(PRESETS))})"
+                f"({', '.join(sorted(known))})"
             )
-        config = PRESETS[target]()
+        family, factory = known[target]
+        config = factory()
         return {
             "name": target,
             "kind": "preset",
-            "architecture": _model_class(config).__name__,
-            "parameters": _count(config),
-            "config": _jsonable(config),
+            "pipeline": family.name,
+            "architecture": family.model_class().__name__,
+            "parameters": _count(family, config),
+            "config": dataclass_to_dict(config),
             "components": {},
         }
     layout = detect_layout(path)
@@ -65,8 +56,8 @@ def describe(target: str) -> dict[str, Any]:
         "kind": "model",
         "format": layout.format,
         "pipeline": layout.pipeline,
-        "architecture": _model_class(config).__name__,
-        "parameters": _count(config),
-        "config": _jsonable(config),
+        "architecture": layout.family.model_class().__name__,
+        "parameters": _count(layout.family, config),
+        "config": dataclass_to_dict(config),
         "components": {name: {"path": str(p), "bytes": _size(p)} for name, p in layout.components.items()},
     }

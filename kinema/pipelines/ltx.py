@@ -28,9 +28,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import KinemaError
+from ..errors import CheckpointError, KinemaError
 from ..models.ltx import LTXTransformer, ltx_rope_scale
-from ..models.vae.ltx_vae import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP, LTXVAE
+from ..models.vae.ltx_vae import (
+    DEFAULT_DECODE_NOISE_SCALE,
+    DEFAULT_DECODE_TIMESTEP,
+    LTXVAE,
+)
 from ..sampling import SamplerSpec, cfg, rescale_guidance, sample, strength_start_index
 from ..text import MaskedTextEncoder
 from .common import (
@@ -98,6 +102,23 @@ class LTXPipeline(VideoPipeline):
     text_encoder: MaskedTextEncoder | None
     sampler: SamplerSpec
     defaults: LTXDefaults
+
+    # -- rules read off the components' configs (before loading) ------------------------------------
+    @classmethod
+    def rules(cls, transformer: Any, vae: Any, text_dim: int | None = None) -> dict[str, int]:
+        """The size rules of :meth:`check_request` (frames ``k t + 1``, sizes multiples of the VAE's
+        stride: the patch is 1); raises CheckpointError when the parts do not fit together."""
+        if transformer.in_dim != vae.latent_channels or transformer.out_dim != vae.latent_channels:
+            raise CheckpointError(
+                f"the transformer takes {transformer.in_dim} and gives {transformer.out_dim} latent channels but the VAE has "
+                f"{vae.latent_channels}; pair the transformer with its own VAE"
+            )
+        return {"temporal_multiple": vae.temporal_compression, "spatial_multiple": vae.spatial_compression}
+
+    @classmethod
+    def defaults_for(cls, card_defaults: dict[str, Any], rules: dict[str, Any]) -> LTXDefaults:
+        """LTX-Video's defaults (768x512, 121 frames at 24 fps, 50 steps, guidance 3)."""
+        return LTXDefaults(**card_defaults)
 
     # -- facts derived from the components ---------------------------------------------------------
     @property

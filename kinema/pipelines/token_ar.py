@@ -23,12 +23,18 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..errors import KinemaError
+from ..errors import CheckpointError, KinemaError
 from ..models.token_ar import TokenAR, generate
 from ..models.vae.vq_video import VQVideoTokenizer
 from ..sampling.tokens import TokenSampling, guided_logits, sample_tokens
 from ..text import TextEncoder
-from .common import PromptStates, VideoPipeline, check_frames, check_output_options, make_generators
+from .common import (
+    PromptStates,
+    VideoPipeline,
+    check_frames,
+    check_output_options,
+    make_generators,
+)
 from .output import VideoOutput
 
 TOKEN_AR_FPS = 16  # the shapes world's frame rate (kinema.data.shapes.DEFAULT_FPS), Wan 2.1's too
@@ -103,6 +109,50 @@ class TokenARPipeline(VideoPipeline):
         self.defaults = defaults or TokenARDefaults()
         self.device = torch.device(device)
         self.progress = True
+
+    # What a kinema model card of this family holds, and what `kinema package` writes by default:
+    # plain sampling from the full distribution (temperature 1, every filter off) and guidance 3.
+    card_sampler_keys = ("temperature", "top_k", "top_p", "typical_p")
+    package_sampler = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0}
+    package_defaults = {"guidance_scale": TOKEN_AR_DEFAULT_GUIDANCE}
+
+    # -- rules read off the components' configs (before loading) ------------------------------------
+    @staticmethod
+    def sampler_from_card(sampler: dict[str, Any]) -> TokenSampling:
+        """A card's ``sampler`` entry (``{"temperature", "top_k", "top_p", "typical_p"}``) as the rule."""
+        return TokenSampling(**sampler)
+
+    @classmethod
+    def rules(cls, transformer: Any, tokenizer: Any, text_dim: int | None = None) -> dict[str, Any]:
+        """The request rules of :meth:`check_request`: the tokenizer's time stride and the one frame
+        size (token grid x stride); raises CheckpointError unless the parts fit together (codebook
+        size, text width)."""
+        if transformer.vocab_size != tokenizer.codebook_size:
+            raise CheckpointError(
+                f"the token model predicts {transformer.vocab_size} ids but the tokenizer has {tokenizer.codebook_size} codes; "
+                "package the model with the tokenizer it was trained on"
+            )
+        if text_dim is not None and text_dim != transformer.text_dim:
+            raise CheckpointError(
+                f"the token model takes {transformer.text_dim}-d text states but its text encoder gives {text_dim}-d ones; "
+                "package it with the text encoder it was trained with"
+            )
+        s = tokenizer.spatial_compression
+        grid = tuple(transformer.grid)
+        return {"temporal_multiple": tokenizer.temporal_compression, "frame_size": (grid[0] * s, grid[1] * s), "grid": grid}
+
+    @classmethod
+    def defaults_for(cls, card_defaults: dict[str, Any], rules: dict[str, Any]) -> TokenARDefaults:
+        """A card's defaults; height and width, when given, must be the model's frame size."""
+        height, width = rules["frame_size"]
+        defaults = TokenARDefaults(**card_defaults)
+        given = (height if defaults.height is None else defaults.height, width if defaults.width is None else defaults.width)
+        if given != (height, width):
+            raise CheckpointError(
+                f"defaults height x width {defaults.height}x{defaults.width} is not this model's frame size {height}x{width} "
+                "(its token grid times the tokenizer's stride); fix or drop them"
+            )
+        return dataclasses.replace(defaults, height=height, width=width)
 
     # -- facts derived from the components ---------------------------------------------------------
     @property
@@ -258,10 +308,6 @@ class TokenARPipeline(VideoPipeline):
         )  # fmt: skip
         timings["tokens"] = time.perf_counter() - t0
         return self.finish(tokens, output_type, timings, lambda: self.decode_tokens(tokens))
-
-    def codec_roundtrip(self, video: torch.Tensor) -> torch.Tensor:
-        """Video (B, 3, F, H, W) in [-1, 1] -> tokens -> video, float32."""
-        return self.decode_tokens(self.tokenizer.encode_tokens(video))
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, F', h, w) -> video (B, 3, F, H, W) float32 in [-1, 1]."""

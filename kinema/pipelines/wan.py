@@ -8,18 +8,24 @@ a sampler over an explicit sigma schedule, and the causal VAE. Arguments follow 
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import KinemaError
+from ..errors import CheckpointError, KinemaError
 from ..models.vae.wan_vae import WanVAE
 from ..models.wan import WanTransformer
 from ..sampling import SamplerSpec, cfg, sample
 from ..text import TextEncoder
-from .common import PromptStates, VideoPipeline, check_latents, check_output_options, initial_noise, make_generators
+from .common import (
+    PromptStates,
+    VideoPipeline,
+    check_latents,
+    check_output_options,
+    initial_noise,
+    make_generators,
+)
 from .output import VideoOutput
 
 # Wan 2.1's published sampling defaults (wan/configs/shared_config.py, generate.py).
@@ -65,6 +71,36 @@ class WanPipeline(VideoPipeline):
     text_encoder: TextEncoder | None
     sampler: SamplerSpec
     defaults: WanDefaults
+
+    # What a kinema model card of this family holds, and what `kinema package` writes by default.
+    card_sampler_keys = ("name", "shift", "num_train_timesteps")
+    package_sampler = {"name": "unipc", "shift": 1.0}
+    package_defaults = {"num_inference_steps": 20, "guidance_scale": 5.0}
+
+    # -- rules read off the components' configs (before loading) ------------------------------------
+    @staticmethod
+    def sampler_from_card(sampler: dict[str, Any]) -> SamplerSpec:
+        """A card's ``sampler`` entry (``{"name", "shift", "num_train_timesteps"}``) as the sampler."""
+        return SamplerSpec(**sampler)
+
+    @classmethod
+    def rules(cls, transformer: Any, vae: Any, text_dim: int | None = None) -> dict[str, int]:
+        """The size rules of :meth:`check_request` for a transformer and VAE config (frames
+        ``k t + 1`` for the VAE's time stride t, sizes multiples of its space stride times the
+        patch); raises CheckpointError when the parts do not fit together."""
+        if transformer.in_dim != vae.z_dim or transformer.out_dim != vae.z_dim:
+            raise CheckpointError(
+                f"the transformer takes {transformer.in_dim} and gives {transformer.out_dim} latent channels but the VAE has "
+                f"{vae.z_dim}; pair the transformer with the VAE it was trained on"
+            )
+        if text_dim is not None and text_dim != transformer.text_dim:
+            raise CheckpointError(f"the transformer takes {transformer.text_dim}-d text states but its text encoder gives {text_dim}-d ones")
+        return {"temporal_multiple": vae.temporal_compression, "spatial_multiple": vae.spatial_compression * max(transformer.patch_size[1:])}
+
+    @classmethod
+    def defaults_for(cls, card_defaults: dict[str, Any], rules: dict[str, Any]) -> WanDefaults:
+        """The model's defaults: a card's, over Wan 2.1's published ones."""
+        return WanDefaults(**card_defaults)
 
     # -- facts derived from the components ---------------------------------------------------------
     @property
@@ -199,10 +235,6 @@ class WanPipeline(VideoPipeline):
             return out.get("latents") if out else None
 
         return sample(velocity, latents, sigmas, sampler, callback=on_step, progress=self.progress)
-
-    def codec_roundtrip(self, video: torch.Tensor) -> torch.Tensor:
-        """Video (B, 3, F, H, W) in [-1, 1] -> encoded (the posterior's mean) and decoded, float32."""
-        return self.vae.decode(self.vae.encode(video).mean).float()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""

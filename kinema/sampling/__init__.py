@@ -17,10 +17,9 @@ is an explicit state value that ``step`` takes and returns. No step counter is h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
-
-import math
 
 import torch
 from torch import Tensor

@@ -28,9 +28,8 @@ diffusers' ``LTXPipeline`` calls it, bit for bit.
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeVar
-
 import math
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch

@@ -22,7 +22,12 @@ from einops import rearrange
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..checkpoints.io import build_on_meta, load_into, load_sharded_safetensors, read_json
+from ..checkpoints.io import (
+    build_on_meta,
+    load_into,
+    load_sharded_safetensors,
+    read_json,
+)
 from ..errors import CheckpointError, KinemaError
 from ..models.attention import attention
 from ..models.layers import zero_embedding

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .loop import TrainingKind
 
 DATA_KINDS = ("shapes", "video_folder", "synthetic")
-TEXT_ENCODERS = ("minilm", "toy")
 PRECISIONS = ("fp32", "bf16")
 SIGMA_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -228,6 +227,8 @@ def _check(c: TrainConfig) -> TrainConfig:
     readers = [name for name, k in kinds.items() if k.codec == "tokenizer"]
     need(c.tokenizer is None or kind.codec == "tokenizer", f"tokenizer is for {' and '.join(readers)} runs (a {c.model} does not read tokens); remove it")
     if kind.text:
+        from ..families import TEXT_ENCODERS
+
         need(c.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {list(TEXT_ENCODERS)}; got {c.text_encoder!r}")
     if kind.codec is None:
         encoded = [name for name, k in kinds.items() if k.codec is not None]

@@ -44,11 +44,24 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..checkpoints.io import atomic_path, load_safetensors, read_json, safetensors_metadata, save_safetensors
+from ..checkpoints.io import (
+    atomic_path,
+    load_safetensors,
+    read_json,
+    safetensors_metadata,
+    save_safetensors,
+)
 from ..errors import CheckpointError, KinemaError
+from ..seeds import derive_seed, make_generator
 from .config import DataConfig, TrainConfig, config_hash, default_threads, load_config
 from .ema import EMA
-from .objectives import flow_matching_loss, next_token_loss, sample_sigma, vae_loss, vq_loss
+from .objectives import (
+    flow_matching_loss,
+    next_token_loss,
+    sample_sigma,
+    vae_loss,
+    vq_loss,
+)
 
 KILL_AFTER_STEP_ENV = "KINEMA_TRAIN_KILL_AFTER_STEP"  # tests: SIGKILL the process right after saving this step
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights file (kinema's loaders read it)
@@ -64,17 +77,6 @@ METRICS_FILE = "metrics.jsonl"  # one line per optimiser step, under out_dir: "s
 # ------------------------------------------------------------------------------------------------
 # Randomness: everything derives from explicit (seed, ...) tuples
 # ------------------------------------------------------------------------------------------------
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (stable across processes and runs)."""
-    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def make_generator(*parts: Any) -> torch.Generator:
-    """A CPU generator seeded with :func:`derive_seed` of ``parts``."""
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
 @functools.lru_cache(maxsize=4)
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=make_generator(seed, "epoch", epoch))
@@ -173,7 +175,9 @@ def make_dataset(data: DataConfig) -> torch.utils.data.Dataset:
     if data.kind == "synthetic":
         return SyntheticClips(size=data.size, frames=data.frames, seed=data.seed, length=data.length)
     if data.kind == "shapes":
-        from ..data.shapes import ShapesDataset  # imported here so training does not need the shapes module otherwise
+        from ..data.shapes import (
+            ShapesDataset,  # imported here so training does not need the shapes module otherwise
+        )
 
         return ShapesDataset(split=data.split, size=data.size, frames=data.frames, seed=data.seed, length=data.length)
     from ..data.video_folder import VideoFolderDataset
@@ -184,27 +188,6 @@ def make_dataset(data: DataConfig) -> torch.utils.data.Dataset:
 # ------------------------------------------------------------------------------------------------
 # Text encoders
 # ------------------------------------------------------------------------------------------------
-class ToyTextEncoder:
-    """A frozen stand-in text encoder for tests: each word maps to a fixed random vector.
-
-    prompts -> (B, max_length, dim) float32, zero past the last word (and all zero for "").
-    """
-
-    def __init__(self, dim: int, max_length: int) -> None:
-        self.dim, self.max_length = dim, max_length
-
-    @functools.lru_cache(maxsize=1024)
-    def _word(self, word: str) -> torch.Tensor:
-        return torch.randn(self.dim, generator=make_generator("toy-text", word))
-
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        out = torch.zeros(len(prompts), self.max_length, self.dim)
-        for i, p in enumerate(prompts):
-            for j, w in enumerate(p.lower().split()[: self.max_length]):
-                out[i, j] = self._word(w)
-        return out
-
-
 class CachedTextEncoder:
     """A frozen text encoder that encodes each distinct caption once, alone.
 
@@ -233,14 +216,17 @@ class CachedTextEncoder:
 
 
 def make_text_encoder(name: str, text_dim: int, max_length: int):
-    """The frozen text encoder a config names; its width must equal the transformer's text_dim."""
-    if name == "toy":
-        return ToyTextEncoder(text_dim, max_length)
-    from ..text.minilm import MINILM_DIM, load_minilm
+    """The frozen text encoder a config names (:data:`kinema.families.TEXT_ENCODERS`); its width
+    must equal the model's text_dim."""
+    from ..families import text_encoder_kind
+    from ..pipelines.loading import load_text_encoder
 
-    if text_dim != MINILM_DIM:
-        raise KinemaError(f"text_encoder minilm gives {MINILM_DIM}-d states; set architecture.text_dim: {MINILM_DIM} (got {text_dim})")
-    return CachedTextEncoder(load_minilm(max_length))
+    kind = text_encoder_kind(name)
+    if kind.dim is None:
+        return load_text_encoder(name, max_length, dim=text_dim)
+    if text_dim != kind.dim:
+        raise KinemaError(f"text_encoder {name} gives {kind.dim}-d states; set architecture.text_dim: {kind.dim} (got {text_dim})")
+    return CachedTextEncoder(load_text_encoder(name, max_length))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -101,13 +101,13 @@ def test_package_command_errors(kinema_model, tmp_path, capsys):
 
 
 def test_generate_without_model_uses_the_shipped_default(kinema_model, tmp_path, monkeypatch, capsys):
-    from kinema.pipelines import loading
+    from kinema.checkpoints import layouts
 
-    monkeypatch.setattr(loading, "ASSETS_DIR", tmp_path / "assets")
+    monkeypatch.setattr(layouts, "ASSETS_DIR", tmp_path / "assets")
     assert main(["generate", "a red circle moving left", "-o", str(tmp_path / "none.mp4")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the shipped model 'shapes' is not in this install") and "--model" in err
-    shutil.copytree(kinema_model, tmp_path / "assets" / loading.SHIPPED_MODELS["shapes"])
+    shutil.copytree(kinema_model, tmp_path / "assets" / layouts.SHIPPED_MODELS["shapes"])
     assert main(["generate", "a red circle moving left", "-o", str(tmp_path / "a.mp4"), "-q"]) == 0
     assert read_video(tmp_path / "a.mp4")[0].shape == (5, 16, 16, 3)  # the card's defaults
     assert main(["info", "shapes"]) == 0 and json.loads(capsys.readouterr().out)["format"] == "kinema"

@@ -282,7 +282,7 @@ def test_components_that_do_not_fit_are_refused(model_dir, tmp_path):
         write_kinema_model(tmp_path / "bad", ar_dir, vq16, **CARD)
     narrow = dataclasses.replace(TINY_AR, text_dim=8)
     ar8, vq = save_token_ar_components(tmp_path / "c", ar=narrow)
-    with pytest.raises(CheckpointError, match="takes 8-d text states but the card's text encoder minilm gives 384-d"):
+    with pytest.raises(CheckpointError, match="takes 8-d text states but its text encoder gives 384-d"):
         write_kinema_model(tmp_path / "bad", ar8, vq, **CARD)
     assert not (tmp_path / "bad").exists()
     # a hand-edited card is checked when the model loads, too

@@ -496,7 +496,8 @@ def test_vae_export_measures_latent_normalisation(tiny_vae):
 
 
 def test_cached_text_encoder_encodes_each_caption_once_alone():
-    from kinema.training.loop import CachedTextEncoder, ToyTextEncoder
+    from kinema.text.toy import ToyTextEncoder
+    from kinema.training.loop import CachedTextEncoder
 
     calls = []
     toy = ToyTextEncoder(8, 4)
@@ -721,7 +722,7 @@ def test_token_ar_refuses_a_tokenizer_it_does_not_fit(tiny_vq, tiny_vae, tmp_pat
 def test_token_ar_export_loads_and_gives_the_ema_logits(tiny_vq, tmp_path):
     from kinema.checkpoints.token_ar import load_token_ar
     from kinema.models.token_ar import TokenAR
-    from kinema.training.loop import ToyTextEncoder
+    from kinema.text.toy import ToyTextEncoder
 
     out = train(ar_config(tmp_path / "e", tiny_vq, steps=2, checkpoint_every=2), progress=False)
     training = json.loads((out / "training.json").read_text())

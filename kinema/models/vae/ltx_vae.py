@@ -38,6 +38,7 @@ from torch import nn
 
 from ...errors import KinemaError
 from ...runtime import cap_heap_growth
+from ..codec import CodecProperties
 from .causal import CausalCache
 from .ltx_vae_blocks import Conditioning, Decoder, Encoder, _flush_groups, _randn
 from .ltx_vae_config import (  # noqa: F401  (the config's names, re-exported with the model)
@@ -60,7 +61,7 @@ DEFAULT_DECODE_CHUNK = 4  # latent frames per decoding step (32 pixel frames): b
 # ------------------------------------------------------------------------------------------------
 # The autoencoder
 # ------------------------------------------------------------------------------------------------
-class LTXVAE(nn.Module):
+class LTXVAE(CodecProperties, nn.Module):
     """The LTX-Video causal video VAE: ``encode`` video to latents, ``decode`` latents to video.
 
     Parameters and buffers carry the original names: ``encoder.*``, ``decoder.*`` and the latent
@@ -68,6 +69,7 @@ class LTXVAE(nn.Module):
     """
 
     _keep_in_fp32 = ("latents_mean", "latents_std")
+    _anchor = "decoder.conv_in.conv"  # dtype and device (CodecProperties)
 
     def __init__(self, config: LTXVAEConfig | None = None) -> None:
         super().__init__()
@@ -76,22 +78,6 @@ class LTXVAE(nn.Module):
         self.decoder = Decoder(config)
         self.register_buffer("latents_mean", torch.zeros(config.latent_channels))
         self.register_buffer("latents_std", torch.ones(config.latent_channels))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.decoder.conv_in.conv.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.decoder.conv_in.conv.weight.device
-
-    @property
-    def temporal_compression(self) -> int:
-        return self.config.temporal_compression
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.config.spatial_compression
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, video: torch.Tensor, chunk_size: int | None = None) -> WanPosterior:
@@ -216,6 +202,13 @@ class LTXVAE(nn.Module):
         posterior = self.encode(video)
         z = posterior.sample(generator) if sample else posterior.mode()
         return self.decode(z, timestep, generator=generator)
+
+    def roundtrip(self, video: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> encoded (the posterior's mean) and decoded at decode
+        timestep 0 with no noise blended in, float32. A decoder that injects noise (0.9.1) draws it
+        from a generator seeded with ``seed``: the same clip always comes back the same."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        return self.decode(self.encode(video).mean, generator=generator).float()
 
     def _prepare_decode(self, latents, timestep, decode_noise_scale, generator) -> tuple[torch.Tensor, Conditioning]:
         c = self.config.latent_channels

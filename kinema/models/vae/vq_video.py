@@ -39,12 +39,12 @@ from ...schema import (
     check_numbers,
     int_tuple,
 )
+from ..codec import CodecProperties
 from ..vq import VectorQuantizer
 from .causal import CausalCache, CausalConv3d
 from .wan_vae import (
     Decoder3d,
     Encoder3d,
-    WanCodecProperties,
     WanVAEConfig,
     _check_video,
     _time_chunks,
@@ -109,7 +109,7 @@ class VQVideoConfig:
 # ------------------------------------------------------------------------------------------------
 # The tokenizer
 # ------------------------------------------------------------------------------------------------
-class VQVideoTokenizer(WanCodecProperties, nn.Module):
+class VQVideoTokenizer(CodecProperties, nn.Module):
     """Video <-> token grids: ``encode_tokens`` (B, 3, F, H, W) -> (B, F', h, w), ``decode_tokens`` back.
 
     F' = (F - 1) / temporal_compression + 1, h = H / spatial_compression, w likewise.
@@ -197,6 +197,19 @@ class VQVideoTokenizer(WanCodecProperties, nn.Module):
         if tokens.dim() != 4:
             raise KinemaError(f"tokens must be (B, F', h, w); got {tuple(tokens.shape)}")
         return self.decode_features(self.quantizer.lookup(tokens.to(self.quantizer.codebook.device)), chunk_size)
+
+    # -- the VideoCodec protocol: the tokens are its latents ------------------------------------------
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, F, H, W) -> token ids (B, F', h, w): :meth:`encode_tokens`."""
+        return self.encode_tokens(video)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, F', h, w) -> video (B, 3, F, H, W): :meth:`decode_tokens`."""
+        return self.decode_tokens(tokens)
+
+    def roundtrip(self, video: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> tokens -> video, float32."""
+        return self.decode_tokens(self.encode_tokens(video)).float()
 
     # -- training -------------------------------------------------------------------------------
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

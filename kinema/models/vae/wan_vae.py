@@ -28,6 +28,7 @@ from ...schema import (
     int_tuple,
     is_finite_number,
 )
+from ..codec import CodecProperties
 from .causal import CausalCache, CausalConv3d, conv3d, preferred_format
 
 # Wan's per-channel statistics of the latents of its training videos (wan/modules/vae.py, WanVAE;
@@ -366,29 +367,7 @@ class WanPosterior:
         return self.mean + self.std * noise
 
 
-class WanCodecProperties:
-    """What every codec built on Wan's encoder and decoder (:class:`WanVAE`, the VQ tokenizer)
-    tells its callers: dtype and device (of ``conv2``, before the decoder) and the compressions of
-    its ``config``."""
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv2.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv2.weight.device
-
-    @property
-    def temporal_compression(self) -> int:
-        return self.config.temporal_compression
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.config.spatial_compression
-
-
-class WanVAE(WanCodecProperties, nn.Module):
+class WanVAE(CodecProperties, nn.Module):
     """Wan 2.1 causal video VAE: ``encode`` video to latents, ``decode`` latents to video.
 
     Parameter names are the original Wan names: ``encoder.*``, ``conv1`` (the encoder's 1x1x1 output
@@ -482,6 +461,10 @@ class WanVAE(WanCodecProperties, nn.Module):
         """Reconstruct a video (B, 3, F, H, W): decode the posterior's mean (or a sample of it)."""
         posterior = self.encode(video)
         return self.decode(posterior.sample(generator) if sample else posterior.mode())
+
+    def roundtrip(self, video: torch.Tensor) -> torch.Tensor:
+        """Video (B, 3, F, H, W) in [-1, 1] -> encoded (the posterior's mean) and decoded, float32."""
+        return self.decode(self.encode(video).mean).float()
 
     # -- latent normalisation -------------------------------------------------------------------
     def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

