@@ -32,7 +32,8 @@ import torch
 
 from harness import reset_peak, rss_kib
 
-from kinema.models.token_ar import TOKEN_AR_PRESETS, TokenAR, generate
+from kinema.models.token_ar import TOKEN_AR_PRESETS, TokenAR
+from kinema.sampling.tokens import generate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TEXT_TOKENS = 16  # text states per prompt

@@ -69,10 +69,7 @@ def load_pair(model: str, device: str) -> dict[str, TokenARPipeline]:
     fp8 = kinema.load_pipeline(model, quantize="fp8", device=device)  # raises for a model without an fp8 path
     # Only the token model may differ: the bf16 load's own text encoder and tokenizer are dropped.
     bf16 = TokenARPipeline(bf16.transformer, fp8.tokenizer, fp8.text_encoder, bf16.sampler, bf16.defaults, device=bf16.device)
-    pipes = {"bf16": bf16, "fp8": fp8}
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    return pipes
+    return {"bf16": bf16, "fp8": fp8}
 
 
 def weight_bytes(bf16: TokenAR, fp8: TokenAR) -> dict[str, dict[str, float]]:
@@ -168,7 +165,7 @@ def free_running(pipes: dict[str, TokenARPipeline], prompts: list[tuple], frames
     device = pipes["fp8"].device
     if prompts:  # warm-up: one token grid each (lazy initialisation stays out of the first clip's time)
         for pipe in pipes.values():
-            pipe(prompts[0][3], num_frames=1, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", **options)
+            pipe(prompts[0][3], num_frames=1, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", progress_bar=False, **options)
     same = total = identical_clips = 0
     judged: dict[str, list[JudgeResult]] = {k: [] for k in NAMES}
     seconds: dict[str, list[float]] = {k: [] for k in NAMES}
@@ -179,7 +176,7 @@ def free_running(pipes: dict[str, TokenARPipeline], prompts: list[tuple], frames
         for k, pipe in pipes.items():
             _sync(device)
             t0 = time.perf_counter()
-            out[k] = pipe(prompt, num_frames=frames, generator=torch.Generator("cpu").manual_seed(seed + i), **options)
+            out[k] = pipe(prompt, num_frames=frames, generator=torch.Generator("cpu").manual_seed(seed + i), progress_bar=False, **options)
             _sync(device)
             seconds[k].append(time.perf_counter() - t0)
             token_seconds[k].append(out[k].timings["tokens"])
@@ -284,8 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipes = load_pair(args.model, args.device)
     ref = pipes["bf16"]
     frames = ref.defaults.num_frames if args.frames is None else args.frames
-    ref.check_request(num_frames=frames, defaults=ref.defaults, temporal_multiple=ref.vae_scale_factor_temporal,
-                      frame_size=ref.frame_size, grid=ref.transformer.config.grid)  # fmt: skip
+    ref.rules.check_size(*ref.frame_size, frames)
     if frames < 2:
         raise KinemaError(f"the judge needs clips of at least 2 frames; got --frames {frames}")
     options = {k: v for k, v in (("temperature", args.temperature), ("guidance_scale", args.guidance)) if v is not None}

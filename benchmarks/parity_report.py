@@ -64,7 +64,6 @@ def main() -> None:
 
         # whole pipeline, same latents, UniPC shift 3, guidance 4, 4 steps, 9 frames of 32x32
         pipe = kinema.load_pipeline(root, device="cpu", dtype="float32")
-        pipe.set_progress_bar_config(disable=True)
         noise = torch.randn(1, 16, 3, 4, 4, generator=g)
         kw = dict(prompt="a red circle moving left", negative_prompt="blurry", height=32, width=32, num_frames=9,
                   num_inference_steps=4, guidance_scale=4.0)  # fmt: skip
@@ -101,7 +100,6 @@ def ltx_rows(tmp: Path) -> list[tuple[str, float, float]]:
     want_video = P._run_diffusers(ref, torch.Generator().manual_seed(7), **kw, latents=P._pack(P._noise()), output_type="np")
     for label, path in layouts:
         pipe = kinema.load_pipeline(path, device="cpu", dtype="float32")
-        pipe.set_progress_bar_config(disable=True)
         out = pipe(**kw, latents=P._noise(), output_type="latent")
         rows.append((f"LTX t2v latents{label}", max_diff(out.latents, want_latents), float(want_latents.abs().max())))
         video = P._video01(pipe, out.latents, torch.Generator().manual_seed(7))

@@ -1,7 +1,10 @@
 """The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval`` and ``info``.
 
-Bad input (arguments, paths, checkpoints) prints one line, ``error: ...``, on stderr and exits
-with status 2; it never shows a traceback.
+A thin front end: ``generate`` turns its flags into a :class:`~kinema.request.GenerationRequest`
+and runs it (:func:`kinema.generation.generate`), which checks everything before loading weights;
+the other commands call their module's one function. Bad input (arguments, paths, checkpoints)
+prints one line, ``error: ...``, on stderr and exits with status 2; Ctrl-C prints ``interrupted``
+and exits with 130; neither shows a traceback nor leaves a partial file.
 """
 
 from __future__ import annotations
@@ -10,10 +13,19 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from .errors import KinemaError
-from .runtime import configure_threads
+from .errors import Cancelled, KinemaError, RequestError
+
+EVAL_STEPS = 20  # `kinema eval --model`: sampling steps of a diffusion model unless --steps says otherwise
+SAMPLER_NAMES = ("unipc", "euler")  # kinema.sampling.SAMPLERS (not imported here: the command line starts fast)
+# A request's fields as `generate` calls them (a RequestError names fields; the command line says flags).
+FLAGS = {
+    "prompt": "prompt", "negative_prompt": "--negative-prompt", "num_frames": "--frames",
+    "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler",
+    "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
+    "image": "--image", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
+    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
+}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,20 +42,6 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT, e.g. 832x480; got {text!r}") from None
     return w, h
-
-
-# Sampling flags of `generate` and `eval`: argparse dest -> (flag, the pipeline call's keyword).
-# Which apply to a model is its pipeline's `sampling_options`; the others are refused.
-SAMPLING_FLAGS = {
-    "steps": ("--steps", "num_inference_steps"),
-    "shift": ("--shift", "shift"),
-    "sampler": ("--sampler", "sampler"),
-    "temperature": ("--temperature", "temperature"),
-    "top_k": ("--top-k", "top_k"),
-    "top_p": ("--top-p", "top_p"),
-    "typical_p": ("--typical-p", "typical_p"),
-}
-EVAL_STEPS = 20  # `kinema eval --model`: sampling steps of a diffusion model unless --steps says otherwise
 
 
 def _add_token_sampling(p: argparse.ArgumentParser) -> None:
@@ -71,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--shift", type=float, default=None, help="diffusion models: flow-matching shift (default: the model's)")
-    g.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="diffusion models: solver (default: the model's)")
+    g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver (default: the model's)")
     _add_token_sampling(g)
     g.add_argument("--image", default=None, metavar="PATH", help="image-to-video: start from this picture (PNG, JPEG ...)")
     g.add_argument("--input", default=None, metavar="PATH", help="video-to-video: transform this video as the prompt says")
@@ -79,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--strength", type=float, default=None,
         help="with --input: noise level in (0, 1] the input is taken to; 1 ignores it (default 0.8)",
     )  # fmt: skip
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**64 - 1 (default 0)")
     g.add_argument("--output", "-o", default="out.mp4", help="output .mp4 path (default out.mp4)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
@@ -95,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="training config (YAML), e.g. configs/tiny-vae.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, else CUDA if available)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     k = sub.add_parser("package", help="package a trained transformer (or token model) and its VAE (or VQ tokenizer) as a kinema model directory")
@@ -102,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
     k.add_argument("--vae", default=None, help="wan: the VAE's model/ folder (default: the one its training config named)")
     k.add_argument("--tokenizer", default=None, help="token-ar: the VQ tokenizer's model/ folder (default: the one its training config named)")
-    k.add_argument("--sampler", choices=("unipc", "euler"), default=None, help="wan: default solver (default unipc)")
+    k.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="wan: default solver (default unipc)")
     k.add_argument("--shift", type=float, default=None, help="wan: default flow-matching shift (default 1)")
     k.add_argument("--steps", type=int, default=None, help="wan: default sampling steps (default 20)")
     k.add_argument("--guidance", type=float, default=None, help="default guidance scale (default 5 for wan, 3 for token-ar)")
@@ -120,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconstruct", metavar="MODEL",
         help="render ground-truth clips, pass them through MODEL's VAE or tokenizer (encode, decode) into --out, then "
              "judge them: how much of a real clip the codec keeps, apart from the transformer. MODEL may also be a "
-             "Wan VAE's or VQ tokenizer's own folder (a training run's model/)",
+             "VAE's or VQ tokenizer's own folder (a training run's model/)",
     )  # fmt: skip
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
@@ -142,127 +141,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_checked(
-    model: str, height, width, num_frames, args: argparse.Namespace, *, fallback=None, device=None, dtype=None, quantize=None,
-    needs=(), before_load=None,
-):  # fmt: skip
-    """Resolve the model, check the request against its size rules and abilities (reading only
-    config files), run ``before_load`` (reading the inputs), then load it: bad arguments fail before
-    minutes of weight loading.
-
-    ``args``: the parsed command line, whose sampling flags (:data:`SAMPLING_FLAGS`) given for a
-    model whose pipeline does not take them are refused. ``fallback``: call keywords used when the
-    pipeline takes them and no flag set them (``{"num_inference_steps": 20}``). ``needs``: (flag,
-    pipeline attribute) pairs such as ("--image", "supports_image").
-
-    Returns (pipeline, what ``before_load`` returned, the sampling flags as call keywords).
-    """
-    from .pipelines.loading import (
-        check_before_loading,
-        check_quantize,
-        load_pipeline,
-        resolve_model,
-    )
-
-    layout = resolve_model(model)
-    cls = layout.family.pipeline_class()
-    for flag, ability in needs:
-        if not getattr(cls, ability, False):
-            what = "image-to-video" if ability == "supports_image" else "video-to-video"
-            raise KinemaError(f"{flag} needs a model that does {what}; {model} is a {layout.pipeline} model (text-to-video only)")
-    options = {}
-    for dest, (flag, keyword) in SAMPLING_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if keyword not in cls.sampling_options:
-            takes = [f for f, k in SAMPLING_FLAGS.values() if k in cls.sampling_options]
-            raise KinemaError(f"{flag} does not apply to {model}, a {layout.pipeline} model; its sampling options are {', '.join(takes)}")
-        options[keyword] = value
-    options.update({k: v for k, v in (fallback or {}).items() if k in cls.sampling_options and k not in options})
-    check_quantize(layout, quantize)
-    check_before_loading(layout, height, width, num_frames, **options)
-    inputs = before_load() if before_load is not None else None
-    return load_pipeline(layout, device=device, dtype=dtype, quantize=quantize), inputs, options
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from .video import write_video
+# ------------------------------------------------------------------------------------------------
+# generate
+# ------------------------------------------------------------------------------------------------
+def request_from_args(args: argparse.Namespace):
+    """The command line's ``generate`` flags as a :class:`~kinema.request.GenerationRequest`."""
+    from .request import GenerationRequest
 
     if args.prompt_pos and args.prompt:
         raise KinemaError("give the prompt once: either positionally or with --prompt")
-    prompt = args.prompt or args.prompt_pos
-    if not prompt:
-        raise KinemaError("no prompt: kinema generate \"a red circle moving left\"")
-    if args.steps is not None and args.steps < 1:
-        raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
-    output = Path(args.output)
-    if output.suffix.lower() != ".mp4":
-        raise KinemaError(f"--output must end in .mp4; got {output.name!r}")
-    if args.image and args.input:
-        raise KinemaError("give --image (image-to-video) or --input (video-to-video), not both")
-    if args.strength is not None and not args.input:
-        raise KinemaError("--strength applies to video-to-video: give --input too")
-    if args.strength is not None and not 0 < args.strength <= 1:
-        raise KinemaError(f"--strength must be in (0, 1] (1 ignores the input); got {args.strength:g}")
-    t0 = time.perf_counter()
-    threads = configure_threads(args.threads)
+    prompt = args.prompt if args.prompt is not None else args.prompt_pos
+    if prompt is None:
+        raise KinemaError('no prompt: kinema generate "a red circle moving left"')
     width, height = args.size if args.size else (None, None)
-    if args.model is None:
-        from .pipelines.loading import DEFAULT_MODEL
-
-        args.model = DEFAULT_MODEL
-    needs = (("--image", "supports_image"),) if args.image else (("--input", "supports_video"),) if args.input else ()
-    pipe, media, options = _load_checked(
-        args.model, height, width, args.frames, args, device=args.device, dtype=args.dtype, quantize=args.quantize,
-        needs=needs, before_load=lambda: _read_media(args),
+    return GenerationRequest(
+        prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, height=height, width=width,
+        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
+        sampler=args.sampler, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        typical_p=args.typical_p, image=args.image, video=args.input, strength=args.strength, output=args.output,
+        device=args.device, dtype=args.dtype, quantize=args.quantize,
     )  # fmt: skip
-    t_load = time.perf_counter() - t0
-    pipe.set_progress_bar_config(disable=args.quiet)
-    result = pipe(
-        prompt=prompt,
-        negative_prompt=args.negative_prompt,
-        height=height,
-        width=width,
-        num_frames=args.frames,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        **options,
-        **media,
-    )
-    t_write = time.perf_counter()
-    write_video(result.frames[0], output, fps=result.fps)
-    t_write = time.perf_counter() - t_write
-    n, h, w = result.frames.shape[1:4]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import generate
+    from .runtime import configure_threads
+
+    t0 = time.perf_counter()
+    request = request_from_args(args)
+    threads = configure_threads(args.threads)
+    if args.input is None and args.strength is not None:
+        raise KinemaError("--strength applies to video-to-video: give --input too")
+    done = generate(request, progress_bar=not args.quiet)
+    frames = done.output.frames
+    n, h, w = frames.shape[1:4]
     if args.timings:
-        stages = {"load": t_load, **result.timings, "write": t_write}
-        print(json.dumps({"timings_s": {k: round(v, 3) for k, v in stages.items()}, "threads": threads}), file=sys.stderr)
+        print(json.dumps({"timings_s": {k: round(v, 3) for k, v in done.timings.items()}, "threads": threads}), file=sys.stderr)
     if not args.quiet:
-        print(f"wrote {output} ({n} frames, {w}x{h}, {result.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        where = ", ".join(str(p) for p in done.paths)
+        print(f"wrote {where} ({n} frames, {w}x{h}, {done.output.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
-def _read_media(args: argparse.Namespace) -> dict:
-    """The pipeline arguments for --image or --input, read from their files (one-line errors)."""
-    from .video import read_image, read_video
-
-    if args.image:
-        return {"image": read_image(args.image)}
-    if args.input:
-        frames, fps = read_video(args.input)
-        media = {"video": frames, "frame_rate": fps} if fps > 0 else {"video": frames}  # keep the input's timing
-        if args.strength is not None:
-            media["strength"] = args.strength
-        return media
-    return {}
-
-
+# ------------------------------------------------------------------------------------------------
+# train, package, info
+# ------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
-    out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress)
+    device = {} if args.device is None else {"device": args.device}
+    out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress, **device)
     print(f"model written to {out}")
     return 0
 
@@ -272,7 +202,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
-    if args.shift is not None and args.shift <= 0:
+    if args.shift is not None and not args.shift > 0:
         raise KinemaError(f"--shift must be positive; got {args.shift}")
     flags = {  # card entry -> its flag's value; package_trained_model refuses those the run's kind has no use for
         "sampler": {"name": args.sampler, "shift": args.shift, "temperature": args.temperature, "top_k": args.top_k,
@@ -287,18 +217,42 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .pipelines.info import describe
+
+    print(json.dumps(describe(args.target), indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+# ------------------------------------------------------------------------------------------------
+def _eval_request(args: argparse.Namespace, model: str):
+    """The sampling part of ``eval --model`` / ``--reconstruct`` as a request (the prompts come from the prompt set)."""
+    from .request import GenerationRequest
+
+    return GenerationRequest(
+        model=model, height=args.size, width=args.size, num_frames=args.frames, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        typical_p=args.typical_p, seed=args.seed, device=args.device,
+    )  # fmt: skip
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoints.io import check_output_path
     from .evaluation.cli_eval import (
+        CodecOnly,
         generate_set,
+        is_codec_dir,
         reconstruct_reference_set,
         render_reference_set,
         run_eval,
     )
+    from .runtime import configure_threads
 
-    if args.limit is not None and args.limit < 1:
-        raise KinemaError(f"--limit must be a positive integer; got {args.limit}")
-    if args.per_prompt < 1:
-        raise KinemaError(f"--per-prompt must be a positive integer; got {args.per_prompt}")
+    for flag, value in (("--limit", args.limit), ("--per-prompt", args.per_prompt), ("--size", args.size), ("--frames", args.frames)):
+        if value is not None and value < 1:
+            raise KinemaError(f"{flag} must be a positive integer; got {value}")
     if not args.model:
         given = [flag for flag, value in (("--steps", args.steps), ("--guidance", args.guidance), ("--temperature", args.temperature),
                  ("--top-k", args.top_k), ("--top-p", args.top_p), ("--typical-p", args.typical_p)) if value is not None]  # fmt: skip
@@ -307,6 +261,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise KinemaError(f"{', '.join(given)} set how --model samples; {source} samples nothing, so remove {'them' if len(given) > 1 else 'it'}")
         if args.device is not None and not args.reconstruct:
             raise KinemaError(f"--device is for --model and --reconstruct; {'--clips' if args.clips else '--reference'} runs no model")
+    if args.json is not None:
+        check_output_path(args.json, what="--json")
+    if not args.clips:
+        check_output_path(args.out, what="--out", directory=True)
     configure_threads(args.threads)
     clips = args.clips
     if args.reference:
@@ -314,21 +272,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.reconstruct:
-        from .evaluation.cli_eval import CodecOnly, is_codec_dir
-
         if is_codec_dir(args.reconstruct):  # a VAE's or tokenizer's own folder (a training run's model/)
             pipe = CodecOnly(args.reconstruct, args.size, args.frames, device=args.device)
         else:
-            pipe, _, _ = _load_checked(args.reconstruct, args.size, args.size, args.frames, args, device=args.device)
+            pipe, _ = _load_for_eval(_eval_request(args, args.reconstruct))
         clips = reconstruct_reference_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
         )
     elif args.model:
-        if args.steps is not None and args.steps < 1:
-            raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
-        pipe, _, options = _load_checked(
-            args.model, args.size, args.size, args.frames, args, fallback={"num_inference_steps": EVAL_STEPS}, device=args.device
-        )  # fmt: skip
+        pipe, request = _load_for_eval(_eval_request(args, args.model), steps=EVAL_STEPS)
+        options = {name: getattr(request, name) for name in pipe.rules.sampling_options if getattr(request, name) is not None}
         clips = generate_set(
             pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
             guidance_scale=args.guidance, options=options, limit=args.limit, per_prompt=args.per_prompt,
@@ -338,26 +291,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    from .pipelines.info import describe
+def _load_for_eval(request, steps: int | None = None):
+    """Check an eval's request against the model (before loading), then load it; a diffusion model
+    samples ``steps`` steps unless the request says otherwise. Returns (pipeline, filled request)."""
+    import dataclasses
 
-    print(json.dumps(describe(args.target), indent=2))
-    return 0
+    from .evaluation.cli_eval import EVAL_BATCH
+    from .pipelines.loading import load_pipeline, resolve_device, resolve_model
+    from .runtime import available_memory
+
+    layout = resolve_model(request.model)
+    rules = layout.rules()
+    if steps is not None and request.num_inference_steps is None and "num_inference_steps" in rules.sampling_options:
+        request = dataclasses.replace(request, num_inference_steps=steps)
+    device = resolve_device(request.device)
+    request = request.checked(rules, free_bytes=available_memory(device), batch=EVAL_BATCH)
+    return load_pipeline(layout, device=device), request
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # usage errors (status 2) and --help (status 0)
-        return int(e.code or 0)
-    handler = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info}
-    handler = handler[args.command]
-    try:
-        return handler(args)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # usage errors (status 2) and --help (status 0)
+            return int(e.code or 0)
+        return COMMANDS[args.command](args)
     except KinemaError as e:
-        sys.stderr.write(f"error: {e}\n")
+        message = e.render(FLAGS) if isinstance(e, RequestError) else str(e)
+        sys.stderr.write(f"error: {' '.join(message.split())}\n")
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         sys.stderr.write("interrupted\n")
         return 130
     except BrokenPipeError:  # `kinema info X | head`: the reader left; no traceback, no second error at exit
@@ -367,5 +336,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console script: :func:`main`, with Ctrl-C during Python's own start-up (imports) also
+    ending in one line."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

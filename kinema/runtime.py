@@ -8,6 +8,10 @@ unless told otherwise (``--threads``, or ``OMP_NUM_THREADS`` set by the user).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def usable_cores() -> int:
@@ -43,16 +47,14 @@ def configure_threads(threads: int | None = None) -> int:
     import torch
 
     if threads is not None:
-        if threads < 1:
-            from .errors import KinemaError
-
-            raise KinemaError(f"--threads must be a positive integer; got {threads}")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(check_threads(threads))
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(free_cores())
     return torch.get_num_threads()
 
 
+# The one piece of process-wide state kinema sets: glibc's mmap threshold (below). It is global by
+# nature (malloc's), so it is set once per process and said here rather than passed around.
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
 MMAP_THRESHOLD_BYTES = 4 << 20  # allocations above this get their own mapping, returned to the OS on free
 _heap_capped = False
@@ -80,3 +82,65 @@ def cap_heap_growth() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
         pass
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes free for a new allocation on ``device``: the CPU's available memory (the lesser of
+    Linux's MemAvailable and what a cgroup limit leaves), a CUDA device's free memory; None where
+    it cannot be told (then requests are not refused for memory)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type != "cpu":
+        return None
+    free = _meminfo_available()
+    limit = _cgroup_headroom()
+    if free is None:
+        return limit
+    return free if limit is None else min(free, limit)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _cgroup_headroom() -> int | None:
+    """What a cgroup v2 memory limit leaves (memory.max - memory.current), or None without one."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        return max(0, int(limit) - used)
+    except (OSError, ValueError):
+        return None
+
+
+MAX_THREADS_PER_CORE = 4  # --threads above this many per usable core is refused (more cannot help; huge counts crash)
+
+
+def check_threads(threads: int) -> int:
+    """``threads`` if it is a whole number from 1 to a few per usable core, else a one-line KinemaError."""
+    from .errors import RequestError
+
+    most = MAX_THREADS_PER_CORE * usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most:
+        raise RequestError(f"{{0}} must be a whole number from 1 to {most} ({usable_cores()} usable cores here); got {threads!r}", "threads")
+    return threads

@@ -1,7 +1,8 @@
-"""Video files through PyAV: write H.264 mp4 (atomically) and read frames back."""
+"""Video files through PyAV: write H.264 mp4 (deterministically, atomically) and read frames back."""
 
 from __future__ import annotations
 
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .checkpoints.io import atomic_path
+from .checkpoints.io import write_bytes_atomically
 from .errors import KinemaError
 
 
@@ -18,6 +19,62 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, rounding like diffusers' postprocess."""
     video = (video.float() / 2 + 0.5).clamp(0, 1)  # (B, 3, F, H, W) in [0, 1]
     return (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()  # (B, F, H, W, 3)
+
+
+# libx264's threads, fixed: left on "auto" (0), x264 sizes its thread pool, and with PyAV's default
+# sliced threading the number of slices in the bitstream, from the CPUs the process may use, so the
+# same frames decoded differently on another machine or under another CPU affinity. Frame threads
+# put nothing of the count into the pixels; a constant count also keeps the file's bytes the same.
+ENCODER_THREADS = 4
+CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
+
+
+def encode_video(
+    frames: np.ndarray | torch.Tensor | Iterable[np.ndarray],
+    fps: float,
+    *,
+    container: str = "mp4",
+    crf: int = 18,
+    codec: str = "libx264",
+) -> bytes:
+    """Encode uint8 frames (F, H, W, 3), or an iterable of (h, w, 3) / (n, h, w, 3) chunks, to the
+    bytes of a video file (H.264 in an mp4 by default).
+
+    Deterministic: the same frames give the same bytes, and so the same decoded frames, whatever
+    the machine's cores or the process's CPU affinity (see :data:`ENCODER_THREADS`).
+    """
+    import io
+
+    import av
+
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise KinemaError(f"fps must be a positive number; got {fps!r}")
+    if isinstance(frames, (np.ndarray, torch.Tensor)):
+        frames = [np.asarray(frames)]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as out:
+        stream = None
+        for chunk in frames:
+            chunk = np.asarray(chunk)
+            if chunk.ndim == 3:
+                chunk = chunk[None]
+            if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
+                raise KinemaError(f"frames must be uint8 (F, H, W, 3); got {chunk.dtype} {chunk.shape}")
+            if stream is None:
+                stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                stream.height, stream.width = chunk.shape[1], chunk.shape[2]
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.thread_type = "FRAME"
+                stream.codec_context.thread_count = ENCODER_THREADS
+                stream.options = {"crf": str(crf)}
+            for frame in chunk:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    out.mux(packet)
+        if stream is None:
+            raise KinemaError("no frames to write")
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
 
 
 def write_video(
@@ -28,39 +85,18 @@ def write_video(
     crf: int = 18,
     codec: str = "libx264",
 ) -> Path:
-    """Write uint8 frames (F, H, W, 3), or an iterable of (h, w, 3) / (n, h, w, 3) chunks, to a video file.
+    """Write uint8 frames (F, H, W, 3), or an iterable of (h, w, 3) / (n, h, w, 3) chunks, to a
+    video file (.mp4, .mkv or .mov), deterministically (:func:`encode_video`).
 
-    The file appears only when it is complete: it is written beside ``path`` and renamed.
+    The video is encoded in memory, then the file appears whole or not at all, and a process killed
+    at any moment leaves no partial or temporary file (:func:`~kinema.checkpoints.io.write_bytes_atomically`).
     """
     path = Path(path)
-    if path.suffix.lower() not in {".mp4", ".mkv", ".mov"}:
+    container = CONTAINER_FORMATS.get(path.suffix.lower())
+    if container is None:
         raise KinemaError(f"output must be an .mp4, .mkv or .mov file; got {path.name!r}")
-    import av
-
-    if isinstance(frames, (np.ndarray, torch.Tensor)):
-        frames = [np.asarray(frames)]
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format=path.suffix.lstrip(".").replace("mkv", "matroska")) as container:
-            stream = None
-            for chunk in frames:
-                chunk = np.asarray(chunk)
-                if chunk.ndim == 3:
-                    chunk = chunk[None]
-                if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
-                    raise KinemaError(f"frames must be uint8 (F, H, W, 3); got {chunk.dtype} {chunk.shape}")
-                if stream is None:
-                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                    stream.height, stream.width = chunk.shape[1], chunk.shape[2]
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf)}
-                for frame in chunk:
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                        container.mux(packet)
-            if stream is None:
-                raise KinemaError("no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
-    return path
+    data = encode_video(frames, fps, container=container, crf=crf, codec=codec)
+    return write_bytes_atomically(path, data)
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:

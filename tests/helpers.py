@@ -104,6 +104,7 @@ def save_diffusers_wan_pipeline(directory: Path, scheduler: str = "unipc", shift
     directory.mkdir(parents=True, exist_ok=True)
     pipe.register_modules(tokenizer=make_tokenizer())
     pipe.save_pretrained(str(directory), safe_serialization=True)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 

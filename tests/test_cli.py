@@ -87,7 +87,7 @@ def _broken_copy(model_dir, tmp_path, how):
         (["--dtype", "int7"], "unknown dtype"),
         (["--image", "first.png"], "--image needs a model that does image-to-video.*wan-t2v model \\(text-to-video only\\)"),
         (["--input", "in.mp4"], "--input needs a model that does video-to-video"),
-        (["--input", "in.mp4", "--strength", "2"], "--strength must be in \\(0, 1\\]"),
+        (["--input", "in.mp4", "--strength", "2"], "--strength must be a finite number in \\(0, 1\\]"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--dtype", "int8"], "CUDA|unknown dtype"),
         (["--temperature", "0.5"], "--temperature does not apply to .*a wan-t2v model; its sampling options are --steps, --shift, --sampler"),
         (["--top-k", "3"], "--top-k does not apply"),

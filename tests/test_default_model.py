@@ -86,7 +86,6 @@ def test_shipped_shapes_ar_command_follows_its_prompt(tmp_path):
 
 def test_default_model_is_deterministic_and_named(tmp_path, capsys):
     pipe = kinema.load_pipeline("shapes", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
     a = pipe("a blue square moving up", seed=3, num_inference_steps=4)
     b = pipe("a blue square moving up", seed=3, num_inference_steps=4)
     assert np.array_equal(a.frames, b.frames)

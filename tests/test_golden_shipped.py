@@ -51,7 +51,6 @@ CASES = {
 
 def _record(model: str, kwargs: dict) -> dict:
     pipe = kinema.load_pipeline(model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
     out = pipe(**kwargs)
     latents = out.latents
     record = {

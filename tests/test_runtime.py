@@ -32,7 +32,7 @@ def test_configure_threads(monkeypatch):
 
 def test_bad_thread_count_is_one_line(capsys, tmp_path):
     assert main(["generate", "a red circle moving left", "--threads", "0", "-o", str(tmp_path / "x.mp4")]) == 2
-    assert capsys.readouterr().err.strip() == "error: --threads must be a positive integer; got 0"
+    assert capsys.readouterr().err.strip() == f"error: --threads must be a whole number from 1 to {4 * runtime.usable_cores()} ({runtime.usable_cores()} usable cores here); got 0"
 
 
 def test_cap_heap_growth_is_idempotent():

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -267,6 +268,110 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_output_path(path: str | os.PathLike, *, what: str = "output", directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written (a file, or with ``directory`` a folder
+    to fill), without writing anything there: one-line KinemaError for a folder where a file should
+    go (or the other way round), a parent that is a file, a name too long, a read-only file system
+    or a missing permission. Returns the path."""
+    from ..errors import KinemaError
+
+    raw = os.fspath(path)
+    if not raw or "\0" in raw:
+        raise KinemaError(f"{what} must be a path; got {raw!r}")
+    path = Path(raw)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise KinemaError(f"{what} {path} is a file; give a folder (new or existing)")
+    elif path.is_dir():
+        raise KinemaError(f"{what} {path} is a folder; give a file name, e.g. {path / 'out.mp4'}")
+    ancestor = path if directory and path.is_dir() else path.parent
+    missing: list[str] = [] if ancestor == path else [path.name]
+    while not ancestor.exists():
+        missing.append(ancestor.name)
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise KinemaError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
+    try:
+        limit = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for name in missing:
+        if len(os.fsencode(name)) > limit:
+            raise KinemaError(f"cannot write {what} {path}: the name {name[:40]!r}... is longer than {limit} bytes")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as e:
+        raise KinemaError(f"cannot write {what} {path}: {e.strerror or e} ({ancestor})") from None
+    return path
+
+
+_AT_FDCWD, _AT_SYMLINK_FOLLOW = -100, 0x400  # <fcntl.h>
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that the file appears whole or not at all, and a process killed
+    at any moment (SIGKILL included) leaves nothing behind.
+
+    On Linux the bytes go into an anonymous file (``O_TMPFILE``, reclaimed by the kernel if the
+    process dies) that is then linked into place: under its own name when there is no file there
+    yet, else under a temporary name renamed over the old file in the same instant. Elsewhere (or
+    on a file system without ``O_TMPFILE``) it falls back to :func:`atomic_path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _anonymous_file(path.parent)
+    if fd is None:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return path
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, 0o666 & ~_umask())
+        if not path.exists() and _link(fd, path):
+            return path
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        if tmp.exists():
+            tmp.unlink()
+        if not _link(fd, tmp):
+            raise OSError(f"could not link the new file into {path.parent}")
+        os.replace(tmp, path)
+        return path
+    finally:
+        os.close(fd)
+
+
+def _anonymous_file(directory: Path) -> int | None:
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None:
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY, 0o600)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+def _link(fd: int, path: Path) -> bool:
+    """linkat(2) the anonymous file ``fd`` to ``path``; False when the name is taken meanwhile."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    rc = libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_FOLLOW)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    raise OSError(err, os.strerror(err), str(path))
 
 
 def _umask() -> int:

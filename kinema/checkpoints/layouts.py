@@ -14,6 +14,7 @@ reads config files, JSON and safetensors headers only: no weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..families import (
     presets,
     text_encoder_kind,
 )
-from .io import read_json
+from .io import read_json, safetensors_shapes
 
 KINEMA_MODEL_FILE = "kinema.json"
 CARD_KEYS = ("format", "pipeline", "text_encoder", "sampler", "defaults")
@@ -74,26 +75,48 @@ class ModelLayout:
         text = self.card.get("text_encoder")
         return text_encoder_kind(text["kind"], card=True).dim if text else None
 
-    def defaults(self) -> Any:
-        """Size, frames and sampling defaults (the model card's, else the architecture's)."""
-        rules = self.request_rules(with_defaults=False)
+    def sampler(self) -> Any:
+        """The model's default sampler (a card's, or the checkpoint's scheduler config)."""
+        cls = self.family.pipeline_class()
+        if self.format == "kinema":
+            return cls.sampler_from_card(self.card["sampler"])
+        return self.family.formats().sampler(self)
+
+    def weight_elements(self) -> int:
+        """Parameters in the component files (safetensors headers; a pickle's size at 2 bytes each)."""
+        files: set[Path] = set()
+        for path in self.components.values():
+            if path.is_file():
+                files.add(path)
+            elif path.is_dir():
+                files.update(f for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+        total = 0
+        for f in files:
+            if f.suffix == ".safetensors":
+                total += sum(math.prod(shape) for shape in safetensors_shapes(f).values())
+            else:
+                total += f.stat().st_size // 2
+        return total
+
+    def rules(self, element_bytes: int = 4) -> Any:
+        """The model's :class:`~kinema.request.ModelRules`, read off its config files (no weights):
+        size rules, defaults, sampling options, and what its weights weigh in ``element_bytes`` each."""
+        cls = self.family.pipeline_class()
         try:
-            return self.family.pipeline_class().defaults_for(self.card.get("defaults", {}), rules)
-        except (TypeError, ValueError) as e:
+            rules = cls.model_rules(
+                self.transformer_config(), self.codec_config(), text_dim=self.text_dim(), card_defaults=self.card.get("defaults", {}),
+                sampler=self.sampler(), weights=self.weight_elements(), element_bytes=element_bytes,
+            )  # fmt: skip
+            return dataclasses.replace(rules, quantize=self.family.quantize)
+        except CheckpointError as e:
+            raise CheckpointError(f"{self.root}: {e}") from None
+        except (TypeError, ValueError) as e:  # a card's defaults of the wrong kind
             where = self.root / KINEMA_MODEL_FILE if self.card else self.root
             raise CheckpointError(f"{where}: {' '.join(str(e).split())}") from None
 
-    def request_rules(self, with_defaults: bool = True) -> dict[str, Any]:
-        """The size rules of the pipeline's ``check_request``, as its keyword arguments (checking
-        that the components fit together)."""
-        cls = self.family.pipeline_class()
-        try:
-            rules = cls.rules(self.transformer_config(), self.codec_config(), self.text_dim())
-        except CheckpointError as e:
-            raise CheckpointError(f"{self.root}: {e}") from None
-        if with_defaults:
-            self.defaults()  # a card's defaults must fit the model
-        return rules
+    def defaults(self) -> Any:
+        """Size, frames and sampling defaults (the model card's, else the architecture's)."""
+        return self.rules().defaults
 
 
 # ------------------------------------------------------------------------------------------------

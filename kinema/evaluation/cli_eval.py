@@ -26,6 +26,7 @@ from ..video import read_video, write_video
 from .judge import eval_prompts, format_table, judge_clip, score
 
 PROMPTS_FILE = "prompts.jsonl"
+EVAL_BATCH = 8  # prompts generated (or clips round-tripped) together
 PROMPT_KEYS = ("file", "colour", "shape", "motion", "prompt")
 
 
@@ -100,7 +101,7 @@ def reconstruct_reference_set(
     style: str = "canonical",
     limit: int | None = None,
     per_prompt: int = 1,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH,
 ) -> Path:
     """:func:`render_reference_set`'s clips after a round trip through ``pipe``'s codec.
 
@@ -125,8 +126,8 @@ class CodecOnly:
         config.json), then loads it."""
         from ..checkpoints.io import config_class_name
         from ..families import codec_class_names, codec_for_class
-        from ..pipelines.common import check_frames, check_size
         from ..pipelines.loading import resolve_device
+        from ..request import ModelRules
 
         path = Path(path)
         name = config_class_name(path)
@@ -138,13 +139,13 @@ class CodecOnly:
             )
         formats = kind.formats()
         arch = formats.codec_config(path)
-        check_frames(frames, arch.temporal_compression, codec=kind.noun)
-        check_size(size, size, arch.spatial_compression)
+        codec_rules = ModelRules(kind.name, None, arch.temporal_compression, arch.spatial_compression)
+        codec_rules.check_size(size, size, frames)
         self.codec = formats.load_codec(path, device=resolve_device(device))
 
     def reconstruct(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (B, F, H, W, 3) encoded and decoded -> the same."""
-        from ..pipelines.common import reconstruct_frames
+        from ..pipelines.inputs import reconstruct_frames
 
         return reconstruct_frames(frames, self.codec)
 
@@ -158,7 +159,7 @@ def is_codec_dir(path: str | Path) -> bool:
 
 
 def _write_reference_set(
-    out_dir: str | Path, prompts: list[tuple], size: int, frames: int, seed: int, fps: float, *, through, batch_size: int = 8
+    out_dir: str | Path, prompts: list[tuple], size: int, frames: int, seed: int, fps: float, *, through, batch_size: int = EVAL_BATCH
 ) -> Path:
     """Clip i rendered with ``np.random.default_rng([seed, i])``, passed through ``through.reconstruct``
     (batches of ``batch_size``) unless it is None, and written with ``prompts.jsonl``."""
@@ -200,7 +201,7 @@ def generate_set(
     style: str = "canonical",
     guidance_scale: float | None = None,
     options: Mapping[str, Any] | None = None,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH,
     limit: int | None = None,
     per_prompt: int = 1,
 ) -> Path:
@@ -215,7 +216,9 @@ def generate_set(
     import torch
 
     options = dict(options or {})
-    type(pipe).check_options(options)
+    other = sorted(set(options) - set(pipe.rules.sampling_options))
+    if other:
+        raise KinemaError(f"{', '.join(other)} does not apply to this model; its sampling options are {', '.join(pipe.rules.sampling_options)}")
     prompts = _prompt_list(split, style, limit, per_prompt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

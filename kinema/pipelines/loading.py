@@ -38,19 +38,37 @@ DTYPES = {
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (None: CUDA when there is one, else the CPU); a one-line error for a
+    device that is unknown, absent from this machine, or not one to compute on (``meta``)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise KinemaError(f"device must be a name such as 'cpu' or 'cuda:0'; got {type(device).__name__}")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise KinemaError(f"unknown device {device!r}; use cpu, cuda, cuda:0, mps ...") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KinemaError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise KinemaError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KinemaError(f"device {str(device)!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise KinemaError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise KinemaError(f"device {str(device)!r} asked for, but this PyTorch has no MPS (Apple GPU) backend here; use --device cpu")
+    elif dev.type != "cpu":
+        raise KinemaError(f"device {str(device)!r} is not one kinema runs on; use cpu, cuda or cuda:N")
     return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
+    """A weights dtype by name (None or "auto": as stored, float32 on the CPU)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise KinemaError(f"dtype {dtype} is not one kinema loads weights in; use float32, bfloat16 or float16")
         return dtype
     if dtype in ("auto", "none"):
         return None
@@ -69,16 +87,18 @@ def load_text_encoder(kind: str, max_length: int, dtype: torch.dtype | None = No
 
 def check_before_loading(
     layout: ModelLayout, height: int | None = None, width: int | None = None, num_frames: int | None = None, **options: Any
-) -> None:
-    """Check a request against the model's size rules and defaults, reading only config files.
+) -> Any:
+    """Check a request's size and sampling options against the model, reading only config files;
+    returns the request with the model's defaults filled in.
 
     ``options``: sampling options of the pipeline's call (``num_inference_steps``, ``shift``,
     ``sampler`` for diffusion; ``temperature``, ``top_k``, ``top_p``, ``typical_p`` for a token
     model); one the pipeline does not take is a one-line KinemaError.
     """
-    layout.family.pipeline_class().check_request(
-        height, width, num_frames, defaults=layout.defaults(), **layout.request_rules(), **options
-    )
+    from ..request import GenerationRequest
+
+    request = GenerationRequest(height=height, width=width, num_frames=num_frames, **options)
+    return request.checked(layout.rules(), batch=1)
 
 
 def check_quantize(layout: ModelLayout, quantize: str | None) -> None:

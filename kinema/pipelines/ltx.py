@@ -24,33 +24,32 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import CheckpointError, KinemaError
 from ..models.ltx import LTXTransformer, ltx_rope_scale
 from ..models.vae.ltx_vae import (
+    DEFAULT_DECODE_CHUNK,
     DEFAULT_DECODE_NOISE_SCALE,
     DEFAULT_DECODE_TIMESTEP,
     LTXVAE,
 )
-from ..sampling import SamplerSpec, cfg, rescale_guidance, sample, strength_start_index
+from ..request import MemoryModel, ModelRules, check_number, frames_that_fit
+from ..sampling import SamplerSpec, strength_start_index
 from ..text import MaskedTextEncoder
-from .common import (
+from .base import (
+    ProgressCallback,
     PromptStates,
-    VideoPipeline,
+    Reporter,
     check_latents,
-    check_output_options,
-    images_to_tensor,
     initial_noise,
     make_generators,
-    resize_and_crop,
-    videos_to_tensor,
 )
+from .diffusion import DiffusionPipeline, StepCallback
+from .inputs import images_to_tensor, resize_and_crop, videos_to_tensor
 from .output import VideoOutput
-
-StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
 
 LTX_TEXT_LEN = 128  # T5 tokens per prompt: LTX-Video's max_length, diffusers' max_sequence_length
 DEFAULT_STRENGTH = 0.8  # video-to-video: the input is taken to noise level 0.8 (20% of it kept)
@@ -73,7 +72,7 @@ class LTXDefaults:
     max_sequence_length: int = LTX_TEXT_LEN
 
 
-class LTXPipeline(VideoPipeline):
+class LTXPipeline(DiffusionPipeline):
     """LTX-Video text-, image- and video-to-video.
 
     Args:
@@ -86,45 +85,56 @@ class LTXPipeline(VideoPipeline):
         device: where the denoiser and VAE run.
     """
 
-    # LTX-Video's VAE compresses time 8x and space 32x; the transformer's patch is 1: frames are
-    # 8k+1 and sizes multiples of 32. (An instance re-derives both from its modules.)
-    temporal_multiple = 8
-    spatial_multiple = 32
     defaults_type = LTXDefaults
     supports_image = True
     supports_video = True
-    # Guidance runs cond and uncond as one batch (faster; twice the activation memory). Set False
-    # on an instance to run them one after the other when memory is what runs out.
-    batch_cfg = True
+    # Guidance runs cond and uncond as one batch unless a call passes batch_cfg=False (faster;
+    # twice the activation memory: pass False when memory is what runs out).
+    batch_cfg_default = True
 
     transformer: LTXTransformer
-    vae: LTXVAE
     text_encoder: MaskedTextEncoder | None
     sampler: SamplerSpec
     defaults: LTXDefaults
 
+    @property
+    def vae(self) -> LTXVAE:
+        return self.codec
+
     # -- rules read off the components' configs (before loading) ------------------------------------
     @classmethod
-    def rules(cls, transformer: Any, vae: Any, text_dim: int | None = None) -> dict[str, int]:
-        """The size rules of :meth:`check_request` (frames ``k t + 1``, sizes multiples of the VAE's
-        stride: the patch is 1); raises CheckpointError when the parts do not fit together."""
+    def model_rules(cls, transformer: Any, vae: Any, *, text_dim: int | None = None, card_defaults: dict | None = None,
+                    defaults: Any = None, sampler: Any = None, weights: int = 0, element_bytes: int = 4) -> ModelRules:  # fmt: skip
+        """Frames ``k t + 1``, sizes multiples of the VAE's stride (the patch is 1); raises
+        CheckpointError when the transformer and the VAE do not fit together."""
         if transformer.in_dim != vae.latent_channels or transformer.out_dim != vae.latent_channels:
             raise CheckpointError(
                 f"the transformer takes {transformer.in_dim} and gives {transformer.out_dim} latent channels but the VAE has "
                 f"{vae.latent_channels}; pair the transformer with its own VAE"
             )
-        return {"temporal_multiple": vae.temporal_compression, "spatial_multiple": vae.spatial_compression}
-
-    @classmethod
-    def defaults_for(cls, card_defaults: dict[str, Any], rules: dict[str, Any]) -> LTXDefaults:
-        """LTX-Video's defaults (768x512, 121 frames at 24 fps, 50 steps, guidance 3)."""
-        return LTXDefaults(**card_defaults)
-
-    # -- facts derived from the components ---------------------------------------------------------
-    @property
-    def size_multiple(self) -> int:
-        """Height and width must be multiples of this (the VAE's stride; the patch size is 1)."""
-        return self.vae_scale_factor_spatial
+        memory = MemoryModel(
+            weights=weights,
+            latent_channels=vae.latent_channels,
+            temporal_compression=vae.temporal_compression,
+            spatial_compression=vae.spatial_compression,
+            tokens_per_latent_voxel=1.0,
+            activation_per_token=7 * transformer.dim + transformer.ffn_dim,
+            # the decoder's last stage runs at 1/patch of the pixels' side, at its narrowest width
+            codec_activation_per_pixel=max(1, 8 * min(vae.decoder_block_out_channels) // vae.patch_size**2),
+            codec_frames_at_once=DEFAULT_DECODE_CHUNK * vae.temporal_compression,
+            element_bytes=element_bytes,
+        )
+        return ModelRules(
+            family="ltx-video",
+            defaults=defaults if defaults is not None else LTXDefaults(**(card_defaults or {})),
+            temporal_multiple=vae.temporal_compression,
+            spatial_multiple=vae.spatial_compression,
+            sampling_options=cls.sampling_options,
+            samplers=cls.allowed_samplers(sampler),
+            supports_image=True,
+            supports_video=True,
+            memory=memory,
+        )
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str], max_sequence_length: int | None = None) -> PromptStates:
@@ -169,6 +179,9 @@ class LTXPipeline(VideoPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         max_sequence_length: int | None = None,
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        batch_cfg: bool | None = None,
     ) -> VideoOutput:
         """Generate videos, from text alone, from a first frame (``image``) or from a video (``video``).
 
@@ -177,7 +190,7 @@ class LTXPipeline(VideoPipeline):
             negative_prompt: what to steer away from (one, or one per prompt); "" by default.
             image: image-to-video: the first frame, one or one per prompt (PIL image, (H, W, 3)
                 uint8 array, or (3, H, W) float tensor in [0, 1]; see
-                :func:`~kinema.pipelines.common.images_to_tensor`); scaled and centre-cropped to
+                :func:`~kinema.pipelines.inputs.images_to_tensor`); scaled and centre-cropped to
                 the video's size if it differs.
             video: video-to-video: the input, one or one per prompt, (F, H, W, 3) frames (uint8,
                 or float in [0, 1]); at least ``num_frames`` frames (the first ones are used;
@@ -208,6 +221,10 @@ class LTXPipeline(VideoPipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None``; a
                 returned "latents" replaces the current latents.
             max_sequence_length: T5 tokens per prompt (default 128).
+            callback: ``fn(Progress)`` at every stage and step; raising (``kinema.Cancelled``) stops.
+            progress_bar: show a progress bar on stderr.
+            batch_cfg: run the unconditional and conditional passes as one batch (default: on;
+                False runs them one after the other, for less activation memory).
 
         Returns:
             VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8, ``latents`` and ``fps``.
@@ -220,24 +237,25 @@ class LTXPipeline(VideoPipeline):
         if video is not None:
             pixels = videos_to_tensor(video)  # (n, 3, F_in, H_in, W_in) in [0, 1]
             if num_frames is None:
-                num_frames = _frames_that_fit(pixels.shape[2], self.defaults.num_frames, self.vae_scale_factor_temporal)
-        height, width, num_frames, num_inference_steps = self.check_request(
-            height, width, num_frames, num_inference_steps, self.defaults, self.vae_scale_factor_temporal, self.size_multiple
-        )
+                num_frames = frames_that_fit(pixels.shape[2], self.defaults.num_frames, self.vae_scale_factor_temporal)
+        request = self.check_call(
+            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, strength=strength, frame_rate=frame_rate,
+            video="(frames)" if video is not None else None, image="(picture)" if image is not None else None,
+        )  # fmt: skip
+        height, width, num_frames = request.height, request.width, request.num_frames
+        check_number("guidance_rescale", guidance_rescale, 0, 1)
+        reporter = Reporter(callback, progress_bar)
         if video is not None:
             strength = DEFAULT_STRENGTH if strength is None else strength
-            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-                raise KinemaError(f"strength must be in (0, 1] (the noise level the input is taken to); got {strength!r}")
         if video is not None and pixels.shape[2] < num_frames:
-            fit = _frames_that_fit(pixels.shape[2], num_frames, self.vae_scale_factor_temporal)
+            fit = frames_that_fit(pixels.shape[2], num_frames, self.vae_scale_factor_temporal)
             raise KinemaError(f"the input video has {pixels.shape[2]} frames, fewer than num_frames={num_frames}; use num_frames={fit}")
         if image is not None:
             pixels = images_to_tensor(image)[:, :, None]  # (n, 3, 1, H_in, W_in) in [0, 1]
-        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        guidance_scale = request.guidance_scale
         frame_rate = self.defaults.fps if frame_rate is None else frame_rate
-        if isinstance(frame_rate, bool) or not isinstance(frame_rate, (int, float)) or not frame_rate > 0:
-            raise KinemaError(f"frame_rate must be a positive number; got {frame_rate!r}")
-        check_output_options(output_type, num_videos_per_prompt)
         decode_timestep, decode_noise_scale = self._decode_settings(decode_timestep, decode_noise_scale)
         spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
         grid = (
@@ -245,16 +263,18 @@ class LTXPipeline(VideoPipeline):
             height // self.vae_scale_factor_spatial,
             width // self.vae_scale_factor_spatial,
         )  # latent (F', H', W'): one token per voxel
-        sampler_, sigmas, timesteps = spec.build(num_inference_steps, device=self.device, seq_len=grid[0] * grid[1] * grid[2])
+        sampler_, sigmas, timesteps = spec.build(request.num_inference_steps, device=self.device, seq_len=grid[0] * grid[1] * grid[2])
         do_cfg = guidance_scale > 1.0
 
         # 1. text states (B, L, text_dim) and masks (B, L)
         timings, t0 = {}, time.perf_counter()
-        cond, uncond = self.prompt_states(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt,
-            prompt_attention_mask, negative_prompt_attention_mask,
-            encode=lambda p: self.encode_text(p, max_sequence_length),
-        )  # fmt: skip
+        with reporter.stage("text", 1, desc="text") as step:
+            cond, uncond = self.prompt_states(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt,
+                prompt_attention_mask, negative_prompt_attention_mask,
+                encode=lambda p: self.encode_text(p, max_sequence_length),
+            )  # fmt: skip
+            step(1)
         batch = cond.batch_size
         n_prompts = batch // num_videos_per_prompt
         timings["text"] = time.perf_counter() - t0
@@ -280,19 +300,29 @@ class LTXPipeline(VideoPipeline):
                 clean = self._encode_pixels(
                     pixels[:, :, :num_frames], height, width, n_prompts, num_videos_per_prompt, generators, "video"
                 )
-                sigma = sigmas[0]
-                latents = sigma * latents + (1 - sigma) * clean  # flow_interpolate, in diffusers' order
+                latents = spec.process.add_noise(clean, latents, sigmas[0])  # the input taken to the first step's level
 
         # 3. sample
         t0 = time.perf_counter()
         rope_scale = ltx_rope_scale(frame_rate, self.vae_scale_factor_temporal, self.vae_scale_factor_spatial)
+        timestep_of, after_step = None, None
+        if keep is not None:  # the conditioning frame's tokens are told they are clean; no step changes them
+            b, _, f, h, w = latents.shape
+            is_first = torch.zeros(b, f, h * w, dtype=torch.bool, device=self.device)  # (B, F, H*W)
+            is_first[:, 0] = True
+            is_first = is_first.reshape(b, f * h * w)  # (B, N), frame-major like the tokens
+            clean_t = float(spec.process.model_timestep(spec.process.clean_level))
+            timestep_of = lambda t: torch.where(is_first, clean_t, t.unsqueeze(-1))  # noqa: E731  (B, N)
+            after_step = lambda x: torch.cat([keep, x[:, :, 1:]], dim=2)  # noqa: E731
         latents = self.denoise(
-            latents, cond, uncond, guidance_scale, guidance_rescale, sampler_, sigmas, timesteps, rope_scale, keep,
-            callback_on_step_end,
+            latents, lambda x, t, ctx: self.transformer(x, t, ctx, rope_scale=rope_scale), self.transformer.prepare_context,
+            cond, uncond, guidance_scale, sampler_, sigmas, timesteps, reporter,
+            guidance_rescale=guidance_rescale, batch_cfg=batch_cfg, timestep_of=timestep_of, after_step=after_step,
+            callback=callback_on_step_end,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
         decode = lambda: self.decode_latents(latents, decode_timestep, decode_noise_scale, generators)  # noqa: E731
-        return self.finish(latents, output_type, timings, decode, fps=float(frame_rate))
+        return self.finish(latents, output_type, timings, decode, reporter, fps=float(frame_rate))
 
     # -- pieces of the call ----------------------------------------------------------------------
     def _decode_settings(self, timestep, noise_scale) -> tuple[Any, Any]:
@@ -341,70 +371,6 @@ class LTXPipeline(VideoPipeline):
         z = posterior.mean.float() + posterior.std.float() * noise  # a posterior sample, as diffusers draws it
         return self.vae.normalize_latents(z)
 
-    def denoise(
-        self,
-        latents: torch.Tensor,
-        cond: PromptStates,
-        uncond: PromptStates | None,
-        guidance_scale: float,
-        guidance_rescale: float,
-        sampler: Any,
-        sigmas: torch.Tensor,
-        timesteps: torch.Tensor,
-        rope_scale: tuple[float, float, float],
-        keep: torch.Tensor | None = None,
-        callback: StepCallback | None = None,
-    ) -> torch.Tensor:
-        """Run ``sampler`` over ``sigmas`` from ``latents`` (B, C, F, H, W) float32 to clean latents.
-
-        ``keep`` (B, C, 1, H, W): image-to-video's frame 0, shown to the denoiser at timestep 0 and
-        put back after every step (diffusers steps only the other frames; the same numbers).
-        """
-        model_dtype = self.transformer.compute_dtype
-        # The text embedding and every block's cross-attention keys/values depend only on the
-        # prompt: project them once here instead of at every step (bit-identical results).
-        # With guidance, uncond and cond run as one batch of 2B when their text shapes agree and
-        # ``batch_cfg`` is set: 15% faster than two forwards at 2 layers x 192 tokens on CPU
-        # (benchmarks/bench_ltx.py --kinema-cfg), for twice the activation memory.
-        batched = uncond is not None and self.batch_cfg and uncond.states.shape == cond.states.shape
-        if batched:
-            ones = torch.ones(cond.states.shape[:2], device=cond.states.device)
-            masks = [ones if s.mask is None else s.mask.to(ones.dtype) for s in (uncond, cond)]
-            both_ctx = self.transformer.prepare_context(torch.cat([uncond.states, cond.states]), torch.cat(masks))  # batch 2B
-        else:
-            cond_ctx = self.transformer.prepare_context(cond.states, cond.mask)
-            uncond_ctx = self.transformer.prepare_context(uncond.states, uncond.mask) if uncond is not None else None
-        b, _, f, h, w = latents.shape
-        frame_mask = None
-        if keep is not None:
-            frame_mask = torch.zeros(b, f, h * w, device=self.device)  # (B, F, H*W): 1 on frame 0's tokens
-            frame_mask[:, 0] = 1.0
-            frame_mask = frame_mask.reshape(b, f * h * w)  # (B, N), frame-major like the tokens
-
-        def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
-            x = x.to(model_dtype)  # (B, C, F, H, W)
-            t = timesteps[i].expand(b)  # (B,)
-            if frame_mask is not None:
-                t = t.unsqueeze(-1) * (1 - frame_mask)  # (B, N): 0 on the conditioning frame
-            if batched:
-                t2 = torch.cat([t, t])  # (2B,) or (2B, N)
-                v_uncond, v = self.transformer(torch.cat([x, x]), t2, both_ctx, rope_scale=rope_scale).float().chunk(2)
-            else:
-                v = self.transformer(x, t, cond_ctx, rope_scale=rope_scale).float()  # (B, C, F, H, W)
-                if uncond_ctx is None:
-                    return v
-                v_uncond = self.transformer(x, t, uncond_ctx, rope_scale=rope_scale).float()
-            return rescale_guidance(cfg(v_uncond, v, guidance_scale), v, guidance_rescale)
-
-        def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
-            if keep is not None:
-                x = torch.cat([keep, x[:, :, 1:]], dim=2)
-            out = callback(self, i, timesteps[i], {"latents": x}) if callback is not None else None
-            replaced = out.get("latents") if out else None
-            return replaced if replaced is not None else x
-
-        return sample(velocity, latents, sigmas, sampler, callback=on_step, progress=self.progress)
-
     def decode_latents(
         self,
         latents: torch.Tensor,
@@ -433,9 +399,3 @@ class LTXPipeline(VideoPipeline):
         z = (1 - s) * z + s * noise
         injected = generator[0] if isinstance(generator, list) else generator
         return self.vae.decode(z, timestep=timestep, decode_noise_scale=0.0, generator=injected).float()
-
-
-def _frames_that_fit(available: int, limit: int, temporal: int) -> int:
-    """The most frames of the form temporal * k + 1 that are at most ``available`` and ``limit``."""
-    n = max(1, min(available, limit))
-    return (n - 1) // temporal * temporal + 1

@@ -9,31 +9,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import CheckpointError, KinemaError
 from ..models.vae.wan_vae import WanVAE
 from ..models.wan import WanTransformer
-from ..sampling import SamplerSpec, cfg, sample
+from ..request import MemoryModel, ModelRules
+from ..sampling import SamplerSpec
 from ..text import TextEncoder
-from .common import (
+from .base import (
+    ProgressCallback,
     PromptStates,
-    VideoPipeline,
+    Reporter,
     check_latents,
-    check_output_options,
     initial_noise,
     make_generators,
 )
+from .diffusion import DiffusionPipeline, StepCallback
 from .output import VideoOutput
 
 # Wan 2.1's published sampling defaults (wan/configs/shared_config.py, generate.py).
 WAN_FPS = 16
 WAN_DEFAULT_STEPS = 50
 WAN_DEFAULT_GUIDANCE = 5.0
-
-StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
 
 
 @dataclass
@@ -48,7 +48,7 @@ class WanDefaults:
     fps: float = WAN_FPS
 
 
-class WanPipeline(VideoPipeline):
+class WanPipeline(DiffusionPipeline):
     """Wan 2.1 text-to-video.
 
     Args:
@@ -60,14 +60,9 @@ class WanPipeline(VideoPipeline):
         device: where the denoiser and VAE run.
     """
 
-    # Wan 2.1's VAE compresses time 4x and space 8x, and the transformer patches 2x2 latents:
-    # frames are 4k+1 and sizes multiples of 16. (An instance re-derives both from its modules.)
-    temporal_multiple = 4
-    spatial_multiple = 16
     defaults_type = WanDefaults
 
     transformer: WanTransformer
-    vae: WanVAE
     text_encoder: TextEncoder | None
     sampler: SamplerSpec
     defaults: WanDefaults
@@ -77,6 +72,10 @@ class WanPipeline(VideoPipeline):
     package_sampler = {"name": "unipc", "shift": 1.0}
     package_defaults = {"num_inference_steps": 20, "guidance_scale": 5.0}
 
+    @property
+    def vae(self) -> WanVAE:
+        return self.codec
+
     # -- rules read off the components' configs (before loading) ------------------------------------
     @staticmethod
     def sampler_from_card(sampler: dict[str, Any]) -> SamplerSpec:
@@ -84,10 +83,11 @@ class WanPipeline(VideoPipeline):
         return SamplerSpec(**sampler)
 
     @classmethod
-    def rules(cls, transformer: Any, vae: Any, text_dim: int | None = None) -> dict[str, int]:
-        """The size rules of :meth:`check_request` for a transformer and VAE config (frames
-        ``k t + 1`` for the VAE's time stride t, sizes multiples of its space stride times the
-        patch); raises CheckpointError when the parts do not fit together."""
+    def model_rules(cls, transformer: Any, vae: Any, *, text_dim: int | None = None, card_defaults: dict | None = None,
+                    defaults: Any = None, sampler: Any = None, weights: int = 0, element_bytes: int = 4) -> ModelRules:  # fmt: skip
+        """Frames ``k t + 1`` for the VAE's time stride t, sizes multiples of its space stride times
+        the patch, the positions RoPE can tell apart; raises CheckpointError when the transformer,
+        the VAE and the text encoder do not fit together."""
         if transformer.in_dim != vae.z_dim or transformer.out_dim != vae.z_dim:
             raise CheckpointError(
                 f"the transformer takes {transformer.in_dim} and gives {transformer.out_dim} latent channels but the VAE has "
@@ -95,18 +95,29 @@ class WanPipeline(VideoPipeline):
             )
         if text_dim is not None and text_dim != transformer.text_dim:
             raise CheckpointError(f"the transformer takes {transformer.text_dim}-d text states but its text encoder gives {text_dim}-d ones")
-        return {"temporal_multiple": vae.temporal_compression, "spatial_multiple": vae.spatial_compression * max(transformer.patch_size[1:])}
-
-    @classmethod
-    def defaults_for(cls, card_defaults: dict[str, Any], rules: dict[str, Any]) -> WanDefaults:
-        """The model's defaults: a card's, over Wan 2.1's published ones."""
-        return WanDefaults(**card_defaults)
-
-    # -- facts derived from the components ---------------------------------------------------------
-    @property
-    def size_multiple(self) -> int:
-        """Height and width must be multiples of this (VAE stride x patch size)."""
-        return self.vae_scale_factor_spatial * max(self.transformer.config.patch_size[1:])
+        pt, ph, pw = transformer.patch_size
+        memory = MemoryModel(
+            weights=weights,
+            latent_channels=vae.z_dim,
+            temporal_compression=vae.temporal_compression,
+            spatial_compression=vae.spatial_compression,
+            tokens_per_latent_voxel=1 / (pt * ph * pw),
+            activation_per_token=7 * transformer.dim + transformer.ffn_dim,
+            codec_activation_per_pixel=8 * vae.base_dim * vae.dim_mult[0],
+            codec_frames_at_once=vae.temporal_compression + 2,  # one latent frame, plus the causal cache
+            element_bytes=element_bytes,
+        )
+        return ModelRules(
+            family="wan-t2v",
+            defaults=defaults if defaults is not None else WanDefaults(**(card_defaults or {})),
+            temporal_multiple=vae.temporal_compression,
+            spatial_multiple=vae.spatial_compression * max(ph, pw),
+            sampling_options=cls.sampling_options,
+            samplers=cls.allowed_samplers(sampler),
+            max_latent_frames=transformer.rope_max_seq_len * pt,
+            max_latent_side=transformer.rope_max_seq_len * max(ph, pw),
+            memory=memory,
+        )
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -141,13 +152,16 @@ class WanPipeline(VideoPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         max_sequence_length: int | None = None,
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        batch_cfg: bool | None = None,
     ) -> VideoOutput:
         """Generate videos.
 
         Args:
             prompt: one prompt or a list (a batch). Or pass ``prompt_embeds``.
             negative_prompt: what to steer away from (one, or one per prompt); "" by default.
-            height, width: pixels, multiples of ``size_multiple`` (16 for Wan).
+            height, width: pixels, multiples of ``rules.spatial_multiple`` (16 for Wan).
             num_frames: 4k+1.
             num_inference_steps: sampler steps.
             guidance_scale: classifier-free guidance; at 1.0 or below no unconditional pass is run.
@@ -162,35 +176,41 @@ class WanPipeline(VideoPipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None``; a
                 returned "latents" replaces the current latents.
             max_sequence_length: accepted for diffusers compatibility; Wan always uses its text length.
+            callback: ``fn(Progress)`` at every stage and step; raising (``kinema.Cancelled``) stops.
+            progress_bar: show a progress bar on stderr.
+            batch_cfg: run the unconditional and conditional passes as one batch (faster, twice
+                the activation memory); default off.
 
         Returns:
             VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8 and ``latents``.
         """
-        height, width, num_frames, num_inference_steps = self.check_request(
-            height, width, num_frames, num_inference_steps, self.defaults, self.vae_scale_factor_temporal, self.size_multiple
-        )
-        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
-        check_output_options(output_type, num_videos_per_prompt)
+        request = self.check_call(
+            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed,
+        )  # fmt: skip
+        reporter = Reporter(callback, progress_bar)
         spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
-        do_cfg = guidance_scale > 1.0
+        do_cfg = request.guidance_scale > 1.0
 
         # 1. text states: (B, L, text_dim)
         timings, t0 = {}, time.perf_counter()
-        cond_states, uncond_states = self.prompt_states(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt
-        )
-        cond = cond_states.states  # (B, L, text_dim)
-        uncond = uncond_states.states if uncond_states is not None else None
-        batch = cond.shape[0]
+        with reporter.stage("text", 1, desc="text") as step:
+            cond, uncond = self.prompt_states(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt
+            )
+            step(1)
+        cond, uncond = PromptStates(cond.states), (PromptStates(uncond.states) if uncond is not None else None)  # no masks: zero padding
+        batch = cond.batch_size
         timings["text"] = time.perf_counter() - t0
 
         # 2. initial noise: (B, C, F', H', W')
         shape = (
             batch,
             self.transformer.config.out_dim,
-            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
-            height // self.vae_scale_factor_spatial,
-            width // self.vae_scale_factor_spatial,
+            (request.num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            request.height // self.vae_scale_factor_spatial,
+            request.width // self.vae_scale_factor_spatial,
         )
         if latents is None:
             latents = initial_noise(shape, make_generators(generator, seed, batch), self.device)
@@ -200,41 +220,14 @@ class WanPipeline(VideoPipeline):
 
         # 3. sample
         t0 = time.perf_counter()
-        latents = self.denoise(latents, cond, uncond, guidance_scale, num_inference_steps, spec, callback_on_step_end)
+        sampler_, sigmas, timesteps = spec.build(request.num_inference_steps, device=self.device)
+        latents = self.denoise(
+            latents, lambda x, t, ctx: self.transformer(x, t, ctx), lambda states, mask: self.transformer.prepare_context(states),
+            cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
+            batch_cfg=batch_cfg, callback=callback_on_step_end,
+        )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents))
-
-    def denoise(
-        self,
-        latents: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor | None,
-        guidance_scale: float,
-        num_inference_steps: int,
-        spec: SamplerSpec,
-        callback: StepCallback | None = None,
-    ) -> torch.Tensor:
-        """Run the sampler from noise ``latents`` (B, C, F, H, W) float32 to clean latents."""
-        sampler, sigmas, timesteps = spec.build(num_inference_steps, device=self.device)
-        model_dtype = self.transformer.compute_dtype
-        # The text embedding and every block's cross-attention keys/values depend only on the
-        # prompt: project them once here instead of at every step (bit-identical results).
-        cond = self.transformer.prepare_context(cond)
-        uncond = self.transformer.prepare_context(uncond) if uncond is not None else None
-
-        def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
-            x = x.to(model_dtype)  # (B, C, F, H, W)
-            t = timesteps[i].expand(x.shape[0])  # (B,)
-            v = self.transformer(x, t, cond).float()  # (B, C, F, H, W)
-            if uncond is None:
-                return v
-            return cfg(self.transformer(x, t, uncond).float(), v, guidance_scale)
-
-        def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
-            out = callback(self, i, timesteps[i], {"latents": x}) if callback is not None else None
-            return out.get("latents") if out else None
-
-        return sample(velocity, latents, sigmas, sampler, callback=on_step, progress=self.progress)
+        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from ..errors import KinemaError
 from ..schema import Key, ignored, must, read, read_table
-from .flow_match import EulerSampler, euler_step, flow_interpolate, predict_x0
+from .flow_match import EulerSampler, euler_step
 from .guidance import cfg, rescale_guidance
+from .noise import DDPM, FlowMatching, NoiseProcess
 from .schedules import (
     NUM_TRAIN_TIMESTEPS,
     TIME_SHIFT_TYPES,
@@ -47,7 +48,10 @@ from .schedules import (
 from .unipc import UniPCSampler, UniPCState, unipc_step
 
 __all__ = [
+    "DDPM",
+    "FlowMatching",
     "NUM_TRAIN_TIMESTEPS",
+    "NoiseProcess",
     "ResolutionShift",
     "SAMPLERS",
     "EulerSampler",
@@ -58,11 +62,9 @@ __all__ = [
     "UniPCState",
     "cfg",
     "euler_step",
-    "flow_interpolate",
     "flow_match_euler_schedule",
     "flow_sigmas",
     "model_timesteps",
-    "predict_x0",
     "rescale_guidance",
     "resolution_shift_mu",
     "resolution_shift_schedule",
@@ -237,6 +239,12 @@ class SamplerSpec:
             if spec.resolution_shift is not None:
                 spec = replace(spec, resolution_shift=ResolutionShift.fixed(spec.shift, spec.resolution_shift.time_shift_type))
         return spec
+
+    @property
+    def process(self) -> FlowMatching:
+        """The noise process the schedule walks (flow matching, timestep = sigma * num_train_timesteps):
+        what a partial denoise starts from and what a clean frame is told."""
+        return FlowMatching(self.num_train_timesteps)
 
     def get_sampler(self) -> Sampler:
         return self.sampler if self.sampler is not None else SAMPLERS[self.name]

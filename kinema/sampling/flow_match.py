@@ -1,7 +1,7 @@
-"""Flow matching in one place: the interpolation, the x0 estimate, and the Euler step.
+"""The Euler sampler of flow matching: one step of the flow ODE, ``x + (sigma_next - sigma) * v``.
 
-Convention (diffusers, Wan): ``x_sigma = (1 - sigma) * x0 + sigma * noise``; the model predicts
-the velocity ``v = noise - x0 = d x_sigma / d sigma``, so ``x0 = x_sigma - sigma * v``.
+The flow itself (interpolation, velocity target, x0 estimate, timestep map) is
+:class:`kinema.sampling.noise.FlowMatching`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,6 @@ from torch import Tensor
 from .schedules import Schedule, check_step_index, flow_match_euler_schedule
 
 Scalar = float | Tensor  # a Python float or a 0-dim tensor
-
-
-def flow_interpolate(x0: Tensor, noise: Tensor, sigma: Scalar) -> Tensor:
-    """``x_sigma = (1 - sigma) * x0 + sigma * noise`` (``sigma`` broadcasts against ``x0``)."""
-    return (1 - sigma) * x0 + sigma * noise
-
-
-def predict_x0(x: Tensor, velocity: Tensor, sigma: Scalar) -> Tensor:
-    """The clean-sample estimate ``x - sigma * v`` from a velocity prediction at ``sigma``."""
-    return x - sigma * velocity
 
 
 def euler_step(x: Tensor, velocity: Tensor, sigma: Scalar, sigma_next: Scalar) -> Tensor:

@@ -17,19 +17,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from ..errors import KinemaError
+
+if TYPE_CHECKING:
+    from ..models.token_ar import TokenAR
 
 __all__ = [
     "TokenSampling",
     "apply_temperature",
     "filter_logits",
+    "generate",
     "guided_logits",
     "sample_tokens",
+    "token_picker",
     "top_k_filter",
     "top_p_filter",
     "typical_filter",
@@ -228,6 +235,138 @@ def sample_tokens(logits: Tensor, rule: TokenSampling, generator: torch.Generato
         return logits.argmax(dim=-1)  # (B,)
     probs = filter_logits(logits, rule).softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B, 1) -> (B,)
+
+
+def token_picker(
+    rule: TokenSampling, generators: torch.Generator | list[torch.Generator] | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``pick`` of :func:`generate`: logits (B, V) -> ids (B,) under ``rule``, drawing with the
+    generator (on its device; the same seed gives the same tokens), or row b with ``generators[b]``
+    for a list. Logits that are NaN or infinite everywhere (a model with broken weights) are a
+    one-line KinemaError rather than a sampler's crash."""
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(logits).any(dim=-1).all()) or bool(torch.isnan(logits).any()):
+            raise KinemaError(
+                "the token model produced NaN or infinite logits: its weights may be corrupt; try float32 (--dtype float32)"
+            )
+        if rule.greedy:
+            return sample_tokens(logits, rule)  # (B,) argmax: no draw
+        if isinstance(generators, list):
+            rows: Iterable[torch.Tensor] = (
+                sample_tokens(logits[b : b + 1].to(g.device), rule, g) for b, g in enumerate(generators)
+            )  # (1,) each
+            return torch.cat(list(rows)).to(logits.device)  # (B,)
+        device = generators.device if generators is not None else logits.device
+        return sample_tokens(logits.to(device), rule, generators).to(logits.device)  # (B,)
+
+    return pick
+
+
+# ------------------------------------------------------------------------------------------------
+# Generation: frame by frame, token by token, with the model's KV cache
+# ------------------------------------------------------------------------------------------------
+Pick = Callable[[torch.Tensor], torch.Tensor]  # logits (B, V) -> token ids (B,) long
+Guidance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (cond logits, uncond logits) (B, V) each -> (B, V)
+
+
+@torch.no_grad()
+def generate(
+    model: "TokenAR",
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    num_frames: int,
+    pick: Pick,
+    *,
+    uncond_text: torch.Tensor | None = None,
+    uncond_mask: torch.Tensor | None = None,
+    guidance: Guidance | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+    on_frame: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Generate a clip's tokens, frame by frame and token by token.
+
+    Args:
+        model: the token model (in eval mode).
+        text: (B, L, text_dim) text states of the prompts.
+        text_mask: (B, L) True for text tokens, False for padding; None: no padding.
+        num_frames: frames to generate (>= 1).
+        pick: the sampling rule, logits (B, vocab) -> ids (B,) long (argmax, top-k, nucleus, ...).
+        uncond_text: (B, L', text_dim) states of the negative / empty prompt, for classifier-free
+            guidance (with ``guidance``); cond and uncond run as one batch of 2B.
+        uncond_mask: (B, L') mask of uncond_text; None: no padding.
+        guidance: ``(cond_logits, uncond_logits) -> logits``, each (B, vocab), e.g.
+            ``lambda c, u: cfg(u, c, 3.0)``; needs uncond_text.
+        use_cache: decode with a :class:`TokenARCache` (True), or recompute ``forward`` over the
+            whole clip so far for every token (the reference; from frame 0, since stacked windows
+            see ``config.receptive_frames`` back).
+        progress: show a tqdm bar, one tick per frame.
+        on_frame: called with the number of frames done after each frame (a pipeline's progress
+            report; raising from it stops the generation).
+
+    Returns:
+        (B, num_frames, h, w) long token ids.
+    """
+    c = model.config
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise KinemaError(f"num_frames must be a positive integer; got {num_frames!r}")
+    if (uncond_text is None) != (guidance is None):
+        raise KinemaError("classifier-free guidance needs both uncond_text and guidance (or neither)")
+    b, hw = text.shape[0], c.tokens_per_frame
+    if uncond_text is not None:
+        if uncond_text.shape[0] != b:
+            raise KinemaError(f"uncond_text has batch {uncond_text.shape[0]}; expected {b}, one per prompt")
+        text, text_mask = _concat_text(text, text_mask, uncond_text, uncond_mask)  # (2B, L, text_dim), (2B, L)
+    prepared = model.prepare_text(text, text_mask)
+    device = prepared.kv[0][0].device
+    out = torch.zeros(b, num_frames * hw, dtype=torch.long, device=device)  # (B, N)
+    cache = model.new_cache(prepared) if use_cache else None
+
+    def logits_at(p: int) -> torch.Tensor:
+        """Logits (B, V) of position p, guided when asked."""
+        if cache is not None:
+            token = None if p == 0 else out[:, p - 1]  # (B,)
+            if token is not None and guidance is not None:
+                token = torch.cat([token, token])  # (2B,)
+            logits = model.step(token, cache)  # (B or 2B, V)
+        else:
+            context = out[:, : p + 1]  # (B, p+1): token p is a placeholder, never read
+            if guidance is not None:
+                context = torch.cat([context, context])  # (2B, p+1)
+            logits = model(context, prepared)[:, -1]  # (B or 2B, V)
+        return logits if guidance is None else guidance(logits[:b], logits[b:])  # (B, V)
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=num_frames, desc="frames", unit="frame", disable=not progress, leave=False) as bar:
+        for frame in range(num_frames):
+            for p in range(frame * hw, (frame + 1) * hw):
+                token = pick(logits_at(p))  # (B,)
+                if not isinstance(token, torch.Tensor) or tuple(token.shape) != (b,) or token.dtype != torch.long:
+                    got = f"{tuple(token.shape)} {token.dtype}" if isinstance(token, torch.Tensor) else type(token).__name__
+                    raise KinemaError(f"pick must return (B,) = ({b},) torch.long ids; got {got}")
+                out[:, p] = token
+            bar.update(1)
+            if on_frame is not None:
+                on_frame(frame + 1)
+    return rearrange(out, "b (f h w) -> b f h w", f=num_frames, h=c.grid[0], w=c.grid[1])  # (B, F, h, w)
+
+
+def _concat_text(
+    text: torch.Tensor, mask: torch.Tensor | None, other: torch.Tensor, other_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack two batches of text states along the batch, padding the shorter to the longer with
+    masked positions: (B, L1, C) + (B, L2, C) -> (2B, max L, C) and its (2B, max L) mask."""
+    if mask is None and other_mask is None and text.shape[1] == other.shape[1]:
+        return torch.cat([text, other]), None
+    length = max(text.shape[1], other.shape[1])
+    parts, masks = [], []
+    for states, m in ((text, mask), (other, other_mask)):
+        m = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if m is None else m.to(torch.bool)  # (B, Li)
+        parts.append(F.pad(states, (0, 0, 0, length - states.shape[1])))  # (B, L, C)
+        masks.append(F.pad(m, (0, length - m.shape[1]), value=False))  # (B, L)
+    return torch.cat(parts), torch.cat(masks)  # (2B, L, C), (2B, L)
 
 
 # ------------------------------------------------------------------------------------------------

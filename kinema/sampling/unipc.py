@@ -40,7 +40,10 @@ import torch
 from torch import Tensor
 
 from ..errors import KinemaError
+from .noise import FlowMatching, NoiseProcess
 from .schedules import Schedule, check_step_index, unipc_flow_schedule
+
+FLOW = FlowMatching()
 
 SolverType = Literal["bh1", "bh2"]
 
@@ -65,9 +68,11 @@ class UniPCState:
     last_index: int | None = None
 
 
-def _half_log_snr(sigma: Tensor) -> Tensor:
-    """``lambda = log(alpha) - log(sigma)`` for ``alpha = 1 - sigma`` (``+inf`` at sigma 0)."""
-    return torch.log(1 - sigma) - torch.log(sigma)
+def _half_log_snr(level: Tensor, process: NoiseProcess) -> Tensor:
+    """``lambda = log(alpha) - log(sigma)`` of the process at ``level`` (flow matching: ``alpha =
+    1 - sigma``; ``+inf`` at sigma 0)."""
+    alpha, sigma = process.alpha_sigma(level)
+    return torch.log(alpha) - torch.log(sigma)
 
 
 def _uni_bh_update(
@@ -78,6 +83,7 @@ def _uni_bh_update(
     order: int,
     solver_type: SolverType,
     x0_at_t: Tensor | None = None,
+    process: NoiseProcess = FLOW,
 ) -> Tensor:
     """One UniP (``x0_at_t is None``) or UniC update of ``x`` from ``sigmas[s]`` to ``sigmas[s + 1]``.
 
@@ -91,15 +97,15 @@ def _uni_bh_update(
         x0_at_t: for the corrector, the x0 estimate at ``sigmas[s + 1]``.
     """
     # Scalars: 0-dim float32 CPU tensors, in diffusers' order of operations.
-    sigma_s0, sigma_t = sigmas[s], sigmas[s + 1]
-    alpha_t = 1 - sigma_t
-    lambda_s0 = _half_log_snr(sigma_s0)
-    h = _half_log_snr(sigma_t) - lambda_s0
+    _, sigma_s0 = process.alpha_sigma(sigmas[s])
+    alpha_t, sigma_t = process.alpha_sigma(sigmas[s + 1])
+    lambda_s0 = _half_log_snr(sigmas[s], process)
+    h = _half_log_snr(sigmas[s + 1], process) - lambda_s0
     m0 = x0_history[-1]
 
     rks, d1s = [], []
     for k in range(1, order):
-        rk = (_half_log_snr(sigmas[s - k]) - lambda_s0) / h
+        rk = (_half_log_snr(sigmas[s - k], process) - lambda_s0) / h
         rks.append(rk)
         d1s.append((x0_history[-1 - k] - m0) / rk)  # divided differences D_k
     rks.append(torch.ones(()))
@@ -150,6 +156,7 @@ def unipc_step(
     solver_type: SolverType = "bh2",
     lower_order_final: bool = True,
     disable_corrector: frozenset[int] | tuple[int, ...] = (),
+    process: NoiseProcess = FLOW,
 ) -> tuple[Tensor, UniPCState]:
     """One UniPC step for a velocity-predicting flow model: corrector, then predictor.
 
@@ -165,6 +172,8 @@ def unipc_step(
         solver_type: ``"bh2"`` (Wan) or ``"bh1"``.
         lower_order_final: lower the order near the end so the step into sigma 0 is first order.
         disable_corrector: step indices whose *output* is not corrected at the next step.
+        process: the noise process the model's output belongs to (its x0 estimate and its alpha,
+            sigma at each level); flow matching by default, Wan's.
 
     Returns:
         ``(x_next, new_state)``: the sample at ``sigmas[index + 1]`` and the state for step
@@ -189,10 +198,10 @@ def unipc_step(
             "1 - 1e-6 as in diffusers, or start a custom schedule below 1"
         )
 
-    x0 = x - sigmas[index] * model_output
+    x0 = process.predict_x0(x, model_output, sigmas[index])
     if state.last_sample is not None and index - 1 not in disable_corrector:
         x = _uni_bh_update(
-            state.last_sample, state.x0_history, sigmas, index - 1, state.last_order, solver_type, x0_at_t=x0
+            state.last_sample, state.x0_history, sigmas, index - 1, state.last_order, solver_type, x0_at_t=x0, process=process
         )
 
     this_order = min(order, num_steps - index) if lower_order_final else order
@@ -203,7 +212,7 @@ def unipc_step(
             "the result would be inf/NaN); use lower_order_final=True"
         )
     history = (*state.x0_history, x0)[-order:]
-    x_next = _uni_bh_update(x, history, sigmas, index, this_order, solver_type)
+    x_next = _uni_bh_update(x, history, sigmas, index, this_order, solver_type, process=process)
     return x_next, UniPCState(x0_history=history, last_sample=x, last_order=this_order, last_index=index)
 
 
@@ -219,6 +228,7 @@ class UniPCSampler:
     solver_type: SolverType = "bh2"
     lower_order_final: bool = True
     disable_corrector: frozenset[int] = frozenset()
+    process: NoiseProcess = FLOW  # what the model's output is (its x0 estimate, alpha and sigma)
     name: str = "unipc"
     default_schedule: Callable[..., Schedule] = unipc_flow_schedule
 
@@ -246,4 +256,5 @@ class UniPCSampler:
             solver_type=self.solver_type,
             lower_order_final=self.lower_order_final,
             disable_corrector=self.disable_corrector,
+            process=self.process,
         )

@@ -100,6 +100,9 @@ class TokenStateEncoder:
         """
         ids, mask = self.tokenize([clean_prompt(p) for p in prompts], padding="longest", max_length=self.max_length)
         model_device = next(self.model.parameters()).device
+        if ids.shape[1] == 0:  # no prompt gave a token (a tokenizer without end tokens, and "" prompts)
+            out = torch.zeros(len(prompts), self.max_length, self.dim, device=model_device)  # what diffusers' padding gives
+            return out.to(device=device or out.device, dtype=dtype or next(self.model.parameters()).dtype)
         ids, mask = ids.to(model_device), mask.to(model_device)  # (B, L) each
         states = self.states(ids, mask)  # (B, L, dim)
         states = states * mask.unsqueeze(-1).to(states.dtype)  # zero the padding positions

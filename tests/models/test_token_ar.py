@@ -15,11 +15,11 @@ from kinema.checkpoints.token_ar import load_token_ar
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.attention import attention
 from kinema.models.rope import rope_3d
+from kinema.sampling.tokens import generate
 from kinema.models.token_ar import (
     TOKEN_AR_PRESETS,
     TokenAR,
     TokenARConfig,
-    generate,
     interleave_layers,
     spatial_mask,
     temporal_mask,

@@ -42,7 +42,6 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("ltx") / "LTX-Video-tiny"
     ref = save_diffusers_ltx_pipeline(root)
     pipe = kinema.load_pipeline(root, device="cpu", dtype="float32")
-    pipe.set_progress_bar_config(disable=True)
     return ref, root, pipe
 
 
@@ -173,7 +172,6 @@ def test_image_to_video_directory_loads_as_the_same_pipeline(model, tmp_path):
     layout = detect_layout(copy)
     assert (layout.format, layout.pipeline) == ("diffusers", "ltx-video")
     other = kinema.load_pipeline(copy, device="cpu", dtype="float32")
-    other.set_progress_bar_config(disable=True)
     kw = dict(prompt=PROMPT, guidance_scale=1.0, output_type="latent", **CALL)
     assert torch.equal(other(**kw, latents=_noise()).latents, pipe(**kw, latents=_noise()).latents)
 
@@ -186,7 +184,6 @@ def test_original_single_file_layout_matches_diffusers(model, tmp_path, text_und
     assert (layout.format, layout.pipeline) == ("ltx-original", "ltx-video")
     assert layout.components["transformer"].name == "any-name.safetensors"
     original = kinema.load_pipeline(original_root, device="cpu", dtype="float32")
-    original.set_progress_bar_config(disable=True)
     # the original RectifiedFlowScheduler config in the metadata means the published schedule
     assert original.sampler == SamplerSpec.from_diffusers(dict(ref.scheduler.config))
     kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=3.0, **CALL)

@@ -39,7 +39,6 @@ def kinema_model(tmp_path_factory):
 
 def test_trained_model_loads_and_uses_its_card(kinema_model):
     pipe = kinema.load_pipeline(kinema_model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
     out = pipe("a red circle moving left", seed=0)  # every size and step count from the card
     assert out.frames.shape == (1, 5, 16, 16, 3) and out.fps == 8
     again = pipe("a red circle moving left", seed=0)

@@ -15,7 +15,8 @@ import kinema
 from kinema.cli import main
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.vae.ltx_vae import LTXVAE, LTXVAEConfig
-from kinema.pipelines.common import images_to_tensor, initial_noise, resize_and_crop, videos_to_tensor
+from kinema.pipelines.base import initial_noise
+from kinema.pipelines.inputs import images_to_tensor, resize_and_crop, videos_to_tensor
 from kinema.pipelines.loading import detect_layout
 from kinema.pipelines.ltx import LTXDefaults, LTXPipeline
 from kinema.video import read_video, write_video
@@ -38,7 +39,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(model_dir):
     p = kinema.load_pipeline(model_dir, device="cpu", dtype="float32")
-    p.set_progress_bar_config(disable=True)
     return p
 
 
@@ -118,8 +118,7 @@ def test_batched_and_sequential_guidance_agree(pipe, monkeypatch):
     batched = pipe([PROMPT, "a blue square moving up"], **kw).latents
     assert set(calls) == {4}  # 2 prompts x (cond, uncond) per step
     calls.clear()
-    monkeypatch.setattr(pipe, "batch_cfg", False)
-    sequential = pipe([PROMPT, "a blue square moving up"], **kw).latents
+    sequential = pipe([PROMPT, "a blue square moving up"], **kw, batch_cfg=False).latents  # a per-call option
     assert set(calls) == {2}
     assert _max_diff(batched, sequential) < 1e-5
 
@@ -136,11 +135,22 @@ def test_callback_sees_every_step_and_can_replace_latents(pipe):
     assert out.latents.abs().max() == 0
 
 
+def pipe_rules_of(defaults: LTXDefaults):
+    """LTX-Video's rules at the published VAE's strides (8 x 32 x 32) with these defaults."""
+    from kinema.models.ltx import LTX_PRESETS
+    from kinema.models.vae.ltx_vae import LTXVAEConfig
+
+    return LTXPipeline.model_rules(LTX_PRESETS["spectro-2b"](), LTXVAEConfig(), defaults=defaults)
+
+
 def test_defaults_are_spectro_2b():
     d = LTXDefaults()
     assert (d.width, d.height, d.num_frames, d.fps) == (768, 512, 121, 24.0)
     assert (d.num_inference_steps, d.guidance_scale, d.max_sequence_length) == (50, 3.0, 128)
-    assert LTXPipeline.check_request() == (512, 768, 121, 50)
+    from kinema.request import GenerationRequest
+
+    request = GenerationRequest(prompt=PROMPT).checked(pipe_rules_of(LTXDefaults()))
+    assert (request.height, request.width, request.num_frames, request.num_inference_steps) == (512, 768, 121, 50)
 
 
 def test_frame_rate_changes_the_positions_and_the_output_fps(pipe):
@@ -271,16 +281,16 @@ def test_video_frames_default_to_what_the_input_has(pipe):
         (dict(num_inference_steps=0), "positive integer"),
         (dict(num_inference_steps=1), "num_inference_steps >= 2"),
         (dict(output_type="pil"), "output_type"),
-        (dict(latents=torch.zeros(1, 4, 2, 2, 3)), "latents must have shape"),
+        (dict(latents=torch.zeros(1, 4, 2, 2, 3)), "latents .* must have shape"),
         (dict(seed=1, generator=torch.Generator()), "either generator= or seed="),
         (dict(prompt=None), "exactly one of prompt= and prompt_embeds="),
         (dict(negative_prompt=["a", "b"]), "negative prompts for 1 prompts"),
         (dict(strength=0.5), "strength= applies to video-to-video"),
-        (dict(video=np.zeros((17, 64, 96, 3), np.uint8), strength=0.0), "strength must be in \\(0, 1\\]"),
-        (dict(video=np.zeros((17, 64, 96, 3), np.uint8), strength=1.5), "strength must be in \\(0, 1\\]"),
+        (dict(video=np.zeros((17, 64, 96, 3), np.uint8), strength=0.0), "strength must be a finite number in \\(0, 1\\]"),
+        (dict(video=np.zeros((17, 64, 96, 3), np.uint8), strength=1.5), "strength must be a finite number in \\(0, 1\\]"),
         (dict(video=np.zeros((17, 64, 96, 3), np.uint8), image=np.zeros((64, 96, 3), np.uint8)), "not both"),
         (dict(video=np.zeros((17, 64, 96), np.uint8)), "channels last"),
-        (dict(frame_rate=0), "frame_rate must be a positive number"),
+        (dict(frame_rate=0), "frame_rate must be a finite number in \\(0, 1000\\]"),
         (dict(sampler="unipc"), "euler sampler only"),
         (dict(max_sequence_length=0), "max_sequence_length must be a positive integer"),
         (dict(decode_noise_scale=[0.1, 0.2, 0.3]), "decode_noise_scale needs 1 or 1 values"),
@@ -300,7 +310,6 @@ def test_untimed_vae_refuses_decode_settings(pipe):
                           decoder_block_out_channels=(4, 8, 16, 16), decoder_layers_per_block=(1, 1, 1, 1, 1))  # fmt: skip
     torch.manual_seed(0)
     old = LTXPipeline(pipe.transformer, LTXVAE(config), pipe.text_encoder, pipe.sampler)
-    old.set_progress_bar_config(disable=True)
     out = old(prompt=PROMPT, guidance_scale=1.0, seed=0, **CALL)
     assert out.frames.shape == (1, 17, 64, 96, 3)
     with pytest.raises(KinemaError, match="not timestep-conditioned"):
@@ -390,8 +399,8 @@ def test_cli_text_to_video_and_info(model_dir, tmp_path, capsys):
         (["--image", "MEDIA/not-an-image.png"], "could not read image"),
         (["--input", "MEDIA/missing.mp4"], "video file not found"),
         (["--input", "MEDIA/not-an-image.png"], "could not read video"),
-        (["--input", "MEDIA/input.mp4", "--strength", "1.5"], "--strength must be in \\(0, 1\\]"),
-        (["--input", "MEDIA/input.mp4", "--strength", "0"], "--strength must be in \\(0, 1\\]"),
+        (["--input", "MEDIA/input.mp4", "--strength", "1.5"], "--strength must be a finite number in \\(0, 1\\]"),
+        (["--input", "MEDIA/input.mp4", "--strength", "0"], "--strength must be a finite number in \\(0, 1\\]"),
         (["--strength", "0.5"], "--strength applies to video-to-video"),
         (["--image", "MEDIA/first.png", "--input", "MEDIA/input.mp4"], "not both"),
         (["--input", "MEDIA/input.mp4", "--frames", "25"], "has 20 frames, fewer than num_frames=25"),

@@ -18,11 +18,12 @@ from kinema.checkpoints.io import save_safetensors
 from kinema.checkpoints.vq_video import save_vq_tokenizer
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.fp8 import FP8Linear, fp8_state_bytes
-from kinema.models.token_ar import TokenAR, TokenARConfig, generate
+from kinema.models.token_ar import TokenAR, TokenARConfig
+from kinema.sampling.tokens import generate, token_picker
 from kinema.models.vae.vq_video import VQVideoConfig, VQVideoTokenizer
 from kinema.pipelines.loading import check_before_loading, resolve_model
 from kinema.pipelines.package import KINEMA_MODEL_FILE, write_kinema_model
-from kinema.pipelines.token_ar import TokenARPipeline, token_picker
+from kinema.pipelines.token_ar import TokenARPipeline
 from kinema.sampling.tokens import guided_logits
 from kinema.text.minilm import MINILM_DIM
 
@@ -73,7 +74,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(model_dir):
     p = kinema.load_pipeline(model_dir, device="cpu")
-    p.set_progress_bar_config(disable=True)
     return p
 
 
@@ -148,13 +148,9 @@ def test_precomputed_text_states(pipe):
 
 
 def test_progress_bar_per_frame_and_switch(pipe, capsys):
-    pipe.set_progress_bar_config(disable=False)
-    try:
-        pipe(PROMPT, seed=0, output_type="latent")
-    finally:
-        pipe.set_progress_bar_config(disable=True)
-    assert "frames" in capsys.readouterr().err
     pipe(PROMPT, seed=0, output_type="latent")
+    assert "frames" in capsys.readouterr().err
+    pipe(PROMPT, seed=0, output_type="latent", progress_bar=False)
     assert capsys.readouterr().err == ""
 
 
@@ -197,7 +193,7 @@ def test_request_checked_before_loading(model_dir):
         check_before_loading(layout, num_frames=7)
     with pytest.raises(KinemaError, match="height and width must be 16 and 16"):
         check_before_loading(layout, 32, 32)
-    with pytest.raises(KinemaError, match="num_inference_steps does not apply to TokenARPipeline"):
+    with pytest.raises(KinemaError, match="num_inference_steps does not apply to a token-ar model"):
         check_before_loading(layout, num_inference_steps=4)
     with pytest.raises(KinemaError, match="typical_p must be"):
         check_before_loading(layout, typical_p=0)
@@ -209,8 +205,6 @@ def test_request_checked_before_loading(model_dir):
 def test_fp8_load_stores_block_linears_in_fp8_and_mostly_agrees_with_bf16(model_dir):
     bf16 = kinema.load_pipeline(model_dir, device="cpu", dtype="bfloat16")
     fp8 = kinema.load_pipeline(model_dir, device="cpu", quantize="fp8")  # bf16 compute
-    for p in (bf16, fp8):
-        p.set_progress_bar_config(disable=True)
     model = fp8.transformer
     block_linears = [m for m in model.blocks.modules() if isinstance(m, (FP8Linear, torch.nn.Linear))]
     assert block_linears and all(isinstance(m, FP8Linear) for m in block_linears)

@@ -27,7 +27,6 @@ def unipc_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(unipc_model):
     p = kinema.load_pipeline(unipc_model[0], device="cpu", dtype="float32")
-    p.set_progress_bar_config(disable=True)
     return p
 
 
@@ -57,7 +56,6 @@ def test_euler_and_batch_of_prompts_match_diffusers(tmp_path):
     ref = save_diffusers_wan_pipeline(tmp_path / "euler", scheduler="euler", shift=7.0)
     ref.set_progress_bar_config(disable=True)
     pipe = kinema.load_pipeline(tmp_path / "euler", device="cpu", dtype="float32")
-    pipe.set_progress_bar_config(disable=True)
     prompts = [PROMPT, "a blue square moving up"]
     kw = dict(prompt=prompts, negative_prompt=NEGATIVE, guidance_scale=5.0, **CALL)
     noise = _noise((2, *LATENT_SHAPE[1:]))
@@ -121,10 +119,10 @@ def test_videos_per_prompt_and_negative_prompt_change_output(pipe):
     [
         (dict(num_frames=10), "4k\\+1.*got 10, try 9 or 13"),
         (dict(height=40), "multiple of 16"),
-        (dict(width=0), "multiple of 16"),
+        (dict(width=0), "width must be a positive integer"),
         (dict(num_inference_steps=0), "positive integer"),
         (dict(output_type="pil"), "output_type"),
-        (dict(latents=torch.zeros(1, 16, 2, 4, 4)), "latents must have shape"),
+        (dict(latents=torch.zeros(1, 16, 2, 4, 4)), "latents .* must have shape"),
         (dict(seed=1, generator=torch.Generator()), "either generator= or seed="),
         (dict(prompt=None), "exactly one of prompt= and prompt_embeds="),
         (dict(negative_prompt=["a", "b"]), "negative prompts for 1 prompts"),
@@ -144,9 +142,7 @@ def test_original_wan_layout_gives_the_same_video(unipc_model, tmp_path):
 
     root = save_original_wan_layout(unipc_model[0], tmp_path / "Wan2.1-T2V-tiny")
     original = kinema.load_pipeline(root, device="cpu", dtype="float32")
-    original.set_progress_bar_config(disable=True)
     ref = kinema.load_pipeline(unipc_model[0], device="cpu", dtype="float32")
-    ref.set_progress_bar_config(disable=True)
     # the original layout has no scheduler file: Wan's defaults (UniPC, shift 5) apply
     assert (original.sampler.name, original.sampler.shift) == ("unipc", 5.0)
     kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=4.0, shift=5.0, latents=_noise(), **CALL)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kinema.errors import KinemaError
+from kinema.sampling import FlowMatching
 from kinema.sampling import (
     SAMPLERS,
     EulerSampler,
@@ -17,9 +18,7 @@ from kinema.sampling import (
     UniPCState,
     cfg,
     euler_step,
-    flow_interpolate,
     flow_match_euler_schedule,
-    predict_x0,
     sample,
     sampling_from_scheduler_config,
     schedule_from_sigmas,
@@ -28,6 +27,7 @@ from kinema.sampling import (
 )
 
 diffusers = pytest.importorskip("diffusers")
+FLOW = FlowMatching()
 
 SHAPE = (2, 4, 3, 5, 6)  # (B, C, F, H, W): a tiny video latent
 TOL = 1e-5  # fp32 trajectories must agree with diffusers to this (they agree to the bit today)
@@ -210,7 +210,7 @@ def test_linear_flow_lands_on_data(sampler, schedule, steps: int) -> None:
     data, noise = start_noise(1), start_noise(2)
     sigmas = schedule(steps)
     # 1) the exact velocity of the straight path, starting on the path
-    x = flow_interpolate(data, noise, sigmas[0])
+    x = FLOW.add_noise(data, noise, sigmas[0])
     out = sample(lambda x, i: noise - data, x, sigmas, sampler)
     torch.testing.assert_close(out, data, atol=1e-5, rtol=0)
     # 2) the velocity field of a point mass at `data`, v = (x - data) / sigma, from anywhere
@@ -227,8 +227,8 @@ def test_unipc_refuses_sigma_one() -> None:
 
 def test_flow_helpers() -> None:
     data, noise = start_noise(1), start_noise(2)
-    x = flow_interpolate(data, noise, 0.25)
-    torch.testing.assert_close(predict_x0(x, noise - data, 0.25), data)
+    x = FLOW.add_noise(data, noise, 0.25)
+    torch.testing.assert_close(FLOW.predict_x0(x, FLOW.target(data, noise), 0.25), data)
     torch.testing.assert_close(euler_step(x, noise - data, 0.25, 0.0), data)
     assert torch.equal(euler_step(x, noise, 0.5, 0.5), x)
 

@@ -1,0 +1,138 @@
+"""Run a :class:`~kinema.request.GenerationRequest` from start to finish: what every front end
+calls (the command line, and the coming web UI, HTTP server and replay).
+
+The order is the point: everything that can be refused is refused first, in one line and reading
+only small files: the request's values, the output path, the model's layout and rules (sizes,
+options, memory), the input image or video. Only then are weights loaded, the video generated,
+and the mp4 written, whole or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints.io import check_output_path
+from .errors import KinemaError
+from .request import GenerationRequest, frames_that_fit
+
+DEFAULT_OUTPUT = "out.mp4"
+
+
+@dataclass
+class Generated:
+    """What :func:`generate` made: the filled-in request, the pipeline's output, the files written."""
+
+    request: GenerationRequest
+    output: Any  # kinema.pipelines.output.VideoOutput
+    paths: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, text, denoise or tokens, decode, write
+
+
+def output_paths(output: str | None, batch: int) -> list[Path]:
+    """Where a request's videos go: ``output`` for one video, ``stem-0.mp4``, ``stem-1.mp4``... for several."""
+    path = Path(output or DEFAULT_OUTPUT)
+    if batch == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(batch)]
+
+
+def generate(
+    request: GenerationRequest,
+    *,
+    write: bool = True,
+    progress_bar: bool = True,
+    callback: Any = None,
+) -> Generated:
+    """Check ``request``, load its model, generate, and write the video(s) to ``request.output``.
+
+    Args:
+        request: what to make (see :class:`~kinema.request.GenerationRequest`).
+        write: write the mp4 file(s) (False: return the frames only).
+        progress_bar: show progress bars on stderr.
+        callback: ``fn(Progress)`` at every stage and step (raising stops the call: nothing is written).
+
+    Raises:
+        KinemaError: in one line, for anything the request, the model or the machine cannot do,
+        before any weights load whenever the files tell.
+    """
+    from .pipelines.loading import (
+        check_quantize,
+        load_pipeline,
+        resolve_device,
+        resolve_dtype,
+        resolve_model,
+    )
+    from .runtime import available_memory
+    from .video import CONTAINER_FORMATS, write_video
+
+    t0 = time.perf_counter()
+    if not isinstance(request, GenerationRequest):
+        raise KinemaError(f"generate takes a GenerationRequest; got {type(request).__name__}")
+    request.checked_alone()
+    paths: list[Path] = []
+    if write:
+        paths = output_paths(request.output, request.batch)
+        for path in paths:
+            if path.suffix.lower() not in CONTAINER_FORMATS:
+                raise KinemaError(f"output must end in .mp4 (or .mkv, .mov); got {path.name!r}")
+            check_output_path(path)
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype)
+    layout = resolve_model(request.model)
+    check_quantize(layout, request.quantize)
+    element_bytes = 4 if dtype in (None, torch.float32) and device.type == "cpu" else (dtype.itemsize if dtype is not None else 2)
+    rules = layout.rules(element_bytes)
+    request.check_abilities(rules)  # before reading an input the model could not take
+    media = read_media(request)
+    if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
+        request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple))
+    request = request.checked(rules, free_bytes=available_memory(device))
+    pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize)
+    timings = {"load": time.perf_counter() - t0}
+    out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
+    timings.update(out.timings)
+    if write:
+        t_write = time.perf_counter()
+        for path, frames in zip(paths, out.frames):
+            write_video(frames, path, fps=out.fps)
+        timings["write"] = time.perf_counter() - t_write
+    return Generated(request, out, paths, timings)
+
+
+def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...]) -> dict[str, Any]:
+    """A checked request's values as a pipeline call's keywords."""
+    keywords = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "height": request.height,
+        "width": request.width,
+        "num_frames": request.num_frames,
+        "guidance_scale": request.guidance_scale,
+        "seed": request.seed,
+        "num_videos_per_prompt": request.num_videos_per_prompt,
+    }
+    keywords.update({name: getattr(request, name) for name in sampling_options if getattr(request, name) is not None})
+    for name in ("strength", "frame_rate"):
+        if getattr(request, name) is not None:
+            keywords[name] = getattr(request, name)
+    return keywords
+
+
+def read_media(request: GenerationRequest) -> dict[str, Any]:
+    """The pipeline arguments for ``image`` or ``video``, read from their files (one-line errors).
+    A video's own frame rate becomes the request's unless it sets one."""
+    from .video import read_image, read_video
+
+    if request.image is not None:
+        return {"image": read_image(request.image)}
+    if request.video is not None:
+        frames, fps = read_video(request.video)
+        if request.frame_rate is None and fps > 0:
+            return {"video": frames, "frame_rate": fps}  # keep the input's timing
+        return {"video": frames}
+    return {}

@@ -1,0 +1,350 @@
+"""What every pipeline shares: the request check, prompts, seeds, progress and cancellation, and the
+output.
+
+A pipeline call is diffusers-shaped (``pipe(prompt=..., height=..., generator=...)``); its plain
+values are checked as a :class:`~kinema.request.GenerationRequest` against the pipeline's
+:class:`~kinema.request.ModelRules`, the same check every other front end runs, and its non-JSON
+inputs (generators, latents, precomputed text states, callbacks) here. Options that change how a
+call runs, not what it makes (the progress bar, a progress callback, LTX's batched guidance), are
+per call: a pipeline holds no mutable state and serves concurrent requests alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import KinemaError
+from ..request import GenerationRequest, ModelRules
+from ..video import to_uint8
+from .inputs import reconstruct_frames
+from .output import VideoOutput
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress and cancellation
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """Where a call is: ``step`` of ``total`` units of ``stage`` done.
+
+    Stages: ``"text"`` (prompts encoded), ``"denoise"`` (sampling steps, diffusion), ``"tokens"``
+    (frames of tokens, token models), ``"decode"`` (the codec). A callback gets step 0 when a stage
+    begins and each step as it ends; raising :class:`~kinema.errors.Cancelled` (or anything) from it
+    stops the call there, with nothing written.
+    """
+
+    stage: str
+    step: int
+    total: int
+
+
+ProgressCallback = Callable[[Progress], Any]
+
+
+class Reporter:
+    """One call's progress: a tqdm bar (when ``bar``) and the caller's callback, driven together."""
+
+    def __init__(self, callback: ProgressCallback | None = None, bar: bool = True) -> None:
+        if callback is not None and not callable(callback):
+            raise KinemaError(f"callback must be callable (it gets a Progress); got {type(callback).__name__}")
+        if not isinstance(bar, bool):
+            raise KinemaError(f"progress_bar must be true or false; got {bar!r}")
+        self.callback, self.bar = callback, bar
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int, desc: str | None = None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        """``with reporter.stage("denoise", 20) as step: ... step(1)``."""
+        from tqdm.auto import tqdm
+
+        done = 0
+        bar = tqdm(total=total, desc=desc or name, unit=unit, leave=False, disable=not self.bar)
+
+        def step(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            bar.update(n)
+            self.report(name, done, total)
+
+        try:
+            self.report(name, 0, total)
+            yield step
+        finally:
+            bar.close()
+
+    def report(self, stage: str, step: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(Progress(stage, step, total))
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds, noise and non-JSON inputs
+# ------------------------------------------------------------------------------------------------
+def make_generators(
+    generator: torch.Generator | list[torch.Generator] | None, seed: int | None, batch: int
+) -> torch.Generator | list[torch.Generator] | None:
+    """Resolve ``generator=`` / ``seed=`` (diffusers takes the first, Wan's scripts the second)."""
+    if generator is not None and seed is not None:
+        raise KinemaError("pass either generator= or seed=, not both")
+    if seed is not None:
+        return torch.Generator("cpu").manual_seed(seed)
+    if isinstance(generator, list):
+        if len(generator) != batch:
+            raise KinemaError(f"got {len(generator)} generators for a batch of {batch} videos; pass one per video")
+        if not all(isinstance(g, torch.Generator) for g in generator):
+            raise KinemaError("generator must be a torch.Generator or a list of them (one per video)")
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise KinemaError(f"generator must be a torch.Generator or a list of them; got {type(generator).__name__} (or pass seed=)")
+    return generator
+
+
+def initial_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Standard normal float32 noise, drawn on the generator's device (per sample for a list).
+
+    This is diffusers' ``randn_tensor`` rule, so the same generator gives the same noise in both.
+    """
+    if isinstance(generator, list):
+        parts = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generator]
+        return torch.cat(parts).to(device)
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
+def check_tensor(value: Any, name: str, shape: tuple[int | None, ...], floating: bool = True) -> torch.Tensor:
+    """``value`` if it is a tensor of ``shape`` (None: any size on that axis) with finite values."""
+    if not isinstance(value, torch.Tensor):
+        raise KinemaError(f"{name} must be a torch tensor of shape {_shape_words(shape)}; got {type(value).__name__}")
+    if value.dim() != len(shape) or any(w is not None and w != g for w, g in zip(shape, value.shape)):
+        raise KinemaError(f"{name} must have shape {_shape_words(shape)}; got {tuple(value.shape)}")
+    if floating:
+        if not value.is_floating_point():
+            raise KinemaError(f"{name} must be a float tensor; got {value.dtype}")
+        if not bool(torch.isfinite(value).all()):
+            raise KinemaError(f"{name} holds NaN or infinite values")
+    return value
+
+
+def _shape_words(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+
+
+def check_latents(latents: Any, expected: tuple[int, ...]) -> None:
+    check_tensor(latents, "latents (batch, channels, frames, height, width)", tuple(expected))
+
+
+def check_output_type(output_type: Any) -> None:
+    if output_type not in ("np", "pt", "latent"):
+        raise KinemaError(f"output_type must be 'np', 'pt' or 'latent'; got {output_type!r}")
+
+
+def check_finite(latents: torch.Tensor) -> None:
+    """Refuse to decode NaN or infinite latents (a black video that says nothing of why)."""
+    if latents.is_floating_point() and not bool(torch.isfinite(latents).all()):
+        raise KinemaError(
+            "the model produced NaN or infinite values: its weights may be corrupt, or the guidance or "
+            "shift too extreme; try float32 (--dtype float32) or milder settings"
+        )
+
+
+class PromptStates(NamedTuple):
+    """Text encoder output for a batch: token states and, where padding must be masked, the mask."""
+
+    states: torch.Tensor  # (B, L, text_dim)
+    mask: torch.Tensor | None = None  # (B, L): 1 for tokens, 0 for padding; None: every position counts
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[0]
+
+    def repeat_videos(self, n: int) -> "PromptStates":
+        """Each prompt's states ``n`` times in a row (one per video of that prompt)."""
+        mask = self.mask.repeat_interleave(n, dim=0) if self.mask is not None else None
+        return PromptStates(self.states.repeat_interleave(n, dim=0), mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline
+# ------------------------------------------------------------------------------------------------
+class VideoPipeline:
+    """What every text-to-video pipeline shares.
+
+    A subclass sets ``defaults_type`` and ``sampling_options``, implements :meth:`model_rules` (its
+    rules from its components' configs) and :meth:`encode_text`, and names its generator and codec
+    (``transformer`` and ``codec``; ``vae`` or ``tokenizer`` as properties).
+    """
+
+    defaults_type: type
+    supports_image: bool = False  # takes image= (image-to-video)
+    supports_video: bool = False  # takes video= and strength= (video-to-video)
+    sampling_options: tuple[str, ...] = ()  # the call's keywords that steer its sampler
+    samplers: tuple[str, ...] = ()  # sampler names it takes (diffusion)
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        codec: torch.nn.Module,
+        text_encoder: Any,
+        sampler: Any,
+        defaults: Any = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.codec = codec.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.sampler = sampler
+        self.defaults = defaults or self.defaults_type()
+        self.device = torch.device(device)
+
+    # -- facts derived from the components ---------------------------------------------------------
+    @classmethod
+    def model_rules(cls, generator: Any, codec: Any, *, text_dim: int | None = None, card_defaults: dict | None = None,
+                    defaults: Any = None, sampler: Any = None, weights: int = 0, element_bytes: int = 4) -> ModelRules:  # fmt: skip
+        """The rules of a model with these generator and codec configs (read before loading), its
+        defaults (given, or a card's over the family's) and its sampler; ``weights`` parameters in
+        ``element_bytes`` each count towards the memory estimate. Raises CheckpointError when the
+        parts do not fit together."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def rules(self) -> ModelRules:
+        """This pipeline's rules (its weights are loaded: the memory estimate leaves them out)."""
+        return self.model_rules(self.transformer.config, self.codec.config, defaults=self.defaults, sampler=self.sampler)
+
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        """Pixel frames per latent (or token) frame after the first: diffusers' name for the codec's time stride."""
+        return self.codec.temporal_compression
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        """Pixels per latent (or token) along height and width."""
+        return self.codec.spatial_compression
+
+    @property
+    def fps(self) -> float:
+        return self.defaults.fps
+
+    # -- the request -------------------------------------------------------------------------------
+    def check_call(self, *, prompt: Any, prompt_embeds: Any, negative_prompt: Any, num_videos_per_prompt: Any,
+                   output_type: Any, **values: Any) -> GenerationRequest:  # fmt: skip
+        """The call's plain values as a request, checked against :attr:`rules` (defaults filled)."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise KinemaError("pass exactly one of prompt= and prompt_embeds=")
+        check_output_type(output_type)
+        given = {k: v for k, v in values.items() if v is not None}
+        request = GenerationRequest(
+            prompt=list(prompt) if isinstance(prompt, tuple) else prompt,
+            negative_prompt=list(negative_prompt) if isinstance(negative_prompt, tuple) else negative_prompt,
+            num_videos_per_prompt=num_videos_per_prompt,
+            **given,
+        )
+        batch = None
+        if prompt_embeds is not None:
+            check_tensor(prompt_embeds, "prompt_embeds (batch, length, text_dim)", (None, None, None))
+            batch = prompt_embeds.shape[0] * num_videos_per_prompt if isinstance(num_videos_per_prompt, int) else None
+        return request.checked(self.rules, free_bytes=available_bytes(self.device), batch=batch)
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> PromptStates:
+        """Prompts -> their states (and mask) in the generator's dtype, on its device."""
+        raise NotImplementedError
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the text states the generator takes."""
+        return self.transformer.config.text_dim
+
+    def prompt_states(
+        self,
+        prompt: str | Sequence[str] | None,
+        negative_prompt: str | Sequence[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        do_cfg: bool,
+        num_videos_per_prompt: int,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        encode: Callable[[list[str]], PromptStates] | None = None,
+    ) -> tuple[PromptStates, PromptStates | None]:
+        """The conditional states and, with guidance, the unconditional ones (the negative prompt,
+        "" by default), each repeated per video: batch ``n_prompts * num_videos_per_prompt``.
+        ``encode`` replaces :meth:`encode_text` (e.g. to pass a per-call text length)."""
+        encode = encode or self.encode_text
+        prompts = [prompt] if isinstance(prompt, str) else (list(prompt) if prompt is not None else None)
+        cond = encode(prompts) if prompts is not None else self._given_states(prompt_embeds, prompt_attention_mask, "prompt_embeds")
+        n_prompts = cond.batch_size
+        uncond = None
+        if do_cfg:
+            if negative_prompt_embeds is not None:
+                uncond = self._given_states(negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt_embeds")
+            else:
+                negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or [""])
+                if len(negatives) == 1:
+                    negatives = negatives * n_prompts
+                if len(negatives) != n_prompts:
+                    raise KinemaError(f"got {len(negatives)} negative prompts for {n_prompts} prompts; pass one, or one per prompt")
+                uncond = encode(negatives)
+            if uncond.batch_size != n_prompts:
+                raise KinemaError(f"negative_prompt_embeds has batch {uncond.batch_size}, prompts have {n_prompts}")
+        cond = cond.repeat_videos(num_videos_per_prompt)
+        uncond = uncond.repeat_videos(num_videos_per_prompt) if uncond is not None else None
+        return cond, uncond
+
+    def _given_states(self, embeds: torch.Tensor, mask: torch.Tensor | None, name: str) -> PromptStates:
+        check_tensor(embeds, f"{name} (batch, length, {self.text_dim})", (None, None, self.text_dim))
+        states = embeds.to(self.device, self.transformer.compute_dtype)  # type: ignore[attr-defined]
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(states.shape[:2]):
+                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise KinemaError(f"attention mask of {name} has shape {got}; expected (batch, length) = {tuple(states.shape[:2])}")
+            mask = mask.to(self.device)
+        return PromptStates(states, mask)
+
+    # -- codec ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Clips through the model's codec and back: uint8 frames (B, F, H, W, 3) -> the same.
+
+        What the codec keeps of a real clip, encoded and decoded with no sampling: a measure of the
+        VAE or tokenizer apart from the transformer (``kinema eval --reconstruct``).
+        """
+        return reconstruct_frames(frames, self.codec)
+
+    def finish(
+        self,
+        latents: torch.Tensor,
+        output_type: str,
+        timings: dict[str, float],
+        decode: Callable[[], torch.Tensor],
+        reporter: Reporter,
+        fps: float | None = None,
+    ) -> VideoOutput:
+        """The call's result: the latents alone (``output_type="latent"``), or decoded by ``decode()``
+        ((B, 3, F, H, W) in [-1, 1]) to uint8 frames (B, F, H, W, 3), numpy or torch."""
+        fps = self.fps if fps is None else fps
+        check_finite(latents)
+        if output_type == "latent":
+            return VideoOutput(frames=None, latents=latents, fps=fps, timings=timings)
+        t0 = time.perf_counter()
+        with reporter.stage("decode", 1, desc="decoding") as step:
+            frames = to_uint8(decode())
+            step(1)
+        timings["decode"] = time.perf_counter() - t0
+        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free where a pipeline runs (see :func:`kinema.runtime.available_memory`)."""
+    from ..runtime import available_memory
+
+    return available_memory(device)

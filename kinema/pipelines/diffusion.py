@@ -1,0 +1,114 @@
+"""What the diffusion pipelines share: classifier-free guidance around the denoiser and the
+sampling loop with its callbacks.
+
+A family gives :meth:`DiffusionPipeline.denoise` its denoiser as a function of ``(x, timestep,
+context)`` and how to project a batch of text states into a context once (``prepare``); the loop
+runs the family's sampler over the schedule, guided (``uncond + g (cond - uncond)``, optionally
+rescaled), with the unconditional and conditional passes as one batch or one after the other,
+and reports every step to the call's progress reporter and diffusers-style
+``callback_on_step_end``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..sampling import SAMPLERS, SamplerSpec, cfg, rescale_guidance, sample
+from .base import PromptStates, Reporter, VideoPipeline
+
+StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (x, timestep, context) -> prediction
+
+
+class DiffusionPipeline(VideoPipeline):
+    """A pipeline whose generator is a denoiser driven by a sampler over a noise schedule."""
+
+    sampling_options = ("num_inference_steps", "shift", "sampler")
+    samplers = tuple(SAMPLERS)
+    batch_cfg_default = False  # run uncond and cond as one batch unless the call says otherwise
+
+    @classmethod
+    def allowed_samplers(cls, spec: SamplerSpec | None) -> tuple[str, ...]:
+        """The sampler names a model with this scheduler takes (a resolution-dependent shift: Euler only)."""
+        if spec is not None and spec.resolution_shift is not None:
+            return ("euler",)
+        return tuple(SAMPLERS)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        denoiser: Denoiser,
+        prepare: Callable[[torch.Tensor, torch.Tensor | None], Any],
+        cond: PromptStates,
+        uncond: PromptStates | None,
+        guidance_scale: float,
+        sampler: Any,
+        sigmas: torch.Tensor,
+        timesteps: torch.Tensor,
+        reporter: Reporter,
+        *,
+        guidance_rescale: float = 0.0,
+        batch_cfg: bool | None = None,
+        timestep_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Run ``sampler`` over ``sigmas`` from ``latents`` (B, C, F, H, W) float32 to clean latents.
+
+        Args:
+            denoiser: the model, ``(x in its dtype, timestep, context) -> prediction``.
+            prepare: ``(states, mask or None) -> context``: the text embedding and every block's
+                cross-attention keys/values depend only on the prompt, so they are projected once
+                here instead of at every step (bit-identical results).
+            cond, uncond: the prompts' states; uncond None runs no unconditional pass.
+            timesteps: (steps,) the values the denoiser is told at each step; ``timestep_of`` maps
+                step i's (B,) timesteps to what the model takes (per-token timesteps, image-to-video).
+            batch_cfg: uncond and cond as one batch of 2B (faster; twice the activation memory)
+                when their text shapes agree; None: the family's default.
+            after_step: applied to each step's result (image-to-video puts frame 0 back).
+            callback: diffusers' ``callback_on_step_end``: ``fn(pipe, step, timestep, {"latents": x})``;
+                a returned "latents" replaces the current latents.
+        """
+        model_dtype = self.transformer.compute_dtype
+        batch_cfg = self.batch_cfg_default if batch_cfg is None else batch_cfg
+        if not isinstance(batch_cfg, bool):
+            from ..errors import KinemaError
+
+            raise KinemaError(f"batch_cfg must be true or false; got {batch_cfg!r}")
+        batched = uncond is not None and batch_cfg and uncond.states.shape == cond.states.shape
+        if batched:
+            ones = torch.ones(cond.states.shape[:2], device=cond.states.device)
+            masks = [ones if s.mask is None else s.mask.to(ones.dtype) for s in (uncond, cond)]
+            both = prepare(torch.cat([uncond.states, cond.states]), torch.cat(masks))  # batch 2B
+        else:
+            cond_ctx = prepare(cond.states, cond.mask)
+            uncond_ctx = prepare(uncond.states, uncond.mask) if uncond is not None else None
+        b = latents.shape[0]
+
+        def prediction(x: torch.Tensor, i: int) -> torch.Tensor:
+            x = x.to(model_dtype)  # (B, C, F, H, W)
+            t = timesteps[i].expand(b)  # (B,)
+            if timestep_of is not None:
+                t = timestep_of(t)
+            if batched:
+                v_uncond, v = denoiser(torch.cat([x, x]), torch.cat([t, t]), both).float().chunk(2)
+            else:
+                v = denoiser(x, t, cond_ctx).float()  # (B, C, F, H, W)
+                if uncond_ctx is None:
+                    return v
+                v_uncond = denoiser(x, t, uncond_ctx).float()
+            return rescale_guidance(cfg(v_uncond, v, guidance_scale), v, guidance_rescale)
+
+        with reporter.stage("denoise", len(sigmas) - 1, desc=f"sampling ({sampler.name})") as step:
+
+            def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
+                if after_step is not None:
+                    x = after_step(x)
+                out = callback(self, i, timesteps[i], {"latents": x}) if callback is not None else None
+                replaced = out.get("latents") if isinstance(out, dict) else None
+                step(1)
+                return replaced if replaced is not None else x
+
+            return sample(prediction, latents, sigmas, sampler, callback=on_step)

@@ -1,0 +1,385 @@
+"""The one request value: what a user asks for, checked against the model before any work.
+
+Every front end builds a :class:`GenerationRequest`: the command line from its flags, the Python
+API from a pipeline call's keywords, a web UI or HTTP server from a form or a JSON body, a replay
+from a saved request. :meth:`GenerationRequest.checked` is the one validation they share: types,
+ranges and finiteness of every value, then the model's own rules (:class:`ModelRules`: frame and
+size multiples, which sampling options apply, image / video inputs, quantisation) and an estimate
+of the memory the request needs against what the machine has free. Every problem is one line of
+:class:`~kinema.errors.KinemaError`, raised before a single weight is read.
+
+A request round-trips through JSON (:meth:`~GenerationRequest.to_json`,
+:meth:`~GenerationRequest.from_json`); inputs that are not JSON (a torch generator, precomputed
+text states, image arrays, a progress callback) are a pipeline call's own keywords.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .errors import KinemaError, RequestError
+from .schema import dataclass_to_dict, is_finite_number, is_int, read_dataclass, short
+
+MAX_STEPS = 10_000  # sampling steps; Wan and LTX-Video train on 1,000 levels, so more cannot change the result
+MAX_GUIDANCE = 1_000.0  # classifier-free guidance scale (Wan uses 5, LTX-Video 3)
+MAX_SHIFT = 1_000.0  # flow-matching shift (Wan: 3 to 5)
+MAX_FRAME_RATE = 1_000.0
+MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+MAX_VIDEOS = 1_024  # prompts times videos per prompt in one call
+MAX_PROMPT_CHARS = 100_000  # a prompt longer than this is a mistake (encoders keep the first 128-512 tokens)
+SAMPLING_OPTIONS = ("num_inference_steps", "shift", "sampler", "temperature", "top_k", "top_p", "typical_p")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A request for a video, JSON-able. None means "the model's default".
+
+    Names are diffusers' (and transformers' for token sampling); ``image`` and ``video`` are file
+    paths here (a pipeline call also takes arrays), ``output`` the mp4 to write.
+    """
+
+    prompt: str | list[str] | None = None  # None only where precomputed text states come instead (a pipeline call)
+    model: str | None = None  # a model directory or a shipped model's name (None: the default, shapes)
+    negative_prompt: str | list[str] | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None  # diffusion models
+    guidance_scale: float | None = None
+    shift: float | None = None  # diffusion models
+    sampler: str | None = None  # diffusion models: "unipc" or "euler"
+    seed: int = 0
+    num_videos_per_prompt: int = 1
+    temperature: float | None = None  # token models
+    top_k: int | None = None
+    top_p: float | None = None
+    typical_p: float | None = None
+    image: str | None = None  # image-to-video: a picture's path
+    video: str | None = None  # video-to-video: a video's path
+    strength: float | None = None  # video-to-video: the noise level the input is taken to, in (0, 1]
+    frame_rate: float | None = None  # frames per second the video is made for and written at
+    output: str | None = None  # where the mp4 goes (front ends that write one)
+    device: str | None = None
+    dtype: str | None = None
+    quantize: str | None = None
+
+    # -- JSON --------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """The request as a JSON object (every field; lists for batches)."""
+        return json.dumps(dataclass_to_dict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, source: str | bytes | Mapping[str, Any]) -> "GenerationRequest":
+        """A request from JSON text or a mapping; unknown fields and values of the wrong type are
+        one-line KinemaErrors."""
+        if isinstance(source, (str, bytes)):
+            try:
+                source = json.loads(source)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise KinemaError(f"request is not valid JSON: {e}") from None
+        request = read_dataclass(cls, source, what="request", error=KinemaError)
+        return request.checked_alone()
+
+    # -- checks ------------------------------------------------------------------------------------
+    def checked_alone(self, *, has_embeds: bool = False) -> "GenerationRequest":
+        """The checks that need no model: types, finiteness, ranges, prompts (a prompt is needed
+        unless the caller has precomputed text states, ``has_embeds``). Returns self."""
+        if self.prompt is not None or not has_embeds:
+            if self.prompt is None:
+                raise RequestError('no {0}: describe the video, e.g. "a red circle moving left"', "prompt")
+            check_prompts(self.prompt, "prompt")
+        if self.negative_prompt is not None:
+            check_prompts(self.negative_prompt, "negative_prompt", allow_empty=True)
+        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k"):
+            value = getattr(self, name)
+            if value is not None and not is_int(value):
+                raise RequestError(f"{{0}} must be a whole number; got {_braces(short(value))}", name)
+        for name in ("height", "width", "num_frames", "num_inference_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RequestError(f"{{0}} must be a positive integer; got {value}", name)
+        if self.num_inference_steps is not None and self.num_inference_steps > MAX_STEPS:
+            raise RequestError(f"{{0}} must be at most {MAX_STEPS:,}; got {self.num_inference_steps:,}", "num_inference_steps")
+        check_number("guidance_scale", self.guidance_scale, 0, MAX_GUIDANCE, "1 means no guidance")
+        check_number("shift", self.shift, 0, MAX_SHIFT, "Wan 2.1 uses 3 at 480p, 5 at 720p", low_open=True)
+        check_number("strength", self.strength, 0, 1, "1 ignores the input video", low_open=True)
+        check_number("frame_rate", self.frame_rate, 0, MAX_FRAME_RATE, "", low_open=True)
+        check_seed(self.seed)
+        if not is_int(self.num_videos_per_prompt) or not 1 <= self.num_videos_per_prompt <= MAX_VIDEOS:
+            raise RequestError(f"{{0}} must be a whole number from 1 to {MAX_VIDEOS}; got {_braces(short(self.num_videos_per_prompt))}", "num_videos_per_prompt")
+        for name in ("model", "sampler", "image", "video", "output", "device", "dtype", "quantize"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+                raise RequestError(f"{{0}} must be a non-empty string; got {_braces(short(value))}", name)
+            if isinstance(value, str) and not _is_utf8(value):
+                raise RequestError(f"{{0}} is not valid UTF-8 text: {_braces(repr(value.encode('utf-8', 'backslashreplace').decode()[:80]))}", name)
+        if self.image is not None and self.video is not None:
+            raise RequestError("give {0} (image-to-video) or {1} (video-to-video), not both", "image", "video")
+        if self.strength is not None and self.video is None:
+            raise RequestError("{0} applies to video-to-video: give {1} too", "strength", "video")
+        token_options = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "typical_p": self.typical_p}
+        if any(v is not None for v in token_options.values()):
+            from .sampling.tokens import TokenSampling
+
+            TokenSampling(**{k: v for k, v in token_options.items() if v is not None})  # raises a one-line KinemaError
+        return self
+
+    def check_abilities(self, rules: "ModelRules") -> None:
+        """The options and inputs the model must take: its sampling options, image or video input,
+        quantisation and samplers (one-line RequestErrors naming the fields)."""
+        given = [name for name in SAMPLING_OPTIONS if getattr(self, name) is not None and name not in rules.sampling_options]
+        if given:
+            takes = rules.sampling_options
+            names = ", ".join(f"{{{i}}}" for i in range(len(given)))
+            options = ", ".join(f"{{{len(given) + i}}}" for i in range(len(takes))) or "none"
+            raise RequestError(f"{names} does not apply to a {rules.family} model; its sampling options are {options}", *given, *takes)
+        if self.image is not None and not rules.supports_image:
+            raise RequestError(f"{{0}} needs a model that does image-to-video; this is a {rules.family} model (text-to-video only)", "image")
+        if self.video is not None and not rules.supports_video:
+            raise RequestError(f"{{0}} needs a model that does video-to-video; this is a {rules.family} model (text-to-video only)", "video")
+        if self.quantize is not None and self.quantize not in rules.quantize:
+            raise KinemaError(
+                f"{self.quantize} quantisation is not available for a {rules.family} model"
+                + (f" (it takes {', '.join(rules.quantize)})" if rules.quantize else "")
+            )
+        if self.sampler is not None and self.sampler not in rules.samplers:
+            how = " (its schedule's shift follows the resolution: the euler sampler only)" if rules.samplers == ("euler",) else ""
+            raise RequestError(f"{{0}} must be one of {', '.join(rules.samplers)} for a {rules.family} model{how}; got {self.sampler!r}", "sampler")
+
+    def checked(
+        self, rules: "ModelRules", *, free_bytes: int | None = None, batch: int | None = None, check_memory: bool = True
+    ) -> "GenerationRequest":
+        """This request with the model's defaults filled in, checked against its rules (see
+        :class:`ModelRules`); raises a one-line KinemaError for anything the model cannot do.
+
+        ``free_bytes``: memory free where it will run (None: not checked); ``batch``: the number of
+        videos when precomputed text states stand for the prompt.
+        """
+        self.checked_alone(has_embeds=batch is not None)
+        self.check_abilities(rules)
+        d = rules.defaults
+        filled = {
+            "height": self.height if self.height is not None else _default(d, "height", rules),
+            "width": self.width if self.width is not None else _default(d, "width", rules),
+            "num_frames": self.num_frames if self.num_frames is not None else d.num_frames,
+            "guidance_scale": self.guidance_scale if self.guidance_scale is not None else d.guidance_scale,
+        }
+        if "num_inference_steps" in rules.sampling_options:
+            filled["num_inference_steps"] = self.num_inference_steps if self.num_inference_steps is not None else d.num_inference_steps
+        request = dataclasses.replace(self, **filled)
+        for name in ("height", "width", "num_frames", "num_inference_steps"):
+            value = getattr(request, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise RequestError(f"{{0}} must be a positive integer; got {_braces(short(value))} (the model's default)", name)
+        rules.check_size(request.height, request.width, request.num_frames)
+        if check_memory and free_bytes is not None:
+            rules.check_memory(request, free_bytes, batch if batch is not None else request.batch)
+        return request
+
+    @property
+    def batch(self) -> int:
+        """Videos the request makes: prompts times videos per prompt."""
+        n = len(self.prompt) if isinstance(self.prompt, (list, tuple)) else 1
+        return n * self.num_videos_per_prompt
+
+
+def _default(defaults: Any, name: str, rules: "ModelRules") -> int:
+    value = getattr(defaults, name)
+    if value is None and rules.frame_size is not None:  # a token model: its one frame size
+        return rules.frame_size[0 if name == "height" else 1]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Single values
+# ------------------------------------------------------------------------------------------------
+def _braces(text: str) -> str:
+    """``text`` safe inside a :class:`~kinema.errors.RequestError` template (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (bytes that were not UTF-8 arrive from the command line
+    as lone surrogates, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_prompts(prompt: Any, name: str = "prompt", *, allow_empty: bool = False) -> list[str]:
+    """A prompt or a non-empty list of them, each text (valid UTF-8, at most
+    :data:`MAX_PROMPT_CHARS` characters; with words unless ``allow_empty``). Returns the list."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got {_braces(short(prompt))}", name)
+    for p in prompts:
+        if not isinstance(p, str):
+            raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got an item {_braces(short(p))}", name)
+        if not _is_utf8(p):
+            shown = p.encode("utf-8", "backslashreplace").decode()[:60]
+            raise RequestError(f"{{0}} is not valid UTF-8 text: {_braces(repr(shown))}", name)
+        if not allow_empty and not p.strip():
+            raise RequestError('{0} is empty; describe the video, e.g. "a red circle moving left"', name)
+        if len(p) > MAX_PROMPT_CHARS:
+            raise RequestError(f"{{0}} has {len(p):,} characters; at most {MAX_PROMPT_CHARS:,} (the text encoder reads only its first tokens)", name)
+    return list(prompts)
+
+
+def check_number(name: str, value: Any, low: float, high: float, hint: str = "", *, low_open: bool = False) -> None:
+    """None, or a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    if value is None:
+        return
+    below = value <= low if (low_open and is_finite_number(value)) else (is_finite_number(value) and value < low)
+    if not is_finite_number(value) or below or value > high:
+        span = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+        tail = f" ({hint})" if hint else ""
+        raise RequestError(f"{{0}} must be a finite number in {span}{tail}; got {_braces(short(value))}", name)
+
+
+def check_seed(seed: Any) -> None:
+    """A whole number from 0 to 2**64 - 1 (a torch generator's seed)."""
+    if not is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise RequestError(f"{{0}} must be a whole number from 0 to 2**64 - 1; got {_braces(short(seed))}", "seed")
+
+
+# ------------------------------------------------------------------------------------------------
+# The model's rules
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryModel:
+    """What a model needs, to estimate a request's peak memory before it runs (see :meth:`bytes`).
+
+    All sizes in elements; ``element_bytes`` for the load dtype. The estimate counts the weights,
+    the latents and the sampler's copies of them, the generator's activations for its tokens (twice
+    with guidance), the codec's activations for the frames it decodes at once, and the decoded video
+    (float32 in [-1, 1], then uint8).
+    """
+
+    weights: int  # parameters of the generator, the codec and the text encoder
+    latent_channels: int  # channels of a latent voxel (1 for a token model: ids)
+    temporal_compression: int
+    spatial_compression: int
+    tokens_per_latent_voxel: float  # 1 / patch volume (diffusion), 1 (token model: one token per voxel)
+    activation_per_token: int  # elements per token the generator holds at its peak (a block's intermediates)
+    codec_activation_per_pixel: int  # elements per output pixel the decoder holds at its peak
+    codec_frames_at_once: int  # pixel frames the decoder produces per step (its chunk)
+    fixed: int = 0  # elements held whatever the request (a token model's KV cache, text states)
+    element_bytes: int = 4
+
+    def bytes(self, height: int, width: int, frames: int, batch: int, guided: bool) -> int:
+        """Peak bytes of a request for ``batch`` videos of ``frames`` x ``height`` x ``width``."""
+        lf = (frames - 1) // self.temporal_compression + 1
+        voxels = lf * (height // self.spatial_compression) * (width // self.spatial_compression)
+        latents = 6 * batch * voxels * self.latent_channels * 4  # float32: the sample, noise, model outputs, sampler history
+        streams = batch * (2 if guided else 1)
+        generator = streams * int(voxels * self.tokens_per_latent_voxel) * self.activation_per_token * self.element_bytes
+        pixels = height * width
+        decoder = batch * min(frames, self.codec_frames_at_once) * pixels * self.codec_activation_per_pixel * self.element_bytes
+        video = batch * frames * pixels * 3 * (4 * 3 + 1)  # float32 decode, clamp and scale copies, uint8 frames
+        return self.weights * self.element_bytes + self.fixed * self.element_bytes + latents + generator + decoder + video
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """What a model can do, read off its configs before loading (or off a loaded pipeline)."""
+
+    family: str
+    defaults: Any  # the family's defaults (height, width, num_frames, guidance_scale, [num_inference_steps], fps)
+    temporal_multiple: int  # frames are temporal_multiple * k + 1
+    spatial_multiple: int = 1  # height and width are multiples of this
+    frame_size: tuple[int, int] | None = None  # token models: the one (height, width) they make
+    grid: tuple[int, int] | None = None  # token models: their token grid, for messages
+    sampling_options: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = ()
+    supports_image: bool = False
+    supports_video: bool = False
+    quantize: tuple[str, ...] = ()
+    max_latent_frames: int | None = None  # positions the generator can tell apart along time
+    max_latent_side: int | None = None  # ... along height and width
+    memory: MemoryModel | None = None
+
+    def check_size(self, height: int, width: int, num_frames: int) -> None:
+        """Frames ``t k + 1``, sizes multiples of the stride (or a token model's one size), within
+        the positions the generator knows; one-line KinemaErrors naming the nearest valid values."""
+        t, s = self.temporal_multiple, self.spatial_multiple
+        if num_frames < 1 or (num_frames - 1) % t:
+            lo = max(1, (num_frames - 1) // t * t + 1)
+            codec = "tokenizer" if self.frame_size is not None else "VAE"
+            raise KinemaError(
+                f"num_frames must be {t}k+1 for this {codec} (1, {t + 1}, {2 * t + 1}, ...); got {num_frames}, try {lo} or {lo + t}"
+            )
+        if self.frame_size is not None:
+            if (height, width) != tuple(self.frame_size):
+                h, w = self.frame_size
+                how = f" (its {self.grid[0]}x{self.grid[1]} token grid at {h // self.grid[0]} pixels per token)" if self.grid else ""
+                raise KinemaError(f"height and width must be {h} and {w} for this model{how}; got {height} and {width}")
+        else:
+            for name, v in (("height", height), ("width", width)):
+                if v % s:
+                    lo = max(s, v // s * s)
+                    raise KinemaError(f"{name} must be a positive multiple of {s} for this model; got {v}, try {lo} or {lo + s}")
+        latent_frames = (num_frames - 1) // t + 1
+        if self.max_latent_frames is not None and latent_frames > self.max_latent_frames:
+            most = (self.max_latent_frames - 1) * t + 1
+            raise KinemaError(f"num_frames {num_frames:,} is more than this model's positions cover; at most {most:,} frames")
+        if self.max_latent_side is not None and self.frame_size is None:
+            stride = self.memory.spatial_compression if self.memory else s
+            most = self.max_latent_side * stride
+            if max(height, width) > most:
+                raise KinemaError(f"height and width must be at most {most:,} for this model (its positions); got {height}x{width}")
+
+    def needed_bytes(self, request: GenerationRequest, batch: int) -> int | None:
+        """The estimate of :class:`MemoryModel` for a filled-in request (None: no model of it)."""
+        if self.memory is None:
+            return None
+        guided = request.guidance_scale is not None and request.guidance_scale != 1
+        return self.memory.bytes(request.height, request.width, request.num_frames, batch, guided)
+
+    def check_memory(self, request: GenerationRequest, free: int, batch: int) -> None:
+        """Refuse, in one line, a request whose estimate exceeds ``free`` bytes, saying what would fit."""
+        need = self.needed_bytes(request, batch)
+        if need is None or need <= free:
+            return
+        hint = self._what_fits(request, free, batch)
+        raise KinemaError(
+            f"this request needs about {_gib(need)} of memory ({batch} x {request.num_frames} frames of "
+            f"{request.width}x{request.height}) but {_gib(free)} is free{hint}"
+        )
+
+    def _what_fits(self, request: GenerationRequest, free: int, batch: int) -> str:
+        fits = lambda **over: self.needed_bytes(dataclasses.replace(request, **over), batch) <= free  # noqa: E731
+        t = self.temporal_multiple
+        if not fits(num_frames=1):
+            if self.frame_size is None:
+                side = _largest(lambda k: fits(height=k * self.spatial_multiple, width=k * self.spatial_multiple, num_frames=1), 1, max(request.height, request.width) // self.spatial_multiple)
+                if side:
+                    return f"; at most about {side * self.spatial_multiple}x{side * self.spatial_multiple} fits (one frame)"
+            return "; not even one frame of this size fits: use a smaller size, fewer videos, or a machine with more memory"
+        k = _largest(lambda k: fits(num_frames=k * t + 1), 0, (request.num_frames - 1) // t)
+        return f"; at most {k * t + 1:,} frames of {request.width}x{request.height} fit"
+
+
+def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest k in [lo, hi] with ok(k) (ok is monotone: true then false); lo - 1 if none."""
+    if hi < lo or not ok(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**27 else f"{n / 2**20:.0f} MiB"
+
+
+def frames_that_fit(available: int, limit: int, temporal: int) -> int:
+    """The most frames of the form ``temporal * k + 1`` that are at most ``available`` and ``limit``
+    (video-to-video: as much of the input as the model's default length allows)."""
+    n = max(1, min(available, limit))
+    return (n - 1) // temporal * temporal + 1
