@@ -237,25 +237,29 @@ class _Bad(Exception):
     """A value that does not fit a type hint: the words of what it should be."""
 
 
-def _describe(hint: Any) -> str:
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false flags"), str: ("a string", "strings")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """Words for what a value of type ``hint`` must be ("a list of integers", "a number or null")."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return "anything"
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(_describe(a, plural) for a in args)
     if hint is type(None):
         return "null"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}s"
-        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+            return f"a list of {_describe(args[0], plural=True)}"
+        return f"a list of {len(args)} {_describe(args[0], plural=True)}" if len(set(args)) == 1 else f"a list of {len(args)} values"
     if origin is list:
-        return f"a list of {_describe(args[0])}s" if args else "a list"
-    if origin is dict or hint is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(hint):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+        return f"a list of {_describe(args[0], plural=True)}" if args else "a list"
+    if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
+        return "mappings" if plural else "a mapping"
+    if hint in _NOUNS:
+        return _NOUNS[hint][1 if plural else 0]
+    return getattr(hint, "__name__", str(hint))
 
 
 def _coerce(value: Any, hint: Any, where: str, error: type[KinemaError]) -> Any:
@@ -296,18 +300,17 @@ def _coerce(value: Any, hint: Any, where: str, error: type[KinemaError]) -> Any:
         if isinstance(value, str):
             return value
         raise _Bad("a string")
-    if origin is tuple:
+    if origin is tuple or origin is list:
         if not isinstance(value, (list, tuple)):
             raise _Bad(_describe(hint))
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where, error) for v in value)
-        if len(value) != len(args):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
             raise _Bad(_describe(hint))
-        return tuple(_coerce(v, a, where, error) for v, a in zip(value, args))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _Bad(_describe(hint))
-        return [_coerce(v, args[0], where, error) for v in value] if args else list(value)
+        items = args[:1] * len(value) if origin is list or (len(args) == 2 and args[1] is Ellipsis) else args
+        try:
+            out = [_coerce(v, a, where, error) for v, a in zip(value, items)] if args else list(value)
+        except _Bad:
+            raise _Bad(_describe(hint)) from None
+        return tuple(out) if origin is tuple else out
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise _Bad("a mapping")
@@ -340,15 +343,17 @@ def read_dataclass(
     error: type[KinemaError] = CheckpointError,
     class_name: str | None = None,
     check_types: bool = True,
+    prefix: str = "",
 ) -> C:
     """The dataclass ``cls`` from a mapping of its fields, every value checked.
 
     Keys starting with ``_`` are skipped, except that ``_class_name``, when ``class_name`` is given,
     must be it. An unknown or missing field, a value of the wrong type (by the field's hint, nested
     dataclasses read the same way) or out of its range (metadata from :func:`check`), and any check
-    of ``__post_init__`` raise one line of ``error``. ``check_types=False`` leaves the values to
-    ``__post_init__`` (model configs, which check every field themselves and say so in the same
-    words whether built in code or read from a file).
+    of ``__post_init__`` raise one line of ``error``; a field's metadata ``words`` says what it must
+    be in place of the type's words. ``check_types=False`` leaves the values to ``__post_init__``
+    (model configs, which check every field themselves and say so in the same words whether built
+    in code or read from a file). Messages name a field as ``prefix`` + its name (``optim.lr``).
     """
     raw = require_mapping(raw, what, error)
     if class_name is not None:
@@ -358,7 +363,7 @@ def read_dataclass(
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(str(k) for k in raw if not str(k).startswith("_") and k not in fields)
     if unknown:
-        raise error(f"{what} has unknown field(s) {unknown}; known: {sorted(fields)}")
+        raise error(f"unknown key(s) {unknown} in {what}; known keys: {sorted(fields)}")
     missing = [n for n in required_fields(cls) if n not in raw]
     if missing:
         raise error(f"{what} lacks required field(s) {missing}")
@@ -370,19 +375,24 @@ def read_dataclass(
         if not check_types:
             values[name] = value
             continue
+        meta, hint = fields[name].metadata, hints.get(name, Any)
+        label = f"{prefix}{name}"
         try:
-            value = _coerce(value, hints.get(name, Any), f"{what} {name}", error)
+            if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+                value = read_dataclass(hint, value, what=label, error=error, prefix=f"{label}.")
+            else:
+                value = _coerce(value, hint, label, error)
         except _Bad as e:
-            raise error(f"{what} {name} must be {e}; got {short(value)}") from None
-        rng = fields[name].metadata.get("range")
+            raise error(f"{label} must be {meta.get('words', e)}; got {short(value)}") from None
+        rng = meta.get("range")
         if rng is not None and value is not None:
             ok = False
             try:
-                ok = all(rng.test(v) for v in value) if isinstance(value, tuple) else rng.test(value)
+                ok = all(rng.test(v) for v in value) if isinstance(value, (tuple, list)) else rng.test(value)
             except TypeError:
                 pass
             if not ok:
-                raise error(f"{what} {name} must be {rng.words}; got {short(value)}")
+                raise error(f"{label} must be {meta.get('words', rng.words)}; got {short(value)}")
         values[name] = value
     try:
         return cls(**values)

@@ -265,3 +265,42 @@ def resolve_model(path_or_name: str | os.PathLike | None) -> ModelLayout:
             f"architecture presets without weights: {', '.join(sorted(known))}"
         )
     return detect_layout(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Codec folders
+# ------------------------------------------------------------------------------------------------
+def codec_kind_of(path: str | os.PathLike, expected: str | None = None, *, what: str = "codec") -> Any:
+    """The registered codec (:data:`kinema.families.CODECS`) that ``path`` holds: a folder whose
+    config.json names its class, or a weights file with such a config.json beside it (or, with
+    ``expected``, a bare weights file of that codec). One-line errors say what was found instead."""
+    from ..families import CODECS, codec_class_names, codec_for_class
+    from .io import config_class_name
+
+    path = Path(path)
+    if not path.exists():
+        raise KinemaError(f"{what} not found: {path}")
+    folder = path if path.is_dir() else path.parent
+    name = config_class_name(folder)
+    kind = codec_for_class(name)
+    if kind is None and path.is_dir() and expected is not None:
+        nested = folder / expected_folder(expected)
+        if config_class_name(nested) is not None:  # a model root: its codec folder
+            return codec_kind_of(nested, expected, what=what)
+    if kind is None and path.is_file() and expected is not None:
+        return CODECS[expected]
+    if kind is None or (expected is not None and kind.name != expected):
+        want = f"a {CODECS[expected].name} ({', '.join(CODECS[expected].class_names)})" if expected else f"one of {codec_class_names()}"
+        raise KinemaError(f"{what} {path} is not {want}: its config.json names {name!r}")
+    return kind
+
+
+def expected_folder(codec: str) -> str:
+    """The folder name a model root keeps a codec in ("vae" or "tokenizer")."""
+    return next(f.components[1] for f in FAMILIES.values() if f.codec == codec)
+
+
+def load_codec(path: str | os.PathLike, expected: str | None = None, *, what: str = "codec", dtype: Any = None, device: Any = None) -> Any:
+    """Load the codec at ``path`` (see :func:`codec_kind_of`) in eval mode, without gradients."""
+    kind = codec_kind_of(path, expected, what=what)
+    return kind.formats().load_codec(path, dtype=dtype, device=device)

@@ -124,19 +124,12 @@ class CodecOnly:
     def __init__(self, path: str | Path, size: int, frames: int, device: str | None = None) -> None:
         """Checks ``size`` x ``size`` and ``frames`` against the codec's strides (reading only its
         config.json), then loads it."""
-        from ..checkpoints.io import config_class_name
-        from ..families import codec_class_names, codec_for_class
+        from ..checkpoints.layouts import codec_kind_of
         from ..pipelines.loading import resolve_device
         from ..request import ModelRules
 
         path = Path(path)
-        name = config_class_name(path)
-        kind = codec_for_class(name)
-        if kind is None:
-            raise KinemaError(
-                f"--reconstruct: {path} is neither a model nor a codec directory "
-                f"(config.json with _class_name one of {', '.join(codec_class_names())}; got {name!r})"
-            )
+        kind = codec_kind_of(path, what="--reconstruct")
         formats = kind.formats()
         arch = formats.codec_config(path)
         codec_rules = ModelRules(kind.name, None, arch.temporal_compression, arch.spatial_compression)
@@ -155,7 +148,7 @@ def is_codec_dir(path: str | Path) -> bool:
     from ..checkpoints.io import config_class_name
     from ..families import codec_for_class
 
-    return codec_for_class(config_class_name(path)) is not None
+    return Path(path).is_dir() and codec_for_class(config_class_name(path)) is not None
 
 
 def _write_reference_set(

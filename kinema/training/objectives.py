@@ -1,73 +1,55 @@
-"""Training objectives as pure functions: randomness comes in through explicit generators.
+"""Training objectives, one per kind of model, and their losses as pure functions: randomness
+comes in through explicit generators (one per item, seeded from (seed, step, item)).
 
-Flow matching (the transformer), in kinema's sampling conventions (:mod:`kinema.sampling`):
-``x_t = (1 - sigma) * x0 + sigma * noise``, the model sees ``timestep = sigma * 1000`` and is
-trained to predict the velocity ``noise - x0`` with a mean squared error.
+- A diffusion transformer (``wan-transformer``): the loss of its noise process
+  (:class:`~kinema.sampling.noise.FlowMatching`: ``x_t = (1 - sigma) x0 + sigma noise``, the model
+  told ``timestep = sigma * 1000`` and trained to predict the velocity ``noise - x0``) on the
+  frozen VAE's normalised latents, with caption dropout; a DDPM-trained family plugs its process in
+  (:class:`~kinema.sampling.noise.DDPM`) and nothing here changes.
+- The VAE: ``l1 * |x - x_hat| + mse * (x - x_hat)^2`` (each averaged over pixels) plus
+  ``kl * KL(q(z|x) || N(0, I))`` averaged over latent elements; the KL weight is small (1e-6 by
+  default, as the Stable Diffusion / Wan autoencoders) so it only keeps the posterior in range.
+- The VQ tokenizer: the same reconstruction terms plus the quantiser's commitment loss (its codebook
+  follows the encoder by EMA, :mod:`kinema.models.vq`).
+- The token model: next-token cross-entropy, averaged over every token of every clip (the model
+  shifts its input itself, so the logits at position p are scored against token p).
 
-Sigma is drawn per item either uniformly in (0, 1), or logit-normally,
-``sigma = sigmoid(N(mean, std))`` (Esser et al. 2024, "Scaling Rectified Flow Transformers",
-SD3), which spends more steps on mid-range noise levels where the velocity is hardest to predict.
-
-The VAE: ``l1 * |x - x_hat| + mse * (x - x_hat)^2`` (each averaged over pixels) plus
-``kl * KL(q(z|x) || N(0, I))`` averaged over latent elements; the KL weight is small (1e-6 by
-default, as the Stable Diffusion / Wan autoencoders) so it only keeps the posterior in range.
-
-The VQ tokenizer: the same reconstruction terms plus the quantiser's commitment loss (its codebook
-follows the encoder by EMA, :mod:`kinema.models.vq`).
-
-The token model: next-token cross-entropy, averaged over every token of every clip (the model
-shifts its input itself, so the logits at position p are scored against token p).
+An objective is called with the model, a micro-batch of items and their generators and returns
+``(loss, logs)``; ``after_step`` runs after each optimiser step and returns extra metrics.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-NUM_TRAIN_TIMESTEPS = 1000  # timestep = sigma * 1000 (kinema.sampling's convention)
+from ..sampling.noise import NoiseProcess
+from ..seeds import make_generator
 
 
 # ------------------------------------------------------------------------------------------------
-# Flow matching
+# Diffusion
 # ------------------------------------------------------------------------------------------------
-def sample_sigma(generator: torch.Generator, kind: str = "logit_normal", mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    """One noise level () in (0, 1) drawn from ``generator``: "uniform" or "logit_normal"."""
-    if kind == "uniform":
-        return torch.rand((), generator=generator)
-    if kind == "logit_normal":
-        return torch.sigmoid(torch.randn((), generator=generator) * std + mean)
-    raise ValueError(f"unknown sigma sampling {kind!r}; use 'uniform' or 'logit_normal'")
-
-
-def flow_matching_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy input and velocity target.
-
-    Args:
-        x0: (B, C, F, H, W) clean latents; noise: same shape; sigma: (B,) noise levels in [0, 1].
-    Returns:
-        x_t = (1 - sigma) x0 + sigma noise and target = noise - x0, each (B, C, F, H, W).
-    """
-    s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)  # (B, 1, 1, 1, 1)
-    return (1 - s) * x0 + s * noise, noise - x0
-
-
-def flow_matching_loss(
-    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def diffusion_loss(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    process: NoiseProcess,
     x0: torch.Tensor,
     noise: torch.Tensor,
-    sigma: torch.Tensor,
+    levels: torch.Tensor,
 ) -> torch.Tensor:
-    """MSE between ``velocity_fn(x_t, timestep)`` and ``noise - x0`` (a scalar, float32).
+    """MSE between ``model_fn(x_t, timestep)`` and the process's target at ``levels`` (a scalar, float32).
 
     Args:
-        velocity_fn: (x_t (B, C, F, H, W), timestep (B,) in [0, 1000]) -> velocity, same shape as x_t.
-        x0, noise: (B, C, F, H, W); sigma: (B,) in [0, 1].
+        model_fn: (x_t (B, C, F, H, W), timestep (B,)) -> prediction, same shape as x_t.
+        process: the noise process (what x_t, the timestep and the target are).
+        x0, noise: (B, C, F, H, W); levels: (B,) noise levels in the process's units.
     """
-    x_t, target = flow_matching_pair(x0, noise, sigma)
-    pred = velocity_fn(x_t, sigma * NUM_TRAIN_TIMESTEPS)  # (B, C, F, H, W)
-    return F.mse_loss(pred.float(), target.float())
+    x_t = process.add_noise(x0, noise, levels)
+    pred = model_fn(x_t, process.model_timestep(levels))  # (B, C, F, H, W)
+    return F.mse_loss(pred.float(), process.target(x0, noise, levels).float())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,3 +162,155 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.T
     with torch.no_grad():
         correct = int((logits.argmax(dim=-1) == tokens).sum())
     return loss, correct
+
+
+# ------------------------------------------------------------------------------------------------
+# The objectives
+# ------------------------------------------------------------------------------------------------
+def stack_randn(shape: Sequence[int], generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One standard normal draw of ``shape`` per generator (CPU), stacked: (len(generators), *shape)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])
+
+
+def drop_captions(items: list[dict], gens: list[torch.Generator], p: float) -> tuple[list[str], int]:
+    """Each item's caption, or "" with probability ``p`` (classifier-free guidance); the coin is
+    the first draw of the item's generator. Returns the captions and how many were dropped."""
+    captions, dropped = [], 0
+    for it, g in zip(items, gens):
+        drop = bool(torch.rand((), generator=g) < p)
+        dropped += drop
+        captions.append("" if drop else it["caption"])
+    return captions, dropped
+
+
+def _videos(items: list[dict], device: torch.device) -> torch.Tensor:
+    return torch.stack([it["video"] for it in items]).to(device)  # (B, 3, F, H, W)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """The device of the model's weights (the CPU for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+class Objective:
+    """What the loop asks of an objective (``__call__`` per micro-batch, ``after_step`` per step)."""
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Work after an optimiser step (a codebook's update) and extra metrics; none by default."""
+        return {}
+
+
+class VAEObjective(Objective):
+    """Reconstruction + KL for the Wan VAE; the latent is a posterior sample drawn per item."""
+
+    def __init__(self, objective: Any) -> None:
+        self.o = objective
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        video = _videos(items, _device(model))  # (B, 3, F, H, W)
+        posterior = model.encode(video)  # each (B, z, F', h, w)
+        eps = stack_randn(posterior.mean.shape[1:], gens).to(posterior.mean.device, posterior.mean.dtype)
+        recon = model.decode(posterior.mean + posterior.std * eps)  # (B, 3, F, H, W)
+        o = self.o
+        return vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight)
+
+
+class VQObjective(Objective):
+    """Reconstruction (L1 + MSE, optionally foreground-weighted) + the quantiser's commitment loss
+    for the VQ tokenizer. Draws nothing per item; after each optimiser step the codebook takes its
+    EMA step and restarts dead codes with a generator from (seed, "codebook", step)."""
+
+    def __init__(self, objective: Any, seed: int) -> None:
+        self.o, self.seed = objective, seed
+        self.assignments: list = []  # the quantiser's Assignments of this optimiser step's micro-batches so far
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        video = _videos(items, _device(model))  # (B, 3, F, H, W)
+        recon, quantizer = model(video)  # (B, 3, F, H, W), scalars and the assignments
+        self.assignments.append(quantizer["assignments"])
+        return vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight)
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Move the codebook by the step's assignments (then forget them); returns its use
+        (perplexity, codes_used, codes_restarted)."""
+        records, self.assignments = self.assignments, []
+        return model.quantizer.update_codebook(records, make_generator(self.seed, "codebook", step))
+
+
+class DiffusionObjective(Objective):
+    """A denoiser trained on a frozen VAE's normalised latents under a noise process, with caption dropout.
+
+    Per item and in this order, its generator draws: the caption-dropout coin, the posterior
+    sample's noise, the noise level, the diffusion noise.
+    """
+
+    def __init__(self, process: NoiseProcess, vae: nn.Module, text_encoder: Any, caption_dropout: float) -> None:
+        self.process, self.vae, self.text_encoder, self.caption_dropout = process, vae, text_encoder, caption_dropout
+        self.dropped = 0  # captions replaced by "" so far (for tests and logs)
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        device = _device(model)
+        captions, dropped = drop_captions(items, gens, self.caption_dropout)
+        self.dropped += dropped
+        with torch.no_grad():
+            if "mean" in items[0]:  # from the latent cache
+                mean = torch.stack([it["mean"] for it in items]).float().to(device)  # (B, z, F', h, w)
+                logvar = torch.stack([it["logvar"] for it in items]).float().to(device)
+            else:
+                with torch.autocast(device.type, enabled=False):
+                    posterior = self.vae.encode(_videos(items, device))
+                mean, logvar = posterior.mean.float(), posterior.logvar.float()
+            z = mean + torch.exp(0.5 * logvar) * stack_randn(mean.shape[1:], gens).to(device)  # (B, z, F', h, w)
+            x0 = self.vae.normalize_latents(z)  # (B, z, F', h, w)
+            levels = self.process.training_levels(gens).to(device)  # (B,)
+            noise = stack_randn(x0.shape[1:], gens).to(device)  # (B, z, F', h, w)
+            context = self.text_encoder(captions).float().to(device)  # (B, L, text_dim)
+        loss = diffusion_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels)
+        return loss, {}
+
+
+class TokenObjective(Objective):
+    """Next-token cross-entropy for the token model on a frozen VQ tokenizer's ids, with caption dropout.
+
+    A clip's ids (F', h, w) flatten frame-major, raster order inside a frame (the model's layout),
+    and the loss is the mean over every token of the micro-batch. Per item its generator draws the
+    caption-dropout coin only. The text states go in zero-padded with no mask (as for the Wan
+    transformer), and a dropped caption is the text encoder's states of "" (all zero for the toy
+    encoder, but not for MiniLM, which encodes "" as its [CLS] and [SEP] tokens), so generation's
+    unconditional branch must encode "" with the same encoder. The token accuracy of the step's
+    micro-batches is returned by :meth:`after_step` for the metrics.
+    """
+
+    def __init__(self, tokenizer: nn.Module, text_encoder: Any, caption_dropout: float) -> None:
+        self.tokenizer, self.text_encoder, self.caption_dropout = tokenizer, text_encoder, caption_dropout
+        self.dropped = 0  # captions replaced by "" so far (for tests and logs)
+        self._correct, self._count = 0, 0  # argmax-right tokens and tokens of this step's micro-batches so far
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        device = _device(model)
+        captions, dropped = drop_captions(items, gens, self.caption_dropout)
+        self.dropped += dropped
+        with torch.no_grad():
+            if "tokens" in items[0]:  # from the token cache
+                tokens = torch.stack([it["tokens"] for it in items]).to(device)  # (B, F', h, w)
+            else:
+                with torch.autocast(device.type, enabled=False):
+                    tokens = self.tokenizer.encode_tokens(_videos(items, device))  # (B, F', h, w)
+            context = self.text_encoder(captions).float().to(device)  # (B, L, text_dim)
+        tokens = tokens.flatten(1).long()  # (B, N): frame-major, raster order in a frame
+        logits = model(tokens, context)  # (B, N, V) float32; position p predicts token p
+        loss, correct = next_token_loss(logits, tokens)
+        self._correct, self._count = self._correct + correct, self._count + tokens.numel()
+        return loss, {"accuracy": correct / tokens.numel()}
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """The token accuracy (argmax = target) over the step's micro-batches; starts the next step's count."""
+        accuracy = self._correct / max(1, self._count)
+        self._correct, self._count = 0, 0
+        return {"accuracy": accuracy}

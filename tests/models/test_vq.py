@@ -227,7 +227,7 @@ def test_per_frame_tokens_without_temporal_downsampling():
 
 
 def test_shares_the_wan_vae_names_and_loads_its_weights(tmp_path):
-    from kinema.training.loop import init_weights_from
+    from kinema.training.checkpointing import init_weights_from
 
     torch.manual_seed(3)
     vae = WanVAE(TINY.autoencoder)
@@ -307,7 +307,7 @@ def test_bad_config_values_give_one_line_errors(field, value, message):
 
 
 def test_tiny_tokenizer_overfits_two_clips():
-    from kinema.training.loop import SyntheticClips
+    from kinema.data.synthetic import SyntheticClips
 
     config = VQVideoConfig(base_dim=8, z_dim=4, dim_mult=(1, 2), temporal_downsample=(True,), codebook_size=16, codebook_dim=4, restart_after=5)
     torch.manual_seed(0)
