@@ -220,7 +220,7 @@ def make_diffusers_ltx_pipeline(seed: int = 0, pipeline: str = "LTXPipeline", va
                 p.normal_(0.0, 0.5)
         autoencoder.latents_mean.normal_()
         autoencoder.latents_std.uniform_(0.5, 2.0)
-    sched = FlowMatchEulerDiscreteScheduler(**(scheduler or LTX_SCHEDULER_CONFIG))
+    sched = FlowMatchEulerDiscreteScheduler(**(LTX_SCHEDULER_CONFIG if scheduler is None else scheduler))
     cls = getattr(diffusers, pipeline)
     return cls(
         scheduler=sched, vae=autoencoder.eval(), text_encoder=make_t5(seed, d_model=32), tokenizer=make_tokenizer(),

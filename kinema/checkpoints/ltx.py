@@ -429,11 +429,18 @@ def text_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = No
 
 def sampler(layout: Any) -> Any:
     """The diffusers scheduler config's sampler, or the single file's RectifiedFlowScheduler."""
-    from ..sampling import SamplerSpec
+    import dataclasses
 
-    if layout.format == "diffusers":
-        return SamplerSpec.from_diffusers(read_json(layout.components["scheduler"] / "scheduler_config.json"))
-    return original_sampler(single_file_config(layout.components["transformer"]).get("scheduler"))
+    from ..sampling import ResolutionShift, SamplerSpec
+
+    if layout.format != "diffusers":
+        return original_sampler(single_file_config(layout.components["transformer"]).get("scheduler"))
+    spec = SamplerSpec.from_diffusers(read_json(layout.components["scheduler"] / "scheduler_config.json"))
+    if spec.resolution_shift is None and spec.name == "euler":
+        # LTXPipeline passes its sigmas, linspace(1, 1/N, N), to the scheduler, which shifts them by
+        # its static shift (then stretches them to its terminal): not the scheduler's own timesteps
+        spec = dataclasses.replace(spec, resolution_shift=ResolutionShift.static(spec.shift))
+    return spec
 
 
 def original_sampler(config: Mapping[str, Any] | None) -> Any:

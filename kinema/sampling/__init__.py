@@ -170,6 +170,13 @@ class ResolutionShift:
             raise KinemaError(f"resolution shift needs base_seq_len != max_seq_len; both are {self.base_seq_len}")
 
     @classmethod
+    def static(cls, shift: float) -> "ResolutionShift":
+        """A scheduler's static ``shift`` applied to the sigmas a pipeline passes it (diffusers'
+        ``FlowMatchEulerDiscreteScheduler`` without dynamic shifting, as ``LTXPipeline`` drives it),
+        in its own order of operations: ``shift t / (1 + (shift - 1) t)``."""
+        return cls(base_shift=shift, max_shift=shift, time_shift_type="static")
+
+    @classmethod
     def fixed(cls, shift: float, time_shift_type: str = "exponential") -> "ResolutionShift":
         """The same mu at every resolution, the one of a static ``shift`` (``log(shift)`` for the
         exponential time shift, which then equals the static shift ``s t / (1 + (s - 1) t)``)."""
@@ -198,7 +205,7 @@ class SamplerSpec:
     # LTX-Video: the shift follows the token count (then `shift` is unused) and the schedule is
     # resolution_shift_schedule, stretched to end at shift_terminal. None: the sampler's own schedule.
     resolution_shift: ResolutionShift | None = None
-    shift_terminal: float | None = None  # last sigma before 0 (LTX-Video: 0.1); only with resolution_shift
+    shift_terminal: float | None = None  # last sigma before 0 (LTX-Video: 0.1); euler only (a static shift or resolution_shift)
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -216,8 +223,8 @@ class SamplerSpec:
                 f"a resolution-dependent shift (LTX-Video's schedule) is supported with the euler sampler only; got {self.name!r}"
             )
         if self.shift_terminal is not None:
-            if self.resolution_shift is None:
-                raise KinemaError("shift_terminal is supported only with a resolution-dependent shift (LTX-Video's schedule)")
+            if self.resolution_shift is None and self.name != "euler":
+                raise KinemaError("shift_terminal is supported only with the euler sampler (FlowMatchEulerDiscreteScheduler's schedule)")
             t = self.shift_terminal
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
                 raise KinemaError(f"shift_terminal must lie in (0, 1) (LTX-Video: 0.1); got {t!r}")
@@ -253,6 +260,8 @@ class SamplerSpec:
         """The sampler's default schedule with this spec's shift and ``num_train_timesteps``; with a
         resolution-dependent shift, LTX-Video's schedule for ``seq_len`` latent tokens."""
         if self.resolution_shift is None:
+            if self.shift_terminal is not None:  # euler only (checked with the spec)
+                return flow_match_euler_schedule(num_inference_steps, self.shift, self.num_train_timesteps, self.shift_terminal)
             return self.get_sampler().default_schedule(num_inference_steps, self.shift, self.num_train_timesteps)
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise KinemaError(f"this schedule's shift depends on the resolution: pass seq_len, the latent token count; got {seq_len!r}")
@@ -365,12 +374,7 @@ def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
         sampler, shift = EulerSampler(), r["shift"]
         terminal = r["shift_terminal"] or None  # diffusers tests it for truth: 0 means off
         if not r["use_dynamic_shifting"]:
-            if terminal is not None:
-                raise KinemaError(
-                    f"FlowMatchEulerDiscreteScheduler with shift_terminal={terminal!r} and a static shift is not "
-                    "supported by kinema (only with use_dynamic_shifting, as LTX-Video's config has it)"
-                )
-            return SamplerSpec(sampler.name, shift, r["num_train_timesteps"])
+            return SamplerSpec(sampler.name, shift, r["num_train_timesteps"], shift_terminal=terminal)
         resolution = ResolutionShift(
             r["base_image_seq_len"], r["max_image_seq_len"], r["base_shift"], r["max_shift"], r["time_shift_type"]
         )

@@ -78,6 +78,15 @@ def _check(num_inference_steps: int, shift: float, num_train_timesteps: int) -> 
         raise KinemaError(f"num_train_timesteps must be an integer >= 2; got {num_train_timesteps!r}")
 
 
+def _check_terminal(shift_terminal: float | None, num_inference_steps: int) -> None:
+    if shift_terminal is None:
+        return
+    if isinstance(shift_terminal, bool) or not isinstance(shift_terminal, (int, float)) or not 0 < shift_terminal < 1:
+        raise KinemaError(f"shift_terminal must lie in (0, 1) (LTX-Video: 0.1); got {shift_terminal!r}")
+    if num_inference_steps < 2:
+        raise KinemaError("a schedule stretched to a terminal sigma needs num_inference_steps >= 2; got 1")
+
+
 def unipc_flow_schedule(
     num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 ) -> Schedule:
@@ -101,20 +110,25 @@ def unipc_flow_schedule(
 
 
 def flow_match_euler_schedule(
-    num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, shift_terminal: float | None = None
 ) -> Schedule:
-    """The schedule of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift)`` after
-    ``set_timesteps(num_inference_steps)``, bit for bit (static shift, no terminal stretch).
+    """The schedule of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift,
+    shift_terminal=shift_terminal)`` after ``set_timesteps(num_inference_steps)``, bit for bit
+    (static shift; with a terminal, stretched so that the last sigma before 0 is it).
 
-    Args: as :func:`unipc_flow_schedule`.
+    Args: as :func:`unipc_flow_schedule`; ``shift_terminal`` in (0, 1) or None.
     """
     _check(num_inference_steps, shift, num_train_timesteps)
+    _check_terminal(shift_terminal, num_inference_steps)
     n = num_train_timesteps
     # The scheduler's training sigmas are float32 (N..1)/N, shifted; only the end points matter.
     train_ends = torch.from_numpy(np.array([n, 1], dtype=np.float32)) / n
     sigma_max, sigma_min = shift_sigmas(train_ends, shift).tolist()
     sigmas = np.linspace(sigma_max * n, sigma_min * n, num_inference_steps) / n  # float64
-    sigmas = torch.from_numpy(shift_sigmas(sigmas, shift)).to(torch.float32)
+    sigmas = shift_sigmas(sigmas, shift)
+    if shift_terminal:
+        sigmas = stretch_to_terminal(sigmas, shift_terminal)
+    sigmas = torch.from_numpy(sigmas).to(torch.float32)
     timesteps = sigmas * n
     return Schedule(sigmas=torch.cat([sigmas, torch.zeros(1)]), timesteps=timesteps)
 
@@ -136,18 +150,22 @@ def resolution_shift_mu(
     return seq_len * m + b
 
 
-TIME_SHIFT_TYPES = ("exponential", "linear")
-"""How ``mu`` shifts the sigmas (diffusers' ``time_shift_type``): ``exp(mu) / (exp(mu) + 1/t - 1)``
-(the static shift ``exp(mu)``; LTX-Video, Flux) or ``mu / (mu + 1/t - 1)`` (the static shift ``mu``)."""
+TIME_SHIFT_TYPES = ("exponential", "linear", "static")
+"""How ``mu`` shifts the sigmas: diffusers' ``time_shift_type`` ``exp(mu) / (exp(mu) + 1/t - 1)``
+(the static shift ``exp(mu)``; LTX-Video, Flux) or ``mu / (mu + 1/t - 1)`` (the static shift ``mu``),
+or, for a scheduler without dynamic shifting given sigmas, its static shift itself,
+``mu t / (1 + (mu - 1) t)`` in diffusers' own order of operations."""
 
 
 def time_shift(sigmas: T, mu: float, kind: str = "exponential") -> T:
-    """diffusers' ``_time_shift_exponential`` / ``_time_shift_linear`` with exponent 1, in the same
-    order of operations (so float32 arrays give float32 results equal to diffusers')."""
+    """diffusers' ``_time_shift_exponential`` / ``_time_shift_linear`` with exponent 1, or its static
+    shift, in the same order of operations (so float32 arrays give float32 results equal to diffusers')."""
     if kind == "exponential":
         return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
     if kind == "linear":
         return mu / (mu + (1 / sigmas - 1))
+    if kind == "static":
+        return mu * sigmas / (1 + (mu - 1) * sigmas)
     raise KinemaError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}; got {kind!r}")
 
 
@@ -182,13 +200,9 @@ def resolution_shift_schedule(
     _check(num_inference_steps, 1.0, num_train_timesteps)
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
         raise KinemaError(f"mu must be a finite number; got {mu!r}")
-    if shift_terminal is not None:
-        if not 0 < shift_terminal < 1:
-            raise KinemaError(f"shift_terminal must lie in (0, 1) (LTX-Video: 0.1); got {shift_terminal!r}")
-        if num_inference_steps < 2:
-            raise KinemaError("a schedule stretched to a terminal sigma needs num_inference_steps >= 2; got 1")
-    if time_shift_type == "linear" and not mu > 0:
-        raise KinemaError(f"a linear time shift needs mu > 0; got {mu!r}")
+    _check_terminal(shift_terminal, num_inference_steps)
+    if time_shift_type in ("linear", "static") and not mu > 0:
+        raise KinemaError(f"a {time_shift_type} time shift needs mu > 0; got {mu!r}")
     sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)  # float64, as the pipeline
     sigmas = sigmas.astype(np.float32)  # the scheduler casts custom sigmas to float32
     sigmas = time_shift(sigmas, mu, time_shift_type)

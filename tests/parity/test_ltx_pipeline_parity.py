@@ -192,3 +192,27 @@ def test_original_single_file_layout_matches_diffusers(model, tmp_path, text_und
     out = original(**kw, latents=_noise(), generator=torch.Generator().manual_seed(7))
     assert _max_diff(out.latents, want_latents) <= TOL
     assert _max_diff(_video01(original, out.latents, torch.Generator().manual_seed(7)), want_video) <= TOL
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {},  # diffusers' own FlowMatchEulerDiscreteScheduler() defaults: static shift 1 (its LTX tests' config)
+        {"shift": 3.0},
+        {"shift": 2.0, "shift_terminal": 0.1},
+    ],
+    ids=["default", "shift-3", "shift-2-terminal"],
+)
+def test_static_shift_scheduler_matches_ltx_pipeline(scheduler, tmp_path):
+    """A scheduler without dynamic shifting: LTXPipeline passes linspace(1, 1/N, N) and the
+    scheduler shifts it by its static shift (then stretches it to a terminal); the same sigmas and
+    the same latents here, bit for bit in the schedule."""
+    ref = save_diffusers_ltx_pipeline(tmp_path / "ltx", scheduler=scheduler)
+    pipe = kinema.load_pipeline(tmp_path / "ltx", device="cpu", dtype="float32")
+    kw = dict(prompt=PROMPT, guidance_scale=1.0, **CALL)
+    ref.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 4, 4), mu=None)
+    ours = pipe.sampler.schedule(4, seq_len=18)
+    assert torch.equal(ours.sigmas, ref.scheduler.sigmas.float()) and torch.equal(ours.timesteps, ref.scheduler.timesteps.float())
+    want = _unpack(ref(**kw, latents=_pack(_noise()), output_type="latent").frames)
+    got = pipe(**kw, latents=_noise(), output_type="latent", progress_bar=False).latents
+    assert _max_diff(got, want) <= TOL

@@ -129,11 +129,10 @@ def test_overrides_fix_the_shift():
         (lambda: resolution_shift_schedule(10, 0.5, 1.5), "shift_terminal must lie in"),
         (lambda: resolution_shift_schedule(0, 0.5), "positive integer"),
         (lambda: resolution_shift_schedule(10, float("nan")), "finite"),
-        (lambda: SamplerSpec("euler", shift_terminal=0.1), "only with a resolution-dependent shift"),
+        (lambda: SamplerSpec("unipc", shift_terminal=0.1), "only with the euler sampler"),
         (lambda: SamplerSpec("unipc", resolution_shift=ResolutionShift()), "euler sampler only"),
         (lambda: ResolutionShift(time_shift_type="cubic"), "time_shift_type"),
         (lambda: ResolutionShift(base_seq_len=10, max_seq_len=10), "base_seq_len != max_seq_len"),
-        (lambda: SamplerSpec.from_diffusers(LTX_CONFIG | {"use_dynamic_shifting": False}), "static shift"),
     ],
 )
 def test_bad_settings_raise(make, message):
@@ -151,3 +150,18 @@ def test_strength_start_index():
     for bad in (0.0, -0.1, 1.01, True, "0.5"):
         with pytest.raises(KinemaError, match="strength must be in"):
             strength_start_index(sigmas, bad)
+
+
+@pytest.mark.parametrize("shift, terminal, steps", [(3.0, 0.1, 10), (1.0, 0.02, 4), (7.0, 0.3, 25)])
+def test_static_shift_with_a_terminal_matches_diffusers(shift, terminal, steps):
+    """FlowMatchEulerDiscreteScheduler(shift, shift_terminal) with its own timesteps (as a Wan-style
+    pipeline drives it): the same sigmas and timesteps, bit for bit."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift, "shift_terminal": terminal}
+    spec = SamplerSpec.from_diffusers(config)
+    ref = FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=terminal)
+    ref.set_timesteps(steps)
+    ours = spec.schedule(steps)
+    assert torch.equal(ours.sigmas, ref.sigmas.float()) and torch.equal(ours.timesteps, ref.timesteps.float())
+    assert float(ours.sigmas[-2]) == pytest.approx(terminal)

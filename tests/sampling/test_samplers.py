@@ -398,7 +398,7 @@ def test_accepted_equivalent_settings() -> None:
 
 @pytest.mark.parametrize(
     "change", [{"invert_sigmas": True}, {"stochastic_sampling": True}, {"use_karras_sigmas": True},
-               {"shift_terminal": 0.02}, {"flow_shift": 3.0}, {"use_dynamic_shifting": True, "time_shift_type": "cubic"}],
+               {"flow_shift": 3.0}, {"use_dynamic_shifting": True, "time_shift_type": "cubic"}],
 )  # fmt: skip
 def test_unsupported_euler_configs_raise(change: dict) -> None:
     with pytest.raises(KinemaError):
