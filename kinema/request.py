@@ -21,9 +21,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import KinemaError, RequestError
-from .schema import dataclass_to_dict, is_finite_number, is_int, read_dataclass, short
+from .schema import (
+    braces,
+    dataclass_to_dict,
+    is_finite_number,
+    is_int,
+    quoted,
+    read_dataclass,
+)
 
 MAX_STEPS = 10_000  # sampling steps; Wan and LTX-Video train on 1,000 levels, so more cannot change the result
+MAX_FRAMES = 10_000  # frames in one call: about 7 minutes at 24 fps (Wan makes 81, LTX-Video up to 257); more is hours of work
 MAX_GUIDANCE = 1_000.0  # classifier-free guidance scale (Wan uses 5, LTX-Video 3)
 MAX_SHIFT = 1_000.0  # flow-matching shift (Wan: 3 to 5)
 MAX_FRAME_RATE = 1_000.0
@@ -96,11 +104,13 @@ class GenerationRequest:
         for name in ("height", "width", "num_frames", "num_inference_steps", "top_k"):
             value = getattr(self, name)
             if value is not None and not is_int(value):
-                raise RequestError(f"{{0}} must be a whole number; got {_braces(short(value))}", name)
+                raise RequestError(f"{{0}} must be a whole number; got {quoted(value)}", name)
         for name in ("height", "width", "num_frames", "num_inference_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RequestError(f"{{0}} must be a positive integer; got {value}", name)
+        if self.num_frames is not None and self.num_frames > MAX_FRAMES:
+            raise RequestError(f"{{0}} must be at most {MAX_FRAMES:,} (about 7 minutes at 24 fps); got {self.num_frames:,}", "num_frames")
         if self.num_inference_steps is not None and self.num_inference_steps > MAX_STEPS:
             raise RequestError(f"{{0}} must be at most {MAX_STEPS:,}; got {self.num_inference_steps:,}", "num_inference_steps")
         check_number("guidance_scale", self.guidance_scale, 0, MAX_GUIDANCE, "1 means no guidance")
@@ -109,13 +119,13 @@ class GenerationRequest:
         check_number("frame_rate", self.frame_rate, 0, MAX_FRAME_RATE, "", low_open=True)
         check_seed(self.seed)
         if not is_int(self.num_videos_per_prompt) or not 1 <= self.num_videos_per_prompt <= MAX_VIDEOS:
-            raise RequestError(f"{{0}} must be a whole number from 1 to {MAX_VIDEOS}; got {_braces(short(self.num_videos_per_prompt))}", "num_videos_per_prompt")
+            raise RequestError(f"{{0}} must be a whole number from 1 to {MAX_VIDEOS}; got {quoted(self.num_videos_per_prompt)}", "num_videos_per_prompt")
         for name in ("model", "sampler", "image", "video", "output", "device", "dtype", "quantize"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value or "\0" in value):
-                raise RequestError(f"{{0}} must be a non-empty string; got {_braces(short(value))}", name)
+                raise RequestError(f"{{0}} must be a non-empty string; got {quoted(value)}", name)
             if isinstance(value, str) and not _is_utf8(value):
-                raise RequestError(f"{{0}} is not valid UTF-8 text: {_braces(repr(value.encode('utf-8', 'backslashreplace').decode()[:80]))}", name)
+                raise RequestError(f"{{0}} is not valid UTF-8 text: {braces(repr(value.encode('utf-8', 'backslashreplace').decode()[:80]))}", name)
         if self.image is not None and self.video is not None:
             raise RequestError("give {0} (image-to-video) or {1} (video-to-video), not both", "image", "video")
         if self.strength is not None and self.video is None:
@@ -173,7 +183,7 @@ class GenerationRequest:
         for name in ("height", "width", "num_frames", "num_inference_steps"):
             value = getattr(request, name)
             if value is not None and (not is_int(value) or value < 1):
-                raise RequestError(f"{{0}} must be a positive integer; got {_braces(short(value))} (the model's default)", name)
+                raise RequestError(f"{{0}} must be a positive integer; got {quoted(value)} (the model's default)", name)
         rules.check_size(request.height, request.width, request.num_frames)
         if check_memory and free_bytes is not None:
             rules.check_memory(request, free_bytes, batch if batch is not None else request.batch)
@@ -196,11 +206,6 @@ def _default(defaults: Any, name: str, rules: "ModelRules") -> int:
 # ------------------------------------------------------------------------------------------------
 # Single values
 # ------------------------------------------------------------------------------------------------
-def _braces(text: str) -> str:
-    """``text`` safe inside a :class:`~kinema.errors.RequestError` template (braces doubled)."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
 def _is_utf8(text: str) -> bool:
     """Whether ``text`` encodes as UTF-8 (bytes that were not UTF-8 arrive from the command line
     as lone surrogates, which no tokenizer takes)."""
@@ -216,13 +221,13 @@ def check_prompts(prompt: Any, name: str = "prompt", *, allow_empty: bool = Fals
     :data:`MAX_PROMPT_CHARS` characters; with words unless ``allow_empty``). Returns the list."""
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got {_braces(short(prompt))}", name)
+        raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got {quoted(prompt)}", name)
     for p in prompts:
         if not isinstance(p, str):
-            raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got an item {_braces(short(p))}", name)
+            raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got an item {quoted(p)}", name)
         if not _is_utf8(p):
             shown = p.encode("utf-8", "backslashreplace").decode()[:60]
-            raise RequestError(f"{{0}} is not valid UTF-8 text: {_braces(repr(shown))}", name)
+            raise RequestError(f"{{0}} is not valid UTF-8 text: {braces(repr(shown))}", name)
         if not allow_empty and not p.strip():
             raise RequestError('{0} is empty; describe the video, e.g. "a red circle moving left"', name)
         if len(p) > MAX_PROMPT_CHARS:
@@ -238,13 +243,13 @@ def check_number(name: str, value: Any, low: float, high: float, hint: str = "",
     if not is_finite_number(value) or below or value > high:
         span = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
         tail = f" ({hint})" if hint else ""
-        raise RequestError(f"{{0}} must be a finite number in {span}{tail}; got {_braces(short(value))}", name)
+        raise RequestError(f"{{0}} must be a finite number in {span}{tail}; got {quoted(value)}", name)
 
 
 def check_seed(seed: Any) -> None:
     """A whole number from 0 to 2**64 - 1 (a torch generator's seed)."""
     if not is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise RequestError(f"{{0}} must be a whole number from 0 to 2**64 - 1; got {_braces(short(seed))}", "seed")
+        raise RequestError(f"{{0}} must be a whole number from 0 to 2**64 - 1; got {quoted(seed)}", "seed")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -132,6 +132,16 @@ def short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def braces(text: str) -> str:
+    """``text`` safe inside a :class:`~kinema.errors.RequestError` template (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def quoted(value: Any, limit: int = 80) -> str:
+    """:func:`short`, safe inside a :class:`~kinema.errors.RequestError` template."""
+    return braces(short(value, limit))
+
+
 # ------------------------------------------------------------------------------------------------
 # External formats: a table of keys
 # ------------------------------------------------------------------------------------------------
@@ -223,8 +233,28 @@ def read_table(
                 value = row.convert(value)
             except (ValueError, TypeError, KinemaError) as e:
                 raise error(f"{what} has {key}={short(value)}: {' '.join(str(e).split())}") from None
+        elif key in config and (kind := _kind_of(row.default)) is not None and not _is_kind(value, kind):
+            raise error(f"{what} has {key}={short(value)}: it must be {_NOUNS[kind][0]}, like its default {row.default!r}{tail}")
         out[row.name or key] = value
     return out
+
+
+def _kind_of(default: Any) -> type | None:
+    """The type a key with this default takes when its table gives no ``convert`` (None: any)."""
+    for kind in (bool, int, float, str):
+        if isinstance(default, kind):
+            return kind
+    return None
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return is_finite_number(value)
+    return isinstance(value, kind)
 
 
 # ------------------------------------------------------------------------------------------------

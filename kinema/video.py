@@ -112,10 +112,29 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     except (av.FFmpegError, IndexError) as e:
-        raise KinemaError(f"could not read video {path}: {e}") from None
+        raise KinemaError(f"could not read video {path}: {' '.join(str(e).split())}") from None
     if not frames:
         raise KinemaError(f"video {path} has no frames")
     return np.stack(frames), fps
+
+
+def probe_video(path: str | os.PathLike) -> int | None:
+    """Open a video's container without decoding it: its frame count as the container states it
+    (None where it states none), or a one-line KinemaError for a file that is missing, not a video
+    or has no video stream. Cheap enough to run over a whole data set before training starts."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise KinemaError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise KinemaError(f"{path} holds no video stream")
+            frames = container.streams.video[0].frames
+    except av.FFmpegError as e:
+        raise KinemaError(f"could not read video {path}: {' '.join(str(e).split())}") from None
+    return int(frames) if frames else None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

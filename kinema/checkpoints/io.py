@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import pickle
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -216,6 +218,9 @@ def load_into(
     ]
     if bad_shapes:
         raise CheckpointError(f"{what} weights have the wrong shapes (config mismatch?): {_preview(bad_shapes, 4)}")
+    bad_kinds = [f"{k} is {state[k].dtype}, not {v.dtype}" for k, v in expected.items() if state[k].is_floating_point() != v.is_floating_point()]
+    if bad_kinds:
+        raise CheckpointError(f"{what} weights have the wrong kind of numbers (integers for floats or the reverse): {_preview(bad_kinds, 4)}")
     keep_fp32 = module_pattern(getattr(model, "_keep_in_fp32", ()))
     converted = {}
     for k, t in state.items():
@@ -281,19 +286,33 @@ def check_output_path(path: str | os.PathLike, *, what: str = "output", director
     if not raw or "\0" in raw:
         raise KinemaError(f"{what} must be a path; got {raw!r}")
     path = Path(raw)
+
+    def kind(p: Path) -> str | None:  # "dir", "file" or None (absent); an unreadable path is refused
+        try:
+            return "dir" if stat.S_ISDIR(p.stat().st_mode) else "file"
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return "under-file"
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise KinemaError(f"cannot write {what} {path}: the name is too long for the file system") from None
+            raise KinemaError(f"cannot write {what} {path}: {e.strerror or e} ({p})") from None
+
+    here = kind(path)
     if directory:
-        if path.exists() and not path.is_dir():
+        if here == "file":
             raise KinemaError(f"{what} {path} is a file; give a folder (new or existing)")
-    elif path.is_dir():
+    elif here == "dir":
         raise KinemaError(f"{what} {path} is a folder; give a file name, e.g. {path / 'out.mp4'}")
-    ancestor = path if directory and path.is_dir() else path.parent
+    ancestor = path if directory and here == "dir" else path.parent
     missing: list[str] = [] if ancestor == path else [path.name]
-    while not ancestor.exists():
+    while kind(ancestor) in (None, "under-file"):
         missing.append(ancestor.name)
         if ancestor.parent == ancestor:
             break
         ancestor = ancestor.parent
-    if not ancestor.is_dir():
+    if kind(ancestor) != "dir":
         raise KinemaError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
     try:
         limit = os.pathconf(ancestor, "PC_NAME_MAX")
@@ -306,7 +325,7 @@ def check_output_path(path: str | os.PathLike, *, what: str = "output", director
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as e:
-        raise KinemaError(f"cannot write {what} {path}: {e.strerror or e} ({ancestor})") from None
+        raise KinemaError(f"cannot write {what} {path}: cannot create a file in {ancestor} ({e.strerror or e})") from None
     return path
 
 
@@ -336,6 +355,7 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> Path:
         os.fchmod(fd, 0o666 & ~_umask())
         if not path.exists() and _link(fd, path):
             return path
+        _remove_stale_parts(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         if tmp.exists():
             tmp.unlink()
@@ -345,6 +365,21 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> Path:
         return path
     finally:
         os.close(fd)
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Remove ``.NAME.PID.part`` files beside ``path`` whose writer is gone: a process killed in the
+    instant between linking its new file there and renaming it over the old one."""
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        pid = part.name[len(path.name) + 2 : -len(".part")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive (another user's process): leave it
 
 
 def _anonymous_file(directory: Path) -> int | None:

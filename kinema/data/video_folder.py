@@ -58,6 +58,19 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         self.entries = read_captions(captions if captions is not None else self.path / CAPTIONS_FILE)
         self.size = size
         self.frames = frames
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Every listed video is there, opens as a video and (where its container says how many
+        frames it has) is long enough: refused now, in one line, not steps into a run."""
+        from ..video import probe_video
+
+        for file, _ in self.entries:
+            if Path(file).is_absolute() or ".." in Path(file).parts:
+                raise KinemaError(f"captions entry {file!r}: give a file name inside {self.path}")
+            n = probe_video(self.path / file)
+            if n is not None and n < self.frames:
+                raise KinemaError(f"{self.path / file} has {n} frames; clips need {self.frames} (lower data.frames or drop the video)")
 
     def __len__(self) -> int:
         return len(self.entries)

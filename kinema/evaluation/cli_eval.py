@@ -15,9 +15,12 @@ import numpy as np
 
 from ..data.records import read_records
 from ..data.shapes import (
+    COLOURS,
     DEFAULT_FPS,
     DEFAULT_FRAMES,
     DEFAULT_SIZE,
+    MOTIONS,
+    SHAPES,
     render_clip,
     sample_spec,
 )
@@ -31,9 +34,18 @@ PROMPT_KEYS = ("file", "colour", "shape", "motion", "prompt")
 
 
 def read_prompts(clips_dir: Path) -> list[dict]:
-    """The entries of ``clips_dir/prompts.jsonl``, checked for the keys every line needs."""
+    """The entries of ``clips_dir/prompts.jsonl``, checked for the keys every line needs and for
+    labels the shapes world has (a clip labelled "magenta" could only ever score 0%)."""
+    path = Path(clips_dir) / PROMPTS_FILE
     example = '{"file": "clip_000.mp4", "colour": "red", "shape": "circle", "motion": "left", "prompt": "..."}'
-    return read_records(Path(clips_dir) / PROMPTS_FILE, PROMPT_KEYS, example=example)
+    entries = read_records(path, PROMPT_KEYS, example=example)
+    for n, entry in enumerate(entries, 1):
+        for key, known in (("colour", COLOURS), ("shape", SHAPES), ("motion", MOTIONS)):
+            if entry[key] not in known:
+                raise KinemaError(f"{path}: entry {n} has {key} {entry[key]!r}, which the shapes world does not have; use one of {', '.join(known)}")
+        if not isinstance(entry["file"], str) or not entry["file"] or Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
+            raise KinemaError(f"{path}: entry {n} has file {entry['file']!r}; give a file name inside the clips folder")
+    return entries
 
 
 def run_eval(

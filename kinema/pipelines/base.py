@@ -12,6 +12,7 @@ per call: a pipeline holds no mutable state and serves concurrent requests alike
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -236,8 +237,19 @@ class VideoPipeline:
 
     # -- the request -------------------------------------------------------------------------------
     def check_call(self, *, prompt: Any, prompt_embeds: Any, negative_prompt: Any, num_videos_per_prompt: Any,
-                   output_type: Any, **values: Any) -> GenerationRequest:  # fmt: skip
-        """The call's plain values as a request, checked against :attr:`rules` (defaults filled)."""
+                   output_type: Any, unknown: dict | None = None, step_callback: Any = None,
+                   **values: Any) -> GenerationRequest:  # fmt: skip
+        """The call's plain values as a request, checked against :attr:`rules` (defaults filled).
+
+        ``unknown`` holds keywords the call does not take (refused with the nearest name it does
+        take), ``step_callback`` diffusers' ``callback_on_step_end`` (it must be callable)."""
+        fields = {f.name for f in dataclasses.fields(GenerationRequest)} - {"model", "output", "device", "dtype", "quantize"}
+        for name, value in (unknown or {}).items():
+            if name not in fields:
+                raise KinemaError(unknown_keyword(name, type(self).__call__))
+            values.setdefault(name, value)  # another family's option: the rules say it does not apply
+        if step_callback is not None and not callable(step_callback):
+            raise KinemaError(f"callback_on_step_end must be callable (fn(pipe, step, timestep, tensors)); got {type(step_callback).__name__}")
         if (prompt is None) == (prompt_embeds is None):
             raise KinemaError("pass exactly one of prompt= and prompt_embeds=")
         check_output_type(output_type)
@@ -337,10 +349,23 @@ class VideoPipeline:
             return VideoOutput(frames=None, latents=latents, fps=fps, timings=timings)
         t0 = time.perf_counter()
         with reporter.stage("decode", 1, desc="decoding") as step:
-            frames = to_uint8(decode())
+            video = decode()
+            check_finite(video)  # a codec with broken weights decodes good latents to NaN
+            frames = to_uint8(video)
             step(1)
         timings["decode"] = time.perf_counter() - t0
         return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings)
+
+
+def unknown_keyword(name: str, function: Callable) -> str:
+    """"f() takes no argument x; did you mean y?" for a keyword ``function`` does not have."""
+    import difflib
+    import inspect
+
+    known = [p for p in inspect.signature(function).parameters if p not in ("self", "unknown")]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; it takes {', '.join(known)}"
+    return f"{function.__qualname__.split('.')[0]} takes no argument {name!r}{hint}"
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -129,7 +129,7 @@ def load_pipeline(
 
     Args:
         path_or_name: a model directory (kinema, diffusers or original layout), a shipped model's
-            name (None: the default, ``shapes``), or a resolved layout.
+            name (``"shapes"``, the default of the command line), or a resolved layout.
         device: where to run ("cpu", "cuda", ...); None picks CUDA when available, else CPU.
         dtype: weights dtype (torch dtype or "bfloat16"/"float32"); None: float32 on CPU (where
             bf16 matrix products are slow on most processors), the files' own dtype elsewhere.
@@ -138,6 +138,8 @@ def load_pipeline(
             the output head, the token embedding and the norms keep that dtype (float32 norms),
             and the tokenizer and text encoder load as ``dtype`` says. None: no quantisation.
     """
+    if path_or_name is None:
+        raise KinemaError('load_pipeline needs a model: a directory or a shipped model\'s name, e.g. load_pipeline("shapes")')
     device = resolve_device(device)
     requested = resolve_dtype(dtype)
     dtype = torch.float32 if requested is None and device.type == "cpu" else requested

@@ -182,6 +182,7 @@ class LTXPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
+        **unknown: Any,
     ) -> VideoOutput:
         """Generate videos, from text alone, from a first frame (``image``) or from a video (``video``).
 
@@ -239,7 +240,7 @@ class LTXPipeline(DiffusionPipeline):
             if num_frames is None:
                 num_frames = frames_that_fit(pixels.shape[2], self.defaults.num_frames, self.vae_scale_factor_temporal)
         request = self.check_call(
-            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            unknown=unknown, step_callback=callback_on_step_end, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, strength=strength, frame_rate=frame_rate,
             video="(frames)" if video is not None else None, image="(picture)" if image is not None else None,

@@ -213,6 +213,7 @@ class TokenARPipeline(VideoPipeline):
         use_cache: bool = True,
         callback: ProgressCallback | None = None,
         progress_bar: bool = True,
+        **unknown: Any,
     ) -> VideoOutput:
         """Generate videos.
 
@@ -248,7 +249,7 @@ class TokenARPipeline(VideoPipeline):
             ids (batch, frames', h, w) int64.
         """
         request = self.check_call(
-            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, temperature=temperature, top_k=top_k,
             top_p=top_p, typical_p=typical_p, guidance_scale=guidance_scale, seed=seed,
         )  # fmt: skip

@@ -155,6 +155,7 @@ class WanPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
+        **unknown: Any,
     ) -> VideoOutput:
         """Generate videos.
 
@@ -185,7 +186,7 @@ class WanPipeline(DiffusionPipeline):
             VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8 and ``latents``.
         """
         request = self.check_call(
-            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            unknown=unknown, step_callback=callback_on_step_end, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed,
         )  # fmt: skip

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from ..errors import KinemaError
+from ..errors import KinemaError, RequestError
+from ..schema import quoted
 
 if TYPE_CHECKING:
     from ..models.token_ar import TokenAR
@@ -376,16 +377,16 @@ def _check_temperature(t: float | None, allow_greedy: bool) -> None:
     if allow_greedy and t is None:
         return
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-        raise KinemaError(f"temperature must be a finite number >= 0 (0 means greedy decoding); got {t!r}")
+        raise RequestError(f"{{0}} must be a finite number >= 0 (0 means greedy decoding); got {quoted(t)}", "temperature")
     if t == 0 and not allow_greedy:
         raise KinemaError("temperature 0 means greedy decoding: take logits.argmax(-1) instead (sample_tokens does)")
 
 
 def _check_top_k(k: int | None) -> None:
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-        raise KinemaError(f"top_k must be a whole number >= 0 (0 or None turns it off); got {k!r}")
+        raise RequestError(f"{{0}} must be a whole number >= 0 (0 or None turns it off); got {quoted(k)}", "top_k")
 
 
 def _check_mass(name: str, p: float | None) -> None:
     if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
-        raise KinemaError(f"{name} must be a probability mass in (0, 1] (1 or None turns it off); got {p!r}")
+        raise RequestError(f"{{0}} must be a probability mass in (0, 1] (1 or None turns it off); got {quoted(p)}", name)
