@@ -178,6 +178,16 @@ def resolve_config(stored: C | None, passed: C | None, infer: Callable[[], C] | 
 # ------------------------------------------------------------------------------------------------
 # Building and filling models
 # ------------------------------------------------------------------------------------------------
+def component_dir(path: Path, component: str) -> Path:
+    """``path/component`` when ``path`` is a model root holding that component's folder (a
+    ``config.json`` there and none at the root), else ``path``: a loader of one component also takes
+    the whole model's directory."""
+    path = Path(path)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / component / "config.json").is_file():
+        return path / component
+    return path
+
+
 def build_on_meta(factory: Callable[[], M]) -> M:
     """Construct a model on the meta device: no memory is allocated for its parameters."""
     with torch.device("meta"):

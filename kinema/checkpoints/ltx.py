@@ -36,6 +36,7 @@ from ..models.ltx import (
 from ..schema import Key, ignored, must, read, read_table
 from .io import (
     build_on_meta,
+    component_dir,
     load_into,
     load_sharded_safetensors,
     load_weights,
@@ -150,25 +151,14 @@ _ORIGINAL: dict[str, Key] = {
 }  # fmt: skip
 
 
-def _model_width(c: Mapping[str, Any], what: str) -> int:
+def _config(c: Mapping[str, Any], what: str) -> LTXTransformerConfig:
+    """kinema's config from the fields diffusers' and the original config share (read by their tables)."""
     dim = c["num_attention_heads"] * c["attention_head_dim"]
     if c["cross_attention_dim"] != dim:
         raise CheckpointError(
             f"{what} has cross_attention_dim={c['cross_attention_dim']}, but the text is projected to the model width "
             f"{dim}; kinema supports only cross_attention_dim == num_attention_heads * attention_head_dim"
         )
-    return dim
-
-
-def from_diffusers(config: Mapping[str, Any]) -> LTXTransformerConfig:
-    """From a diffusers ``LTXVideoTransformer3DModel`` config.json (missing fields take diffusers'
-    defaults); fields or values kinema does not implement raise :class:`CheckpointError`."""
-    name = config.get("_class_name", DIFFUSERS_CLASS) if isinstance(config, Mapping) else None
-    if name != DIFFUSERS_CLASS:
-        raise CheckpointError(f"expected a diffusers {DIFFUSERS_CLASS} config; got _class_name {name!r}")
-    what = "diffusers LTX transformer config"
-    c = read_table(config, _DIFFUSERS, what=what)
-    dim = _model_width(c, what)
     return LTXTransformerConfig(
         dim=dim,
         ffn_dim=FFN_MULT * dim,
@@ -179,6 +169,17 @@ def from_diffusers(config: Mapping[str, Any]) -> LTXTransformerConfig:
         text_dim=c["caption_channels"],
         eps=c["norm_eps"],
     )
+
+
+def from_diffusers(config: Mapping[str, Any]) -> LTXTransformerConfig:
+    """From a diffusers ``LTXVideoTransformer3DModel`` config.json (missing fields take diffusers'
+    defaults); fields or values kinema does not implement raise :class:`CheckpointError`."""
+    name = config.get("_class_name", DIFFUSERS_CLASS) if isinstance(config, Mapping) else None
+    if name != DIFFUSERS_CLASS:
+        raise CheckpointError(f"expected a diffusers {DIFFUSERS_CLASS} config; got _class_name {name!r}")
+    what = "diffusers LTX transformer config"
+    c = read_table(config, _DIFFUSERS, what=what)
+    return _config(c, what)
 
 
 def _check_ffn(config: LTXTransformerConfig, target: str) -> None:
@@ -211,17 +212,7 @@ def from_original(config: Mapping[str, Any]) -> LTXTransformerConfig:
     c = read_table(config, _ORIGINAL, what=what, unknown_keys="ignore")
     if c["caption_channels"] is None or c["in_channels"] is None:
         raise CheckpointError(f"{what} has caption_channels={c['caption_channels']}, in_channels={c['in_channels']}; kinema needs both set")
-    dim = _model_width(c, what)
-    return LTXTransformerConfig(
-        dim=dim,
-        ffn_dim=FFN_MULT * dim,
-        num_heads=c["num_attention_heads"],
-        num_layers=c["num_layers"],
-        in_dim=c["in_channels"],
-        out_dim=c["out_channels"] or c["in_channels"],
-        text_dim=c["caption_channels"],
-        eps=c["norm_eps"],
-    )
+    return _config(c, what)
 
 
 def to_original(config: LTXTransformerConfig) -> dict[str, Any]:
@@ -333,8 +324,7 @@ def load_ltx_transformer(
         The model in eval mode.
     """
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
-        path = path / "transformer"  # a diffusers pipeline directory
+    path = component_dir(path, "transformer")  # a diffusers pipeline directory: its transformer/
     if not path.exists():
         raise CheckpointError(f"LTX transformer checkpoint not found: {path}")
     stored = stored_config(path)  # before the weights: a config kinema cannot run fails fast

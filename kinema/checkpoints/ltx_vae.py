@@ -38,6 +38,7 @@ from ..models.vae.ltx_vae import (
 from ..schema import Key, read, read_table
 from .io import (
     build_on_meta,
+    component_dir,
     load_into,
     load_sharded_safetensors,
     load_weights,
@@ -386,8 +387,7 @@ def load_ltx_vae(
         the :class:`LTXVAE` in eval mode, without gradients.
     """
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-        path = path / "vae"
+    path = component_dir(path, "vae")
     if not path.exists():
         raise CheckpointError(f"LTX-Video VAE checkpoint not found: {path}")
     stored = stored_config(path)  # before the weights: a config kinema cannot run fails fast
@@ -416,8 +416,7 @@ def codec_config(path: str | os.PathLike) -> LTXVAEConfig:
     """The VAE's config, reading config files and metadata only (a single file without one: 0.9.0's
     layout, whose compressions, 8 x 32 x 32, every release shares)."""
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-        path = path / "vae"
+    path = component_dir(path, "vae")
     return stored_config(path) or LTXVAEConfig()
 
 

@@ -26,6 +26,7 @@ from ..models.wan import WAN_CLIP_DIM, WanTransformer, WanTransformerConfig
 from ..schema import Key, must, read, read_table
 from .io import (
     build_on_meta,
+    component_dir,
     load_into,
     load_sharded_safetensors,
     load_weights,
@@ -339,8 +340,7 @@ def load_wan_transformer(
         The model in eval mode.
     """
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
-        path = path / "transformer"  # a diffusers pipeline directory
+    path = component_dir(path, "transformer")  # a diffusers pipeline directory: its transformer/
     if path.is_dir():
         where = path / "config.json"
         stored = from_config_json(read_json(where))  # before the weights: a config kinema cannot run fails fast

@@ -27,6 +27,7 @@ from ..models.vae.wan_vae import WanVAE, WanVAEConfig
 from ..schema import Key, must, read, read_table
 from .io import (
     build_on_meta,
+    component_dir,
     load_into,
     load_sharded_safetensors,
     load_weights,
@@ -204,8 +205,7 @@ def load_wan_vae(
     """
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-            path = path / "vae"
+        path = component_dir(path, "vae")
         where = path / "config.json"
         stored = from_diffusers(read_json(where))
         state = load_sharded_safetensors(path, WEIGHTS_STEM)
@@ -234,8 +234,7 @@ def codec_config(path: str | os.PathLike) -> WanVAEConfig:
     folder's), a weights file's config.json beside it, else Wan 2.1's structure."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-            path = path / "vae"
+        path = component_dir(path, "vae")
         return from_diffusers(read_json(path / "config.json"))
     sibling = path.parent / "config.json"
     raw = read_json(sibling) if sibling.is_file() else None

@@ -136,8 +136,8 @@ def ltx_rope(positions: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Ten
 # ------------------------------------------------------------------------------------------------
 # Layers
 # ------------------------------------------------------------------------------------------------
-class LTXSelfAttention(nn.Module):
-    """Self-attention with q/k RMSNorm and RoPE, both over the full width (before the head split)."""
+class _QKNormAttention(nn.Module):
+    """The projections of LTX-Video's attentions: q, k, v, o and RMSNorms of q and k over the full width."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -145,6 +145,10 @@ class LTXSelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, QK_NORM_EPS)
         self.norm_k = RMSNorm(dim, QK_NORM_EPS)
+
+
+class LTXSelfAttention(_QKNormAttention):
+    """Self-attention with q/k RMSNorm and RoPE, both over the full width (before the head split)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x (B, S, dim), cos/sin (B or 1, S, dim/2) -> (B, S, dim)."""
@@ -157,15 +161,8 @@ class LTXSelfAttention(nn.Module):
         return self.o(rearrange(out, "b h s d -> b s (h d)"))  # (B, S, dim)
 
 
-class LTXCrossAttention(nn.Module):
+class LTXCrossAttention(_QKNormAttention):
     """Cross-attention to the (projected) text tokens, with q/k RMSNorm over the full width."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, QK_NORM_EPS)
-        self.norm_k = RMSNorm(dim, QK_NORM_EPS)
 
     def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, L, dim) -> keys and values, each (B, H, L, D); the same at every sampling step."""

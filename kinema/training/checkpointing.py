@@ -31,7 +31,13 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..checkpoints.io import atomic_path, load_safetensors, read_json, save_safetensors
+from ..checkpoints.io import (
+    atomic_path,
+    component_dir,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+)
 from ..errors import CheckpointError, KinemaError
 from .config import TrainConfig, training_kinds
 from .ema import EMA
@@ -59,8 +65,7 @@ def codec_identity(path: str | os.PathLike) -> str:
     machine, other modification times) does not. Checkpoints record it (:func:`save_checkpoint`)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-            path = path / "vae"  # a model root: load_wan_vae reads its vae/ folder
+        path = component_dir(path, "vae")  # a model root: load_wan_vae reads its vae/ folder
         files = sorted(f for f in path.iterdir() if f.is_file() and (f.name == "config.json" or f.name.endswith(CODEC_SUFFIXES)))
     else:
         files = [path] + ([path.parent / "config.json"] if (path.parent / "config.json").is_file() else [])

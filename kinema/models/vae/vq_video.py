@@ -48,6 +48,7 @@ from .wan_vae import (
     WanVAEConfig,
     _check_video,
     _time_chunks,
+    encode_moments,
 )
 
 
@@ -160,15 +161,7 @@ class VQVideoTokenizer(CodecProperties, nn.Module):
         The encoder runs chunk by chunk in time (frame 1, then ``chunk_size`` frames, default the
         temporal compression) with a :class:`CausalCache`, as :meth:`WanVAE.encode`.
         """
-        tc, sc = self.temporal_compression, self.spatial_compression
-        chunk_size = tc if chunk_size is None else chunk_size
-        if chunk_size <= 0 or chunk_size % tc:
-            raise KinemaError(f"encode chunk_size must be a positive multiple of {tc}; got {chunk_size}")
-        _check_video(video, self.config.in_channels, tc, sc)
-        video = video.to(device=self.device, dtype=self.dtype)
-        cache = CausalCache()
-        out = [self.encoder(chunk, cache) for chunk in _time_chunks(video, chunk_size)]  # each (B, 2z, t, h, w)
-        moments = self.conv1(torch.cat(out, dim=2) if len(out) > 1 else out[0])  # (B, 2z, F', h, w)
+        moments = encode_moments(self, video, chunk_size)  # (B, 2z, F', h, w)
         mean = moments[:, : self.config.z_dim]  # (B, z, F', h, w): the VAE's posterior mean
         return self.quant_proj(mean)  # (B, codebook_dim, F', h, w)
 

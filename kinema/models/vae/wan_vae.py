@@ -367,6 +367,23 @@ class WanPosterior:
         return self.mean + self.std * noise
 
 
+def encode_moments(vae: nn.Module, video: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """The Wan encoder's moments (B, 2 z_dim, F', h, w) of ``video`` (B, 3, F, H, W) in [-1, 1]:
+    frame 1, then ``chunk_size`` frames at a time (default the temporal compression) through the
+    causal encoder with a :class:`CausalCache`, then ``conv1``. For :class:`WanVAE` and the codecs
+    built on its encoder (the VQ tokenizer); ``vae`` has ``encoder``, ``conv1``, ``config``,
+    ``temporal_compression``, ``spatial_compression``, ``device`` and ``dtype``."""
+    tc, sc = vae.temporal_compression, vae.spatial_compression
+    chunk_size = tc if chunk_size is None else chunk_size
+    if chunk_size <= 0 or chunk_size % tc:
+        raise KinemaError(f"encode chunk_size must be a positive multiple of {tc}; got {chunk_size}")
+    _check_video(video, vae.config.in_channels, tc, sc)
+    video = video.to(device=vae.device, dtype=vae.dtype)
+    cache = CausalCache()
+    out = [vae.encoder(chunk, cache) for chunk in _time_chunks(video, chunk_size)]  # each (B, 2z, t, h, w)
+    return vae.conv1(torch.cat(out, dim=2) if len(out) > 1 else out[0])  # (B, 2z, F', h, w)
+
+
 class WanVAE(CodecProperties, nn.Module):
     """Wan 2.1 causal video VAE: ``encode`` video to latents, ``decode`` latents to video.
 
@@ -396,15 +413,7 @@ class WanVAE(CodecProperties, nn.Module):
         Returns:
             a :class:`WanPosterior` with mean and log-variance (B, z_dim, k + 1, H/8, W/8).
         """
-        tc, sc = self.temporal_compression, self.spatial_compression
-        chunk_size = tc if chunk_size is None else chunk_size
-        if chunk_size <= 0 or chunk_size % tc:
-            raise KinemaError(f"encode chunk_size must be a positive multiple of {tc}; got {chunk_size}")
-        _check_video(video, self.config.in_channels, tc, sc)
-        video = video.to(device=self.device, dtype=self.dtype)
-        cache = CausalCache()
-        out = [self.encoder(chunk, cache) for chunk in _time_chunks(video, chunk_size)]  # each (B, 2z, t, h, w)
-        moments = self.conv1(torch.cat(out, dim=2) if len(out) > 1 else out[0])  # (B, 2z, F', h, w)
+        moments = encode_moments(self, video, chunk_size)  # (B, 2z, F', h, w)
         mean, logvar = moments.contiguous().chunk(2, dim=1)  # each (B, z, F', h, w)
         return WanPosterior(mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
 
