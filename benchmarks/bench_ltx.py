@@ -16,7 +16,7 @@ kinema/diffusers ratios (< 1 means kinema is faster or smaller).
   the concatenated text states and masks, and splits. kinema projects the text once per generation
   (``prepare_context``, outside the timed call) and runs one batch-2 forward on a batch-2
   ``LTXConditioning``, as its LTX pipeline does by default (``--kinema-cfg separate``: two forwards,
-  what ``pipe.batch_cfg = False`` does, for less activation memory).
+  what ``pipe(..., batch_cfg=False)`` does, for less activation memory).
 - VAE decode: the LTX-Video 0.9.1 VAE at full size (``--vae``), decode timestep 0.05 with noise
   scale 0.025 (LTX-Video's recommended settings): kinema's streamed ``LTXVAE.decode`` (``--vae-chunk``
   latent frames per step) against ``AutoencoderKLLTXVideo.decode`` after the noise blend LTXPipeline
