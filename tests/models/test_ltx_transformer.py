@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kinema.checkpoints import ltx as ltx_ckpt
-from kinema.checkpoints.io import build_on_meta, load_into, module_pattern
+from kinema.checkpoints.io import build_on_meta
 from kinema.checkpoints.ltx import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.ltx import (
@@ -20,6 +20,7 @@ from kinema.models.ltx import (
     ltx_rope,
     ltx_rope_scale,
 )
+from tests.contracts import ModelContract
 
 TINY = LTXTransformerConfig(dim=16, ffn_dim=64, num_heads=2, num_layers=2, in_dim=8, out_dim=6, text_dim=12)
 SCALE = ltx_rope_scale(25, 8, 32)  # LTX-Video's VAE at diffusers' default 25 fps
@@ -142,33 +143,13 @@ def test_rope_tables():
 # ------------------------------------------------------------------------------------------------
 # Forward
 # ------------------------------------------------------------------------------------------------
-def test_output_shape_and_determinism():
+def test_output_shape():
     model = _tiny()
     x, t, context = _inputs(batch=2)
     with torch.no_grad():
         out = model(x, t, context, rope_scale=SCALE)
-        again = model(x, t, context, rope_scale=SCALE)
     assert out.shape == (2, TINY.out_dim, 3, 2, 4) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
-    assert torch.equal(out, again)
-
-
-def test_golden_slice():
-    """Stored outputs of a seeded tiny model (computed once, after the diffusers parity tests passed)."""
-    x, t, context = _inputs()
-    with torch.no_grad():
-        out = _tiny()(x, t, context, rope_scale=SCALE)
-    expected = torch.tensor(GOLDEN_SLICE)
-    torch.testing.assert_close(out[0, :3, 1, 1, :4], expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(out.abs().mean(), torch.tensor(GOLDEN_MEAN), rtol=0, atol=1e-5)
-
-
-GOLDEN_SLICE = [
-    [-0.32962528, -0.39897391, 0.01975855, -0.01498914],
-    [-0.72358173, -1.31261516, -0.48219615, -0.89452988],
-    [-1.05457687, -1.10960126, 0.42912897, -1.20457935],
-]
-GOLDEN_MEAN = 0.46904844
 
 
 def test_timestep_forms_agree():
@@ -253,33 +234,6 @@ def test_bad_inputs_raise():
         model(x, t, context, torch.ones(2, 6), rope_scale=SCALE)
 
 
-def test_meta_build_and_load_into_matches():
-    model = _tiny()
-    loaded = load_into(build_on_meta(lambda: LTXTransformer(TINY)), model.state_dict())
-    x, t, context = _inputs()
-    with torch.no_grad():
-        assert torch.equal(loaded(x, t, context, rope_scale=SCALE), model(x, t, context, rope_scale=SCALE))
-
-
-def test_bf16_runs_with_fp32_modules_kept():
-    model = _tiny()
-    state = model.state_dict()
-    for prefix in model._keep_in_fp32:  # no stale prefix
-        assert any(module_pattern([prefix]).match(k) for k in state), prefix
-    kept = module_pattern(model._keep_in_fp32)
-    bf16 = load_into(build_on_meta(lambda: LTXTransformer(TINY)), state, dtype=torch.bfloat16)
-    for name, p in bf16.named_parameters():
-        assert p.dtype == (torch.float32 if kept.match(name) else torch.bfloat16), name
-    assert bf16.compute_dtype == torch.bfloat16
-    x, t, context = _inputs(batch=2)
-    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
-    with torch.no_grad():
-        exact = model(x, t, context, mask, rope_scale=SCALE)
-        out = bf16(x.bfloat16(), t, context.bfloat16(), mask, rope_scale=SCALE)
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert (out.float() - exact).abs().max() <= 0.05 * exact.abs().max()
-
-
 def test_init_weights_starts_from_identity_blocks():
     model = _tiny()
     model.init_weights()
@@ -287,3 +241,40 @@ def test_init_weights_starts_from_identity_blocks():
     with torch.no_grad():
         assert torch.equal(model(x, t, context, rope_scale=SCALE), torch.zeros(1, TINY.out_dim, 3, 2, 4))
     assert model.time_embedding[0].weight.std() < 0.05 and model.blocks[0].self_attn.q.weight.abs().max() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The model contract (tests/contracts.py): meta build, strict load, determinism, golden values,
+# key maps, bf16 with float32 modules
+# ------------------------------------------------------------------------------------------------
+class TestLTXTransformerContract(ModelContract):
+    """Golden values computed once, after the diffusers parity tests passed."""
+
+    keeps_fp32 = True
+    bf16_fp32_inputs = (1,)  # the timestep stays float32
+    golden = [
+        -0.32962528, -0.39897391, 0.01975855, -0.01498914,
+        -0.72358173, -1.31261516, -0.48219615, -0.89452988,
+        -1.05457687, -1.10960126, 0.42912897, -1.20457935,
+        0.46904844,  # mean |out|
+    ]  # fmt: skip
+
+    def build(self) -> LTXTransformer:
+        return LTXTransformer(TINY)
+
+    def inputs(self):
+        return _inputs()
+
+    def run(self, model, inputs):
+        x, t, context, *mask = inputs
+        return model(x, t, context, *mask, rope_scale=SCALE)
+
+    def bf16_case(self):
+        x, t, context = _inputs(batch=2)
+        return x, t, context, torch.tensor([[1] * 7, [1] * 5 + [0] * 2])  # a padded second prompt
+
+    def golden_slice(self, out):
+        return torch.cat([out[0, :3, 1, 1, :4].flatten(), out.abs().mean()[None]])
+
+    def key_maps(self):
+        return [DIFFUSERS_KEYS, ORIGINAL_KEYS]

@@ -15,7 +15,6 @@ from kinema.checkpoints.token_ar import load_token_ar
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.attention import attention
 from kinema.models.rope import rope_3d
-from kinema.sampling.tokens import generate
 from kinema.models.token_ar import (
     TOKEN_AR_PRESETS,
     TokenAR,
@@ -24,6 +23,8 @@ from kinema.models.token_ar import (
     spatial_mask,
     temporal_mask,
 )
+from kinema.sampling.tokens import generate
+from tests.contracts import ModelContract
 
 TINY = TOKEN_AR_PRESETS["ar-tiny"]()  # grid 2x3 (6 tokens a frame), window 3, layers "STST", GQA 4 -> 2
 HW = TINY.tokens_per_frame
@@ -359,3 +360,28 @@ def test_bad_inputs_raise():
         model.step(None, cache)
     with pytest.raises(KinemaError, match="token ids"):
         model.step(torch.full((2,), TINY.vocab_size), cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model contract (tests/contracts.py): meta build, strict load, determinism, golden values,
+# bf16 with float32 norms (its own format: no external key map)
+# ------------------------------------------------------------------------------------------------
+class TestTokenARContract(ModelContract):
+    keeps_fp32 = True
+    bf16_output_dtype = torch.float32  # the residual stream and the logits stay float32
+    golden = [
+        0.92189467, -0.88613886, 0.40821537, 0.52280807,  # first sample: position 0 (the start vector)
+        0.23273088, -0.27163792, 0.63374633, 0.23234570,  # a position of frame 1
+        -1.28404725, 0.65029639, 0.50570893, -0.21096598,  # a position of the partial frame 2
+        -1.45245659, -0.30978879, 0.89678687, 0.40186074,  # second sample: the last position's last logits
+    ]  # fmt: skip
+
+    def build(self) -> TokenAR:
+        return TokenAR(TINY)
+
+    def inputs(self):
+        text, mask = _text()
+        return _tokens(2 * HW + 3), text.float(), mask  # a partial third frame; the first prompt padded
+
+    def golden_slice(self, logits):
+        return torch.cat([logits[0, [0, HW + 1, 2 * HW + 2], :4].flatten(), logits[1, -1, -4:]])

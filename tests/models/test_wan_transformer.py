@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from kinema.checkpoints import wan as wan_ckpt
-from kinema.checkpoints.io import build_on_meta, load_into, module_pattern
+from kinema.checkpoints.io import build_on_meta, module_pattern
 from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
+from tests.contracts import ModelContract
 
 TINY = WanTransformerConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=2, text_dim=32, rope_max_seq_len=32)
 TINY_I2V = replace(TINY, in_dim=8, out_dim=4, image_dim=16)
@@ -118,29 +119,6 @@ def test_output_shape(config):
     assert torch.isfinite(out).all()
 
 
-def test_deterministic():
-    model = _tiny()
-    x, t, context, _ = _inputs(batch=2)
-    with torch.no_grad():
-        assert torch.equal(model(x, t, context), model(x, t, context))
-
-
-def test_golden_slice():
-    """Stored outputs of a seeded tiny model (computed once, after the diffusers parity tests passed)."""
-    x, t, context, _ = _inputs()
-    with torch.no_grad():
-        out = _tiny()(x, t, context)
-    expected = torch.tensor(
-        [
-            [0.71176571, -0.24031715, -0.83681637, -0.25365973],
-            [0.05026770, -0.38911620, -0.46564388, -0.71156180],
-            [-0.57507575, -1.02076542, 0.43315905, -0.11916082],
-        ]
-    )
-    torch.testing.assert_close(out[0, :3, 1, 2, :4], expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(out.abs().mean(), torch.tensor(0.52698976), rtol=0, atol=1e-5)
-
-
 def test_context_is_zero_padded_to_text_len():
     model = _tiny()
     x, t, context, _ = _inputs()
@@ -150,31 +128,10 @@ def test_context_is_zero_padded_to_text_len():
         assert torch.equal(model(x, t[0], context), model(x, t, context))  # a scalar timestep broadcasts
 
 
-def test_meta_build_and_load_into_matches():
-    model = _tiny(TINY_I2V)
-    loaded = load_into(build_on_meta(lambda: WanTransformer(TINY_I2V)), model.state_dict())
-    x, t, context, image = _inputs(TINY_I2V)
-    with torch.no_grad():
-        assert torch.equal(loaded(x, t, context, image), model(x, t, context, image))
-
-
-def test_bf16_runs_with_fp32_modules_kept():
-    model = _tiny(TINY_I2V)
-    state = model.state_dict()
-    for prefix in model._keep_in_fp32:  # no stale prefix
-        assert any(module_pattern([prefix]).match(k) for k in state), prefix
-    kept_pattern = module_pattern(model._keep_in_fp32)
-    assert kept_pattern.match("blocks.1.norm3.weight") and not kept_pattern.match("blocks.1.norm30.weight")
-    bf16 = load_into(build_on_meta(lambda: WanTransformer(TINY_I2V)), state, dtype=torch.bfloat16)
-    for name, p in bf16.named_parameters():
-        kept = kept_pattern.match(name) is not None
-        assert p.dtype == (torch.float32 if kept else torch.bfloat16), name
-    x, t, context, image = _inputs(TINY_I2V, batch=2)
-    with torch.no_grad():
-        exact = model(x, t, context, image)
-        out = bf16(x.bfloat16(), t, context.bfloat16(), image.bfloat16())
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert (out.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+def test_fp32_prefixes_match_whole_module_names():
+    kept = module_pattern(WanTransformer._keep_in_fp32)
+    assert kept.match("blocks.1.norm3.weight") and not kept.match("blocks.1.norm30.weight")
+    assert kept.match("img_emb.proj.4.bias") and not kept.match("img_emb.proj.1.weight")
 
 
 def test_bad_inputs_raise():
@@ -199,3 +156,51 @@ def test_prepared_context_is_bit_identical_and_checked():
         assert torch.equal(model(x, t, prepared), model(x, t, context, image))
         with pytest.raises(ValueError, match="conditioning has batch 2"):
             model(x[:1], t[:1], prepared)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model contract (tests/contracts.py): meta build, strict load, determinism, golden values,
+# key maps, bf16 with float32 modules
+# ------------------------------------------------------------------------------------------------
+class TestWanTransformerContract(ModelContract):
+    """Text-to-video. Golden values computed once, after the diffusers parity tests passed."""
+
+    config: WanTransformerConfig = TINY
+    keeps_fp32 = True
+    fp32_prefixes_all_used = False  # the image MLP's norms exist only in i2v models
+    bf16_fp32_inputs = (1,)  # the timestep stays float32
+    golden = [
+        0.71176571, -0.24031715, -0.83681637, -0.25365973,
+        0.05026770, -0.38911620, -0.46564388, -0.71156180,
+        -0.57507575, -1.02076542, 0.43315905, -0.11916082,
+        0.52698976,  # mean |out|
+    ]  # fmt: skip
+
+    def build(self) -> WanTransformer:
+        return WanTransformer(self.config)
+
+    def inputs(self, batch: int = 1):
+        x, t, context, image = _inputs(self.config, batch=batch)
+        return (x, t, context) if image is None else (x, t, context, image)
+
+    def bf16_case(self):
+        return self.inputs(batch=2)
+
+    def golden_slice(self, out):
+        return torch.cat([out[0, :3, 1, 2, :4].flatten(), out.abs().mean()[None]])
+
+    def key_maps(self):
+        return [DIFFUSERS_KEYS, ORIGINAL_KEYS]
+
+
+class TestWanI2VTransformerContract(TestWanTransformerContract):
+    """Image-to-video: CLIP image tokens, the image MLP and its float32 norms."""
+
+    config = TINY_I2V
+    fp32_prefixes_all_used = True
+    golden = [
+        -0.38997766, -0.38945007, -0.28087583, -0.02980085,
+        0.80963606, 0.48070946, -0.62935340, -0.18330213,
+        -0.03415082, 0.30860180, -0.17678285, -1.10680282,
+        0.57684731,  # mean |out|
+    ]  # fmt: skip

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from kinema.checkpoints import wan_vae as wan_vae_ckpt
-from kinema.checkpoints.io import build_on_meta, load_into
+from kinema.checkpoints.io import build_on_meta
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.vae import CausalCache, CausalConv3d, WanVAE, WanVAEConfig
+from tests.contracts import CodecContract
 
 TINY = WanVAEConfig(
     base_dim=4,
@@ -77,17 +78,6 @@ def test_unsupported_config_values_raise():
 # ------------------------------------------------------------------------------------------------
 # Shapes and inputs
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-@pytest.mark.parametrize("k", [0, 1, 3])
-def test_shapes(k):
-    vae = tiny_vae()
-    post = vae.encode(video(4 * k + 1))
-    assert post.mean.shape == post.logvar.shape == (1, 4, k + 1, 2, 2)
-    out = vae.decode(post.mean)
-    assert out.shape == (1, 3, 4 * k + 1, 16, 16)
-    assert out.abs().max() <= 1.0
-
-
 def test_bad_inputs_raise_actionable_errors():
     vae = tiny_vae()
     with pytest.raises(KinemaError, match="4k\\+1 .* got 30, try 29 or 33"):
@@ -103,7 +93,7 @@ def test_bad_inputs_raise_actionable_errors():
 
 
 # ------------------------------------------------------------------------------------------------
-# Chunking, streaming, determinism
+# Chunking, streaming
 # ------------------------------------------------------------------------------------------------
 def test_causal_conv_in_chunks_equals_one_pass():
     torch.manual_seed(0)
@@ -141,25 +131,9 @@ def test_decode_iter_streams_frames_and_continues_with_its_cache():
     assert torch.equal(torch.cat(first + rest, dim=2), full)
 
 
-@torch.no_grad()
-def test_bit_identical_twice():
-    vae = tiny_vae()
-    x, z = video(9), latents(3)
-    assert torch.equal(vae.encode(x).mean, vae.encode(x).mean)
-    assert torch.equal(vae.decode(z), vae.decode(z))
-
-
 # ------------------------------------------------------------------------------------------------
-# Building, dtypes, gradients, normalisation
+# dtypes, gradients, normalisation
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def test_meta_build_then_fill_matches():
-    src = tiny_vae()
-    filled = load_into(build_on_meta(lambda: WanVAE(TINY)), src.state_dict())
-    z = latents(2)
-    assert torch.equal(filled.decode(z), src.decode(z))
-
-
 @torch.no_grad()
 def test_bfloat16_runs_close_to_float32():
     vae = tiny_vae()
@@ -193,21 +167,34 @@ def test_latent_normalisation():
 
 
 # ------------------------------------------------------------------------------------------------
-# Golden values (computed once parity with diffusers passed; a change here is a change in outputs)
+# The codec contract (tests/contracts.py): meta build, strict load, determinism, golden values,
+# key maps, VideoCodec shapes. Golden values computed once parity with diffusers passed: a change
+# here is a change in outputs.
 # ------------------------------------------------------------------------------------------------
-GOLDEN_DECODE = [
-    0.04959070, -0.29978168, -0.26299572, -0.35137349, 0.07766232, 0.06590252,
-    0.02007650, 0.15535685, -0.02570126, -0.11197377, 0.05762415, -0.06638983,
-]  # fmt: skip
-GOLDEN_MEAN = [0.08422841, -0.20813341, -0.26389858, 0.31867087]
+class TestWanVAEContract(CodecContract):
+    compressions = (4, 8)
+    golden = [
+        0.04959070, -0.29978168, -0.26299572, -0.35137349, 0.07766232, 0.06590252,
+        0.02007650, 0.15535685, -0.02570126, -0.11197377, 0.05762415, -0.06638983,  # decoded pixels
+        0.08422841, -0.20813341, -0.26389858, 0.31867087,  # the posterior's mean
+    ]  # fmt: skip
 
+    def build(self) -> WanVAE:
+        return WanVAE(TINY)
 
-@torch.no_grad()
-def test_golden_slice():
-    vae = tiny_vae(seed=0)
-    out = vae.decode(latents(3, seed=7))
-    mean = vae.encode(video(9, seed=8)).mean
-    got_decode = out[0, :, -1, 5, :4].flatten()
-    got_mean = mean[0, :, -1, 1, 1]
-    assert torch.allclose(got_decode, torch.tensor(GOLDEN_DECODE), atol=1e-5)
-    assert torch.allclose(got_mean, torch.tensor(GOLDEN_MEAN), atol=1e-5)
+    def make_model(self, seed: int | None = None) -> WanVAE:
+        return tiny_vae(self.seed if seed is None else seed)
+
+    def inputs(self):
+        return latents(3, seed=7), video(9, seed=8)
+
+    def run(self, model, inputs):
+        z, x = inputs
+        return model.decode(z), model.encode(x).mean
+
+    def golden_slice(self, out):
+        decoded, mean = out
+        return torch.cat([decoded[0, :, -1, 5, :4].flatten(), mean[0, :, -1, 1, 1]])
+
+    def key_maps(self):
+        return [wan_vae_ckpt.diffusers_keys(TINY), wan_vae_ckpt.original_keys(TINY)]

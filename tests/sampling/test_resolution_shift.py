@@ -1,5 +1,6 @@
 """LTX-Video's schedule: a resolution-dependent shift (and a terminal stretch), value for value and
-step for step equal to diffusers' FlowMatchEulerDiscreteScheduler as LTXPipeline drives it."""
+step for step equal to diffusers' FlowMatchEulerDiscreteScheduler as LTXPipeline drives it (those
+tests skip without diffusers), and its properties and settings (which need no diffusers)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ from kinema.sampling import (
     strength_start_index,
 )
 
-diffusers = pytest.importorskip("diffusers")
-from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift  # noqa: E402
-
 # Lightricks/LTX-Video scheduler/scheduler_config.json as published (diffusers 0.32)
 LTX_CONFIG = {
     "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.32.0.dev0", "base_image_seq_len": 1024,
@@ -36,8 +34,10 @@ LTX_SHIFT = (1024, 4096, 0.95, 2.05)
 SEQ_LENS = [1, 18, 1024, 4096, 6930, 6144, 20000]
 
 
-def _reference(steps: int, seq_len: int, **config):
+def _reference(diffusers, steps: int, seq_len: int, **config):
     """diffusers' scheduler after LTXPipeline's set_timesteps(sigmas=linspace(1, 1/N, N), mu=...)."""
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
     ref = diffusers.FlowMatchEulerDiscreteScheduler.from_config({**LTX_CONFIG, **config})
     c = ref.config
     mu = calculate_shift(seq_len, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
@@ -48,8 +48,8 @@ def _reference(steps: int, seq_len: int, **config):
 @pytest.mark.parametrize("steps", [2, 3, 10, 40, 50])
 @pytest.mark.parametrize("seq_len", SEQ_LENS)
 @pytest.mark.parametrize("terminal", [0.1, None])
-def test_schedule_equals_diffusers_bit_for_bit(steps, seq_len, terminal):
-    ref, mu = _reference(steps, seq_len, shift_terminal=terminal)
+def test_schedule_equals_diffusers_bit_for_bit(diffusers, steps, seq_len, terminal):
+    ref, mu = _reference(diffusers, steps, seq_len, shift_terminal=terminal)
     assert resolution_shift_mu(seq_len, *LTX_SHIFT) == mu
     ours = resolution_shift_schedule(steps, mu, terminal)
     assert ours.sigmas.dtype == ref.sigmas.dtype == torch.float32 and ours.timesteps.dtype == torch.float32
@@ -60,8 +60,8 @@ def test_schedule_equals_diffusers_bit_for_bit(steps, seq_len, terminal):
 
 
 @pytest.mark.parametrize("steps", [1, 4, 30])
-def test_linear_time_shift_and_one_step_equal_diffusers(steps):
-    ref, mu = _reference(steps, 3000, shift_terminal=None, time_shift_type="linear")
+def test_linear_time_shift_and_one_step_equal_diffusers(diffusers, steps):
+    ref, mu = _reference(diffusers, steps, 3000, shift_terminal=None, time_shift_type="linear")
     assert torch.equal(resolution_shift_schedule(steps, mu, None, time_shift_type="linear").sigmas, ref.sigmas)
 
 
@@ -72,8 +72,8 @@ def _velocity(x: torch.Tensor, i: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("steps", [2, 7, 50])
 @pytest.mark.parametrize("seq_len", [18, 6144])
-def test_euler_trajectory_equals_diffusers_bit_for_bit(steps, seq_len):
-    ref, _ = _reference(steps, seq_len)
+def test_euler_trajectory_equals_diffusers_bit_for_bit(diffusers, steps, seq_len):
+    ref, _ = _reference(diffusers, steps, seq_len)
     ref.set_begin_index(0)
     x0 = torch.randn(2, 4, 3, 2, 3, generator=torch.Generator().manual_seed(0))
     want, x = [], x0
@@ -153,14 +153,12 @@ def test_strength_start_index():
 
 
 @pytest.mark.parametrize("shift, terminal, steps", [(3.0, 0.1, 10), (1.0, 0.02, 4), (7.0, 0.3, 25)])
-def test_static_shift_with_a_terminal_matches_diffusers(shift, terminal, steps):
+def test_static_shift_with_a_terminal_matches_diffusers(diffusers, shift, terminal, steps):
     """FlowMatchEulerDiscreteScheduler(shift, shift_terminal) with its own timesteps (as a Wan-style
     pipeline drives it): the same sigmas and timesteps, bit for bit."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift, "shift_terminal": terminal}
     spec = SamplerSpec.from_diffusers(config)
-    ref = FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=terminal)
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=terminal)
     ref.set_timesteps(steps)
     ours = spec.schedule(steps)
     assert torch.equal(ours.sigmas, ref.sigmas.float()) and torch.equal(ours.timesteps, ref.timesteps.float())

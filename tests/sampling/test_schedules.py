@@ -1,4 +1,5 @@
-"""Sigma schedules: value-for-value equal to diffusers' schedulers, and their invariants."""
+"""Sigma schedules: value-for-value equal to diffusers' schedulers (those tests skip without
+diffusers), and their invariants and known values (which need no diffusers)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,13 @@ from kinema.sampling.schedules import (
     unipc_flow_schedule,
 )
 
-diffusers = pytest.importorskip("diffusers")
-
 STEPS = [1, 2, 3, 10, 50]
 SHIFTS = [1.0, 3.0, 5.0, 8.0, 3.7]
 
 
 @pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("shift", SHIFTS)
-def test_unipc_schedule_equals_diffusers(steps: int, shift: float) -> None:
+def test_unipc_schedule_equals_diffusers(diffusers, steps: int, shift: float) -> None:
     ref = diffusers.UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
     )
@@ -41,7 +40,7 @@ def test_unipc_schedule_equals_diffusers(steps: int, shift: float) -> None:
 
 @pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("shift", SHIFTS)
-def test_flow_match_euler_schedule_equals_diffusers(steps: int, shift: float) -> None:
+def test_flow_match_euler_schedule_equals_diffusers(diffusers, steps: int, shift: float) -> None:
     ref = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
     ref.set_timesteps(steps)
     ours = flow_match_euler_schedule(steps, shift=shift)
@@ -52,7 +51,7 @@ def test_flow_match_euler_schedule_equals_diffusers(steps: int, shift: float) ->
 
 
 @pytest.mark.parametrize("num_train_timesteps", [500, 1000])
-def test_other_num_train_timesteps_equal_diffusers(num_train_timesteps: int) -> None:
+def test_other_num_train_timesteps_equal_diffusers(diffusers, num_train_timesteps: int) -> None:
     unipc = diffusers.UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
         num_train_timesteps=num_train_timesteps,
