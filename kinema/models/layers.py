@@ -62,12 +62,14 @@ def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
 def randn_parameter(*shape: int, divide_by: float) -> nn.Parameter:
     """A parameter of standard-normal values divided by ``divide_by``: ``torch.randn(*shape) / divide_by``.
 
-    On the meta device (models built before their weights load) no arithmetic runs: an op on a
-    meta tensor goes through torch's Python references, whose first use imports torch._dynamo,
-    about 0.9 s of every model load. On a real device the values are bit-for-bit that quotient.
+    On the meta device (models built before their weights load) nothing is drawn or computed:
+    ``randn`` and arithmetic on meta tensors go through torch's Python references, whose first use
+    imports torch._dynamo and sympy, most of a second of every model load. On a real device the
+    values are bit-for-bit that quotient.
     """
-    x = torch.randn(*shape)
-    return nn.Parameter(x if x.is_meta else x / divide_by)
+    if torch.empty(0).is_meta:  # under `with torch.device("meta")`
+        return nn.Parameter(torch.empty(*shape))
+    return nn.Parameter(torch.randn(*shape) / divide_by)
 
 
 def zero_embedding(num: int, dim: int) -> nn.Embedding:
