@@ -67,19 +67,32 @@ def tiny_wan_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def no_eos_wan_dir(tmp_path_factory, tiny_wan_dir) -> Path:
-    """The tiny Wan model with a tokenizer that adds no end-of-sequence token (as diffusers' own
-    tiny test pipelines have): an empty prompt tokenizes to zero tokens."""
+def _without_eos(root: Path) -> Path:
+    """``root`` with a tokenizer that adds no end-of-sequence token (as diffusers' own tiny test
+    pipelines have): an empty prompt tokenizes to zero tokens."""
     from tokenizers import Tokenizer
 
-    root = tmp_path_factory.mktemp("reliability") / "wan-no-eos"
-    shutil.copytree(tiny_wan_dir, root)
     path = root / "tokenizer" / "tokenizer.json"
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.post_processor = None
     tokenizer.save(str(path))
     return root
+
+
+@pytest.fixture(scope="session")
+def no_eos_wan_dir(tmp_path_factory, tiny_wan_dir) -> Path:
+    root = tmp_path_factory.mktemp("reliability") / "wan-no-eos"
+    shutil.copytree(tiny_wan_dir, root)
+    return _without_eos(root)
+
+
+@pytest.fixture(scope="session")
+def no_eos_ltx_dir(tmp_path_factory) -> Path:
+    from tests.helpers import save_diffusers_ltx_pipeline
+
+    root = tmp_path_factory.mktemp("reliability") / "ltx-no-eos"
+    save_diffusers_ltx_pipeline(root)
+    return _without_eos(root)
 
 
 def broken_copy(source: Path, tmp_path: Path, name: str = "broken") -> Path:

@@ -228,15 +228,19 @@ def test_pth_whose_pickle_would_run_code_is_refused_and_nothing_happens(tiny_wan
     assert not marker.exists()
 
 
-def test_zero_token_negative_prompt_works_with_a_tokenizer_without_eos(no_eos_wan_dir, tmp_path):
+@pytest.mark.parametrize("family", ["wan", "ltx"])
+def test_zero_token_negative_prompt_works_with_a_tokenizer_without_eos(family, request, tmp_path):
     """diffusers' tiny test pipelines' tokenizers add no end token: the default empty negative prompt
     is zero tokens, which must still encode (as padding) rather than crash the text encoder."""
     from kinema.cli import main
     from kinema.video import read_video
 
+    model = request.getfixturevalue(f"no_eos_{family}_dir")
+    frames = "5" if family == "wan" else "9"
+    small = [*SMALL[:2], "--frames", frames, *SMALL[4:]]
     out = tmp_path / "clip.mp4"
-    assert main(["generate", "--model", str(no_eos_wan_dir), "--prompt", "a red circle", "-o", str(out), *SMALL]) == 0
-    assert read_video(out)[0].shape == (5, 32, 32, 3)
+    assert main(["generate", "--model", str(model), "--prompt", "a red circle", "-o", str(out), *small]) == 0
+    assert read_video(out)[0].shape == (int(frames), 32, 32, 3)
     out2 = tmp_path / "clip2.mp4"
-    args = ["generate", "--model", str(no_eos_wan_dir), "--prompt", "a red circle", "--negative-prompt", "  ", "-o", str(out2), *SMALL]
+    args = ["generate", "--model", str(model), "--prompt", "a red circle", "--negative-prompt", "  ", "-o", str(out2), *small]
     assert main(args) == 0 and out2.exists()
