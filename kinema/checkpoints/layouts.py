@@ -31,6 +31,7 @@ from ..families import (
     presets,
     text_encoder_kind,
 )
+from ..request import GenerationRequest
 from .io import read_json, safetensors_shapes
 
 KINEMA_MODEL_FILE = "kinema.json"
@@ -125,7 +126,11 @@ class ModelLayout:
 def read_kinema_card(root: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``kinema.json``; every problem is a one-line CheckpointError."""
     path = Path(root) / KINEMA_MODEL_FILE
-    card = read_json(path)
+    return check_card(read_json(path), path)
+
+
+def check_card(card: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Check a model card's keys, family, text encoder and sampler (``path`` names it in messages)."""
     unknown = sorted(set(card) - set(CARD_KEYS))
     missing = sorted(set(CARD_REQUIRED) - set(card))
     if unknown or missing:
@@ -157,6 +162,11 @@ def read_kinema_card(root: str | os.PathLike) -> dict[str, Any]:
         cls.sampler_from_card(card["sampler"])
     except KinemaError as e:
         raise CheckpointError(f"{path}: sampler: {e}") from None
+    defaults = dict(card.get("defaults", {}))
+    try:  # the defaults are request values: the request's own checks (types, bounds, finite numbers)
+        GenerationRequest(prompt="-", frame_rate=defaults.pop("fps", None), **defaults).checked_alone()
+    except KinemaError as e:
+        raise CheckpointError(f"{path}: defaults: {e}") from None
     return card
 
 

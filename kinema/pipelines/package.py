@@ -27,10 +27,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints.io import read_json
-from ..checkpoints.layouts import KINEMA_MODEL_FILE, detect_layout
+from ..checkpoints.io import check_output_path, read_json
+from ..checkpoints.layouts import KINEMA_MODEL_FILE, check_card, detect_layout
 from ..errors import CheckpointError, KinemaError
-from ..families import FAMILIES, family, family_for_training
+from ..families import FAMILIES, TEXT_ENCODERS, family, family_for_training
 
 COMPONENT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # in every component folder
 
@@ -66,7 +66,9 @@ def write_kinema_model(
     with_cards = [name for name, f in FAMILIES.items() if f.cards]
     if pipeline not in with_cards:
         raise CheckpointError(f"pipeline must be one of {with_cards}; got {pipeline!r}")
-    out_dir = Path(out_dir)
+    out_dir = check_output_path(out_dir, what="output folder", directory=True)
+    card = {"format": "kinema", "pipeline": pipeline, "text_encoder": text_encoder, "sampler": sampler, "defaults": defaults or {}}
+    check_card(card, out_dir / KINEMA_MODEL_FILE)  # before anything is copied
     tmp = out_dir.with_name(f".{out_dir.name}.part-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -77,9 +79,11 @@ def write_kinema_model(
                 if not (src / f).is_file():
                     raise CheckpointError(f"{src}: no {f}; pass the model/ folder that kinema train exported")
                 shutil.copy2(src / f, tmp / name / f)
-        card = {"format": "kinema", "pipeline": pipeline, "text_encoder": text_encoder, "sampler": sampler, "defaults": defaults or {}}
         (tmp / KINEMA_MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        detect_layout(tmp).defaults()  # the card must be one kinema reads, with components that fit it
+        try:
+            detect_layout(tmp).defaults()  # the card must be one kinema reads, with components that fit it
+        except KinemaError as e:
+            raise CheckpointError(f"the packaged model would not load: {str(e).replace(str(tmp), str(out_dir))}") from None
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)
@@ -119,11 +123,20 @@ def package_trained_model(
             also num_inference_steps).
     """
     transformer_dir = Path(transformer_dir)
+    if not (transformer_dir / "training.json").is_file():
+        problem = "not found" if not transformer_dir.exists() else "is not a training run's model/ folder (it has no training.json)"
+        raise CheckpointError(f"{transformer_dir} {problem}; package takes what `kinema train` exported, e.g. runs/shapes-transformer/model")
     training = read_json(transformer_dir / "training.json")
     kind = training.get("model")
     fam = family_for_training(kind)
     if fam is None or not fam.cards:
         raise CheckpointError(f"{transformer_dir}: not a transformer or token model exported by kinema train (model is {kind!r})")
+    card_encoders = [name for name, k in TEXT_ENCODERS.items() if k.in_cards]
+    if training.get("text_encoder") not in card_encoders:
+        raise CheckpointError(
+            f"{transformer_dir} was trained with the {training.get('text_encoder')!r} text encoder, which a model card cannot "
+            f"name (it has nothing to load from); kinema packages runs trained with {', '.join(card_encoders)}"
+        )
     codec_key = fam.components[1]  # "vae" or "tokenizer": also the training config's field naming the codec
     given = {"vae": vae_dir, "tokenizer": tokenizer_dir}
     flag = f"--{codec_key}"

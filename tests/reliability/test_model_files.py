@@ -185,7 +185,8 @@ def test_token_model_with_nan_weights_is_an_error(tmp_path, capsys):
     [
         ("card-not-json", "kinema.json"),
         ("card-unknown-pipeline", "pipeline"),
-        ("card-bad-default", "--frames must be a positive integer; got -3 \\(the model.s default\\)"),
+        ("card-bad-default", "kinema.json: defaults: num_frames must be a positive integer; got -3"),
+        ("card-nan-guidance", "kinema.json: defaults: guidance_scale must be a finite number"),
         ("card-bad-sampler", "temperature"),
         ("tokenizer-missing", "tokenizer"),
     ],
@@ -202,6 +203,8 @@ def test_broken_kinema_card(how, pattern, tmp_path, capsys):
             card["pipeline"] = "mystery"
         elif how == "card-bad-default":
             card["defaults"]["num_frames"] = -3
+        elif how == "card-nan-guidance":
+            card["defaults"]["guidance_scale"] = float("nan")
         else:
             card["sampler"]["temperature"] = "hot"
         (root / "kinema.json").write_text(json.dumps(card))
