@@ -238,7 +238,7 @@ class VideoPipeline:
     # -- the request -------------------------------------------------------------------------------
     def check_call(self, *, prompt: Any, prompt_embeds: Any, negative_prompt: Any, num_videos_per_prompt: Any,
                    output_type: Any, unknown: dict | None = None, step_callback: Any = None,
-                   **values: Any) -> GenerationRequest:  # fmt: skip
+                   step_tensor_inputs: Any = ("latents",), **values: Any) -> GenerationRequest:  # fmt: skip
         """The call's plain values as a request, checked against :attr:`rules` (defaults filled).
 
         ``unknown`` holds keywords the call does not take (refused with the nearest name it does
@@ -250,6 +250,8 @@ class VideoPipeline:
             values.setdefault(name, value)  # another family's option: the rules say it does not apply
         if step_callback is not None and not callable(step_callback):
             raise KinemaError(f"callback_on_step_end must be callable (fn(pipe, step, timestep, tensors)); got {type(step_callback).__name__}")
+        if isinstance(step_tensor_inputs, str) or not isinstance(step_tensor_inputs, (list, tuple)) or not set(step_tensor_inputs) <= {"latents"}:
+            raise KinemaError(f"callback_on_step_end_tensor_inputs may name only 'latents' (what the callback gets); got {step_tensor_inputs!r}")
         if (prompt is None) == (prompt_embeds is None):
             raise KinemaError("pass exactly one of prompt= and prompt_embeds=")
         check_output_type(output_type)

@@ -71,6 +71,8 @@ def images_to_tensor(image: Any) -> torch.Tensor:
     if t.shape[1] != 3:
         layout = "(N, 3, H, W)" if channels_first else "(N, H, W, 3)"
         raise KinemaError(f"image must have 3 (RGB) channels in the layout {layout}; got shape {tuple(x.shape)}")
+    if not t.shape[0] or not t.shape[2] or not t.shape[3]:
+        raise KinemaError(f"image has no pixels: shape {tuple(x.shape)}")
     return t.contiguous()
 
 
@@ -97,6 +99,8 @@ def videos_to_tensor(video: Any) -> torch.Tensor:
             t = t[None]
     if t.dim() != 5 or t.shape[-1] != 3:
         raise KinemaError(f"video must be frames (F, H, W, 3) or (N, F, H, W, 3), channels last; got shape {tuple(t.shape)}")
+    if not t.shape[0] or not t.shape[2] or not t.shape[3]:
+        raise KinemaError(f"video has no pixels: shape {tuple(t.shape)}")
     return t.permute(0, 4, 1, 2, 3).contiguous()  # (N, 3, F, H, W)
 
 

@@ -38,7 +38,9 @@ from ..models.vae.ltx_vae import (
 )
 from ..request import MemoryModel, ModelRules, check_number, frames_that_fit
 from ..sampling import SamplerSpec, strength_start_index
+from ..schema import is_finite_number, short
 from ..text import MaskedTextEncoder
+from ..text.encoder import check_text_length
 from .base import (
     ProgressCallback,
     PromptStates,
@@ -240,13 +242,16 @@ class LTXPipeline(DiffusionPipeline):
             if num_frames is None:
                 num_frames = frames_that_fit(pixels.shape[2], self.defaults.num_frames, self.vae_scale_factor_temporal)
         request = self.check_call(
-            unknown=unknown, step_callback=callback_on_step_end, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
+            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, strength=strength, frame_rate=frame_rate,
             video="(frames)" if video is not None else None, image="(picture)" if image is not None else None,
         )  # fmt: skip
         height, width, num_frames = request.height, request.width, request.num_frames
         check_number("guidance_rescale", guidance_rescale, 0, 1)
+        if max_sequence_length is not None:
+            check_text_length(max_sequence_length)
         reporter = Reporter(callback, progress_bar)
         if video is not None:
             strength = DEFAULT_STRENGTH if strength is None else strength
@@ -327,6 +332,10 @@ class LTXPipeline(DiffusionPipeline):
 
     # -- pieces of the call ----------------------------------------------------------------------
     def _decode_settings(self, timestep, noise_scale) -> tuple[Any, Any]:
+        for name, value in (("decode_timestep", timestep), ("decode_noise_scale", noise_scale)):
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if value is not None and (not values or not all(is_finite_number(v) and 0 <= v <= 1 for v in values)):
+                raise KinemaError(f"{name} must be a number in [0, 1] or a list of them (one per video); got {short(value)}")
         if not self.vae.config.timestep_conditioning:
             if timestep is not None or noise_scale is not None:
                 raise KinemaError(
@@ -392,10 +401,12 @@ class LTXPipeline(DiffusionPipeline):
         timestep = 0.0 if decode_timestep is None else decode_timestep
         scale = timestep if decode_noise_scale is None else decode_noise_scale
         b = z.shape[0]
+        for name, value in (("decode_timestep", timestep), ("decode_noise_scale", scale)):
+            n = len(value) if isinstance(value, (list, tuple)) else torch.as_tensor(value).numel()
+            if n not in (1, b):
+                raise KinemaError(f"{name} needs 1 value or one per video ({b}); got {n}")
         noise = initial_noise(tuple(z.shape), generator, z.device)  # drawn even at scale 0, as diffusers
         s = torch.as_tensor(scale, dtype=torch.float32, device=z.device).reshape(-1)
-        if s.numel() not in (1, b):
-            raise KinemaError(f"decode_noise_scale needs 1 or {b} values; got {s.numel()}")
         s = s.view(-1, 1, 1, 1, 1)
         z = (1 - s) * z + s * noise
         injected = generator[0] if isinstance(generator, list) else generator

@@ -186,7 +186,8 @@ class WanPipeline(DiffusionPipeline):
             VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8 and ``latents``.
         """
         request = self.check_call(
-            unknown=unknown, step_callback=callback_on_step_end, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
+            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed,
         )  # fmt: skip

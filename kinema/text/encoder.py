@@ -14,12 +14,13 @@ import html
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, KinemaError
+from ..schema import short
 
 
 def clean_prompt(text: str) -> str:
@@ -27,6 +28,16 @@ def clean_prompt(text: str) -> str:
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 
+
+
+MAX_TEXT_TOKENS = 4096  # text positions per prompt a call may ask for (LTX-Video uses 128; every prompt is padded to it)
+
+
+def check_text_length(max_length: Any) -> int:
+    """``max_length`` if it is a whole number of text tokens from 1 to :data:`MAX_TEXT_TOKENS`."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_TEXT_TOKENS:
+        raise KinemaError(f"max_sequence_length must be a whole number from 1 to {MAX_TEXT_TOKENS}; got {short(max_length)}")
+    return max_length
 
 
 class TokenStateEncoder:
@@ -129,9 +140,7 @@ class TokenStateEncoder:
         Returns:
             states (batch, max_length, dim) and mask (batch, max_length) bool, True for real tokens.
         """
-        max_length = self.max_length if max_length is None else max_length
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise KinemaError(f"max_sequence_length must be a positive integer; got {max_length!r}")
+        max_length = check_text_length(self.max_length if max_length is None else max_length)
         ids, mask = self.tokenize(list(prompts), padding="max_length", max_length=max_length)  # (B, L) each
         model_device = next(self.model.parameters()).device
         states = self.states(ids.to(model_device), None)  # (B, L, dim)

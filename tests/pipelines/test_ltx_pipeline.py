@@ -291,8 +291,8 @@ def test_video_frames_default_to_what_the_input_has(pipe):
         (dict(video=np.zeros((17, 64, 96), np.uint8)), "channels last"),
         (dict(frame_rate=0), "frame_rate must be a finite number in \\(0, 1000\\]"),
         (dict(sampler="unipc"), "euler sampler only"),
-        (dict(max_sequence_length=0), "max_sequence_length must be a positive integer"),
-        (dict(decode_noise_scale=[0.1, 0.2, 0.3]), "decode_noise_scale needs 1 or 1 values"),
+        (dict(max_sequence_length=0), "max_sequence_length must be a whole number from 1 to 4096"),
+        (dict(decode_noise_scale=[0.1, 0.2, 0.3]), "decode_noise_scale needs 1 value or one per video \\(1\\)"),
     ],
 )
 def test_bad_arguments_raise_one_line_errors(pipe, kwargs, message):

@@ -87,11 +87,19 @@ def no_eos_wan_dir(tmp_path_factory, tiny_wan_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def no_eos_ltx_dir(tmp_path_factory) -> Path:
+def tiny_ltx_dir(tmp_path_factory) -> Path:
+    """A tiny random LTX-Video model in diffusers' layout (read-only for the tests)."""
     from tests.helpers import save_diffusers_ltx_pipeline
 
-    root = tmp_path_factory.mktemp("reliability") / "ltx-no-eos"
+    root = tmp_path_factory.mktemp("reliability") / "ltx"
     save_diffusers_ltx_pipeline(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def no_eos_ltx_dir(tmp_path_factory, tiny_ltx_dir) -> Path:
+    root = tmp_path_factory.mktemp("reliability") / "ltx-no-eos"
+    shutil.copytree(tiny_ltx_dir, root)
     return _without_eos(root)
 
 

@@ -3,6 +3,7 @@ ValueError or AttributeError from deep inside, and nothing written."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,6 +95,44 @@ def test_nan_prompt_states_and_latents_are_refused(pipe):
     side = 64 // pipe.vae_scale_factor_spatial
     shape = (1, pipe.transformer.config.out_dim, 1, side, side)
     assert_api_refuses(lambda: pipe("a red circle", latents=torch.full(shape, float("inf")), height=64, width=64, **FAST), "NaN or infinite")
+
+
+LTX_CASES = [
+    (dict(image="first.png"), "expected an image"),
+    (dict(image=np.zeros((4, 4), np.uint8)), "image must be \\(H, W, 3\\)"),
+    (dict(image=np.full((32, 32, 3), np.nan)), "image holds NaN"),
+    (dict(image=np.zeros((0, 0, 3), np.uint8)), "image has no pixels"),
+    (dict(image=np.zeros((2, 32, 32, 3), np.uint8)), "got 2 images for 1 prompts"),
+    (dict(video=np.zeros((3, 32, 32), np.uint8)), "video must be frames"),
+    (dict(video=np.zeros((9, 0, 32, 3), np.uint8)), "video has no pixels"),
+    (dict(video=np.zeros((9, 32, 32, 3), np.uint8), image=np.zeros((32, 32, 3), np.uint8)), "not both"),
+    (dict(video=np.zeros((9, 32, 32, 3), np.uint8), strength=1.5), "strength must be a finite number in \\(0, 1\\]"),
+    (dict(strength=0.5), "strength= applies to video-to-video"),
+    (dict(frame_rate=0), "frame_rate must be a finite number"),
+    (dict(frame_rate=float("nan")), "frame_rate must be a finite number"),
+    (dict(decode_timestep="x"), "decode_timestep must be a number in \\[0, 1\\]"),
+    (dict(decode_noise_scale=-1), "decode_noise_scale must be a number in \\[0, 1\\]"),
+    (dict(decode_timestep=[0.1, 0.2]), "decode_timestep needs 1 value or one per video"),
+    (dict(guidance_rescale=2), "guidance_rescale must be a finite number in \\[0, 1\\]"),
+    (dict(max_sequence_length=0), "max_sequence_length must be a whole number from 1 to"),
+    (dict(max_sequence_length=10**9), "max_sequence_length must be a whole number from 1 to"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 4, 32), prompt_attention_mask=torch.ones(2, 4)), "attention mask of prompt_embeds"),
+    (dict(negative_prompt_embeds=torch.zeros(2, 4, 32), guidance_scale=3.0), "negative_prompt_embeds has batch 2"),
+    (dict(callback_on_step_end_tensor_inputs=["foo"]), "may name only 'latents'"),
+    (dict(num_frames=10), "8k\\+1"),
+    (dict(height=48), "multiple of 32"),
+]
+
+
+@pytest.fixture(scope="module")
+def ltx_pipe(tiny_ltx_dir):
+    return kinema.load_pipeline(tiny_ltx_dir)
+
+
+@pytest.mark.parametrize("kwargs, pattern", LTX_CASES, ids=lambda v: repr(v)[:50] if isinstance(v, dict) else None)
+def test_ltx_call_refuses(ltx_pipe, kwargs, pattern):
+    call = {"prompt": "a red circle", "height": 32, "width": 32, "num_frames": 9, "num_inference_steps": 2, "progress_bar": False, **kwargs}
+    assert_api_refuses(lambda: ltx_pipe(**call), pattern)
 
 
 @pytest.mark.parametrize(
