@@ -30,7 +30,7 @@ def _entries(folder):
         ({"colour": "magenta"}, "colour 'magenta', which the shapes world does not have"),
         ({"shape": "hexagon"}, "shape 'hexagon'"),
         ({"motion": "sideways"}, "motion 'sideways'"),
-        ({"colour": 3}, "colour 3"),
+        ({"colour": 3}, "has colour 3; it must be a string"),
         ({"file": "../outside.mp4"}, "inside the clips folder"),
         ({"file": "/etc/passwd"}, "inside the clips folder"),
         ({"file": "missing.mp4"}, "video file not found"),
@@ -56,6 +56,7 @@ def test_bad_prompt_entries(change, pattern, reference, tmp_path, capsys):
     [
         ("no-prompts", "prompts.jsonl"),
         ("prompts-not-json", "not valid JSON"),
+        ("prompts-not-utf8", "is not UTF-8 text"),
         ("corrupt-clip", "could not read video"),
         ("not-a-folder", "clips folder not found"),
     ],
@@ -69,6 +70,8 @@ def test_unreadable_clips(how, pattern, reference, tmp_path, capsys):
         (folder / "prompts.jsonl").unlink()
     elif how == "prompts-not-json":
         (folder / "prompts.jsonl").write_text("{nope\n")
+    elif how == "prompts-not-utf8":
+        (folder / "prompts.jsonl").write_bytes(b"\xff\xfe{}\n")
     elif how == "corrupt-clip":
         (folder / _entries(folder)[0]["file"]).write_bytes(b"garbage" * 10)
     else:

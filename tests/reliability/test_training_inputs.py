@@ -164,6 +164,11 @@ def _folder(tmp_path: Path, how: str) -> Path:
         text = '{"file": "a.mp4"}\n'
     elif how == "captions-empty":
         text = ""
+    elif how == "caption-null":
+        text = '{"file": "a.mp4", "caption": null}\n'
+    elif how == "captions-not-utf8":
+        (folder / "captions.jsonl").write_bytes(b'{"file": "a.mp4", "caption": "caf\xe9"}\n')
+        return folder
     (folder / "captions.jsonl").write_text(text)
     return folder
 
@@ -175,6 +180,8 @@ def _folder(tmp_path: Path, how: str) -> Path:
         ("captions-not-json", "jsonl:2 is not valid JSON"),
         ("captions-missing-key", "caption"),
         ("captions-empty", "lists nothing"),
+        ("caption-null", "has caption null; it must be a string"),
+        ("captions-not-utf8", "is not UTF-8 text"),
         ("corrupt-video", "could not read video|no video stream"),
         ("text-as-video", "could not read video|no video stream"),
         ("short-video", "has 3 frames; clips need 5"),
