@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=("fp8",), default=None,
         help="token-ar models: store the linear layers of the token model's blocks in FP8 (e4m3, per-row scales), computing in --dtype or bfloat16 (half the memory; slower on a CPU, which converts the weights every call)",
     )  # fmt: skip
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     e.add_argument("--per-prompt", type=int, default=1, help="clips per prompt, each with its own seed (default 1)")
     e.add_argument("--device", default=None, help="cpu, cuda ... with --model")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores no other process is busy on)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     e.add_argument("--json", help="also write the report here")
 
     i = sub.add_parser("info", help="describe a preset or a model directory as JSON")
@@ -165,11 +165,12 @@ def request_from_args(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import generate
-    from .runtime import configure_threads
+    from .runtime import configure_threads, contention_hint
 
     t0 = time.perf_counter()
     request = request_from_args(args)
     threads = configure_threads(args.threads)
+    hint = contention_hint(threads) if args.threads is None and not args.quiet else None  # the load before our own work
     if args.input is None and args.strength is not None:
         raise KinemaError("--strength applies to video-to-video: give --input too")
     done = generate(request, progress_bar=not args.quiet)
@@ -177,6 +178,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n, h, w = frames.shape[1:4]
     if args.timings:
         print(json.dumps({"timings_s": {k: round(v, 3) for k, v in done.timings.items()}, "threads": threads}), file=sys.stderr)
+    if hint:  # said after the work, so that a refused request stays one line
+        print(hint, file=sys.stderr)
     if not args.quiet:
         where = ", ".join(str(p) for p in done.paths)
         print(f"wrote {where} ({n} frames, {w}x{h}, {done.output.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -1,8 +1,11 @@
-"""How many CPU threads to use: the cores no other process is busy on.
+"""How many CPU threads to use, and what memory is free.
 
-Two threads on a core that another process holds run many times slower than one thread (measured:
-15x for a training step on a 2-core machine), so kinema sizes its thread pool from what is free now
-unless told otherwise (``--threads``, or ``OMP_NUM_THREADS`` set by the user).
+kinema runs on every core this process may use (its CPU affinity) unless told otherwise
+(``--threads``, or ``OMP_NUM_THREADS`` set by the user). The count is not read off the machine's
+load: the thread count changes the order of floating-point sums, so a load-dependent default would
+make the same request give different frames from one run to the next. Two threads on a core that
+another process holds do run many times slower than one (measured: 15x for a training step on a
+2-core machine), so :func:`contention_hint` says when fewer threads would be faster.
 """
 
 from __future__ import annotations
@@ -42,15 +45,26 @@ def free_cores() -> int:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads: ``threads`` if given, else the free cores unless the user set
-    OMP_NUM_THREADS (then torch's own choice stands). Returns the count in use."""
+    """Set torch's intra-op threads: ``threads`` if given, else every usable core unless the user
+    set OMP_NUM_THREADS (then torch's own choice stands). Returns the count in use. The default
+    depends on the machine, never on its load, so a request gives the same frames every time."""
     import torch
 
     if threads is not None:
         torch.set_num_threads(check_threads(threads))
     elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(free_cores())
+        torch.set_num_threads(usable_cores())
     return torch.get_num_threads()
+
+
+def contention_hint(threads: int) -> str | None:
+    """A one-line note when other processes hold cores that ``threads`` threads would share (two
+    threads on a busy core run many times slower than one), else None."""
+    free = free_cores()
+    if threads <= free:
+        return None
+    return (f"note: other processes are busy on {usable_cores() - free} of this machine's {usable_cores()} cores; "
+            f"--threads {free} may run much faster (the last bits of the result can differ with the thread count)")  # fmt: skip
 
 
 # The one piece of process-wide state kinema sets: glibc's mmap threshold (below). It is global by

@@ -24,10 +24,19 @@ def test_configure_threads(monkeypatch):
         torch.set_num_threads(2)
         assert runtime.configure_threads(None) == 2  # the user's OMP_NUM_THREADS stands: torch's choice is left alone
         monkeypatch.delenv("OMP_NUM_THREADS")
-        monkeypatch.setattr(runtime, "free_cores", lambda: 1)
-        assert runtime.configure_threads(None) == 1
+        monkeypatch.setattr(runtime, "free_cores", lambda: 1)  # the load does not decide: the result must not depend on it
+        assert runtime.configure_threads(None) == runtime.usable_cores()
     finally:
         torch.set_num_threads(before)
+
+
+def test_contention_hint_names_the_free_cores(monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 0)
+    assert runtime.contention_hint(4) is None
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 3)
+    assert "--threads 1 may run much faster" in runtime.contention_hint(4)
+    assert runtime.contention_hint(1) is None
 
 
 def test_bad_thread_count_is_one_line(capsys, tmp_path):

@@ -406,8 +406,7 @@ class LTXPipeline(DiffusionPipeline):
             if n not in (1, b):
                 raise KinemaError(f"{name} needs 1 value or one per video ({b}); got {n}")
         noise = initial_noise(tuple(z.shape), generator, z.device)  # drawn even at scale 0, as diffusers
-        s = torch.as_tensor(scale, dtype=torch.float32, device=z.device).reshape(-1)
-        s = s.view(-1, 1, 1, 1, 1)
-        z = (1 - s) * z + s * noise
+        s = torch.as_tensor(scale, dtype=torch.float32, device=z.device).reshape(-1)  # (1,) or (B,)
+        z = self.sampler.process.add_noise(z, noise, s)  # diffusers' decode noise: the latents taken to level s
         injected = generator[0] if isinstance(generator, list) else generator
         return self.vae.decode(z, timestep=timestep, decode_noise_scale=0.0, generator=injected).float()

@@ -137,7 +137,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=check(NON_NEGATIVE))  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
     init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model; vq-tokenizer: also a wan-vae's (or a run's model/ export), whose encoder, conv1, conv2 and decoder load whole while the codebook and its projections start fresh
     freeze: list[str] = field(default_factory=list, metadata=FREEZE_WORDS)  # parameter-name prefixes kept fixed (e.g. ["encoder", "conv1"]: train a VAE's decoder only, so latents already encoded stay valid)
-    threads: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # torch intra-op threads; None: the cores no other process is busy on, at least 1
+    threads: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # torch intra-op threads; None: every core this process may use
     tokenizer: str | None = None  # token-ar: a VQ tokenizer directory (a vq-tokenizer run's model/), frozen; the model learns its token ids
     device: str | None = None  # "cpu", "cuda", "cuda:1" ...; None: CUDA when there is one, else the CPU (exact resume is promised on the CPU)
 
@@ -188,11 +188,11 @@ def config_hash(config: TrainConfig) -> str:
 
 
 def default_threads() -> int:
-    """Free cores now (see :func:`kinema.runtime.free_cores`): two threads on a core another
-    process holds are much slower than one."""
-    from ..runtime import free_cores
+    """Every core this process may use (see :func:`kinema.runtime.configure_threads`): a fixed
+    count, so that a resumed run computes with the threads it started with on the same machine."""
+    from ..runtime import usable_cores
 
-    return free_cores()
+    return usable_cores()
 
 
 # ------------------------------------------------------------------------------------------------

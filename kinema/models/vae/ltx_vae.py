@@ -38,6 +38,7 @@ from torch import nn
 
 from ...errors import KinemaError
 from ...runtime import cap_heap_growth
+from ...sampling.noise import FlowMatching
 from ..codec import CodecProperties
 from .causal import CausalCache
 from .ltx_vae_blocks import Conditioning, Decoder, Encoder, _flush_groups, _randn
@@ -230,8 +231,7 @@ class LTXVAE(CodecProperties, nn.Module):
             s = t if decode_noise_scale is None else _per_sample(decode_noise_scale, b, z)
             if bool((s != 0).any()):
                 noise = _randn(tuple(z.shape), generator, z)  # (B, C, T, h, w)
-                s = s.view(b, 1, 1, 1, 1)
-                z = (1 - s) * z + s * noise
+                z = FlowMatching().add_noise(z, noise, s)  # the latents taken to noise level s
         return z, self.decoder.conditioning(t, (z.shape[3], z.shape[4]), generator, z)
 
     # -- latent normalisation -------------------------------------------------------------------
