@@ -159,3 +159,38 @@ def test_gen_request_fields_are_what_every_front_end_names():
     fields = {f.name for f in dataclasses.fields(GenerationRequest)}
     assert set(FLAGS) - fields - {"threads"} == set()
     assert fields - set(FLAGS) <= {"num_videos_per_prompt", "frame_rate", "height", "width"}
+
+
+ENCODE_IN_A_CHILD = """
+import hashlib, os, sys
+import numpy as np
+if len(sys.argv) > 1:
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+from kinema.video import encode_video
+noise = np.random.default_rng(0).integers(0, 256, (33, 128, 128, 3), dtype=np.uint8)
+frames = (np.cumsum(noise, axis=0) // 33).astype(np.uint8)  # big enough that x264's own threading would show
+print(hashlib.sha256(encode_video(frames, 16)).hexdigest())
+"""
+
+
+def test_one_array_encodes_to_the_same_bytes_whatever_the_cores():
+    """x264 picks its threads from the CPUs it may use unless told; kinema fixes them, so the mp4
+    (and what decodes from it) does not depend on the machine's cores or the process's affinity."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from kinema.video import encode_video
+
+    noise = np.random.default_rng(0).integers(0, 256, (33, 128, 128, 3), dtype=np.uint8)
+    frames = (np.cumsum(noise, axis=0) // 33).astype(np.uint8)
+    here = {hashlib.sha256(encode_video(frames, 16)).hexdigest() for _ in range(3)}
+    assert len(here) == 1
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    runs = [[]] + [[str(c)] for c in cpus[:1]]
+    for extra in runs:
+        child = subprocess.run([sys.executable, "-c", ENCODE_IN_A_CHILD, *extra], env=env, capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0, child.stderr[-1000:]
+        assert child.stdout.strip() in here, extra
