@@ -247,6 +247,8 @@ class VideoPipeline:
         for name, value in (unknown or {}).items():
             if name not in fields:
                 raise KinemaError(unknown_keyword(name, type(self).__call__))
+            if name in ("image", "video") and value is not None:
+                value = f"({name} given)"  # an array or a picture: what matters is that one was given
             values.setdefault(name, value)  # another family's option: the rules say it does not apply
         if step_callback is not None and not callable(step_callback):
             raise KinemaError(f"callback_on_step_end must be callable (fn(pipe, step, timestep, tensors)); got {type(step_callback).__name__}")

@@ -79,7 +79,10 @@ CALL_CASES = [
     (dict(batch_cfg="yes"), "batch_cfg must be true or false"),
     (dict(num_videos_per_prompt=0), "num_videos_per_prompt must be a whole number from 1"),
     (dict(temperature=0.5), "temperature"),
-    (dict(image="first.png"), "image"),
+    (dict(image="first.png"), "image needs a model that does image-to-video"),
+    (dict(image=np.zeros((64, 64, 3), np.uint8)), "image needs a model that does image-to-video"),
+    (dict(video=np.zeros((9, 64, 64, 3), np.uint8)), "video needs a model that does video-to-video"),
+    (dict(output="clip.mp4"), "takes no argument 'output'"),
 ]
 
 
