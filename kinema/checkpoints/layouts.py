@@ -163,8 +163,10 @@ def check_card(card: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
     except KinemaError as e:
         raise CheckpointError(f"{path}: sampler: {e}") from None
     defaults = dict(card.get("defaults", {}))
-    try:  # the defaults are request values: the request's own checks (types, bounds, finite numbers)
-        GenerationRequest(prompt="-", frame_rate=defaults.pop("fps", None), **defaults).checked_alone()
+    fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+    values = {k: v for k, v in defaults.items() if k in fields}  # those a request also takes (fps is its frame_rate)
+    try:  # the request's own checks (types, bounds, finite numbers)
+        GenerationRequest(prompt="-", frame_rate=defaults.get("fps"), **values).checked_alone()
     except KinemaError as e:
         raise CheckpointError(f"{path}: defaults: {e}") from None
     return card
