@@ -15,7 +15,15 @@ from typing import Any, Callable
 
 import torch
 
-from ..sampling import SAMPLERS, SamplerSpec, cfg, rescale_guidance, sample
+from ..sampling import (
+    DISCRETE_SAMPLERS,
+    SAMPLERS,
+    DiscreteSamplerSpec,
+    SamplerSpec,
+    cfg,
+    rescale_guidance,
+    sample,
+)
 from .base import PromptStates, Reporter, VideoPipeline
 
 StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
@@ -30,8 +38,11 @@ class DiffusionPipeline(VideoPipeline):
     batch_cfg_default = False  # run uncond and cond as one batch unless the call says otherwise
 
     @classmethod
-    def allowed_samplers(cls, spec: SamplerSpec | None) -> tuple[str, ...]:
-        """The sampler names a model with this scheduler takes (a resolution-dependent shift: Euler only)."""
+    def allowed_samplers(cls, spec: SamplerSpec | DiscreteSamplerSpec | None) -> tuple[str, ...]:
+        """The sampler names a model with this scheduler takes (a resolution-dependent shift: Euler
+        only; the DDPM process: DDPM and DDIM)."""
+        if isinstance(spec, DiscreteSamplerSpec):
+            return tuple(DISCRETE_SAMPLERS)
         if spec is not None and spec.resolution_shift is not None:
             return ("euler",)
         return tuple(SAMPLERS)
@@ -54,6 +65,7 @@ class DiffusionPipeline(VideoPipeline):
         timestep_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
         after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
         callback: StepCallback | None = None,
+        generator: Any = None,
     ) -> torch.Tensor:
         """Run ``sampler`` over ``sigmas`` from ``latents`` (B, C, F, H, W) float32 to clean latents.
 
@@ -70,6 +82,7 @@ class DiffusionPipeline(VideoPipeline):
             after_step: applied to each step's result (image-to-video puts frame 0 back).
             callback: diffusers' ``callback_on_step_end``: ``fn(pipe, step, timestep, {"latents": x})``;
                 a returned "latents" replaces the current latents.
+            generator: the call's generator(s), for samplers that draw noise at each step (DDPM).
         """
         model_dtype = self.transformer.compute_dtype
         batch_cfg = self.batch_cfg_default if batch_cfg is None else batch_cfg
@@ -111,4 +124,4 @@ class DiffusionPipeline(VideoPipeline):
                 step(1)
                 return replaced if replaced is not None else x
 
-            return sample(prediction, latents, sigmas, sampler, callback=on_step)
+            return sample(prediction, latents, sigmas, sampler, callback=on_step, generator=generator)

@@ -1,4 +1,6 @@
-"""Samplers for flow-matching denoisers: schedules, steps, guidance, and the plain loop.
+"""Samplers for diffusion denoisers: schedules, steps, guidance, and the plain loop. Flow-matching
+samplers (Euler, UniPC) walk sigmas; the DDPM process's samplers (DDPM, DDIM) walk integer levels
+(:mod:`kinema.sampling.ddpm`); both run in :func:`sample`.
 
 Every sampler has one interface, so the pipeline loop need not know which it drives::
 
@@ -26,6 +28,14 @@ from torch import Tensor
 
 from ..errors import KinemaError
 from ..schema import Key, ignored, must, read, read_table
+from .ddpm import (
+    DISCRETE_SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    DiscreteSamplerSpec,
+    discrete_spec_from_diffusers,
+    discrete_timesteps,
+)
 from .flow_match import EulerSampler, euler_step
 from .guidance import cfg, rescale_guidance
 from .noise import DDPM, FlowMatching, NoiseProcess
@@ -48,7 +58,12 @@ from .schedules import (
 from .unipc import UniPCSampler, UniPCState, unipc_step
 
 __all__ = [
+    "DDIMSampler",
     "DDPM",
+    "DDPMSampler",
+    "DISCRETE_SAMPLERS",
+    "DiscreteSamplerSpec",
+    "discrete_timesteps",
     "FlowMatching",
     "NUM_TRAIN_TIMESTEPS",
     "NoiseProcess",
@@ -87,8 +102,9 @@ class Sampler(Protocol):
     default_schedule: Callable[..., Schedule]
     """``(num_inference_steps, shift=1.0, num_train_timesteps=1000) -> Schedule`` it is used with."""
 
-    def init_state(self) -> Any:
-        """The state before the first step (``None`` for memoryless samplers)."""
+    def init_state(self, generator: Any = None) -> Any:
+        """The state before the first step (``None`` for memoryless samplers; the generator for
+        samplers that draw noise as they go)."""
 
     def step(self, x: Tensor, model_output: Tensor, sigmas: Tensor, index: int, state: Any) -> tuple[Tensor, Any]:
         """``x`` at ``sigmas[index]`` and the model's velocity there -> ``(x at sigmas[index + 1], state)``."""
@@ -108,6 +124,7 @@ def sample(
     *,
     callback: Callable[[int, Tensor], Tensor | None] | None = None,
     progress: bool = False,
+    generator: Any = None,
 ) -> Tensor:
     """Run ``sampler`` over the whole schedule: the plain denoising loop.
 
@@ -120,6 +137,8 @@ def sample(
         callback: called as ``callback(index, x_next)`` after each step (previews, cancellation);
             a tensor it returns replaces ``x_next``.
         progress: show a tqdm progress bar.
+        generator: a torch.Generator (or one per sample) for samplers that draw noise at each step
+            (DDPM; DDIM with eta > 0); the others ignore it.
 
     Returns:
         The sample at ``sigmas[-1] = 0``, same shape and dtype as ``x``.
@@ -129,7 +148,7 @@ def sample(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"sampling ({sampler.name})", leave=False)
-    state = sampler.init_state()
+    state = sampler.init_state(generator)
     for i in steps:
         x, state = sampler.step(x, model_fn(x, i), sigmas, i, state)
         if callback is not None:
@@ -338,7 +357,7 @@ def _read(config: Mapping[str, Any], table: dict[str, Key]) -> dict[str, Any]:
     return read_table(config, table, what=f"{config.get('_class_name')} config", hint=_HINT)
 
 
-def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
+def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec | DiscreteSamplerSpec:
     """Build kinema's sampler and schedule settings from a diffusers ``scheduler_config.json`` dict.
 
     Supports ``UniPCMultistepScheduler`` with flow sigmas (Wan 2.1's) and
@@ -349,6 +368,8 @@ def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
     result differ from diffusers' (Karras sigmas, another prediction type, dynamic shifting...).
     """
     cls = config.get("_class_name")
+    if cls in ("DDPMScheduler", "DDIMScheduler"):
+        return discrete_spec_from_diffusers(config)
     if cls == "UniPCMultistepScheduler":
         r = _read(config, _UNIPC_KEYS)
         solver_type = _UNIPC_SOLVER_ALIASES.get(r["solver_type"])
@@ -383,7 +404,7 @@ def sampling_from_scheduler_config(config: Mapping[str, Any]) -> SamplerSpec:
     else:
         raise KinemaError(
             f"scheduler _class_name {cls!r} is not supported; kinema reads UniPCMultistepScheduler "
-            "(flow sigmas) and FlowMatchEulerDiscreteScheduler configs"
+            "(flow sigmas), FlowMatchEulerDiscreteScheduler, DDPMScheduler and DDIMScheduler configs"
         )
     configured = None if sampler == SAMPLERS[sampler.name] else sampler  # keep specs comparable
     return SamplerSpec(sampler.name, shift, r["num_train_timesteps"], sampler=configured)

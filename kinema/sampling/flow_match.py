@@ -34,7 +34,7 @@ class EulerSampler:
     name: str = "euler"
     default_schedule: Callable[..., Schedule] = flow_match_euler_schedule
 
-    def init_state(self) -> None:
+    def init_state(self, generator: object = None) -> None:
         return None
 
     def step(

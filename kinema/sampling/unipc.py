@@ -239,8 +239,8 @@ class UniPCSampler:
             raise KinemaError(f"UniPC solver_type must be 'bh1' or 'bh2'; got {self.solver_type!r}")
         object.__setattr__(self, "disable_corrector", frozenset(self.disable_corrector))
 
-    def init_state(self) -> UniPCState:
-        return UniPCState()
+    def init_state(self, generator: object = None) -> UniPCState:
+        return UniPCState()  # deterministic: no generator needed
 
     def step(
         self, x: Tensor, model_output: Tensor, sigmas: Tensor, index: int, state: UniPCState
