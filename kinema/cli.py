@@ -17,7 +17,7 @@ import time
 from .errors import Cancelled, KinemaError, RequestError
 
 EVAL_STEPS = 20  # `kinema eval --model`: sampling steps of a diffusion model unless --steps says otherwise
-SAMPLER_NAMES = ("unipc", "euler")  # kinema.sampling.SAMPLERS (not imported here: the command line starts fast)
+SAMPLER_NAMES = ("unipc", "euler", "ddim", "ddpm")  # kinema.sampling.SAMPLERS and DISCRETE_SAMPLERS (not imported here: the command line starts fast)
 # A request's fields as `generate` calls them (a RequestError names fields; the command line says flags).
 FLAGS = {
     "prompt": "prompt", "negative_prompt": "--negative-prompt", "num_frames": "--frames",
@@ -65,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     g.add_argument("--negative-prompt", default=None, help="what to steer away from")
     g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's)")
-    g.add_argument("--frames", type=int, default=None, help="number of frames: 4k+1 for Wan, 8k+1 for LTX-Video, tk+1 for a token-ar model whose tokenizer compresses time t times (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames: 4k+1 for Wan, 8k+1 for LTX-Video, tk+1 for a token-ar model whose tokenizer compresses time t times, 2k for a pixel-dit model (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--shift", type=float, default=None, help="diffusion models: flow-matching shift (default: the model's)")
-    g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver (default: the model's)")
+    g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver, unipc or euler (flow matching), ddim or ddpm (pixel-dit) (default: the model's)")
     _add_token_sampling(g)
     g.add_argument("--image", default=None, metavar="PATH", help="image-to-video: start from this picture (PNG, JPEG ...)")
     g.add_argument("--input", default=None, metavar="PATH", help="video-to-video: transform this video as the prompt says")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    t = sub.add_parser("train", help="train a Wan VAE, a Wan transformer, a VQ video tokenizer or a token model (wan-vae, wan-transformer, vq-tokenizer, token-ar) from a YAML config")
+    t = sub.add_parser("train", help="train a Wan VAE, a Wan transformer, a VQ video tokenizer, a token model or a pixel DiT with its text encoder (wan-vae, wan-transformer, vq-tokenizer, token-ar, pixel-dit) from a YAML config")
     t.add_argument("config", help="training config (YAML), e.g. configs/tiny-vae.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides the config)")
@@ -97,14 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     k = sub.add_parser("package", help="package a trained transformer (or token model) and its VAE (or VQ tokenizer) as a kinema model directory")
-    k.add_argument("transformer", help="the wan-transformer or token-ar run's model/ folder (written by kinema train)")
+    k.add_argument("transformer", help="the wan-transformer, token-ar or pixel-dit run's model/ folder (written by kinema train)")
     k.add_argument("--out", required=True, help="the model directory to write (replaced if it exists)")
     k.add_argument("--vae", default=None, help="wan: the VAE's model/ folder (default: the one its training config named)")
     k.add_argument("--tokenizer", default=None, help="token-ar: the VQ tokenizer's model/ folder (default: the one its training config named)")
-    k.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="wan: default solver (default unipc)")
+    k.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="wan: default solver (default unipc); pixel-dit: ddim or ddpm (default ddim)")
     k.add_argument("--shift", type=float, default=None, help="wan: default flow-matching shift (default 1)")
-    k.add_argument("--steps", type=int, default=None, help="wan: default sampling steps (default 20)")
-    k.add_argument("--guidance", type=float, default=None, help="default guidance scale (default 5 for wan, 3 for token-ar)")
+    k.add_argument("--steps", type=int, default=None, help="wan and pixel-dit: default sampling steps (default 20 for wan, 50 for pixel-dit)")
+    k.add_argument("--guidance", type=float, default=None, help="default guidance scale (default 5 for wan, 3 for token-ar, 7.5 for pixel-dit)")
+    k.add_argument("--fps", type=float, default=None, help="frames per second of the videos it writes (default: the training data's, 16 for the shapes world)")
     k.add_argument("--temperature", type=float, default=None, help="token-ar: default temperature, 0 = greedy (default 1)")
     k.add_argument("--top-k", type=int, default=None, help="token-ar: default top-k, 0 = off (default 0)")
     k.add_argument("--top-p", type=float, default=None, help="token-ar: default nucleus mass, 1 = off (default 1)")
@@ -124,10 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
     e.add_argument("--style", choices=("canonical", "reworded"), default="canonical", help="prompt wording")
-    e.add_argument("--size", type=int, default=64, help="square clip side in pixels (default 64)")
-    e.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
+    e.add_argument("--size", type=int, default=None, help="square clip side in pixels (default: the model's with --model, else 64)")
+    e.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's with --model, else 33)")
     e.add_argument("--steps", type=int, default=None, help=f"diffusion models: sampling steps with --model (default {EVAL_STEPS})")
     e.add_argument("--guidance", type=float, default=None, help="guidance scale with --model (default: the model's)")
+    e.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver with --model (default: the model's)")
     _add_token_sampling(e)
     e.add_argument("--seed", type=int, default=0, help="seed of the first clip (clip i uses seed + i)")
     e.add_argument("--limit", type=int, default=None, help="only the first N prompts")
@@ -210,7 +212,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     flags = {  # card entry -> its flag's value; package_trained_model refuses those the run's kind has no use for
         "sampler": {"name": args.sampler, "shift": args.shift, "temperature": args.temperature, "top_k": args.top_k,
                     "top_p": args.top_p, "typical_p": args.typical_p},
-        "defaults": {"num_inference_steps": args.steps, "guidance_scale": args.guidance},
+        "defaults": {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "fps": args.fps},
     }  # fmt: skip
     sampler, defaults = ({k: v for k, v in flags[s].items() if v is not None} for s in ("sampler", "defaults"))
     out = package_trained_model(
@@ -236,7 +238,7 @@ def _eval_request(args: argparse.Namespace, model: str):
 
     return GenerationRequest(
         model=model, height=args.size, width=args.size, num_frames=args.frames, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        sampler=args.sampler, guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         typical_p=args.typical_p, seed=args.seed, device=args.device,
     )  # fmt: skip
 
@@ -257,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise KinemaError(f"{flag} must be a positive integer; got {value}")
     if not args.model:
-        given = [flag for flag, value in (("--steps", args.steps), ("--guidance", args.guidance), ("--temperature", args.temperature),
+        given = [flag for flag, value in (("--steps", args.steps), ("--guidance", args.guidance), ("--sampler", args.sampler), ("--temperature", args.temperature),
                  ("--top-k", args.top_k), ("--top-p", args.top_p), ("--typical-p", args.typical_p)) if value is not None]  # fmt: skip
         if given:
             source = "--clips" if args.clips else "--reference" if args.reference else "--reconstruct"
@@ -270,6 +272,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_path(args.out, what="--out", directory=True)
     configure_threads(args.threads)
     clips = args.clips
+    if not args.model:  # the model's own size and length apply with --model
+        from .data.shapes import DEFAULT_FRAMES, DEFAULT_SIZE
+
+        args.size, args.frames = args.size or DEFAULT_SIZE, args.frames or DEFAULT_FRAMES
     if args.reference:
         clips = render_reference_set(
             args.out, args.split, args.size, args.frames, args.seed, style=args.style, limit=args.limit, per_prompt=args.per_prompt
@@ -285,8 +291,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.model:
         pipe, request = _load_for_eval(_eval_request(args, args.model), steps=EVAL_STEPS)
         options = {name: getattr(request, name) for name in pipe.rules.sampling_options if getattr(request, name) is not None}
+        if request.height != request.width:
+            raise KinemaError(f"eval clips are square; this model's default size is {request.width}x{request.height}: pass --size")
         clips = generate_set(
-            pipe, args.out, args.split, args.size, args.frames, args.seed, style=args.style,
+            pipe, args.out, args.split, request.height, request.num_frames, args.seed, style=args.style,
             guidance_scale=args.guidance, options=options, limit=args.limit, per_prompt=args.per_prompt,
         )  # fmt: skip
     report = run_eval(clips, out_json=args.json)

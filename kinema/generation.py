@@ -90,7 +90,7 @@ def generate(
     request.check_abilities(rules)  # before reading an input the model could not take
     media = read_media(request)
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
-        request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple))
+        request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
     request = request.checked(rules, free_bytes=available_memory(device))
     pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize)
     timings = {"load": time.perf_counter() - t0}

@@ -295,7 +295,7 @@ class ModelRules:
 
     family: str
     defaults: Any  # the family's defaults (height, width, num_frames, guidance_scale, [num_inference_steps], fps)
-    temporal_multiple: int  # frames are temporal_multiple * k + 1
+    temporal_multiple: int  # frames are temporal_multiple * k + frames_offset
     spatial_multiple: int = 1  # height and width are multiples of this
     frame_size: tuple[int, int] | None = None  # token models: the one (height, width) they make
     grid: tuple[int, int] | None = None  # token models: their token grid, for messages
@@ -307,16 +307,18 @@ class ModelRules:
     max_latent_frames: int | None = None  # positions the generator can tell apart along time
     max_latent_side: int | None = None  # ... along height and width
     memory: MemoryModel | None = None
+    frames_offset: int = 1  # 1: a causal codec's first frame alone, then groups (t k + 1); 0: whole groups (t k, k >= 1)
 
     def check_size(self, height: int, width: int, num_frames: int) -> None:
         """Frames ``t k + 1``, sizes multiples of the stride (or a token model's one size), within
         the positions the generator knows; one-line KinemaErrors naming the nearest valid values."""
-        t, s = self.temporal_multiple, self.spatial_multiple
-        if num_frames < 1 or (num_frames - 1) % t:
-            lo = max(1, (num_frames - 1) // t * t + 1)
-            codec = "tokenizer" if self.frame_size is not None else "VAE"
+        t, s, o = self.temporal_multiple, self.spatial_multiple, self.frames_offset
+        if num_frames < max(1, o) or (num_frames - o) % t:
+            lo = max(t if o == 0 else o, (num_frames - o) // t * t + o)
+            codec = "tokenizer" if self.frame_size is not None else ("VAE" if o == 1 else "model's time patch")
+            first = ", ".join(str(k * t + o) for k in range(0 if o else 1, 3 if o else 4))
             raise KinemaError(
-                f"num_frames must be {t}k+1 for this {codec} (1, {t + 1}, {2 * t + 1}, ...); got {num_frames}, try {lo} or {lo + t}"
+                f"num_frames must be {t}k{'+' + str(o) if o else ''} for this {codec} ({first}, ...); got {num_frames}, try {lo} or {lo + t}"
             )
         if self.frame_size is not None:
             if (height, width) != tuple(self.frame_size):
@@ -328,9 +330,9 @@ class ModelRules:
                 if v % s:
                     lo = max(s, v // s * s)
                     raise KinemaError(f"{name} must be a positive multiple of {s} for this model; got {v}, try {lo} or {lo + s}")
-        latent_frames = (num_frames - 1) // t + 1
+        latent_frames = (num_frames - o) // t + o
         if self.max_latent_frames is not None and latent_frames > self.max_latent_frames:
-            most = (self.max_latent_frames - 1) * t + 1
+            most = (self.max_latent_frames - o) * t + o
             raise KinemaError(f"num_frames {num_frames:,} is more than this model's positions cover; at most {most:,} frames")
         if self.max_latent_side is not None and self.frame_size is None:
             stride = self.memory.spatial_compression if self.memory else s
@@ -358,15 +360,16 @@ class ModelRules:
 
     def _what_fits(self, request: GenerationRequest, free: int, batch: int) -> str:
         fits = lambda **over: self.needed_bytes(dataclasses.replace(request, **over), batch) <= free  # noqa: E731
-        t = self.temporal_multiple
-        if not fits(num_frames=1):
+        t, o = self.temporal_multiple, self.frames_offset
+        if not fits(num_frames=max(1, o) if o else t):
             if self.frame_size is None:
-                side = _largest(lambda k: fits(height=k * self.spatial_multiple, width=k * self.spatial_multiple, num_frames=1), 1, max(request.height, request.width) // self.spatial_multiple)
+                least = o if o else t
+                side = _largest(lambda k: fits(height=k * self.spatial_multiple, width=k * self.spatial_multiple, num_frames=least), 1, max(request.height, request.width) // self.spatial_multiple)
                 if side:
-                    return f"; at most about {side * self.spatial_multiple}x{side * self.spatial_multiple} fits (one frame)"
+                    return f"; at most about {side * self.spatial_multiple}x{side * self.spatial_multiple} fits ({least} frame{'s' if least > 1 else ''})"
             return "; not even one frame of this size fits: use a smaller size, fewer videos, or a machine with more memory"
-        k = _largest(lambda k: fits(num_frames=k * t + 1), 0, (request.num_frames - 1) // t)
-        return f"; at most {k * t + 1:,} frames of {request.width}x{request.height} fit"
+        k = _largest(lambda k: fits(num_frames=k * t + o), 0 if o else 1, (request.num_frames - o) // t)
+        return f"; at most {k * t + o:,} frames of {request.width}x{request.height} fit"
 
 
 def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:
@@ -383,8 +386,8 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**27 else f"{n / 2**20:.0f} MiB"
 
 
-def frames_that_fit(available: int, limit: int, temporal: int) -> int:
-    """The most frames of the form ``temporal * k + 1`` that are at most ``available`` and ``limit``
+def frames_that_fit(available: int, limit: int, temporal: int, offset: int = 1) -> int:
+    """The most frames of the form ``temporal * k + offset`` that are at most ``available`` and ``limit``
     (video-to-video: as much of the input as the model's default length allows)."""
     n = max(1, min(available, limit))
-    return (n - 1) // temporal * temporal + 1
+    return max((n - offset) // temporal, 0 if offset else 1) * temporal + offset

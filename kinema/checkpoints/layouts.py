@@ -59,9 +59,10 @@ class ModelLayout:
         return family(self.pipeline)
 
     @property
-    def codec_path(self) -> Path:
-        """The codec's folder (or the file holding it)."""
-        return self.components[self.family.components[1]]
+    def codec_path(self) -> Path | None:
+        """The codec's folder (or the file holding it); None for a model on pixels."""
+        folder = self.family.codec_folder
+        return self.components[folder] if folder is not None else None
 
     def transformer_config(self) -> Any:
         """The generator's architecture (denoiser or token model), from config files or headers."""
@@ -158,6 +159,12 @@ def check_card(card: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
         extra = set(section) - keys
         if extra:
             raise CheckpointError(f"{path}: unknown {key} keys {sorted(extra)} for a {card['pipeline']} model; allowed {sorted(keys)}")
+    fam, kind = family(card["pipeline"]), text_encoder_kind(text["kind"], card=True)
+    if fam.own_text != (kind.folder is not None):
+        own = [name for name, k in TEXT_ENCODERS.items() if k.folder is not None]
+        frozen = [name for name, k in TEXT_ENCODERS.items() if k.folder is None and k.in_cards]
+        need = own if fam.own_text else frozen
+        raise CheckpointError(f"{path}: a {card['pipeline']} model's text encoder is {' or '.join(need)}; got {text['kind']!r}")
     try:
         cls.sampler_from_card(card["sampler"])
     except KinemaError as e:
@@ -213,6 +220,13 @@ def _kinema_layout(root: Path) -> ModelLayout:
         if not (root / name / "config.json").is_file():
             raise CheckpointError(f"{root}: missing component {name!r} (no {name}/config.json)")
         components[name] = root / name
+    folder = text_encoder_kind(card["text_encoder"]["kind"], card=True).folder
+    if folder is not None:  # a text encoder trained with the model: its tokenizer is the model's
+        from ..text.bpe import TOKENIZER_FILE
+
+        if not (root / folder / TOKENIZER_FILE).is_file():
+            raise CheckpointError(f"{root}: missing component {folder!r} (no {folder}/{TOKENIZER_FILE})")
+        components[folder] = root / folder
     return ModelLayout("kinema", card["pipeline"], root, components, card)
 
 
@@ -309,7 +323,7 @@ def codec_kind_of(path: str | os.PathLike, expected: str | None = None, *, what:
 
 def expected_folder(codec: str) -> str:
     """The folder name a model root keeps a codec in ("vae" or "tokenizer")."""
-    return next(f.components[1] for f in FAMILIES.values() if f.codec == codec)
+    return next(f.codec_folder for f in FAMILIES.values() if f.codec == codec)
 
 
 def load_codec(path: str | os.PathLike, expected: str | None = None, *, what: str = "codec", dtype: Any = None, device: Any = None) -> Any:

@@ -326,6 +326,10 @@ class ShapesDataset(torch.utils.data.Dataset):
         spec = sample_spec(colour, shape, motion, rng)
         return spec, caption(spec, rng)
 
+    def caption(self, index: int) -> str:
+        """Item ``index``'s caption, without rendering."""
+        return self.spec(int(index))[1]
+
     def __getitem__(self, index: int) -> dict:
         spec, text = self.spec(int(index))
         clip = render_clip(spec, self.size, self.frames)  # (F, H, W, 3) uint8

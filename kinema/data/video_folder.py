@@ -75,6 +75,10 @@ class VideoFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def caption(self, index: int) -> str:
+        """Item ``index``'s caption, without reading its video."""
+        return self.entries[index][1]
+
     def __getitem__(self, index: int) -> dict:
         from ..video import read_video
 

@@ -58,3 +58,47 @@ class CodecProperties:
     @property
     def spatial_compression(self) -> int:
         return self.config.spatial_compression  # type: ignore[attr-defined]
+
+
+class PixelCodecConfig:
+    """What a model that works on pixels has in place of a codec: no compression at all."""
+
+    temporal_compression = 1
+    spatial_compression = 1
+    channels = 3
+
+
+class PixelCodec(torch.nn.Module):
+    """The identity codec of pixel-space models (TTV-1B): video in [-1, 1] is its own "latent", and
+    decoding clamps to [-1, 1]. It holds no weights and keeps the pipelines' codec seam uniform."""
+
+    config = PixelCodecConfig()
+
+    def __init__(self, dtype: torch.dtype | None = None, device: Any = None) -> None:
+        super().__init__()
+        self._dtype, self._device = dtype or torch.float32, torch.device(device or "cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def temporal_compression(self) -> int:
+        return 1
+
+    @property
+    def spatial_compression(self) -> int:
+        return 1
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return video
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.float().clamp(-1.0, 1.0)
+
+    def roundtrip(self, video: torch.Tensor) -> torch.Tensor:
+        return video.float()

@@ -156,7 +156,11 @@ def load_pipeline(
     codec = fam.codec_kind().formats().load_codec(layout.codec_path, dtype=dtype, device=device)
     if layout.format == "kinema":
         text = layout.card["text_encoder"]
-        text_encoder = load_text_encoder(text["kind"], text["max_length"], dtype=dtype, device=device)
+        kind = text_encoder_kind(text["kind"])
+        if kind.folder is not None:  # trained with the model: its tokenizer in the model's folder, its weights in the generator
+            text_encoder = resolve(kind.load)(layout.components[kind.folder], generator, text["max_length"])
+        else:
+            text_encoder = load_text_encoder(text["kind"], text["max_length"], dtype=dtype, device=device)
         sampler = cls.sampler_from_card(layout.card["sampler"])
     else:
         text_encoder = formats.text_encoder(layout, dtype=dtype, device=device)

@@ -38,7 +38,7 @@ COMPONENT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # in e
 def write_kinema_model(
     out_dir: str | os.PathLike,
     transformer_dir: str | os.PathLike,
-    codec_dir: str | os.PathLike,
+    codec_dir: str | os.PathLike | None,
     *,
     text_encoder: dict[str, Any],
     sampler: dict[str, Any],
@@ -52,7 +52,8 @@ def write_kinema_model(
         transformer_dir: the generator's ``model/`` folder written by ``kinema train`` (the Wan
             transformer, or the token model for ``token-ar``).
         codec_dir: the video codec's ``model/`` folder: the VAE (``wan-t2v``) or the VQ tokenizer
-            (``token-ar``).
+            (``token-ar``); None for a model on pixels (``pixel-dit``), whose text tokenizer
+            (``tokenizer.json``, exported beside its weights) goes to ``tokenizer/``.
         text_encoder: e.g. ``{"kind": "minilm", "max_length": 32}``.
         sampler: ``wan-t2v``: e.g. ``{"name": "unipc", "shift": 3.0}``; ``token-ar``: e.g.
             ``{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0}``.
@@ -72,10 +73,21 @@ def write_kinema_model(
     tmp = out_dir.with_name(f".{out_dir.name}.part-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    fam = family(pipeline)
+    if (codec_dir is None) != (fam.codec_folder is None):
+        raise CheckpointError(f"a {pipeline} model {'has no codec' if fam.codec_folder is None else 'needs its codec folder'}")
+    parts = [(fam.components[0], Path(transformer_dir), COMPONENT_FILES)]
+    if fam.codec_folder is not None:
+        parts.append((fam.codec_folder, Path(codec_dir), COMPONENT_FILES))
+    own = TEXT_ENCODERS[text_encoder["kind"]].folder
+    if own is not None:  # a text encoder trained with the model: the run exported its tokenizer beside the weights
+        from ..text.bpe import TOKENIZER_FILE
+
+        parts.append((own, Path(transformer_dir), (TOKENIZER_FILE,)))
     try:
-        for name, src in zip(family(pipeline).components, (Path(transformer_dir), Path(codec_dir))):
+        for name, src, files in parts:
             (tmp / name).mkdir()
-            for f in COMPONENT_FILES:
+            for f in files:
                 if not (src / f).is_file():
                     raise CheckpointError(f"{src}: no {f}; pass the model/ folder that kinema train exported")
                 shutil.copy2(src / f, tmp / name / f)
@@ -137,13 +149,13 @@ def package_trained_model(
             f"{transformer_dir} was trained with the {training.get('text_encoder')!r} text encoder, which a model card cannot "
             f"name (it has nothing to load from); kinema packages runs trained with {', '.join(card_encoders)}"
         )
-    codec_key = fam.components[1]  # "vae" or "tokenizer": also the training config's field naming the codec
+    codec_key = fam.codec_folder  # "vae" or "tokenizer": also the training config's field naming the codec; None: pixels
     given = {"vae": vae_dir, "tokenizer": tokenizer_dir}
-    flag = f"--{codec_key}"
     for other, value in given.items():
         if other != codec_key and value is not None:
-            raise KinemaError(f"--{other} does not apply: {transformer_dir} is a {kind} run, packaged with its {codec_key} ({flag})")
-    codec_dir = given.get(codec_key)
+            uses = f"packaged with its {codec_key} (--{codec_key})" if codec_key else "a model on pixels, with no codec"
+            raise KinemaError(f"--{other} does not apply: {transformer_dir} is a {kind} run, {uses}")
+    codec_dir = given.get(codec_key) if codec_key else None
     cls = fam.pipeline_class()
     sampler_keys, default_keys = set(cls.card_sampler_keys), {f.name for f in dataclasses.fields(cls.defaults_type)}
     bad = sorted(set(sampler or {}) - sampler_keys) + sorted(set(defaults or {}) - default_keys)
@@ -152,13 +164,15 @@ def package_trained_model(
             f"{', '.join(bad)} does not apply to {transformer_dir}, a {kind} run; its sampler takes "
             f"{', '.join(sorted(sampler_keys))} and its defaults {', '.join(sorted(default_keys))}"
         )
-    if codec_dir is None:
+    if codec_key is not None and codec_dir is None:
+        flag = f"--{codec_key}"
         if not training.get(codec_key):
             raise CheckpointError(f"{transformer_dir}/training.json names no {codec_key}; pass its model/ folder with {flag}")
         codec_dir = Path(training[codec_key])
         if not codec_dir.is_dir():
             raise CheckpointError(f"the {codec_key} this model trained with ({codec_dir}) is not here; pass its model/ folder with {flag}")
-    sampler = {**cls.package_sampler, **(sampler or {})}
+    trained = {k: v for k, v in (training.get("objective") or {}).items() if k in sampler_keys}  # the process it learned (DDPM's betas)
+    sampler = {**cls.package_sampler, **trained, **(sampler or {})}
     cls.sampler_from_card(sampler)  # raises KinemaError on a bad value, before anything is written
     merged = dict(cls.package_defaults)
     data = training.get("data", {})

@@ -273,6 +273,8 @@ def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tens
     save_safetensors(weights, tmp / WEIGHTS_FILE)
     (tmp / "config.json").write_text(json.dumps(raw_config, indent=2))
     (tmp / "training.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    for name in training_kinds()[config.model].files:  # e.g. a pixel-dit's tokenizer.json
+        shutil.copy2(out_dir / name, tmp / name)
     old = out_dir / f".old-model-{os.getpid()}"
     if final.exists():
         os.rename(final, old)

@@ -26,6 +26,7 @@ from ..errors import KinemaError
 from ..schema import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
+    OPEN_UNIT,
     POSITIVE,
     UNIT,
     UNIT_BELOW_ONE,
@@ -107,6 +108,17 @@ class DiffusionObjectiveConfig:
     sigma_sampling: str = field(default="logit_normal", metadata=one_of(("uniform", "logit_normal")))  # sigma ~ U(0, 1), or sigmoid(N(mean, std)) (SD3)
     logit_mean: float = 0.0  # mean of the logit-normal sigma distribution
     logit_std: float = field(default=1.0, metadata=check(POSITIVE))  # std of the logit-normal sigma distribution
+
+
+@dataclass
+class DDPMObjectiveConfig:
+    """pixel-dit: the DDPM process (linear betas over 1,000 steps by default), MSE on its target."""
+
+    num_train_timesteps: int = field(default=1000, metadata=check(lambda v: v >= 2, ">= 2"))  # diffusion steps of the process
+    beta_start: float = field(default=1e-4, metadata=check(OPEN_UNIT))  # first beta
+    beta_end: float = field(default=0.02, metadata=check(OPEN_UNIT))  # last beta
+    beta_schedule: str = field(default="linear", metadata=one_of(("linear", "scaled_linear")))  # betas linear, or linear in sqrt(beta)
+    prediction_type: str = field(default="epsilon", metadata=one_of(("epsilon", "v_prediction", "sample")))  # what the model predicts
 
 
 @dataclass
@@ -248,6 +260,12 @@ def _check(c: TrainConfig) -> TrainConfig:
     need(c.tokenizer is None or kind.codec == "tokenizer", f"tokenizer is for {' and '.join(readers)} runs (a {c.model} does not read tokens); remove it")
     if kind.text:
         need(c.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {list(TEXT_ENCODERS)}; got {c.text_encoder!r}")
+        own = [name for name, k in TEXT_ENCODERS.items() if k.folder is not None]  # encoders trained with the model
+        if kind.own_text:
+            need(c.text_encoder in own, f"a {c.model} trains its own text encoder: set text_encoder: {' or '.join(own)}; got {c.text_encoder!r}")
+        else:
+            frozen = [name for name in TEXT_ENCODERS if name not in own]
+            need(c.text_encoder not in own, f"text_encoder {c.text_encoder} trains with a pixel-dit model; a {c.model} uses a frozen one: {', '.join(frozen)}")
     if kind.codec is None:
         encoded = [name for name, k in kinds.items() if k.codec is not None]
         need(not c.latent_cache, f"latent_cache is for {' and '.join(encoded)} runs (a {c.model} trains on pixels); remove it")

@@ -21,6 +21,7 @@ from ..data.caches import CACHE_BATCH, encoding_cache_key, latent_cache, token_c
 from ..errors import KinemaError
 from .config import (
     DataConfig,
+    DDPMObjectiveConfig,
     DiffusionObjectiveConfig,
     TokenObjectiveConfig,
     TrainConfig,
@@ -50,6 +51,8 @@ class TrainingKind:
     text: bool = False  # conditioned on captions: text_encoder, text_max_length and caption_dropout apply
     grad_checkpointing: bool = False  # its blocks may be recomputed in the backward pass (pure functions, no causal cache)
     partial_init: bool = False  # init_from loads the top-level modules the source has (a wan-vae's encoder, decoder)
+    own_text: bool = False  # trains its own text encoder (a TEXT_ENCODERS kind with a folder): its tokenizer is made from the captions
+    files: tuple[str, ...] = ()  # files of out_dir the export carries into model/ beside config.json and the weights
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,6 +166,43 @@ def _diffusion_objective(config: TrainConfig, arch, out_dir: Path, device: torch
     return DiffusionObjective(process, vae, text, config.caption_dropout), dataset
 
 
+TOKENIZER_FILE = "tokenizer.json"  # a pixel-dit run's BPE tokenizer, under out_dir (trained once, reused on resume)
+
+
+def run_tokenizer(config: TrainConfig, arch, out_dir: Path, dataset) -> Any:
+    """The run's byte-level BPE: read from out_dir if the run made it already (resume), else trained on
+    the captions of one pass over the data set, in order, and written atomically."""
+    from ..checkpoints.io import atomic_path
+    from ..text.bpe import load_bpe, train_bpe
+
+    path = out_dir / TOKENIZER_FILE
+    if path.is_file():
+        return load_bpe(path)
+    caption_of = getattr(dataset, "caption", None)  # a cheap caption lookup, where the data set has one
+    texts = [caption_of(i) if caption_of is not None else dataset[i]["caption"] for i in range(len(dataset))]
+    tokenizer = train_bpe(texts, arch.vocab_size)
+    with atomic_path(path) as tmp:
+        tmp.write_text(tokenizer.to_str())
+    return load_bpe(path)
+
+
+def _pixel_objective(config: TrainConfig, arch, out_dir: Path, device: torch.device):
+    from ..sampling.noise import DDPM
+    from .objectives import PixelDiffusionObjective
+
+    if config.text_max_length > arch.text_len:
+        raise KinemaError(f"text_max_length ({config.text_max_length}) exceeds architecture.text_len ({arch.text_len})")
+    dataset = make_dataset(config.data)
+    pt, ph, pw = arch.patch_size
+    if config.data.frames % pt or config.data.size % ph or config.data.size % pw:
+        raise KinemaError(f"data.frames ({config.data.frames}) must be a multiple of {pt} and data.size ({config.data.size}) of "
+                          f"{ph} and {pw}: the model's patch is {list(arch.patch_size)}")  # fmt: skip
+    tokenizer = run_tokenizer(config, arch, out_dir, dataset)
+    o = config.objective
+    process = DDPM(o.num_train_timesteps, o.beta_start, o.beta_end, o.beta_schedule, o.prediction_type)
+    return PixelDiffusionObjective(process, tokenizer, config.text_max_length, config.caption_dropout), dataset
+
+
 def _token_objective(config: TrainConfig, arch, out_dir: Path, device: torch.device):
     tokenizer = load_frozen_codec(config, device)
     check_token_model_fits(arch, tokenizer, config.data)
@@ -252,5 +292,10 @@ TRAINING_KINDS: dict[str, TrainingKind] = {
         _build_with_init("kinema.models.token_ar:TokenAR"), _token_objective, _export_own("kinema.checkpoints.token_ar:to_json"),
         codec="tokenizer", codec_kind="vq-video", codec_noun="tokenizer",
         codec_help="a VQ tokenizer directory (a vq-tokenizer run's model/)", text=True, grad_checkpointing=True,
+    ),
+    "pixel-dit": TrainingKind(
+        _config_class("kinema.models.pixel_dit:PixelDiTConfig"), DDPMObjectiveConfig,
+        _build_with_init("kinema.models.pixel_dit:PixelDiT"), _pixel_objective, _export_own("kinema.checkpoints.pixel_dit:to_json"),
+        text=True, grad_checkpointing=True, own_text=True, files=(TOKENIZER_FILE,),
     ),
 }  # fmt: skip

@@ -275,6 +275,37 @@ class DiffusionObjective(Objective):
         return loss, {}
 
 
+class PixelDiffusionObjective(Objective):
+    """A pixel-space denoiser and its own text encoder trained together under a noise process (DDPM),
+    with caption dropout: the clips themselves are x0, and the captions' token ids go through the
+    model's text tower inside the graph, so the tower learns from the denoising loss.
+
+    Per item and in this order, its generator draws: the caption-dropout coin, the noise level, the
+    noise. A dropped caption is "" (its only token is the tokenizer's end-of-text), which is what
+    generation's unconditional branch encodes.
+    """
+
+    def __init__(self, process: NoiseProcess, tokenizer: Any, max_length: int, caption_dropout: float) -> None:
+        self.process, self.tokenizer, self.max_length, self.caption_dropout = process, tokenizer, max_length, caption_dropout
+        self.dropped = 0  # captions replaced by "" so far (for tests and logs)
+
+    def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
+        from ..text.bpe import tokenize
+
+        device = _device(model)
+        captions, dropped = drop_captions(items, gens, self.caption_dropout)
+        self.dropped += dropped
+        with torch.no_grad():
+            x0 = _videos(items, device).float()  # (B, 3, F, H, W) in [-1, 1]
+            levels = self.process.training_levels(gens).to(device)  # (B,)
+            noise = stack_randn(x0.shape[1:], gens).to(device)  # (B, 3, F, H, W)
+        ids, mask = tokenize(self.tokenizer, captions, self.max_length)  # (B, L) each
+        ids, mask = ids.to(device), mask.to(device)
+        states = model.encode_text(ids, mask)  # (B, L, text_dim), with gradients
+        loss = diffusion_loss(lambda x, t: model(x, t, states, mask), self.process, x0, noise, levels)
+        return loss, {}
+
+
 class TokenObjective(Objective):
     """Next-token cross-entropy for the token model on a frozen VQ tokenizer's ids, with caption dropout.
 

@@ -52,6 +52,10 @@ def ar_config(out_dir: Path, tokenizer: Path, **over) -> dict:
     return {**_yaml("tiny-ar.yaml"), "out_dir": str(out_dir), "tokenizer": str(tokenizer), **over}
 
 
+def pixel_config(out_dir: Path, **over) -> dict:
+    return {**_yaml("tiny-pixel.yaml"), "out_dir": str(out_dir), **over}
+
+
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> Path:
     """A random tiny VAE exported by a 0-step VAE run (its model/ directory)."""
@@ -80,7 +84,7 @@ def _assert_identical(a: Path, b: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Exact resume
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae", "vq-tokenizer", "token-ar"])
+@pytest.mark.parametrize("kind", ["wan-transformer", "wan-vae", "vq-tokenizer", "token-ar", "pixel-dit"])
 def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path, request):
     def cfg(out):
         common = dict(steps=6, checkpoint_every=3, batch_size=2, ema_decay=0.9)
@@ -90,6 +94,8 @@ def test_resume_after_sigkill_is_bit_identical(kind, tiny_vae, tmp_path, request
             return vq_config(out, **common)
         if kind == "token-ar":  # the killed run built the token cache; the resumed one reads it
             return ar_config(out, request.getfixturevalue("tiny_vq"), caption_dropout=0.3, **common)
+        if kind == "pixel-dit":  # the killed run trained the BPE; the resumed one reads it
+            return pixel_config(out, caption_dropout=0.3, **common)
         return transformer_config(out, tiny_vae, caption_dropout=0.3, **common)
 
     straight = train(cfg(tmp_path / "a"), progress=False).parent
@@ -415,13 +421,14 @@ def test_one_registry_of_training_kinds(tmp_path):
     from kinema.cli import build_parser
     from kinema.training.kinds import TRAINING_KINDS
 
-    files = {"wan-vae": "tiny-vae.yaml", "wan-transformer": "tiny-transformer.yaml", "vq-tokenizer": "tiny-vq.yaml", "token-ar": "tiny-ar.yaml"}
+    files = {"wan-vae": "tiny-vae.yaml", "wan-transformer": "tiny-transformer.yaml", "vq-tokenizer": "tiny-vq.yaml", "token-ar": "tiny-ar.yaml",
+             "pixel-dit": "tiny-pixel.yaml"}  # fmt: skip
     assert list(TRAINING_KINDS) == list(files)
     for name, kind in TRAINING_KINDS.items():
         config = load_config({**_yaml(files[name]), "out_dir": str(tmp_path)})
         assert config.model == name and type(config.model_config()) is kind.config_class()
-        assert (kind.codec is not None) == kind.text  # today the kinds that read a codec are the captioned ones
-    with pytest.raises(KinemaError, match=r"model must be one of \['wan-vae', 'wan-transformer', 'vq-tokenizer', 'token-ar'\]"):
+        assert (kind.codec is not None or kind.own_text) == kind.text  # captioned: a frozen codec and text encoder, or pixels and its own
+    with pytest.raises(KinemaError, match=r"model must be one of \['wan-vae', 'wan-transformer', 'vq-tokenizer', 'token-ar', 'pixel-dit'\]"):
         load_config({**_yaml("tiny-vae.yaml"), "model": "wan-vq", "out_dir": str(tmp_path)})
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     train_help = next(c.help for c in sub._choices_actions if c.dest == "train")

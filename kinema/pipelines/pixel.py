@@ -1,0 +1,215 @@
+"""Pixel-space text-to-video (the TTV-1B design): encode the prompt with the model's own text
+encoder -> sample pixels with DDIM or DDPM under classifier-free guidance -> clamp to [-1, 1].
+
+There is no VAE: the sampler runs on the video itself, (B, 3, F, H, W). Arguments follow the
+diffusers pipelines' names (``num_inference_steps``, ``guidance_scale`` with 7.5 the default as in
+diffusers' DDPM-trained pipelines, ``generator``, ``callback_on_step_end``); the sampler is chosen
+per call with ``sampler="ddim"`` or ``"ddpm"``. DDPM (ancestral) draws fresh noise at every step
+from the call's generator, after the initial noise, so a seed fixes the whole trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import CheckpointError, KinemaError
+from ..models.pixel_dit import PixelDiT
+from ..request import MemoryModel, ModelRules
+from ..sampling import DISCRETE_SAMPLERS
+from ..sampling.ddpm import DiscreteSamplerSpec
+from ..sampling.noise import DDPM
+from .base import ProgressCallback, PromptStates, Reporter, check_latents, initial_noise, make_generators
+from .diffusion import DiffusionPipeline, StepCallback
+from .output import VideoOutput
+
+TTV_DEFAULT_GUIDANCE = 7.5  # the published design's classifier-free guidance
+TTV_DEFAULT_STEPS = 50  # DDIM steps
+
+
+@dataclass
+class PixelDefaults:
+    """Per-model defaults (a model card's ``defaults``); the published design's clip: 16 x 256 x 256."""
+
+    height: int = 256
+    width: int = 256
+    num_frames: int = 16
+    num_inference_steps: int = TTV_DEFAULT_STEPS
+    guidance_scale: float = TTV_DEFAULT_GUIDANCE
+    fps: float = 8.0
+
+
+# What a card's sampler entry may hold: the DDPM process the model was trained under, and the sampler.
+PROCESS_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+SAMPLER_KEYS = ("name", "timestep_spacing", "steps_offset", "eta", "clip_sample", "clip_sample_range", "set_alpha_to_one", "variance_type")
+
+
+class PixelPipeline(DiffusionPipeline):
+    """Text-to-video on pixels with a pixel DiT and its own text encoder.
+
+    Args:
+        transformer: the :class:`~kinema.models.pixel_dit.PixelDiT` (denoiser and text tower).
+        codec: the identity codec of pixels (:class:`~kinema.models.codec.PixelCodec`).
+        text_encoder: the model's :class:`~kinema.text.bpe.OwnTextEncoder`.
+        sampler: a :class:`~kinema.sampling.ddpm.DiscreteSamplerSpec` (its DDPM process and DDIM or DDPM).
+    """
+
+    defaults_type = PixelDefaults
+    sampling_options = ("num_inference_steps", "sampler")
+    samplers = tuple(DISCRETE_SAMPLERS)
+
+    transformer: PixelDiT
+    sampler: DiscreteSamplerSpec
+    defaults: PixelDefaults
+
+    card_sampler_keys = SAMPLER_KEYS + PROCESS_KEYS
+    package_sampler = {"name": "ddim", "timestep_spacing": "trailing"}
+    package_defaults = {"num_inference_steps": TTV_DEFAULT_STEPS, "guidance_scale": TTV_DEFAULT_GUIDANCE}
+
+    @staticmethod
+    def sampler_from_card(sampler: dict[str, Any]) -> DiscreteSamplerSpec:
+        """A card's ``sampler`` entry: the process (``num_train_timesteps``, betas, ``prediction_type``)
+        and the sampler's settings (``name``, ``timestep_spacing``, ``eta``, ...)."""
+        if not isinstance(sampler, dict):
+            raise KinemaError(f"sampler must be a JSON object; got {sampler!r}")
+        process = DDPM(**{k: sampler[k] for k in PROCESS_KEYS if k in sampler})
+        rest = {k: sampler[k] for k in SAMPLER_KEYS if k in sampler}
+        try:
+            return DiscreteSamplerSpec(noise=process, **rest)
+        except TypeError as e:
+            raise KinemaError(f"bad sampler entry {sampler!r}: {e}") from None
+
+    @classmethod
+    def model_rules(cls, transformer: Any, codec: Any, *, text_dim: int | None = None, card_defaults: dict | None = None,
+                    defaults: Any = None, sampler: Any = None, weights: int = 0, element_bytes: int = 4) -> ModelRules:  # fmt: skip
+        """Frames ``2k`` (whole time patches), sizes multiples of the spatial patch; any count of
+        frame groups (RoPE on time) and any size (the position table is resized)."""
+        if text_dim is not None:
+            raise CheckpointError(f"a pixel-dit model encodes text with its own encoder, not a {text_dim}-d frozen one")
+        pt, ph, pw = transformer.patch_size
+        memory = MemoryModel(
+            weights=weights,
+            latent_channels=transformer.in_channels,
+            temporal_compression=1,
+            spatial_compression=1,
+            tokens_per_latent_voxel=1 / (pt * ph * pw),
+            activation_per_token=7 * transformer.dim + transformer.ffn_dim,
+            codec_activation_per_pixel=0,
+            codec_frames_at_once=1,
+            element_bytes=element_bytes,
+        )
+        return ModelRules(
+            family="pixel-dit",
+            defaults=defaults if defaults is not None else PixelDefaults(**(card_defaults or {})),
+            temporal_multiple=pt,
+            frames_offset=0,
+            spatial_multiple=math.lcm(ph, pw),
+            sampling_options=cls.sampling_options,
+            samplers=cls.allowed_samplers(sampler),
+            memory=memory,
+        )
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> PromptStates:
+        """(B, max_length, text_dim) states, zero past each prompt's tokens, with the token mask."""
+        if self.text_encoder is None:
+            raise KinemaError("this pipeline was loaded without a text encoder; pass prompt_embeds= instead of a prompt")
+        states = self.text_encoder(prompts, device=self.device, dtype=self.transformer.compute_dtype)
+        ids, mask = self.text_encoder.tokenize(prompts)  # (B, L) each, L <= max_length
+        full = torch.zeros(states.shape[:2], dtype=torch.bool)
+        full[:, : mask.shape[1]] = mask
+        return PromptStates(states, full.to(self.device))
+
+    # -- the call ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        sampler: str | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        batch_cfg: bool | None = None,
+        **unknown: Any,
+    ) -> VideoOutput:
+        """Generate videos.
+
+        Args:
+            prompt: one prompt or a list (a batch). Or pass ``prompt_embeds`` (B, L, text_dim),
+                zero at padding.
+            negative_prompt: what to steer away from (one, or one per prompt); "" by default.
+            height, width: pixels, multiples of the spatial patch (16 for TTV-1B).
+            num_frames: a multiple of the temporal patch (2).
+            num_inference_steps: sampler steps (DDIM: 50 by default; DDPM: up to the 1,000 of training).
+            guidance_scale: ``uncond + s (cond - uncond)``, 7.5 by default; 1.0 or below runs no
+                unconditional pass.
+            num_videos_per_prompt: videos per prompt.
+            generator: a torch.Generator (or one per video) for the initial noise and DDPM's step
+                noise; or ``seed``.
+            seed: an integer seed (a CPU generator): the same seed gives the same video on CPU.
+            latents: the initial noise (B, 3, F, H, W) float32 instead of drawing it.
+            output_type: "np" (uint8 numpy frames), "pt" (uint8 torch frames) or "latent" (the
+                sampled pixels in [-1, 1] units, unclamped).
+            sampler: "ddim" or "ddpm" (None: the model's).
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None``.
+            callback: ``fn(Progress)`` at every stage and step; raising (``kinema.Cancelled``) stops.
+            progress_bar: show a progress bar on stderr.
+            batch_cfg: run the unconditional and conditional passes as one batch (default off).
+
+        Returns:
+            VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8.
+        """
+        request = self.check_call(
+            unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
+            prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, sampler=sampler, seed=seed,
+        )  # fmt: skip
+        spec = self.sampler.with_overrides(name=sampler)
+        if request.num_inference_steps > spec.noise.num_train_timesteps:
+            raise KinemaError(f"num_inference_steps must be at most {spec.noise.num_train_timesteps} (the model's training steps); got {request.num_inference_steps}")
+        reporter = Reporter(callback, progress_bar)
+        do_cfg = request.guidance_scale > 1.0
+
+        timings, t0 = {}, time.perf_counter()
+        with reporter.stage("text", 1, desc="text") as step:
+            cond, uncond = self.prompt_states(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt)
+            step(1)
+        batch = cond.batch_size
+        timings["text"] = time.perf_counter() - t0
+
+        shape = (batch, self.transformer.config.in_channels, request.num_frames, request.height, request.width)
+        generators = make_generators(generator, seed, batch)
+        if latents is None:
+            latents = initial_noise(shape, generators, self.device)
+        else:
+            check_latents(latents, shape)
+            latents = latents.to(self.device, torch.float32)
+
+        t0 = time.perf_counter()
+        sampler_, levels, timesteps = spec.build(request.num_inference_steps, device=self.device)
+        latents = self.denoise(
+            latents, lambda x, t, ctx: self.transformer(x, t, ctx), self.transformer.prepare_context,
+            cond, uncond, request.guidance_scale, sampler_, levels, timesteps, reporter,
+            batch_cfg=batch_cfg, callback=callback_on_step_end, generator=generators,
+        )  # fmt: skip
+        timings["denoise"] = time.perf_counter() - t0
+        return self.finish(latents, output_type, timings, lambda: self.codec.decode(latents), reporter)
