@@ -184,6 +184,8 @@ class GenerationRequest:
             value = getattr(request, name)
             if value is not None and (not is_int(value) or value < 1):
                 raise RequestError(f"{{0}} must be a positive integer; got {quoted(value)} (the model's default)", name)
+        if rules.max_steps is not None and request.num_inference_steps is not None and request.num_inference_steps > rules.max_steps:
+            raise RequestError(f"{{0}} must be at most {rules.max_steps:,} for this model (its training steps); got {request.num_inference_steps:,}", "num_inference_steps")
         rules.check_size(request.height, request.width, request.num_frames)
         if check_memory and free_bytes is not None:
             rules.check_memory(request, free_bytes, batch if batch is not None else request.batch)
@@ -307,6 +309,7 @@ class ModelRules:
     max_latent_frames: int | None = None  # positions the generator can tell apart along time
     max_latent_side: int | None = None  # ... along height and width
     memory: MemoryModel | None = None
+    max_steps: int | None = None  # the most sampling steps (a discrete process: its training steps)
     frames_offset: int = 1  # 1: a causal codec's first frame alone, then groups (t k + 1); 0: whole groups (t k, k >= 1)
 
     def check_size(self, height: int, width: int, num_frames: int) -> None:

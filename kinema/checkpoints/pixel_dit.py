@@ -18,7 +18,14 @@ import torch
 from ..errors import CheckpointError
 from ..models.pixel_dit import PixelDiT, PixelDiTConfig
 from ..schema import dataclass_to_dict, read_dataclass
-from .io import build_on_meta, load_into, load_sharded_safetensors, load_weights, read_json, resolve_config
+from .io import (
+    build_on_meta,
+    load_into,
+    load_sharded_safetensors,
+    load_weights,
+    read_json,
+    resolve_config,
+)
 
 CLASS_NAME = "PixelDiT"  # ``_class_name`` of the config.json
 WEIGHTS_STEM = "diffusion_pytorch_model"

@@ -39,7 +39,14 @@ from torch import nn
 from ..errors import KinemaError
 from ..schema import POSITIVE, check_ints, check_numbers, int_tuple
 from .attention import attention
-from .layers import layer_norm_fp32, mlp, modulate, randn_parameter, timestep_embedding, zero_embedding
+from .layers import (
+    layer_norm_fp32,
+    mlp,
+    modulate,
+    randn_parameter,
+    timestep_embedding,
+    zero_embedding,
+)
 from .rope import apply_rope, rope_1d
 
 ROPE_THETA = 10000.0  # base of the time axis' rotary frequencies

@@ -23,7 +23,14 @@ from ..request import MemoryModel, ModelRules
 from ..sampling import DISCRETE_SAMPLERS
 from ..sampling.ddpm import DiscreteSamplerSpec
 from ..sampling.noise import DDPM
-from .base import ProgressCallback, PromptStates, Reporter, check_latents, initial_noise, make_generators
+from .base import (
+    ProgressCallback,
+    PromptStates,
+    Reporter,
+    check_latents,
+    initial_noise,
+    make_generators,
+)
 from .diffusion import DiffusionPipeline, StepCallback
 from .output import VideoOutput
 
@@ -110,6 +117,7 @@ class PixelPipeline(DiffusionPipeline):
             spatial_multiple=math.lcm(ph, pw),
             sampling_options=cls.sampling_options,
             samplers=cls.allowed_samplers(sampler),
+            max_steps=sampler.noise.num_train_timesteps if sampler is not None else None,
             memory=memory,
         )
 
@@ -184,8 +192,6 @@ class PixelPipeline(DiffusionPipeline):
             guidance_scale=guidance_scale, sampler=sampler, seed=seed,
         )  # fmt: skip
         spec = self.sampler.with_overrides(name=sampler)
-        if request.num_inference_steps > spec.noise.num_train_timesteps:
-            raise KinemaError(f"num_inference_steps must be at most {spec.noise.num_train_timesteps} (the model's training steps); got {request.num_inference_steps}")
         reporter = Reporter(callback, progress_bar)
         do_cfg = request.guidance_scale > 1.0
 

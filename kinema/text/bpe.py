@@ -34,7 +34,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Any:
     The vocabulary holds the 256 byte symbols, ``<|endoftext|>`` and the merges learned (fewer when
     the texts run out of pairs). ``vocab_size`` must leave room for the bytes and the special token.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + 1:

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from kinema.errors import KinemaError
-from kinema.models.pixel_dit import PIXEL_DIT_PRESETS, PixelDiT, PixelDiTConfig, pool_text
+from kinema.models.pixel_dit import (
+    PIXEL_DIT_PRESETS,
+    PixelDiT,
+    PixelDiTConfig,
+    pool_text,
+)
+from tests.contracts import ModelContract
 
 
 def _tiny(seed: int = 0, **over) -> PixelDiT:
@@ -149,3 +155,27 @@ def test_bf16_keeps_the_float32_parts_and_stays_close():
 def test_bad_configs_are_one_line_errors(over, message):
     with pytest.raises(KinemaError, match=message):
         PixelDiTConfig(**{**dataclasses.asdict(PIXEL_DIT_PRESETS["ttv-tiny"]()), **over})
+
+
+# ------------------------------------------------------------------------------------------------
+# The model contract (tests/contracts.py): meta build, strict load, determinism, golden values,
+# bf16 with float32 parts (its own format: no external key map)
+# ------------------------------------------------------------------------------------------------
+class TestPixelDiTContract(ModelContract):
+    keeps_fp32 = True
+    bf16_output_dtype = torch.bfloat16
+    bf16_fp32_inputs = (1,)  # the timesteps
+    golden = [-0.10023792, -0.99407917, 0.18181509, -0.73383123, 0.11846751, 0.72596109, -1.12434101, 0.56458193, 0.96817827]
+
+    def build(self) -> PixelDiT:
+        return PixelDiT(PIXEL_DIT_PRESETS["ttv-tiny"]())
+
+    def inputs(self):
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 3, 4, 16, 16, generator=g)
+        states = torch.randn(2, 5, 16, generator=g)
+        states[1, 3:] = 0  # the second prompt padded
+        return x, torch.tensor([3.0, 870.0]), states
+
+    def golden_slice(self, out):
+        return torch.cat([out[0, :, 0, 0, :2].flatten(), out[1, 2, -1, -1, -3:]])

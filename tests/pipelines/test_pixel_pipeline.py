@@ -19,6 +19,7 @@ from kinema.errors import Cancelled, CheckpointError, KinemaError
 from kinema.pipelines.loading import check_before_loading, load_pipeline, resolve_model
 from kinema.pipelines.package import package_trained_model
 from kinema.training import train
+from tests.contracts import PipelineContract
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,7 +125,7 @@ def test_other_sizes_and_lengths_follow_the_patch_rule(pipe):
         ({"height": 18}, r"^height must be a positive multiple of 4 for this model; got 18, try 16 or 20$"),
         ({"shift": 3.0}, r"^shift does not apply to a pixel-dit model"),
         ({"sampler": "unipc"}, r"^sampler must be one of ddpm, ddim for a pixel-dit model; got 'unipc'$"),
-        ({"num_inference_steps": 1001}, r"^num_inference_steps must be at most 1000"),
+        ({"num_inference_steps": 1001}, r"^num_inference_steps must be at most 1,000 for this model \(its training steps\); got 1,001$"),
         ({"temperature": 0.5}, r"^temperature does not apply to a pixel-dit model"),
         ({"latents": torch.zeros(1, 3, 4, 16, 8)}, r"^latents .* must have shape \(1, 3, 4, 16, 16\)"),
         ({"prompt": None, "prompt_embeds": torch.zeros(1, 3, 5)}, r"prompt_embeds .*must have shape \(any, any, 16\)"),
@@ -144,6 +145,8 @@ def test_requests_are_checked_before_loading(model_dir):
         check_before_loading(layout, num_frames=3)
     with pytest.raises(KinemaError, match=r"sampler must be one of ddpm, ddim"):
         check_before_loading(layout, sampler="euler")
+    with pytest.raises(KinemaError, match=r"num_inference_steps must be at most 1,000"):
+        check_before_loading(layout, num_inference_steps=2000)
 
 
 def test_progress_and_cancel(pipe):
@@ -227,3 +230,10 @@ def test_a_wan_card_cannot_name_the_bpe_encoder(tmp_path):
     card = {"format": "kinema", "pipeline": "wan-t2v", "text_encoder": {"kind": "bpe", "max_length": 8}, "sampler": {"name": "unipc"}}
     with pytest.raises(CheckpointError, match=r"a wan-t2v model's text encoder is minilm; got 'bpe'"):
         check_card(card, tmp_path / "kinema.json")
+
+
+class TestPixelPipelineContract(PipelineContract):
+    """tests/contracts.py: the same video for the same seed, progress and cancellation."""
+
+    call = dict(prompt="a red square moving right", num_inference_steps=3, sampler="ddpm")  # DDPM: step noise from the seed too
+    stages = (("text", 1), ("denoise", 3), ("decode", 1))

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from kinema.errors import CheckpointError, KinemaError
-from kinema.text.bpe import END_OF_TEXT, OwnTextEncoder, load_bpe, load_own_text_encoder, tokenize, train_bpe
+from kinema.text.bpe import (
+    END_OF_TEXT,
+    OwnTextEncoder,
+    load_bpe,
+    load_own_text_encoder,
+    tokenize,
+    train_bpe,
+)
 
 CAPTIONS = [f"a {c} {s} moving {d}" for c in ("red", "green", "blue") for s in ("circle", "square") for d in ("left", "right", "up")] * 3
 

@@ -14,7 +14,12 @@ import yaml
 from kinema.checkpoints.io import load_safetensors
 from kinema.errors import KinemaError
 from kinema.training import load_config, train
-from kinema.training.loop import METRICS_FILE, _trainable, accumulate_gradients, enable_grad_checkpointing
+from kinema.training.loop import (
+    METRICS_FILE,
+    _trainable,
+    accumulate_gradients,
+    enable_grad_checkpointing,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
