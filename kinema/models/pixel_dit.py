@@ -166,7 +166,7 @@ class TextTower(nn.Module):
         b, n = ids.shape
         if n > c.text_len:
             raise ValueError(f"{n} text tokens; the text encoder takes at most text_len={c.text_len}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+        if ids.numel() and not ids.is_meta and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size}); got {int(ids.min())}..{int(ids.max())}")
         mask = mask.bool()
         x = self.token_embedding(ids) + self.position_embedding.weight[:n]  # (B, L, D)
