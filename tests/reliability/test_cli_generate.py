@@ -137,3 +137,28 @@ TOKEN_CASES = [
 def test_token_model_generate_refuses(flags, pattern, tmp_path, capsys):
     args = ["generate", "a red circle moving left", "--model", "shapes-ar", "-q", "-o", str(tmp_path / "out" / "clip.mp4"), *flags]
     assert_cli_refuses(args, capsys, tmp_path, pattern)
+
+
+PIXEL_CASES = [
+    (["--frames", "7"], r"--frames must be 2k for this model's time patch \(2, 4, 6, \.\.\.\); got 7, try 6 or 8"),
+    (["--frames", "0"], "--frames"),
+    (["--frames", "100002"], "--frames must be at most"),
+    (["--size", "60x64"], "width must be a positive multiple of 8"),
+    (["--size", "64x0"], "--size"),
+    (["--steps", "1001"], "--steps must be at most 1,000 for this model"),
+    (["--steps", "0"], "--steps"),
+    (["--shift", "3"], "--shift does not apply to a pixel-dit model"),
+    (["--sampler", "unipc"], "--sampler must be one of ddpm, ddim for a pixel-dit model"),
+    (["--sampler", "heun"], "invalid choice"),
+    (["--temperature", "0.5"], "--temperature does not apply to a pixel-dit model"),
+    (["--top-p", "0.9"], "--top-p does not apply"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--quantize", "fp8"], "fp8 quantisation is available for token-ar"),
+    (["--image", "missing.png"], "image"),
+]
+
+
+@pytest.mark.parametrize("flags, pattern", PIXEL_CASES, ids=lambda v: repr(v)[:60] if isinstance(v, list) else None)
+def test_pixel_model_generate_refuses(flags, pattern, tmp_path, capsys):
+    args = ["generate", "a red circle moving left", "--model", "shapes-pixel", "-q", "-o", str(tmp_path / "out" / "clip.mp4"), *flags]
+    assert_cli_refuses(args, capsys, tmp_path, pattern)
