@@ -67,6 +67,20 @@ def tiny_wan_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory) -> Path:
+    """A tiny pixel-dit model (configs/tiny-pixel.yaml after one step), packaged as kinema's layout."""
+    import yaml
+
+    from kinema.pipelines.package import package_trained_model
+    from kinema.training import train
+
+    base = tmp_path_factory.mktemp("reliability-pixel")
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "tiny-pixel.yaml").read_text())
+    exported = train({**config, "out_dir": str(base / "run"), "steps": 1}, progress=False)
+    return package_trained_model(exported, base / "model")
+
+
 def _without_eos(root: Path) -> Path:
     """``root`` with a tokenizer that adds no end-of-sequence token (as diffusers' own tiny test
     pipelines have): an empty prompt tokenizes to zero tokens."""

@@ -59,7 +59,8 @@ DIFFUSION_CASES = [
     (["--shift", "-2"], "--shift must be a finite number"),
     (["--shift", "nan"], "--shift must be a finite number"),
     (["--shift", "inf"], "--shift must be a finite number"),
-    (["--sampler", "ddim"], "invalid choice"),
+    (["--sampler", "ddim"], "--sampler must be one of euler, unipc for a wan-t2v model"),
+    (["--sampler", "heun"], "invalid choice"),
     # seeds
     (["--seed", "-1"], "--seed must be a whole number from 0 to 2\\*\\*64 - 1"),
     (["--seed", str(2**64)], "--seed must be a whole number from 0 to 2\\*\\*64 - 1"),
@@ -140,11 +141,11 @@ def test_token_model_generate_refuses(flags, pattern, tmp_path, capsys):
 
 
 PIXEL_CASES = [
-    (["--frames", "7"], r"--frames must be 2k for this model's time patch \(2, 4, 6, \.\.\.\); got 7, try 6 or 8"),
+    (["--frames", "7"], r"num_frames must be 2k for this model's time patch \(2, 4, 6, \.\.\.\); got 7, try 6 or 8"),
     (["--frames", "0"], "--frames"),
     (["--frames", "100002"], "--frames must be at most"),
-    (["--size", "60x64"], "width must be a positive multiple of 8"),
-    (["--size", "64x0"], "--size"),
+    (["--size", "62x64"], "width must be a positive multiple of 4"),
+    (["--size", "64x0"], "height must be a positive integer"),
     (["--steps", "1001"], "--steps must be at most 1,000 for this model"),
     (["--steps", "0"], "--steps"),
     (["--shift", "3"], "--shift does not apply to a pixel-dit model"),
@@ -159,6 +160,6 @@ PIXEL_CASES = [
 
 
 @pytest.mark.parametrize("flags, pattern", PIXEL_CASES, ids=lambda v: repr(v)[:60] if isinstance(v, list) else None)
-def test_pixel_model_generate_refuses(flags, pattern, tmp_path, capsys):
-    args = ["generate", "a red circle moving left", "--model", "shapes-pixel", "-q", "-o", str(tmp_path / "out" / "clip.mp4"), *flags]
+def test_pixel_model_generate_refuses(flags, pattern, tiny_pixel_dir, tmp_path, capsys):
+    args = ["generate", "a red circle moving left", "--model", str(tiny_pixel_dir), "-q", "-o", str(tmp_path / "out" / "clip.mp4"), *flags]
     assert_cli_refuses(args, capsys, tmp_path, pattern)
