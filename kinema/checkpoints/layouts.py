@@ -40,7 +40,7 @@ CARD_REQUIRED = ("format", "pipeline", "text_encoder", "sampler")
 
 # Models shipped inside the package (kinema/assets/<folder>), by name: they need no download.
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED_MODELS = {"shapes": "shapes", "shapes-ar": "shapes-ar", "shapes-pixel": "shapes-pixel"}
+SHIPPED_MODELS = {"shapes": "shapes", "shapes-ar": "shapes-ar"}
 DEFAULT_MODEL = "shapes"  # what `kinema generate` uses without --model
 
 
