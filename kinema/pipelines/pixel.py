@@ -126,11 +126,7 @@ class PixelPipeline(DiffusionPipeline):
         """(B, max_length, text_dim) states, zero past each prompt's tokens, with the token mask."""
         if self.text_encoder is None:
             raise KinemaError("this pipeline was loaded without a text encoder; pass prompt_embeds= instead of a prompt")
-        states = self.text_encoder(prompts, device=self.device, dtype=self.transformer.compute_dtype)
-        ids, mask = self.text_encoder.tokenize(prompts)  # (B, L) each, L <= max_length
-        full = torch.zeros(states.shape[:2], dtype=torch.bool)
-        full[:, : mask.shape[1]] = mask
-        return PromptStates(states, full.to(self.device))
+        return PromptStates(*self.text_encoder.encode_padded(prompts, device=self.device, dtype=self.transformer.compute_dtype))
 
     # -- the call ----------------------------------------------------------------------------------
     @torch.no_grad()

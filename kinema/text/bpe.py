@@ -99,18 +99,25 @@ class OwnTextEncoder:
         self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
         self.dim = int(model.config.text_dim)
 
-    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return tokenize(self.tokenizer, prompts, self.max_length)
+    def __call__(self, prompts: Sequence[str], *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.encode_padded(prompts, device=device, dtype=dtype)[0]
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[str], *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def encode_padded(
+        self, prompts: Sequence[str], *, max_length: int | None = None, device: Any = None, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_length, dim) states, zero past each prompt's tokens, and the (B, max_length) bool
+        token mask (:class:`kinema.text.MaskedTextEncoder`); the prompts are tokenized once."""
         if isinstance(prompts, str):
             raise KinemaError("pass a list of prompts")
-        ids, mask = self.tokenize(prompts)
+        length = max_length or self.max_length
+        ids, mask = tokenize(self.tokenizer, prompts, length)
         states = self.model.encode_text(ids, mask).float()  # (B, L, dim), zero at padding
-        out = torch.zeros(len(prompts), self.max_length, self.dim)
+        out = torch.zeros(len(prompts), length, self.dim)
         out[:, : states.shape[1]] = states.cpu()
-        return out.to(device=device or "cpu", dtype=dtype or torch.float32)
+        full = torch.zeros(len(prompts), length, dtype=torch.bool)
+        full[:, : mask.shape[1]] = mask
+        return out.to(device=device or "cpu", dtype=dtype or torch.float32), full.to(device or "cpu")
 
 
 def load_own_text_encoder(folder: str | os.PathLike, model: torch.nn.Module, max_length: int) -> OwnTextEncoder:

@@ -85,5 +85,7 @@ def test_the_encoder_returns_zero_padded_states_to_max_length():
     assert states.shape == (2, 8, 16) and states.dtype == torch.float32
     assert (states[0, :4].abs().sum(-1) > 0).all() and (states[0, 4:] == 0).all() and (states[1, 1:] == 0).all()
     torch.testing.assert_close(enc(["a red circle"])[0], states[0], rtol=0, atol=1e-6)  # alone or in a batch
+    padded, mask = enc.encode_padded(["a red circle", ""])
+    assert torch.equal(padded, states) and mask.sum(1).tolist() == [4, 1] and mask.shape == (2, 8)
     with pytest.raises(KinemaError, match="pass a list of prompts"):
         enc("a red circle")
