@@ -14,6 +14,7 @@ from kinema.models.pixel_dit import (
     PixelDiT,
     PixelDiTConfig,
     pool_text,
+    sincos_2d,
 )
 from tests.contracts import ModelContract
 
@@ -89,6 +90,22 @@ def test_the_base_grid_uses_the_learned_table_as_it_is_and_others_resize_it_bili
     # doubling the grid: bilinear (align_corners=False) keeps the mean of the table
     big, _, _ = model.positions((1, 2 * c.base_grid[0], 2 * c.base_grid[1]), torch.device("cpu"))
     torch.testing.assert_close(big.mean(0), model.pos_embedding.float().mean(0), rtol=0, atol=1e-6)
+
+
+def test_the_position_table_starts_from_2d_sincos_with_a_distinct_row_per_patch():
+    torch.manual_seed(0)
+    model = PixelDiT(dataclasses.replace(PIXEL_DIT_PRESETS["ttv-tiny"](), dim=36, num_heads=2))  # 36: 9 frequencies per half-axis
+    model.init_weights()
+    h, w = model.config.base_grid
+    table = model.pos_embedding.detach()
+    omega = 1.0 / 10000.0 ** (torch.arange(9, dtype=torch.float64) / 9)
+    row, col = 2 * w + 3, 1  # patch (2, 3) and patch (0, 1)
+    expected = torch.cat([(2 * omega).sin(), (2 * omega).cos(), (3 * omega).sin(), (3 * omega).cos()]).float()
+    torch.testing.assert_close(table[row], expected, rtol=0, atol=1e-6)
+    assert torch.equal(table[col, :18], sincos_2d(1, 1, 36)[0, :18])  # row 0: sin 0, cos 0
+    # every patch of the grid has its own row (unlike N(0, 0.02) rows after training, nearly all alike)
+    assert torch.cdist(table, table).add(torch.eye(h * w) * 10).min() > 0.1
+    assert torch.equal(sincos_2d(2, 2, 10)[:, 8:], torch.zeros(4, 2))  # the channels past 4 * (dim // 4) stay zero
 
 
 def test_time_rope_makes_the_model_see_the_order_of_frame_groups():
