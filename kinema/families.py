@@ -68,6 +68,31 @@ def text_encoder_kind(name: Any, *, card: bool = False) -> TextEncoderKind:
 
 
 # ------------------------------------------------------------------------------------------------
+# Image encoders
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageEncoderKind:
+    """An image encoder (image-to-video): pictures -> (N, tokens, dim) features for the generator.
+
+    A family that names one loads it from a checkpoint's layout with its checkpoints module's
+    ``image_encoder(layout, dtype, device)``.
+    """
+
+    name: str
+    description: str
+    encoder: str  # "module:class" of what the loader returns
+    folders: tuple[str, ...]  # its folders in a diffusers layout (model, then preprocessing)
+
+
+IMAGE_ENCODERS: dict[str, ImageEncoderKind] = {
+    "clip-vision": ImageEncoderKind(
+        "clip-vision", "a CLIP ViT vision tower's penultimate-layer tokens (Wan 2.1 I2V: ViT-H/14, 257 x 1280)",
+        "kinema.image.clip:CLIPImageEncoder", ("image_encoder", "image_processor"),
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------
 # Video codecs
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -136,6 +161,7 @@ class Family:
     cards: bool = True  # kinema's own layout (a kinema.json card beside the components) exists for it
     quantize: tuple[str, ...] = ()  # weight storage schemes its loader takes (load_pipeline(quantize=...))
     own_text: bool = False  # its text encoder trains with it (a TEXT_ENCODERS kind with a folder), not a frozen one
+    image_encoder: str | None = None  # an IMAGE_ENCODERS key: the family makes clips from pictures with it
 
     @property
     def codec_folder(self) -> str | None:
@@ -170,6 +196,20 @@ FAMILIES: dict[str, Family] = {
         sources="diffusers or original Wan layout",
         training="wan-transformer",
         diffusers_pipelines=("WanPipeline",),
+    ),
+    "wan-i2v": Family(
+        "wan-i2v",
+        "Wan 2.1 image-to-video: the Wan transformer with an image branch, CLIP ViT-H/14 image features, causal 3D VAE",
+        presets="kinema.models.wan:WAN_I2V_PRESETS",
+        model="kinema.models.wan:WanTransformer",
+        checkpoints="kinema.checkpoints.wan",
+        pipeline="kinema.pipelines.wan_i2v:WanImageToVideoPipeline",
+        codec="wan-vae",
+        sources="diffusers or original Wan layout",
+        diffusers_pipelines=("WanImageToVideoPipeline",),
+        diffusers_components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "image_encoder", "image_processor"),
+        cards=False,
+        image_encoder="clip-vision",
     ),
     "ltx-video": Family(
         "ltx-video",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -146,6 +147,8 @@ class GenerationRequest:
             names = ", ".join(f"{{{i}}}" for i in range(len(given)))
             options = ", ".join(f"{{{len(given) + i}}}" for i in range(len(takes))) or "none"
             raise RequestError(f"{names} does not apply to a {rules.family} model; its sampling options are {options}", *given, *takes)
+        if self.image is None and rules.requires_image:
+            raise RequestError(f"a {rules.family} model makes a clip from a picture: give {{0}} (the first frame)", "image")
         if self.image is not None and not rules.supports_image:
             raise RequestError(f"{{0}} needs a model that does image-to-video; this is a {rules.family} model (text-to-video only)", "image")
         if self.video is not None and not rules.supports_video:
@@ -305,12 +308,24 @@ class ModelRules:
     samplers: tuple[str, ...] = ()
     supports_image: bool = False
     supports_video: bool = False
+    requires_image: bool = False  # image-to-video only (Wan 2.1 I2V): no clip without a picture
+    image_size_rule: bool = False  # a size left out comes from the picture: :meth:`size_for_image`
     quantize: tuple[str, ...] = ()
     max_latent_frames: int | None = None  # positions the generator can tell apart along time
     max_latent_side: int | None = None  # ... along height and width
     memory: MemoryModel | None = None
     max_steps: int | None = None  # the most sampling steps (a discrete process: its training steps)
     frames_offset: int = 1  # 1: a causal codec's first frame alone, then groups (t k + 1); 0: whole groups (t k, k >= 1)
+
+    def size_for_image(self, image_height: int, image_width: int) -> tuple[int, int]:
+        """Wan's image-to-video size rule (``WanI2V.generate``): the clip keeps the picture's aspect
+        ratio within the area of the default size, each side rounded down to ``spatial_multiple``
+        (at least one multiple). For a square picture and the 480 x 832 default: 624 x 624."""
+        area, s = self.defaults.height * self.defaults.width, self.spatial_multiple
+        aspect = image_height / image_width
+        h = int(math.sqrt(area * aspect) // s) * s
+        w = int(math.sqrt(area / aspect) // s) * s
+        return max(s, h), max(s, w)
 
     def check_size(self, height: int, width: int, num_frames: int) -> None:
         """Frames ``t k + 1``, sizes multiples of the stride (or a token model's one size), within

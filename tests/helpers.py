@@ -108,6 +108,69 @@ def save_diffusers_wan_pipeline(directory: Path, scheduler: str = "unipc", shift
     return pipe
 
 
+# A CLIP vision tower as Wan's original layout can hold it: width 1,280 (the original WanModel's
+# image MLP hard-codes it) in heads of 80, but two layers, a narrow feed-forward and a 28-pixel
+# picture (2 x 2 patches of 14, plus the class token: 5 tokens).
+TINY_WAN_CLIP = dict(hidden_size=1280, intermediate_size=32, num_hidden_layers=2, num_attention_heads=16, image_size=28,
+                     patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)  # fmt: skip
+
+
+def make_clip_vision(seed: int = 0):
+    """A tiny random transformers CLIPVisionModel (Wan's width) and the CLIPImageProcessor for it."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModel(CLIPVisionConfig(**TINY_WAN_CLIP)).eval()
+    with torch.no_grad():  # norms start at one and zero: perturb them so that a wrong key map cannot pass
+        for name, p in model.named_parameters():
+            if "layer_norm" in name or "layrnorm" in name or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    size = TINY_WAN_CLIP["image_size"]
+    return model, CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def make_diffusers_wan_i2v_pipeline(shift: float = 3.0, seed: int = 0):
+    """A tiny random diffusers ``WanImageToVideoPipeline`` (fp32): the T2V parts, a transformer with
+    the image branch (in_channels 36, image_dim 1280) and a tiny CLIP vision tower."""
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    if not hasattr(pipeline_wan_i2v, "ftfy"):  # diffusers 0.42's I2V calls ftfy.fix_text even when ftfy is absent
+        import types  # (its T2V pipeline skips it then); on the ASCII prompts of the tests fix_text changes nothing
+
+        pipeline_wan_i2v.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(**TINY_WAN_VAE)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(**{**TINY_WAN_TRANSFORMER, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 24})
+    with torch.no_grad():  # its image MLP's norms too
+        for name, p in transformer.named_parameters():
+            if "image_embedder.norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    text_encoder = make_umt5(seed, d_model=32)
+    image_encoder, image_processor = make_clip_vision(seed)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+    return WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=sched,
+        image_encoder=image_encoder, image_processor=image_processor,
+    )  # fmt: skip
+
+
+def save_diffusers_wan_i2v_pipeline(directory: Path, shift: float = 3.0, seed: int = 0):
+    """Write a tiny diffusers-format Wan image-to-video directory and return the diffusers pipeline."""
+    pipe = make_diffusers_wan_i2v_pipeline(shift, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    pipe.register_modules(tokenizer=make_tokenizer())
+    pipe.save_pretrained(str(directory), safe_serialization=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class Evil:
     """Unpickling this runs code: a checkpoint holding it must be refused, never executed."""
 
@@ -128,10 +191,10 @@ def save_original_wan_layout(diffusers_dir: Path, root: Path) -> Path:
 
     from safetensors.torch import load_file, save_file
 
-    from kinema.checkpoints.t5_keys import WAN_T5_KEYS
-    from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
     from kinema.checkpoints import wan as wan_ckpt
     from kinema.checkpoints import wan_vae as wan_vae_ckpt
+    from kinema.checkpoints.t5_keys import WAN_T5_KEYS
+    from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
     from kinema.checkpoints.wan_vae import diffusers_keys, original_keys
 
     root.mkdir(parents=True, exist_ok=True)
@@ -148,6 +211,25 @@ def save_original_wan_layout(diffusers_dir: Path, root: Path) -> Path:
     t5 = {k: v for k, v in load_file(diffusers_dir / "text_encoder" / "model.safetensors").items() if k != "encoder.embed_tokens.weight"}
     torch.save(WAN_T5_KEYS.to_theirs(t5), root / "models_t5_umt5-xxl-enc-bf16.pth")
     shutil.copytree(diffusers_dir / "tokenizer", root / "google" / "umt5-xxl")
+    return root
+
+
+def save_original_wan_i2v_layout(diffusers_dir: Path, root: Path) -> Path:
+    """Rewrite a diffusers-format Wan image-to-video directory in the original release layout: as
+    :func:`save_original_wan_layout`, plus ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``
+    holding the vision tower with Wan's keys (and, as the real file, a text tower, a logit scale
+    and a vision head that kinema must skip)."""
+    from safetensors.torch import load_file
+
+    from kinema.checkpoints.clip_keys import to_wan_original
+
+    save_original_wan_layout(diffusers_dir, root)
+    vision = {k.removeprefix("vision_model."): v for k, v in load_file(diffusers_dir / "image_encoder" / "model.safetensors").items()}
+    state = to_wan_original(vision)
+    dim = state["visual.pre_norm.weight"].shape[0]
+    state.update({"visual.head": torch.randn(dim, 8), "log_scale": torch.tensor(2.0),
+                  "textual.token_embedding.weight": torch.randn(10, 8), "textual.blocks.0.attn.q.weight": torch.randn(8, 8)})  # fmt: skip
+    torch.save(state, root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     return root
 
 
@@ -208,7 +290,11 @@ LTX_SCHEDULER_CONFIG = dict(
 def make_diffusers_ltx_pipeline(seed: int = 0, pipeline: str = "LTXPipeline", vae: dict | None = None, scheduler: dict | None = None):
     """A tiny random diffusers ``LTXPipeline`` (or ``LTXImageToVideoPipeline``) in float32."""
     import diffusers
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXVideoTransformer3DModel,
+    )
 
     torch.manual_seed(seed)
     transformer = LTXVideoTransformer3DModel(**TINY_LTX_TRANSFORMER)
@@ -247,13 +333,11 @@ def save_original_ltx_layout(diffusers_dir: Path, root: Path, name: str = "ltx-v
 
     from safetensors.torch import load_file
 
-    from kinema.checkpoints.io import save_safetensors
-    from kinema.checkpoints.ltx import DIFFUSERS_KEYS, ORIGINAL_KEYS
-    from kinema.checkpoints.ltx_vae import ORIGINAL_KEYS as VAE_ORIGINAL_KEYS
-    from kinema.checkpoints.ltx_vae import ORIGINAL_PREFIX
     from kinema.checkpoints import ltx as ltx_ckpt
-    from kinema.checkpoints.ltx import SINGLE_FILE_PREFIX
-    from kinema.checkpoints.ltx_vae import load_ltx_vae
+    from kinema.checkpoints.io import save_safetensors
+    from kinema.checkpoints.ltx import DIFFUSERS_KEYS, ORIGINAL_KEYS, SINGLE_FILE_PREFIX
+    from kinema.checkpoints.ltx_vae import ORIGINAL_KEYS as VAE_ORIGINAL_KEYS
+    from kinema.checkpoints.ltx_vae import ORIGINAL_PREFIX, load_ltx_vae
 
     root.mkdir(parents=True, exist_ok=True)
     tcfg = ltx_ckpt.from_diffusers(json.loads((diffusers_dir / "transformer" / "config.json").read_text()))

@@ -377,22 +377,23 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 ORIGINAL_VAE = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
 ORIGINAL_T5 = ("models_t5_umt5-xxl-enc-bf16.pth", "models_t5_umt5-xxl-enc-bf16.safetensors")
 ORIGINAL_TOKENIZER = "google/umt5-xxl"
-ORIGINAL_SHIFT = {"t2v": 5.0}  # wan/configs: sample_shift per task
+ORIGINAL_CLIP = ("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors")
+ORIGINAL_SHIFT = {"t2v": 5.0, "i2v": 5.0}  # generate.py: sample_shift 5.0 ...
+ORIGINAL_I2V_480P_SHIFT = 3.0  # ... but 3.0 for image-to-video at 832 x 480 (either orientation)
+ORIGINAL_FAMILY = {"t2v": "wan-t2v", "i2v": "wan-i2v"}
 
 
 def detect(root: Path) -> Any:
     """The original Wan 2.1 layout at ``root`` (``config.json`` with ``model_type`` beside
     ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
     and ``google/umt5-xxl/``), or None when ``root`` is not one."""
-    from ..errors import KinemaError
     from .layouts import ModelLayout
 
     if not (root / "config.json").is_file():
         return None
     config = read_json(root / "config.json")
-    if config.get("model_type") == "i2v":
-        raise KinemaError(f"{root} is a Wan image-to-video model; the image-to-video pipeline is not available yet")
-    if config.get("model_type") not in ORIGINAL_SHIFT:
+    model_type = config.get("model_type")
+    if model_type not in ORIGINAL_FAMILY:
         return None
 
     def first(names: tuple[str, ...], what: str) -> Path:
@@ -411,7 +412,9 @@ def detect(root: Path) -> Any:
         "text_encoder": first(ORIGINAL_T5, "text_encoder"),
         "tokenizer": tokenizer,
     }
-    return ModelLayout("wan-original", "wan-t2v", root, components)
+    if model_type == "i2v":
+        components["image_encoder"] = first(ORIGINAL_CLIP, "image_encoder")
+    return ModelLayout("wan-original", ORIGINAL_FAMILY[model_type], root, components)
 
 
 def generator_config(layout: Any) -> WanTransformerConfig:
@@ -435,10 +438,25 @@ def text_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = No
     return T5TextEncoder.from_wan_original(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
 
 
+def image_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = None) -> Any:
+    """The CLIP vision tower of an image-to-video layout: diffusers' ``image_encoder/`` and
+    ``image_processor/``, or the original ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``."""
+    from ..image.clip import CLIPImageEncoder
+
+    c = layout.components
+    if layout.format == "diffusers":
+        return CLIPImageEncoder.from_diffusers(c["image_encoder"], c["image_processor"], dtype=dtype, device=device)
+    return CLIPImageEncoder.from_wan_original(c["image_encoder"], dtype=dtype, device=device)
+
+
 def sampler(layout: Any) -> Any:
-    """The diffusers scheduler config's sampler; the original release's default (UniPC, shift 5)."""
+    """The diffusers scheduler config's sampler; the original release's defaults: UniPC, shift 5,
+    and for image-to-video 3 at 832 x 480 (Wan's generate.py picks it from the size)."""
     from ..sampling import SamplerSpec
 
     if layout.format == "diffusers":
         return SamplerSpec.from_diffusers(read_json(layout.components["scheduler"] / "scheduler_config.json"))
+    if layout.pipeline == "wan-i2v":
+        area_shift = ((480 * 832, ORIGINAL_I2V_480P_SHIFT), (480 * 832 + 1, ORIGINAL_SHIFT["i2v"]))
+        return SamplerSpec(name="unipc", shift=ORIGINAL_SHIFT["i2v"], area_shift=area_shift)
     return SamplerSpec(name="unipc", shift=ORIGINAL_SHIFT["t2v"])

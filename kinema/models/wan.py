@@ -87,6 +87,9 @@ class WanTransformerConfig:
 WAN_PRESETS: dict[str, Callable[[], WanTransformerConfig]] = {
     "wan2.1-t2v-1.3b": lambda: WanTransformerConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": lambda: WanTransformerConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+}
+# Image-to-video (the wan-i2v family): the 14B transformer with 36 input channels and the image branch.
+WAN_I2V_PRESETS: dict[str, Callable[[], WanTransformerConfig]] = {
     "wan2.1-i2v-14b": lambda: replace(WAN_PRESETS["wan2.1-t2v-14b"](), in_dim=36, image_dim=WAN_CLIP_DIM),
 }
 

@@ -27,7 +27,7 @@ def reconstruct_frames(frames: np.ndarray | torch.Tensor, codec: Any) -> np.ndar
 
 def _as_array(x: Any) -> np.ndarray | torch.Tensor:
     if hasattr(x, "convert") and hasattr(x, "size"):  # a PIL image, without importing PIL
-        return np.asarray(x.convert("RGB"))
+        return np.array(x.convert("RGB"))  # a writable copy (torch warns on PIL's read-only buffer)
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return x
     raise KinemaError(f"expected an image (PIL image, numpy array or torch tensor); got {type(x).__name__}")
@@ -104,16 +104,17 @@ def videos_to_tensor(video: Any) -> torch.Tensor:
     return t.permute(0, 4, 1, 2, 3).contiguous()  # (N, 3, F, H, W)
 
 
-def resize_and_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_and_crop(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
     """Scale (..., H, W) frames to cover ``height`` x ``width``, keeping the aspect ratio, then crop
-    the centre: LTX-Video's own rule (bilinear, ``resize_and_crop_tensor``). Unchanged at that size."""
+    the centre: LTX-Video's own rule (bilinear, ``resize_and_crop_tensor``; Wan's pictures use
+    ``mode="bicubic"``, as Wan resizes them). Unchanged at that size."""
     h, w = x.shape[-2:]
     if (h, w) == (height, width):
         return x
     ratio = max(height / h, width / w)
     rh, rw = max(height, int(h * ratio)), max(width, int(w * ratio))
     lead = x.shape[:-2]
-    y = F.interpolate(x.reshape(-1, 1, h, w), size=(rh, rw), mode="bilinear", align_corners=False)  # channels alike
+    y = F.interpolate(x.reshape(-1, 1, h, w), size=(rh, rw), mode=mode, align_corners=False)  # channels alike
     y = y.reshape(*lead, rh, rw)
     top, left = (rh - height) // 2, (rw - width) // 2
     return y[..., top : top + height, left : left + width]

@@ -165,4 +165,7 @@ def load_pipeline(
     else:
         text_encoder = formats.text_encoder(layout, dtype=dtype, device=device)
         sampler = formats.sampler(layout)
-    return cls(generator, codec, text_encoder, sampler, defaults=defaults, device=device)
+    extra = {}
+    if fam.image_encoder is not None:  # image-to-video: the layout's picture encoder
+        extra["image_encoder"] = formats.image_encoder(layout, dtype=dtype, device=device)
+    return cls(generator, codec, text_encoder, sampler, defaults=defaults, device=device, **extra)

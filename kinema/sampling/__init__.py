@@ -225,6 +225,9 @@ class SamplerSpec:
     # resolution_shift_schedule, stretched to end at shift_terminal. None: the sampler's own schedule.
     resolution_shift: ResolutionShift | None = None
     shift_terminal: float | None = None  # last sigma before 0 (LTX-Video: 0.1); euler only (a static shift or resolution_shift)
+    # Wan's original image-to-video rule (generate.py): the shift follows the frame area, as
+    # ((most pixels, shift), ...) in rising order, the last one also above; None: ``shift`` at every size.
+    area_shift: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -252,6 +255,14 @@ class SamplerSpec:
     def from_diffusers(cls, config: Mapping[str, Any]) -> SamplerSpec:
         """From a diffusers ``scheduler/scheduler_config.json`` dict; see :func:`sampling_from_scheduler_config`."""
         return sampling_from_scheduler_config(config)
+
+    def for_size(self, height: int, width: int) -> SamplerSpec:
+        """The spec at a frame size: with ``area_shift``, its shift for ``height * width`` pixels."""
+        if self.area_shift is None:
+            return self
+        area = height * width
+        shift = next((s for most, s in self.area_shift if area <= most), self.area_shift[-1][1])
+        return replace(self, shift=shift)
 
     def with_overrides(self, name: str | None = None, shift: float | None = None) -> SamplerSpec:
         """A copy with another sampler and/or shift; ``None`` keeps the current one. Switching to

@@ -11,7 +11,12 @@ from kinema.checkpoints import wan as wan_ckpt
 from kinema.checkpoints.io import build_on_meta, module_pattern
 from kinema.checkpoints.wan import DIFFUSERS_KEYS, ORIGINAL_KEYS
 from kinema.errors import CheckpointError, KinemaError
-from kinema.models.wan import WAN_PRESETS, WanTransformer, WanTransformerConfig
+from kinema.models.wan import (
+    WAN_I2V_PRESETS,
+    WAN_PRESETS,
+    WanTransformer,
+    WanTransformerConfig,
+)
 from tests.contracts import ModelContract
 
 TINY = WanTransformerConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=2, text_dim=32, rope_max_seq_len=32)
@@ -44,20 +49,20 @@ def _inputs(config: WanTransformerConfig = TINY, batch: int = 1, seed: int = 1):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(PRESET_PARAMETERS))
 def test_preset_parameter_counts(name):
-    model = build_on_meta(lambda: WanTransformer(WAN_PRESETS[name]()))
+    model = build_on_meta(lambda: WanTransformer({**WAN_PRESETS, **WAN_I2V_PRESETS}[name]()))
     assert model.num_parameters() == PRESET_PARAMETERS[name]
 
 
 def test_i2v_preset_count_equals_diffusers():
     diffusers = pytest.importorskip("diffusers")
-    config = WAN_PRESETS["wan2.1-i2v-14b"]()
+    config = WAN_I2V_PRESETS["wan2.1-i2v-14b"]()
     with torch.device("meta"):
         reference = diffusers.WanTransformer3DModel(**{k: v for k, v in wan_ckpt.to_diffusers(config).items() if not k.startswith("_")})
     assert sum(p.numel() for p in reference.parameters()) == PRESET_PARAMETERS["wan2.1-i2v-14b"]
 
 
 def test_preset_keys_map_both_ways():
-    state = build_on_meta(lambda: WanTransformer(WAN_PRESETS["wan2.1-i2v-14b"]())).state_dict()
+    state = build_on_meta(lambda: WanTransformer(WAN_I2V_PRESETS["wan2.1-i2v-14b"]())).state_dict()
     assert DIFFUSERS_KEYS.to_ours(DIFFUSERS_KEYS.to_theirs(state)).keys() == state.keys()
     assert ORIGINAL_KEYS.to_theirs(state).keys() == state.keys()
 
@@ -82,16 +87,17 @@ DIFFUSERS_I2V_14B = {
 def test_published_configs_give_the_presets():
     assert wan_ckpt.from_original(ORIGINAL_1_3B) == WAN_PRESETS["wan2.1-t2v-1.3b"]()
     assert wan_ckpt.from_diffusers(DIFFUSERS_1_3B) == WAN_PRESETS["wan2.1-t2v-1.3b"]()
-    assert wan_ckpt.from_diffusers(DIFFUSERS_I2V_14B) == WAN_PRESETS["wan2.1-i2v-14b"]()
-    i2v = WAN_PRESETS["wan2.1-i2v-14b"]()
+    assert wan_ckpt.from_diffusers(DIFFUSERS_I2V_14B) == WAN_I2V_PRESETS["wan2.1-i2v-14b"]()
+    i2v = WAN_I2V_PRESETS["wan2.1-i2v-14b"]()
     assert wan_ckpt.from_original(wan_ckpt.to_original(i2v)) == i2v
     assert wan_ckpt.from_diffusers(wan_ckpt.to_diffusers(i2v)) == i2v
 
 
 def test_config_inferred_from_weights():
     for name in ("wan2.1-t2v-1.3b", "wan2.1-i2v-14b"):
-        state = build_on_meta(lambda: WanTransformer(WAN_PRESETS[name]())).state_dict()
-        assert wan_ckpt.from_weights(state) == WAN_PRESETS[name]()
+        preset = {**WAN_PRESETS, **WAN_I2V_PRESETS}[name]
+        state = build_on_meta(lambda: WanTransformer(preset())).state_dict()
+        assert wan_ckpt.from_weights(state) == preset()
 
 
 def test_unsupported_configs_raise():
