@@ -36,11 +36,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str) -> tuple[int, int] | None:
+    if text.strip().lower() == "auto":  # the model's own choice: its default, or from the picture (Wan's image-to-video)
+        return None
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT, e.g. 832x480; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT, e.g. 832x480, or auto; got {text!r}") from None
     return w, h
 
 
@@ -64,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="model directory (kinema, diffusers, original Wan or original LTX-Video layout) or a shipped model's name (default: shapes, inside the package)",
     )  # fmt: skip
     g.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT, e.g. 832x480 (default: the model's)")
+    g.add_argument(
+        "--size", type=_size, default=None,
+        help="WIDTHxHEIGHT, e.g. 832x480, or auto (the default): the model's size; with --image on a Wan image-to-video model, "
+        "the picture's aspect ratio within the model's area, as Wan does",
+    )  # fmt: skip
     g.add_argument("--frames", type=int, default=None, help="number of frames: 4k+1 for Wan, 8k+1 for LTX-Video, tk+1 for a token-ar model whose tokenizer compresses time t times, 2k for a pixel-dit model (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")

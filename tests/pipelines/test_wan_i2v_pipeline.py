@@ -219,3 +219,25 @@ class TestWanI2VPipelineContract(PipelineContract):
 
     call = dict(prompt=PROMPT, image=_picture(32, 32, seed=7), guidance_scale=3.0, **CALL)
     stages = (("text", 1), ("image", 2), ("denoise", CALL["num_inference_steps"]), ("decode", 1))
+
+
+def test_cli_makes_a_clip_from_a_picture_and_refuses_without_one(model, tmp_path, capsys):
+    from kinema.cli import main
+    from kinema.video import read_video
+
+    picture = tmp_path / "first.png"
+    _picture(48, 64, seed=9).save(picture)
+    out = tmp_path / "clip.mp4"
+    common = ["generate", PROMPT, "--model", str(model[0]), "--frames", "9", "--steps", "2", "--guidance", "2"]
+    assert main([*common, "--image", str(picture), "--size", "32x32", "-o", str(out)]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (9, 32, 32, 3) and fps == 16
+    capsys.readouterr()
+    assert main([*common, "-o", str(tmp_path / "none.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "give --image" in err and err.count("\n") == 1 and not (tmp_path / "none.mp4").exists()
+    # --size auto (or no --size): Wan's rule from the picture, here 544 x 720 at the 480 x 832 area,
+    # more than this tiny model's positions cover (512 pixels a side), which says so in one line
+    assert main([*common, "--image", str(picture), "--size", "auto", "-o", str(tmp_path / "auto.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "got 544x720" in err and err.count("\n") == 1
