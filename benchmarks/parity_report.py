@@ -1,4 +1,5 @@
-"""Print kinema's max abs difference from diffusers for each Wan component and LTX-Video pipeline, in fp32.
+"""Print kinema's max abs difference from diffusers for each Wan component (text- and image-to-video)
+and LTX-Video pipeline, in fp32.
 
 The same measurements the parity tests assert (limit 1e-4), printed as figures: tiny random
 components are built by diffusers, saved with ``save_pretrained``, loaded through kinema's real
@@ -74,6 +75,7 @@ def main() -> None:
         ours_video = (pipe.decode_latents(out.latents) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
         rows.append(("pipeline video in [0, 1]", max_diff(ours_video, ref_video), 1.0))
 
+        rows += wan_i2v_rows(Path(tmp))
         rows += ltx_rows(Path(tmp))
 
     print(f"{'component (fp32, vs diffusers)':40s} {'max abs diff':>12s} {'max |ref|':>10s}")
@@ -82,6 +84,52 @@ def main() -> None:
     worst = max(d for _, d, _ in rows)
     print(f"worst: {worst:.2e} (limit 1e-4): {'OK' if worst <= 1e-4 else 'FAIL'}")
     sys.exit(0 if worst <= 1e-4 else 1)
+
+
+@torch.no_grad()
+def wan_i2v_rows(tmp: Path) -> list[tuple[str, float, float]]:
+    """Wan image-to-video: the CLIP image encoder, the transformer with image states, the whole
+    pipeline (same picture, same latents, UniPC, guidance 4), and the original release layout."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.helpers import save_diffusers_wan_i2v_pipeline, save_original_wan_i2v_layout
+
+    root = tmp / "wan-i2v"
+    ref = save_diffusers_wan_i2v_pipeline(root, shift=3.0)
+    pipe = kinema.load_pipeline(root, device="cpu", dtype="float32")
+    original = kinema.load_pipeline(save_original_wan_i2v_layout(root, tmp / "wan-i2v-original"), device="cpu", dtype="float32")
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    rng = np.random.RandomState(0)
+    wide = Image.fromarray(rng.randint(0, 256, (40, 56, 3), dtype=np.uint8))  # resized and cropped by the processor
+    want = ref.encode_image(wide, torch.device("cpu"))
+    rows.append(("I2V CLIP image features (diffusers)", max_diff(pipe.image_encoder(wide), want), float(want.abs().max())))
+
+    x = torch.randn(2, 36, 3, 8, 8, generator=g)
+    t = torch.tensor([999.0, 250.0])
+    ctx = torch.randn(2, 20, 32, generator=g)
+    clip = torch.randn(2, 5, 1280, generator=g)
+    padded = torch.cat([ctx, ctx.new_zeros(2, 492, 32)], 1)
+    expected = ref.transformer(hidden_states=x, timestep=t, encoder_hidden_states=padded, encoder_hidden_states_image=clip, return_dict=False)[0]
+    for layout, p in (("diffusers", pipe), ("original", original)):
+        rows.append((f"I2V transformer forward ({layout} files)", max_diff(p.transformer(x, t, ctx, clip), expected), float(expected.abs().max())))
+
+    picture = Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8))
+    noise = torch.randn(1, 16, 3, 4, 4, generator=g)
+    kw = dict(prompt="a red circle moving left", negative_prompt="blurry", height=32, width=32, num_frames=9,
+              num_inference_steps=4, guidance_scale=4.0)  # fmt: skip
+    want_latents = ref(image=picture, latents=noise.clone(), output_type="latent", **kw).frames
+    want_video = ref(image=picture, latents=noise.clone(), output_type="np", **kw).frames
+    out = pipe(image=picture, latents=noise.clone(), progress_bar=False, **kw)
+    rows.append(("I2V pipeline latents (UniPC, CFG 4)", max_diff(out.latents, want_latents), float(want_latents.abs().max())))
+    video = (pipe.decode_latents(out.latents) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
+    rows.append(("I2V pipeline video in [0, 1]", max_diff(video, want_video), 1.0))
+    square = Image.fromarray(rng.randint(0, 256, (28, 28, 3), dtype=np.uint8))  # CLIP's size: both preprocessings keep it
+    a = original(image=square, latents=noise.clone(), progress_bar=False, shift=3.0, **kw).latents
+    b = pipe(image=square, latents=noise.clone(), progress_bar=False, **kw).latents
+    rows.append(("I2V original layout vs diffusers layout", max_diff(a, b), float(b.abs().max())))
+    return rows
 
 
 @torch.no_grad()
