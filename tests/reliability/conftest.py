@@ -68,6 +68,16 @@ def tiny_wan_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_wan_i2v_dir(tmp_path_factory) -> Path:
+    """A tiny random Wan image-to-video model in diffusers' layout, and a picture file beside it."""
+    from tests.helpers import save_diffusers_wan_i2v_pipeline
+
+    root = tmp_path_factory.mktemp("reliability-i2v") / "wan-i2v"
+    save_diffusers_wan_i2v_pipeline(root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_pixel_dir(tmp_path_factory) -> Path:
     """A tiny pixel-dit model (configs/tiny-pixel.yaml after one step), packaged as kinema's layout."""
     import yaml

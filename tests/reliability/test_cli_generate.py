@@ -163,3 +163,31 @@ PIXEL_CASES = [
 def test_pixel_model_generate_refuses(flags, pattern, tiny_pixel_dir, tmp_path, capsys):
     args = ["generate", "a red circle moving left", "--model", str(tiny_pixel_dir), "-q", "-o", str(tmp_path / "out" / "clip.mp4"), *flags]
     assert_cli_refuses(args, capsys, tmp_path, pattern)
+
+
+I2V_CASES = [
+    ([], r"a wan-i2v model makes a clip from a picture: give --image \(the first frame\)"),
+    (["--image", "{missing}"], "image file not found"),
+    (["--image", "{text}"], "could not read image"),
+    (["--image", "{empty}"], "could not read image"),
+    (["--image", "{picture}", "--input", "{picture}"], "give --image \\(image-to-video\\) or --input"),
+    (["--image", "{picture}", "--size", "40x32"], "width must be a positive multiple of 16"),
+    (["--image", "{picture}", "--frames", "8"], r"num_frames must be 4k\+1"),
+    (["--image", "{picture}", "--strength", "0.5"], "--strength applies to video-to-video"),
+    (["--image", "{picture}", "--temperature", "0.5"], "--temperature does not apply to a wan-i2v model"),
+    (["--image", "{picture}", "--size", "auto"], r"at most 512 for this model \(its positions\); got 624x624"),
+]
+
+
+@pytest.mark.parametrize("flags, pattern", I2V_CASES, ids=lambda v: repr(v)[:60] if isinstance(v, list) else None)
+def test_image_to_video_generate_refuses(flags, pattern, tiny_wan_i2v_dir, tmp_path, capsys, no_loading):
+    import numpy as np
+    from PIL import Image
+
+    files = {"missing": tmp_path / "nowhere.png", "text": tmp_path / "notes.png", "empty": tmp_path / "empty.png", "picture": tmp_path / "p.png"}
+    files["text"].write_text("not a picture")
+    files["empty"].write_bytes(b"")
+    Image.fromarray(np.zeros((48, 48, 3), dtype=np.uint8)).save(files["picture"])
+    flags = [f.format(**files) for f in flags]
+    args = ["generate", "a red circle moving left", "--model", str(tiny_wan_i2v_dir), "-q", "-o", str(tmp_path / "out" / "clip.mp4"), *flags]
+    assert_cli_refuses(args, capsys, tmp_path / "out", pattern)
