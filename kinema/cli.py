@@ -23,7 +23,7 @@ FLAGS = {
     "prompt": "prompt", "negative_prompt": "--negative-prompt", "num_frames": "--frames",
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
-    "image": "--image", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
+    "image": "--image", "max_area": "--max-area", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
     "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
 }  # fmt: skip
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver, unipc or euler (flow matching), ddim or ddpm (pixel-dit) (default: the model's)")
     _add_token_sampling(g)
     g.add_argument("--image", default=None, metavar="PATH", help="image-to-video: start from this picture (PNG, JPEG ...)")
+    g.add_argument(
+        "--max-area", type=_size, default=None, metavar="WxH",
+        help="Wan image-to-video without --size: the area the picture's aspect ratio is fitted into, e.g. 1280x720 for the 720p models (default: the model's size)",
+    )  # fmt: skip
     g.add_argument("--input", default=None, metavar="PATH", help="video-to-video: transform this video as the prompt says")
     g.add_argument(
         "--strength", type=float, default=None,
@@ -166,7 +170,7 @@ def request_from_args(args: argparse.Namespace):
         prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, height=height, width=width,
         num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
         sampler=args.sampler, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        typical_p=args.typical_p, image=args.image, video=args.input, strength=args.strength, output=args.output,
+        typical_p=args.typical_p, image=args.image, max_area=args.max_area[0] * args.max_area[1] if args.max_area else None, video=args.input, strength=args.strength, output=args.output,
         device=args.device, dtype=args.dtype, quantize=args.quantize,
     )  # fmt: skip
 

@@ -90,8 +90,8 @@ def generate(
     request.check_abilities(rules)  # before reading an input the model could not take
     media = read_media(request)
     if "image" in media and rules.image_size_rule and request.height is None and request.width is None:
-        height, width = rules.size_for_image(*media["image"].shape[:2])  # (H, W, 3): the picture decides (Wan's rule)
-        request = replace(request, height=height, width=width)
+        height, width = rules.size_for_image(*media["image"].shape[:2], request.max_area)  # (H, W, 3): the picture decides (Wan's rule)
+        request = replace(request, height=height, width=width, max_area=None)
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
         request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
     request = request.checked(rules, free_bytes=available_memory(device))

@@ -32,6 +32,7 @@ from .schema import (
 )
 
 MAX_STEPS = 10_000  # sampling steps; Wan and LTX-Video train on 1,000 levels, so more cannot change the result
+MAX_AREA = 7680 * 4320  # pixels of a frame a size rule may aim at (8K)
 MAX_FRAMES = 10_000  # frames in one call: about 7 minutes at 24 fps (Wan makes 81, LTX-Video up to 257); more is hours of work
 MAX_GUIDANCE = 1_000.0  # classifier-free guidance scale (Wan uses 5, LTX-Video 3)
 MAX_SHIFT = 1_000.0  # flow-matching shift (Wan: 3 to 5)
@@ -67,6 +68,7 @@ class GenerationRequest:
     top_p: float | None = None
     typical_p: float | None = None
     image: str | None = None  # image-to-video: a picture's path
+    max_area: int | None = None  # image-to-video without a size: the pixels Wan's rule aims at (None: the model's)
     video: str | None = None  # video-to-video: a video's path
     strength: float | None = None  # video-to-video: the noise level the input is taken to, in (0, 1]
     frame_rate: float | None = None  # frames per second the video is made for and written at
@@ -102,14 +104,18 @@ class GenerationRequest:
             check_prompts(self.prompt, "prompt")
         if self.negative_prompt is not None:
             check_prompts(self.negative_prompt, "negative_prompt", allow_empty=True)
-        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k"):
+        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k", "max_area"):
             value = getattr(self, name)
             if value is not None and not is_int(value):
                 raise RequestError(f"{{0}} must be a whole number; got {quoted(value)}", name)
-        for name in ("height", "width", "num_frames", "num_inference_steps"):
+        for name in ("height", "width", "num_frames", "num_inference_steps", "max_area"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RequestError(f"{{0}} must be a positive integer; got {value}", name)
+        if self.max_area is not None and self.max_area > MAX_AREA:
+            raise RequestError(f"{{0}} must be at most {MAX_AREA:,} pixels (8K); got {self.max_area:,}", "max_area")
+        if self.max_area is not None and (self.height is not None or self.width is not None):
+            raise RequestError("give {0} (the size from the picture) or {1} and {2}, not both", "max_area", "height", "width")
         if self.num_frames is not None and self.num_frames > MAX_FRAMES:
             raise RequestError(f"{{0}} must be at most {MAX_FRAMES:,} (about 7 minutes at 24 fps); got {self.num_frames:,}", "num_frames")
         if self.num_inference_steps is not None and self.num_inference_steps > MAX_STEPS:
@@ -149,6 +155,8 @@ class GenerationRequest:
             raise RequestError(f"{names} does not apply to a {rules.family} model; its sampling options are {options}", *given, *takes)
         if self.image is None and rules.requires_image:
             raise RequestError(f"a {rules.family} model makes a clip from a picture: give {{0}} (the first frame)", "image")
+        if self.max_area is not None and not rules.image_size_rule:
+            raise RequestError(f"{{0}} sizes a clip from its picture (Wan image-to-video); a {rules.family} model takes height and width", "max_area")
         if self.image is not None and not rules.supports_image:
             raise RequestError(f"{{0}} needs a model that does image-to-video; this is a {rules.family} model (text-to-video only)", "image")
         if self.video is not None and not rules.supports_video:
@@ -317,11 +325,12 @@ class ModelRules:
     max_steps: int | None = None  # the most sampling steps (a discrete process: its training steps)
     frames_offset: int = 1  # 1: a causal codec's first frame alone, then groups (t k + 1); 0: whole groups (t k, k >= 1)
 
-    def size_for_image(self, image_height: int, image_width: int) -> tuple[int, int]:
+    def size_for_image(self, image_height: int, image_width: int, max_area: int | None = None) -> tuple[int, int]:
         """Wan's image-to-video size rule (``WanI2V.generate``): the clip keeps the picture's aspect
-        ratio within the area of the default size, each side rounded down to ``spatial_multiple``
-        (at least one multiple). For a square picture and the 480 x 832 default: 624 x 624."""
-        area, s = self.defaults.height * self.defaults.width, self.spatial_multiple
+        ratio within ``max_area`` pixels (None: the default size's area), each side rounded down to
+        ``spatial_multiple`` (at least one multiple). A square picture at 480 x 832: 624 x 624."""
+        area = max_area if max_area is not None else self.defaults.height * self.defaults.width
+        s = self.spatial_multiple
         aspect = image_height / image_width
         h = int(math.sqrt(area * aspect) // s) * s
         w = int(math.sqrt(area / aspect) // s) * s

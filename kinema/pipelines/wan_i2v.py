@@ -111,6 +111,7 @@ class WanImageToVideoPipeline(WanPipeline):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
+        max_area: int | None = None,
         output_type: str = "np",
         shift: float | None = None,
         sampler: str | None = None,
@@ -130,6 +131,8 @@ class WanImageToVideoPipeline(WanPipeline):
             height, width: the clip's size (multiples of 16); the picture is scaled to cover it and
                 centre-cropped. Leave both out for Wan's rule: the picture's aspect ratio within
                 the model's area (480 x 832 by default), the picture resized to it.
+            max_area: with no size given, the pixels Wan's rule aims at (None: the model's default
+                size's area; Wan's 720p models: 720 * 1280).
             image_embeds: precomputed image features (N, tokens, image_dim) instead of encoding ``image``
                 (the picture is still needed: its pixels are frame 0).
             Everything else as :meth:`WanPipeline.__call__`.
@@ -143,8 +146,13 @@ class WanImageToVideoPipeline(WanPipeline):
         if (height is None) != (width is None):
             raise KinemaError("give both height and width, or neither (then the picture's aspect ratio decides them)")
         auto_size = height is None
+        if max_area is not None and not auto_size:
+            raise KinemaError("give max_area (the size from the picture) or height and width, not both")
         if auto_size:
-            height, width = self.rules.size_for_image(pixels.shape[2], pixels.shape[3])
+            from ..request import GenerationRequest
+
+            GenerationRequest(prompt="-", max_area=max_area).checked_alone()  # a whole number of pixels, in bounds
+            height, width = self.rules.size_for_image(pixels.shape[2], pixels.shape[3], max_area)
         request = self.check_call(
             unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
             prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,

@@ -166,6 +166,9 @@ def test_wan_size_rule_from_the_pictures_aspect_ratio(pipe):
                                     image_encoder=pipe.image_encoder)  # fmt: skip
     out = small(image=_picture(20, 40), prompt=PROMPT, guidance_scale=1.0, progress_bar=False)
     assert out.frames.shape == (1, 9, 16, 32, 3)  # area 1,024 at 1:2: 16 x 32
+    # another area (Wan's 720p models use 720 x 1280): here 512 pixels at 1:2
+    assert small(image=_picture(20, 40), prompt=PROMPT, guidance_scale=1.0, max_area=512, progress_bar=False).frames.shape == (1, 9, 16, 32, 3)
+    assert small.rules.size_for_image(720, 1280, 720 * 1280) == (720, 1280)
     # a size given is the clip's: the picture is scaled to cover it and centre-cropped
     assert small(image=_picture(20, 40), prompt=PROMPT, guidance_scale=1.0, height=32, width=32, progress_bar=False).frames.shape == (1, 9, 32, 32, 3)
 
@@ -179,6 +182,9 @@ def test_wan_size_rule_from_the_pictures_aspect_ratio(pipe):
         ({"height": 32, "width": None}, r"give both height and width, or neither"),
         ({"height": 40}, r"height must be a positive multiple of 16"),
         ({"strength": 0.5}, r"strength applies to video-to-video"),
+        ({"max_area": 1024}, r"give max_area \(the size from the picture\) or height and width, not both"),
+        ({"height": None, "width": None, "max_area": 0}, r"max_area must be a positive integer"),
+        ({"height": None, "width": None, "max_area": 2.5}, r"max_area must be a whole number"),
     ],
 )
 def test_bad_arguments_raise_one_line_errors(pipe, kwargs, message):
@@ -232,6 +238,8 @@ def test_cli_makes_a_clip_from_a_picture_and_refuses_without_one(model, tmp_path
     assert main([*common, "--image", str(picture), "--size", "32x32", "-o", str(out)]) == 0
     frames, fps = read_video(out)
     assert frames.shape == (9, 32, 32, 3) and fps == 16
+    assert main([*common, "--image", str(picture), "--max-area", "32x32", "-o", str(tmp_path / "area.mp4")]) == 0
+    assert read_video(tmp_path / "area.mp4")[0].shape == (9, 16, 32, 3)  # 1,024 pixels at 3:4: 16 x 32
     capsys.readouterr()
     assert main([*common, "-o", str(tmp_path / "none.mp4")]) == 2
     err = capsys.readouterr().err

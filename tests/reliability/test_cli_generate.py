@@ -156,6 +156,7 @@ PIXEL_CASES = [
     (["--guidance", "nan"], "--guidance must be a finite number"),
     (["--quantize", "fp8"], "fp8 quantisation is available for token-ar"),
     (["--image", "missing.png"], "image"),
+    (["--max-area", "64x64"], "--max-area sizes a clip from its picture"),
 ]
 
 
@@ -176,6 +177,10 @@ I2V_CASES = [
     (["--image", "{picture}", "--strength", "0.5"], "--strength applies to video-to-video"),
     (["--image", "{picture}", "--temperature", "0.5"], "--temperature does not apply to a wan-i2v model"),
     (["--image", "{picture}", "--size", "auto"], r"at most 512 for this model \(its positions\); got 624x624"),
+    (["--image", "{picture}", "--max-area", "1280x720"], r"at most 512 for this model \(its positions\); got 960x960"),
+    (["--image", "{picture}", "--max-area", "32x32", "--size", "32x32"], r"give --max-area \(the size from the picture\) or height and width"),
+    (["--image", "{picture}", "--max-area", "10000x10000"], r"--max-area must be at most 33,177,600 pixels"),
+    (["--image", "{picture}", "--max-area", "0x16"], r"--max-area must be a positive integer"),
 ]
 
 
