@@ -106,7 +106,7 @@ class ModelLayout:
         cls = self.family.pipeline_class()
         try:
             rules = cls.model_rules(
-                self.transformer_config(), self.codec_config(), text_dim=self.text_dim(), card_defaults=self.card.get("defaults", {}),
+                self.transformer_config(), self.codec_config(), text_dim=self.text_dim(), card_defaults=self.card_defaults(),
                 sampler=self.sampler(), weights=self.weight_elements(), element_bytes=element_bytes,
             )  # fmt: skip
             return dataclasses.replace(rules, quantize=self.family.quantize)
@@ -115,6 +115,15 @@ class ModelLayout:
         except (TypeError, ValueError) as e:  # a card's defaults of the wrong kind
             where = self.root / KINEMA_MODEL_FILE if self.card else self.root
             raise CheckpointError(f"{where}: {' '.join(str(e).split())}") from None
+
+    def card_defaults(self) -> dict:
+        """Defaults the files set: a model card's ``defaults``, or for a published layout what its
+        family's checkpoints module says (``layout_defaults(layout)``; Wan's original release: its
+        default negative prompt)."""
+        if self.format == "kinema":
+            return dict(self.card.get("defaults", {}))
+        hook = getattr(self.family.formats(), "layout_defaults", None)
+        return hook(self) if hook is not None else {}
 
     def defaults(self) -> Any:
         """Size, frames and sampling defaults (the model card's, else the architecture's)."""

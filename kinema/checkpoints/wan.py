@@ -381,6 +381,11 @@ ORIGINAL_CLIP = ("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "mod
 ORIGINAL_SHIFT = {"t2v": 5.0, "i2v": 5.0}  # generate.py: sample_shift 5.0 ...
 ORIGINAL_I2V_480P_SHIFT = 3.0  # ... but 3.0 for image-to-video at 832 x 480 (either orientation)
 ORIGINAL_FAMILY = {"t2v": "wan-t2v", "i2v": "wan-i2v"}
+# wan/configs/shared_config.py: sample_neg_prompt, what Wan's own generate uses when no negative prompt is given
+ORIGINAL_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，"
+    "多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
 
 
 def detect(root: Path) -> Any:
@@ -436,6 +441,12 @@ def text_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = No
     if layout.format == "diffusers":
         return T5TextEncoder.from_diffusers(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
     return T5TextEncoder.from_wan_original(c["text_encoder"], c["tokenizer"], dtype=dtype, device=device)
+
+
+def layout_defaults(layout: Any) -> dict:
+    """Defaults of a published layout: the original release's negative prompt, which Wan's own
+    scripts use when none is given (diffusers' pipelines use none: "")."""
+    return {"negative_prompt": ORIGINAL_NEGATIVE_PROMPT} if layout.format == "wan-original" else {}
 
 
 def image_encoder(layout: Any, dtype: torch.dtype | None = None, device: Any = None) -> Any:

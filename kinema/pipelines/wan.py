@@ -46,6 +46,7 @@ class WanDefaults:
     num_inference_steps: int = WAN_DEFAULT_STEPS
     guidance_scale: float = WAN_DEFAULT_GUIDANCE
     fps: float = WAN_FPS
+    negative_prompt: str | None = None  # used when a call gives none (the original release: Wan's own)
 
 
 class WanPipeline(DiffusionPipeline):
@@ -161,7 +162,8 @@ class WanPipeline(DiffusionPipeline):
 
         Args:
             prompt: one prompt or a list (a batch). Or pass ``prompt_embeds``.
-            negative_prompt: what to steer away from (one, or one per prompt); "" by default.
+            negative_prompt: what to steer away from (one, or one per prompt); by default the
+                model's (Wan's own for the original release, as its scripts do; else "").
             height, width: pixels, multiples of ``rules.spatial_multiple`` (16 for Wan).
             num_frames: 4k+1.
             num_inference_steps: sampler steps.
@@ -197,6 +199,8 @@ class WanPipeline(DiffusionPipeline):
 
         # 1. text states: (B, L, text_dim)
         timings, t0 = {}, time.perf_counter()
+        if negative_prompt is None and negative_prompt_embeds is None:
+            negative_prompt = self.defaults.negative_prompt
         with reporter.stage("text", 1, desc="text") as step:
             cond, uncond = self.prompt_states(
                 prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt

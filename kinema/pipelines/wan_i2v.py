@@ -51,6 +51,7 @@ class WanI2VDefaults:
     num_inference_steps: int = WAN_I2V_STEPS
     guidance_scale: float = WAN_DEFAULT_GUIDANCE
     fps: float = WAN_FPS
+    negative_prompt: str | None = None  # used when a call gives none (the original release: Wan's own)
 
 
 class WanImageToVideoPipeline(WanPipeline):
@@ -166,6 +167,8 @@ class WanImageToVideoPipeline(WanPipeline):
 
         # 1. text states: (B, L, text_dim), B = prompts x videos per prompt
         timings, t0 = {}, time.perf_counter()
+        if negative_prompt is None and negative_prompt_embeds is None:
+            negative_prompt = self.defaults.negative_prompt
         with reporter.stage("text", 1, desc="text") as step:
             cond, uncond = self.prompt_states(
                 prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt

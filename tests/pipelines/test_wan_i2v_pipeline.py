@@ -148,6 +148,10 @@ def test_original_layout_gives_the_same_video(pipe, original):
     # no scheduler file: Wan's rule, shift 3 at 480p and below, 5 above (720p)
     assert (orig.sampler.for_size(480, 832).shift, orig.sampler.for_size(720, 1280).shift) == (3.0, 5.0)
     assert orig.sampler.for_size(32, 32).shift == 3.0 and pipe.sampler.for_size(720, 1280).shift == 3.0
+    # and Wan's own negative prompt when a call gives none, as Wan's I2V does (diffusers': none)
+    from kinema.checkpoints.wan import ORIGINAL_NEGATIVE_PROMPT
+
+    assert orig.defaults.negative_prompt == ORIGINAL_NEGATIVE_PROMPT and pipe.defaults.negative_prompt is None
     kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=4.0, **CALL)
     picture = _picture(28, 28, seed=4)
     a = orig(image=picture, latents=_noise(), progress_bar=False, **kw)

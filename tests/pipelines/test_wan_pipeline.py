@@ -137,8 +137,16 @@ def test_original_wan_layout_gives_the_same_video(unipc_model, tmp_path):
     root = save_original_wan_layout(unipc_model[0], tmp_path / "Wan2.1-T2V-tiny")
     original = kinema.load_pipeline(root, device="cpu", dtype="float32")
     ref = kinema.load_pipeline(unipc_model[0], device="cpu", dtype="float32")
-    # the original layout has no scheduler file: Wan's defaults (UniPC, shift 5) apply
+    # the original layout has no scheduler file: Wan's defaults (UniPC, shift 5) apply, and Wan's
+    # scripts' negative prompt when a call gives none (diffusers' layout: none)
     assert (original.sampler.name, original.sampler.shift) == ("unipc", 5.0)
+    from kinema.checkpoints.wan import ORIGINAL_NEGATIVE_PROMPT
+
+    assert original.defaults.negative_prompt == ORIGINAL_NEGATIVE_PROMPT and ref.defaults.negative_prompt is None
+    plain = dict(prompt=PROMPT, guidance_scale=4.0, shift=5.0, **CALL)
+    by_default = original(**plain, latents=_noise()).latents
+    assert torch.equal(by_default, original(**plain, negative_prompt=ORIGINAL_NEGATIVE_PROMPT, latents=_noise()).latents)
+    assert not torch.equal(by_default, original(**plain, negative_prompt="", latents=_noise()).latents)
     kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=4.0, shift=5.0, latents=_noise(), **CALL)
     a, b = original(**kw), ref(**kw)
     assert torch.equal(a.latents, b.latents) and np.array_equal(a.frames, b.frames)
