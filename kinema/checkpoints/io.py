@@ -21,7 +21,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -242,6 +242,42 @@ def load_into(
     # Buffers that are not saved (persistent=False) are still on meta: rebuild them in place.
     _materialize_meta_buffers(model, device)
     return model
+
+
+def load_own_format(
+    path: str | os.PathLike,
+    read_config: Callable[[Any], C],
+    build: Callable[[C], M],
+    *,
+    config: C | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    what: str,
+    stem: str = "diffusion_pytorch_model",
+) -> M:
+    """A model in kinema's own format, as a training run exports it: a directory (``config.json`` and
+    ``{stem}*.safetensors``) or a weights file with that config.json beside it.
+
+    Args:
+        read_config: the raw config.json -> the config (one-line errors for anything else).
+        build: the config -> the module (built on the meta device, then filled strictly).
+        config: if given, must equal the stored one (:func:`resolve_config`).
+        dtype, device: as :func:`load_into`.
+        what: the model's name in messages ("pixel DiT").
+
+    Returns:
+        The model in eval mode.
+    """
+    path = Path(path)
+    if path.is_dir():
+        where, state = path / "config.json", load_sharded_safetensors(path, stem)
+    elif path.is_file():
+        where, state = path.parent / "config.json", load_weights(path)
+    else:
+        raise CheckpointError(f"{what} checkpoint not found: {path}")
+    config = resolve_config(read_config(read_json(where)), config, None, where=where, what=what)
+    model = build_on_meta(lambda: build(config))
+    return load_into(model, state, dtype=dtype, device=device, what=what).eval()
 
 
 def module_pattern(prefixes: tuple[str, ...] | list[str]) -> re.Pattern[str] | None:

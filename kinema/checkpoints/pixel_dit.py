@@ -10,22 +10,13 @@ codec: the model works on pixels.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
 from ..models.pixel_dit import PixelDiT, PixelDiTConfig
 from ..schema import dataclass_to_dict, read_dataclass
-from .io import (
-    build_on_meta,
-    load_into,
-    load_sharded_safetensors,
-    load_weights,
-    read_json,
-    resolve_config,
-)
+from .io import load_own_format, read_json
 
 CLASS_NAME = "PixelDiT"  # ``_class_name`` of the config.json
 WEIGHTS_STEM = "diffusion_pytorch_model"
@@ -48,16 +39,7 @@ def load_pixel_dit(
     """Load a pixel DiT from a directory (config.json and weights) or a weights file with config.json
     beside it; ``dtype`` casts all but ``PixelDiT._keep_in_fp32``; ``config``, if given, must equal
     the stored one. Returns the model in eval mode."""
-    path = Path(path)
-    if path.is_dir():
-        where, state = path / "config.json", load_sharded_safetensors(path, WEIGHTS_STEM)
-    elif path.is_file():
-        where, state = path.parent / "config.json", load_weights(path)
-    else:
-        raise CheckpointError(f"pixel DiT checkpoint not found: {path}")
-    config = resolve_config(from_json(read_json(where)), config, None, where=where, what="pixel DiT")
-    model = build_on_meta(lambda: PixelDiT(config))
-    return load_into(model, state, dtype=dtype, device=device, what="pixel DiT").eval()
+    return load_own_format(path, from_json, PixelDiT, config=config, dtype=dtype, device=device, what="pixel DiT", stem=WEIGHTS_STEM)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,22 +8,13 @@ explicit) and ``diffusion_pytorch_model*.safetensors`` under kinema's own parame
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
 from ..models.token_ar import TokenAR, TokenARConfig
 from ..schema import dataclass_to_dict, read_dataclass
-from .io import (
-    build_on_meta,
-    load_into,
-    load_sharded_safetensors,
-    load_weights,
-    read_json,
-    resolve_config,
-)
+from .io import load_own_format, read_json
 
 CLASS_NAME = "TokenAR"  # ``_class_name`` of the config.json
 WEIGHTS_STEM = "diffusion_pytorch_model"  # weights file stem of an export (the training loop's ``model/``)
@@ -58,16 +49,7 @@ def load_token_ar(
     Returns:
         The model in eval mode.
     """
-    path = Path(path)
-    if path.is_dir():
-        where, state = path / "config.json", load_sharded_safetensors(path, WEIGHTS_STEM)
-    elif path.is_file():
-        where, state = path.parent / "config.json", load_weights(path)
-    else:
-        raise CheckpointError(f"token AR checkpoint not found: {path}")
-    config = resolve_config(from_json(read_json(where)), config, None, where=where, what="token AR model")
-    model = build_on_meta(lambda: TokenAR(config))
-    return load_into(model, state, dtype=dtype, device=device, what="token AR model").eval()
+    return load_own_format(path, from_json, TokenAR, config=config, dtype=dtype, device=device, what="token AR model", stem=WEIGHTS_STEM)
 
 
 # ------------------------------------------------------------------------------------------------
