@@ -141,6 +141,19 @@ def test_the_picture_steers_the_clip_and_frame_zero_follows_it(pipe):
     assert torch.equal(cond[:, :4, 0], torch.ones(1, 4, 4, 4)) and torch.equal(cond[:, :4, 1:], torch.zeros(1, 4, 2, 4, 4))
 
 
+def test_batched_guidance_and_precomputed_image_features_give_the_same_clip(pipe):
+    picture = _picture(32, 32, seed=6)
+    kw = dict(prompt=[PROMPT, "a blue square moving up"], guidance_scale=3.0, output_type="latent", progress_bar=False, **CALL)
+    noise = _noise((2, *LATENT_SHAPE[1:]))
+    plain = pipe(image=picture, latents=noise, **kw).latents
+    assert _max_diff(pipe(image=picture, latents=noise, batch_cfg=True, **kw).latents, plain) <= 1e-5
+    features = pipe.image_encoder(picture)
+    assert torch.equal(pipe(image=picture, image_embeds=features, latents=noise, **kw).latents, plain)
+    # one picture per prompt, two videos each: prompt-major, every video of a prompt from its picture
+    two = pipe(image=[picture, _picture(32, 32, seed=8)], num_videos_per_prompt=2, seed=3, **kw).latents
+    assert two.shape == (4, *LATENT_SHAPE[1:]) and not torch.equal(two[0], two[2])
+
+
 def test_original_layout_gives_the_same_video(pipe, original):
     """The same weights in the original Wan 2.1 release layout: a picture at CLIP's own size, where
     both preprocessings leave it unchanged, gives the same clip."""
