@@ -21,7 +21,7 @@ SAMPLER_NAMES = ("unipc", "euler", "ddim", "ddpm")  # kinema.sampling.SAMPLERS a
 # A request's fields as `generate` calls them (a RequestError names fields; the command line says flags).
 FLAGS = {
     "prompt": "prompt", "negative_prompt": "--negative-prompt", "num_frames": "--frames",
-    "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler",
+    "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler", "cache_threshold": "--cache",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
     "image": "--image", "max_area": "--max-area", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
     "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     g.add_argument("--shift", type=float, default=None, help="diffusion models: flow-matching shift (default: the model's)")
     g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver, unipc or euler (flow matching), ddim or ddpm (pixel-dit) (default: the model's)")
+    g.add_argument(
+        "--cache", type=float, default=None, metavar="THRESHOLD",
+        help="diffusion models: step caching, skip a step's blocks after the first when its change is below THRESHOLD (off by default)",
+    )  # fmt: skip
     _add_token_sampling(g)
     g.add_argument("--image", default=None, metavar="PATH", help="image-to-video: start from this picture (PNG, JPEG ...)")
     g.add_argument(
@@ -168,7 +172,7 @@ def request_from_args(args: argparse.Namespace):
     width, height = args.size if args.size else (None, None)
     return GenerationRequest(
         prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, height=height, width=width,
-        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
+        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift, cache_threshold=args.cache,
         sampler=args.sampler, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         typical_p=args.typical_p, image=args.image, max_area=args.max_area[0] * args.max_area[1] if args.max_area else None, video=args.input, strength=args.strength, output=args.output,
         device=args.device, dtype=args.dtype, quantize=args.quantize,

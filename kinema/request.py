@@ -40,7 +40,7 @@ MAX_FRAME_RATE = 1_000.0
 MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
 MAX_VIDEOS = 1_024  # prompts times videos per prompt in one call
 MAX_PROMPT_CHARS = 100_000  # a prompt longer than this is a mistake (encoders keep the first 128-512 tokens)
-SAMPLING_OPTIONS = ("num_inference_steps", "shift", "sampler", "temperature", "top_k", "top_p", "typical_p")
+SAMPLING_OPTIONS = ("num_inference_steps", "shift", "sampler", "cache_threshold", "temperature", "top_k", "top_p", "typical_p")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class GenerationRequest:
     guidance_scale: float | None = None
     shift: float | None = None  # diffusion models
     sampler: str | None = None  # diffusion models: "unipc" or "euler"
+    cache_threshold: float | None = None  # diffusion models: step caching (first-block cache); None or 0: off
     seed: int = 0
     num_videos_per_prompt: int = 1
     temperature: float | None = None  # token models
@@ -123,6 +124,7 @@ class GenerationRequest:
         check_number("guidance_scale", self.guidance_scale, 0, MAX_GUIDANCE, "1 means no guidance")
         check_number("shift", self.shift, 0, MAX_SHIFT, "Wan 2.1 uses 3 at 480p, 5 at 720p", low_open=True)
         check_number("strength", self.strength, 0, 1, "1 ignores the input video", low_open=True)
+        check_number("cache_threshold", self.cache_threshold, 0, 1, "0 is off")
         check_number("frame_rate", self.frame_rate, 0, MAX_FRAME_RATE, "", low_open=True)
         check_seed(self.seed)
         if not is_int(self.num_videos_per_prompt) or not 1 <= self.num_videos_per_prompt <= MAX_VIDEOS:

@@ -89,7 +89,7 @@ def _broken_copy(model_dir, tmp_path, how):
         (["--input", "in.mp4"], "--input needs a model that does video-to-video"),
         (["--input", "in.mp4", "--strength", "2"], "--strength must be a finite number in \\(0, 1\\]"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--dtype", "int8"], "CUDA|unknown dtype"),
-        (["--temperature", "0.5"], "--temperature does not apply to .*a wan-t2v model; its sampling options are --steps, --shift, --sampler"),
+        (["--temperature", "0.5"], "--temperature does not apply to .*a wan-t2v model; its sampling options are --steps, --shift, --sampler, --cache"),
         (["--top-k", "3"], "--top-k does not apply"),
         (["--quantize", "fp8"], "fp8 quantisation is available for token-ar models; .* is a wan-t2v model"),
         (["--quantize", "int4"], "invalid choice"),

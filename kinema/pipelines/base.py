@@ -345,13 +345,14 @@ class VideoPipeline:
         decode: Callable[[], torch.Tensor],
         reporter: Reporter,
         fps: float | None = None,
+        cache: dict[str, int] | None = None,
     ) -> VideoOutput:
         """The call's result: the latents alone (``output_type="latent"``), or decoded by ``decode()``
         ((B, 3, F, H, W) in [-1, 1]) to uint8 frames (B, F, H, W, 3), numpy or torch."""
         fps = self.fps if fps is None else fps
         check_finite(latents)
         if output_type == "latent":
-            return VideoOutput(frames=None, latents=latents, fps=fps, timings=timings)
+            return VideoOutput(frames=None, latents=latents, fps=fps, timings=timings, cache=cache)
         t0 = time.perf_counter()
         with reporter.stage("decode", 1, desc="decoding") as step:
             video = decode()
@@ -359,7 +360,7 @@ class VideoPipeline:
             frames = to_uint8(video)
             step(1)
         timings["decode"] = time.perf_counter() - t0
-        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings)
+        return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings, cache=cache)
 
 
 def unknown_keyword(name: str, function: Callable) -> str:

@@ -11,6 +11,7 @@ and reports every step to the call's progress reporter and diffusers-style
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -25,6 +26,7 @@ from ..sampling import (
     sample,
 )
 from .base import PromptStates, Reporter, VideoPipeline
+from .step_cache import StepCache
 
 StepCallback = Callable[[Any, int, torch.Tensor, dict], dict | None]
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (x, timestep, context) -> prediction
@@ -33,7 +35,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (x, time
 class DiffusionPipeline(VideoPipeline):
     """A pipeline whose generator is a denoiser driven by a sampler over a noise schedule."""
 
-    sampling_options = ("num_inference_steps", "shift", "sampler")
+    sampling_options = ("num_inference_steps", "shift", "sampler", "cache_threshold")
     samplers = tuple(SAMPLERS)
     batch_cfg_default = False  # run uncond and cond as one batch unless the call says otherwise
 
@@ -62,6 +64,8 @@ class DiffusionPipeline(VideoPipeline):
         *,
         guidance_rescale: float = 0.0,
         batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
+        cache_stats: dict[str, int] | None = None,
         timestep_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
         after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
         callback: StepCallback | None = None,
@@ -83,6 +87,8 @@ class DiffusionPipeline(VideoPipeline):
             callback: diffusers' ``callback_on_step_end``: ``fn(pipe, step, timestep, {"latents": x})``;
                 a returned "latents" replaces the current latents.
             generator: the call's generator(s), for samplers that draw noise at each step (DDPM).
+            cache_threshold: step caching (:class:`~kinema.pipelines.step_cache.StepCache`) for
+                this call; None: off. ``cache_stats`` (a dict) gets its "calls" and "skipped".
         """
         model_dtype = self.transformer.compute_dtype
         batch_cfg = self.batch_cfg_default if batch_cfg is None else batch_cfg
@@ -114,7 +120,12 @@ class DiffusionPipeline(VideoPipeline):
                 v_uncond = denoiser(x, t, uncond_ctx).float()
             return rescale_guidance(cfg(v_uncond, v, guidance_scale), v, guidance_rescale)
 
-        with reporter.stage("denoise", len(sigmas) - 1, desc=f"sampling ({sampler.name})") as step:
+        cache = StepCache(cache_threshold) if cache_threshold is not None else None
+        if cache is not None:
+            denoiser = cache.wrap(denoiser)
+        with reporter.stage("denoise", len(sigmas) - 1, desc=f"sampling ({sampler.name})") as step, (
+            cache.attached(self.transformer) if cache is not None else contextlib.nullcontext()
+        ):
 
             def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
                 if after_step is not None:
@@ -124,4 +135,7 @@ class DiffusionPipeline(VideoPipeline):
                 step(1)
                 return replaced if replaced is not None else x
 
-            return sample(prediction, latents, sigmas, sampler, callback=on_step, generator=generator)
+            out = sample(prediction, latents, sigmas, sampler, callback=on_step, generator=generator)
+        if cache is not None and cache_stats is not None:
+            cache_stats.update(calls=cache.calls, skipped=cache.skipped)
+        return out

@@ -184,6 +184,7 @@ class LTXPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
         **unknown: Any,
     ) -> VideoOutput:
         """Generate videos, from text alone, from a first frame (``image``) or from a video (``video``).
@@ -226,6 +227,9 @@ class LTXPipeline(DiffusionPipeline):
             max_sequence_length: T5 tokens per prompt (default 128).
             callback: ``fn(Progress)`` at every stage and step; raising (``kinema.Cancelled``) stops.
             progress_bar: show a progress bar on stderr.
+            cache_threshold: step caching (first-block cache): skip the other blocks at a step whose
+                first-block residual changed by less than this share since the last full step; None
+                or 0: off (the output is then exactly the uncached one).
             batch_cfg: run the unconditional and conditional passes as one batch (default: on;
                 False runs them one after the other, for less activation memory).
 
@@ -245,7 +249,7 @@ class LTXPipeline(DiffusionPipeline):
             unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
             prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, strength=strength, frame_rate=frame_rate,
+            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, cache_threshold=cache_threshold, strength=strength, frame_rate=frame_rate,
             video="(frames)" if video is not None else None, image="(picture)" if image is not None else None,
         )  # fmt: skip
         height, width, num_frames = request.height, request.width, request.num_frames
@@ -320,15 +324,16 @@ class LTXPipeline(DiffusionPipeline):
             clean_t = float(spec.process.model_timestep(spec.process.clean_level))
             timestep_of = lambda t: torch.where(is_first, clean_t, t.unsqueeze(-1))  # noqa: E731  (B, N)
             after_step = lambda x: torch.cat([keep, x[:, :, 1:]], dim=2)  # noqa: E731
+        cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, lambda x, t, ctx: self.transformer(x, t, ctx, rope_scale=rope_scale), self.transformer.prepare_context,
             cond, uncond, guidance_scale, sampler_, sigmas, timesteps, reporter,
-            guidance_rescale=guidance_rescale, batch_cfg=batch_cfg, timestep_of=timestep_of, after_step=after_step,
+            guidance_rescale=guidance_rescale, batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, timestep_of=timestep_of, after_step=after_step,
             callback=callback_on_step_end,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
         decode = lambda: self.decode_latents(latents, decode_timestep, decode_noise_scale, generators)  # noqa: E731
-        return self.finish(latents, output_type, timings, decode, reporter, fps=float(frame_rate))
+        return self.finish(latents, output_type, timings, decode, reporter, fps=float(frame_rate), cache=cache_stats or None)
 
     # -- pieces of the call ----------------------------------------------------------------------
     def _decode_settings(self, timestep, noise_scale) -> tuple[Any, Any]:

@@ -23,9 +23,12 @@ class VideoOutput:
         timings: seconds spent per stage of the call: "text" (prompt encoding), "denoise"
             (diffusion sampling) or "tokens" (token generation), and "decode" (VAE or VQ
             tokenizer), for ``kinema generate --timings`` and benchmarks.
+        cache: with step caching (``cache_threshold=``), the model calls of the sampling loop
+            ("calls") and those that ran only the first block ("skipped"); None without.
     """
 
     frames: np.ndarray | torch.Tensor | None
     latents: torch.Tensor
     fps: float
     timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, int] | None = None

@@ -66,7 +66,7 @@ class PixelPipeline(DiffusionPipeline):
     """
 
     defaults_type = PixelDefaults
-    sampling_options = ("num_inference_steps", "sampler")
+    sampling_options = ("num_inference_steps", "sampler", "cache_threshold")
     samplers = tuple(DISCRETE_SAMPLERS)
 
     transformer: PixelDiT
@@ -152,6 +152,7 @@ class PixelPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
         **unknown: Any,
     ) -> VideoOutput:
         """Generate videos.
@@ -176,6 +177,9 @@ class PixelPipeline(DiffusionPipeline):
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None``.
             callback: ``fn(Progress)`` at every stage and step; raising (``kinema.Cancelled``) stops.
             progress_bar: show a progress bar on stderr.
+            cache_threshold: step caching (first-block cache): skip the other blocks at a step whose
+                first-block residual changed by less than this share since the last full step; None
+                or 0: off (the output is then exactly the uncached one).
             batch_cfg: run the unconditional and conditional passes as one batch (default off).
 
         Returns:
@@ -185,7 +189,7 @@ class PixelPipeline(DiffusionPipeline):
             unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
             prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, sampler=sampler, seed=seed,
+            guidance_scale=guidance_scale, sampler=sampler, seed=seed, cache_threshold=cache_threshold,
         )  # fmt: skip
         spec = self.sampler.with_overrides(name=sampler)
         reporter = Reporter(callback, progress_bar)
@@ -208,10 +212,11 @@ class PixelPipeline(DiffusionPipeline):
 
         t0 = time.perf_counter()
         sampler_, levels, timesteps = spec.build(request.num_inference_steps, device=self.device)
+        cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, lambda x, t, ctx: self.transformer(x, t, ctx), self.transformer.prepare_context,
             cond, uncond, request.guidance_scale, sampler_, levels, timesteps, reporter,
-            batch_cfg=batch_cfg, callback=callback_on_step_end, generator=generators,
+            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback_on_step_end, generator=generators,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.codec.decode(latents), reporter)
+        return self.finish(latents, output_type, timings, lambda: self.codec.decode(latents), reporter, cache=cache_stats or None)

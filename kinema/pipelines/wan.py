@@ -156,6 +156,7 @@ class WanPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
         **unknown: Any,
     ) -> VideoOutput:
         """Generate videos.
@@ -181,6 +182,9 @@ class WanPipeline(DiffusionPipeline):
             max_sequence_length: accepted for diffusers compatibility; Wan always uses its text length.
             callback: ``fn(Progress)`` at every stage and step; raising (``kinema.Cancelled``) stops.
             progress_bar: show a progress bar on stderr.
+            cache_threshold: step caching (first-block cache): skip the other blocks at a step whose
+                first-block residual changed by less than this share since the last full step; None
+                or 0: off (the output is then exactly the uncached one).
             batch_cfg: run the unconditional and conditional passes as one batch (faster, twice
                 the activation memory); default off.
 
@@ -191,7 +195,7 @@ class WanPipeline(DiffusionPipeline):
             unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
             prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed,
+            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, cache_threshold=cache_threshold,
         )  # fmt: skip
         reporter = Reporter(callback, progress_bar)
         spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
@@ -227,13 +231,14 @@ class WanPipeline(DiffusionPipeline):
         # 3. sample
         t0 = time.perf_counter()
         sampler_, sigmas, timesteps = spec.build(request.num_inference_steps, device=self.device)
+        cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, lambda x, t, ctx: self.transformer(x, t, ctx), lambda states, mask: self.transformer.prepare_context(states),
             cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
-            batch_cfg=batch_cfg, callback=callback_on_step_end,
+            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback_on_step_end,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter)
+        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter, cache=cache_stats or None)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""

@@ -122,6 +122,7 @@ class WanImageToVideoPipeline(WanPipeline):
         callback: Any = None,
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
         **unknown: Any,
     ) -> VideoOutput:
         """Generate videos that start from ``image``.
@@ -158,7 +159,7 @@ class WanImageToVideoPipeline(WanPipeline):
             unknown=unknown, step_callback=callback_on_step_end, step_tensor_inputs=callback_on_step_end_tensor_inputs,
             prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, image="(picture)",
+            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, cache_threshold=cache_threshold, image="(picture)",
         )  # fmt: skip
         reporter = Reporter(callback, progress_bar)
         spec = self.sampler.for_size(request.height, request.width)
@@ -220,12 +221,13 @@ class WanImageToVideoPipeline(WanPipeline):
             images = image_embeds if states.shape[0] == image_embeds.shape[0] else image_embeds.repeat(states.shape[0] // image_embeds.shape[0], 1, 1)
             return self.transformer.prepare_context(states, images)
 
+        cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, denoiser, prepare, cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
-            batch_cfg=batch_cfg, callback=callback_on_step_end,
+            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback_on_step_end,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter)
+        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter, cache=cache_stats or None)
 
     # -- the picture -------------------------------------------------------------------------------
     @staticmethod

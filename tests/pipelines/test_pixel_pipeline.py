@@ -237,3 +237,11 @@ class TestPixelPipelineContract(PipelineContract):
 
     call = dict(prompt="a red square moving right", num_inference_steps=3, sampler="ddpm")  # DDPM: step noise from the seed too
     stages = (("text", 1), ("denoise", 3), ("decode", 1))
+
+
+def test_step_caching_off_is_the_uncached_video_and_on_skips_blocks(pipe):
+    plain = pipe("a red circle moving left", seed=2, progress_bar=False)
+    zero = pipe("a red circle moving left", seed=2, progress_bar=False, cache_threshold=0.0)
+    assert torch.equal(plain.latents, zero.latents) and zero.cache["skipped"] == 0
+    cached = pipe("a red circle moving left", seed=2, progress_bar=False, cache_threshold=1.0)
+    assert cached.cache["skipped"] > 0 and not any("forward" in vars(b) for b in pipe.transformer.blocks)
