@@ -58,7 +58,11 @@ def images_to_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, (list, tuple)):
         if not image:
             raise KinemaError("image is an empty list")
-        return torch.cat([images_to_tensor(i) for i in image])
+        parts = [images_to_tensor(i) for i in image]
+        if len({tuple(p.shape[1:]) for p in parts}) > 1:
+            sizes = ", ".join(f"{p.shape[3]}x{p.shape[2]}" for p in parts)
+            raise KinemaError(f"the images of a list must have one size; got {sizes} (width x height)")
+        return torch.cat(parts)
     x = _as_array(image)
     channels_first = isinstance(x, torch.Tensor) and x.is_floating_point()
     t = _unit_range(x, "image")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, KinemaError
 from ..request import ModelRules
-from .base import PromptStates, Reporter, check_latents, initial_noise, make_generators
+from .base import PromptStates, Reporter, check_latents, check_tensor, initial_noise, make_generators
 from .diffusion import StepCallback
 from .inputs import images_to_tensor, resize_and_crop
 from .output import VideoOutput
@@ -190,6 +190,10 @@ class WanImageToVideoPipeline(WanPipeline):
                 if self.image_encoder is None:
                     raise KinemaError("this pipeline was loaded without an image encoder; pass image_embeds= with image=")
                 image_embeds = self.image_encoder(image, device=self.device, dtype=self.transformer.compute_dtype)
+            else:
+                check_tensor(image_embeds, f"image_embeds (pictures, tokens, {self.transformer.config.image_dim})",
+                             (None, None, self.transformer.config.image_dim))  # fmt: skip
+                image_embeds = image_embeds.to(self.device, self.transformer.compute_dtype)
             image_embeds = self._per_video(image_embeds, n_prompts, num_videos_per_prompt, "image_embeds")
             step(1)
             frame0 = self._frame0(pixels, request.height, request.width, auto_size)  # (n, 3, H, W) in [-1, 1]

@@ -199,6 +199,8 @@ def test_wan_size_rule_from_the_pictures_aspect_ratio(pipe):
         ({"height": 32, "width": None}, r"give both height and width, or neither"),
         ({"height": 40}, r"height must be a positive multiple of 16"),
         ({"strength": 0.5}, r"strength applies to video-to-video"),
+        ({"image": [_picture(32, 32), _picture(16, 32)], "prompt": [PROMPT, PROMPT]}, r"the images of a list must have one size; got 32x32, 32x16"),
+        ({"image_embeds": torch.zeros(1, 5, 8)}, r"image_embeds \(pictures, tokens, 1280\)"),
         ({"max_area": 1024}, r"give max_area \(the size from the picture\) or height and width, not both"),
         ({"height": None, "width": None, "max_area": 0}, r"max_area must be a positive integer"),
         ({"height": None, "width": None, "max_area": 2.5}, r"max_area must be a whole number"),
