@@ -198,23 +198,31 @@ class WanPipeline(DiffusionPipeline):
             guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, cache_threshold=cache_threshold,
         )  # fmt: skip
         reporter = Reporter(callback, progress_bar)
-        spec = self.sampler if sampler is None and shift is None else self.sampler.with_overrides(name=sampler, shift=shift)
-        do_cfg = request.guidance_scale > 1.0
+        timings: dict[str, float] = {}
+        cond, uncond = self.text_states(request, reporter, timings, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        latents = self.initial_latents(request, cond.batch_size, latents, generator, seed)
+        latents, cache = self.sample_latents(request, reporter, timings, latents, cond, uncond, sampler, shift, batch_cfg, callback_on_step_end)
+        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter, cache=cache)
 
-        # 1. text states: (B, L, text_dim)
-        timings, t0 = {}, time.perf_counter()
+    # -- the steps of a call (shared with image-to-video) --------------------------------------------
+    def text_states(self, request: Any, reporter: Reporter, timings: dict, prompt: Any, negative_prompt: Any,
+                    prompt_embeds: Any, negative_prompt_embeds: Any) -> tuple[PromptStates, PromptStates | None]:  # fmt: skip
+        """The prompts' states (B, L, text_dim) and, with guidance, the negative prompts' (the
+        model's default negative prompt when none is given); no masks: Wan zero-pads."""
+        t0 = time.perf_counter()
         if negative_prompt is None and negative_prompt_embeds is None:
             negative_prompt = self.defaults.negative_prompt
         with reporter.stage("text", 1, desc="text") as step:
             cond, uncond = self.prompt_states(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt
-            )
+                request.prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, request.guidance_scale > 1.0,
+                request.num_videos_per_prompt,
+            )  # fmt: skip
             step(1)
-        cond, uncond = PromptStates(cond.states), (PromptStates(uncond.states) if uncond is not None else None)  # no masks: zero padding
-        batch = cond.batch_size
         timings["text"] = time.perf_counter() - t0
+        return PromptStates(cond.states), (PromptStates(uncond.states) if uncond is not None else None)
 
-        # 2. initial noise: (B, C, F', H', W')
+    def initial_latents(self, request: Any, batch: int, latents: torch.Tensor | None, generator: Any, seed: int | None) -> torch.Tensor:
+        """The initial noise (B, z, F', H', W') float32: drawn (diffusers' rule) or the given ``latents``, checked."""
         shape = (
             batch,
             self.transformer.config.out_dim,
@@ -223,22 +231,43 @@ class WanPipeline(DiffusionPipeline):
             request.width // self.vae_scale_factor_spatial,
         )
         if latents is None:
-            latents = initial_noise(shape, make_generators(generator, seed, batch), self.device)
-        else:
-            check_latents(latents, shape)
-            latents = latents.to(self.device, torch.float32)
+            return initial_noise(shape, make_generators(generator, seed, batch), self.device)
+        check_latents(latents, shape)
+        return latents.to(self.device, torch.float32)
 
-        # 3. sample
+    def sample_latents(
+        self, request: Any, reporter: Reporter, timings: dict, latents: torch.Tensor, cond: PromptStates, uncond: PromptStates | None,
+        sampler: str | None, shift: float | None, batch_cfg: bool | None, callback: StepCallback | None,
+        condition: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
+        """Sample the latents from the noise: the sampler at the request's size (a shift rule by area
+        applies, then the call's overrides), guided. For image-to-video, ``condition`` (B, C', F',
+        H', W') joins the noise as extra input channels and ``image_embeds`` (B, tokens, image_dim)
+        the text in every block's cross-attention. Returns the latents and the step cache's counts."""
         t0 = time.perf_counter()
+        spec = self.sampler.for_size(request.height, request.width)
+        spec = spec if sampler is None and shift is None else spec.with_overrides(name=sampler, shift=shift)
         sampler_, sigmas, timesteps = spec.build(request.num_inference_steps, device=self.device)
-        cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
+        if condition is not None:
+            condition = condition.to(self.transformer.compute_dtype)
+
+        def denoiser(x: torch.Tensor, t: torch.Tensor, ctx: Any) -> torch.Tensor:
+            if condition is not None:  # batched guidance runs 2B rows: the condition repeats
+                x = torch.cat([x, condition.repeat(x.shape[0] // condition.shape[0], 1, 1, 1, 1)], dim=1)
+            return self.transformer(x, t, ctx)
+
+        def prepare(states: torch.Tensor, mask: Any) -> Any:
+            if image_embeds is None:
+                return self.transformer.prepare_context(states)
+            return self.transformer.prepare_context(states, image_embeds.repeat(states.shape[0] // image_embeds.shape[0], 1, 1))
+
+        cache: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
-            latents, lambda x, t, ctx: self.transformer(x, t, ctx), lambda states, mask: self.transformer.prepare_context(states),
-            cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
-            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback_on_step_end,
+            latents, denoiser, prepare, cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
+            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache, callback=callback,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter, cache=cache_stats or None)
+        return latents, cache or None
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, KinemaError
 from ..request import ModelRules
-from .base import PromptStates, Reporter, check_latents, check_tensor, initial_noise, make_generators
+from .base import Reporter, check_tensor
 from .diffusion import StepCallback
 from .inputs import images_to_tensor, resize_and_crop
 from .output import VideoOutput
@@ -162,28 +162,15 @@ class WanImageToVideoPipeline(WanPipeline):
             guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, cache_threshold=cache_threshold, image="(picture)",
         )  # fmt: skip
         reporter = Reporter(callback, progress_bar)
-        spec = self.sampler.for_size(request.height, request.width)
-        spec = spec if sampler is None and shift is None else spec.with_overrides(name=sampler, shift=shift)
-        do_cfg = request.guidance_scale > 1.0
-
-        # 1. text states: (B, L, text_dim), B = prompts x videos per prompt
-        timings, t0 = {}, time.perf_counter()
-        if negative_prompt is None and negative_prompt_embeds is None:
-            negative_prompt = self.defaults.negative_prompt
-        with reporter.stage("text", 1, desc="text") as step:
-            cond, uncond = self.prompt_states(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, do_cfg, num_videos_per_prompt
-            )
-            step(1)
-        cond, uncond = PromptStates(cond.states), (PromptStates(uncond.states) if uncond is not None else None)
+        timings: dict[str, float] = {}
+        cond, uncond = self.text_states(request, reporter, timings, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         batch = cond.batch_size
         n_prompts = batch // num_videos_per_prompt
         if pixels.shape[0] not in (1, n_prompts):
             raise KinemaError(f"got {pixels.shape[0]} images for {n_prompts} prompts; pass one, or one per prompt")
-        timings["text"] = time.perf_counter() - t0
 
-        # 2. the picture: CLIP features (B, tokens, image_dim), then the condition (B, t + z, F', H', W'):
-        #    the mask and the latents of [picture at the clip's size, zeros...] (the VAE draws nothing)
+        # the picture: CLIP features (B, tokens, image_dim), then the condition (B, t + z, F', H', W'):
+        # the mask and the latents of [picture at the clip's size, zeros...] (the VAE draws nothing)
         t0 = time.perf_counter()
         with reporter.stage("image", 2, desc="picture") as step:
             if image_embeds is None:
@@ -201,37 +188,10 @@ class WanImageToVideoPipeline(WanPipeline):
             step(1)
         timings["image"] = time.perf_counter() - t0
 
-        # 3. initial noise (B, z, F', H', W')
-        lf = (request.num_frames - 1) // self.vae_scale_factor_temporal + 1
-        shape = (batch, self.transformer.config.out_dim, lf, request.height // self.vae_scale_factor_spatial,
-                 request.width // self.vae_scale_factor_spatial)  # fmt: skip
-        if latents is None:
-            latents = initial_noise(shape, make_generators(generator, seed, batch), self.device)
-        else:
-            check_latents(latents, shape)
-            latents = latents.to(self.device, torch.float32)
-
-        # 4. sample
-        t0 = time.perf_counter()
-        sampler_, sigmas, timesteps = spec.build(request.num_inference_steps, device=self.device)
-        model_dtype = self.transformer.compute_dtype
-        condition = condition.to(model_dtype)
-
-        def denoiser(x: torch.Tensor, t: torch.Tensor, ctx: Any) -> torch.Tensor:
-            y = condition if x.shape[0] == condition.shape[0] else condition.repeat(x.shape[0] // condition.shape[0], 1, 1, 1, 1)
-            return self.transformer(torch.cat([x, y], dim=1), t, ctx)
-
-        def prepare(states: torch.Tensor, mask: Any) -> Any:
-            images = image_embeds if states.shape[0] == image_embeds.shape[0] else image_embeds.repeat(states.shape[0] // image_embeds.shape[0], 1, 1)
-            return self.transformer.prepare_context(states, images)
-
-        cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
-        latents = self.denoise(
-            latents, denoiser, prepare, cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
-            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback_on_step_end,
-        )  # fmt: skip
-        timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter, cache=cache_stats or None)
+        latents = self.initial_latents(request, batch, latents, generator, seed)
+        latents, cache = self.sample_latents(request, reporter, timings, latents, cond, uncond, sampler, shift, batch_cfg,
+                                             callback_on_step_end, condition=condition, image_embeds=image_embeds)  # fmt: skip
+        return self.finish(latents, output_type, timings, lambda: self.decode_latents(latents), reporter, cache=cache)
 
     # -- the picture -------------------------------------------------------------------------------
     @staticmethod
