@@ -189,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     hint = contention_hint(threads) if args.threads is None and not args.quiet else None  # the load before our own work
     if args.input is None and args.strength is not None:
         raise KinemaError("--strength applies to video-to-video: give --input too")
-    done = generate(request, progress_bar=not args.quiet)
+    done = generate(request, progress_bar=not args.quiet, callback=_stop_if_interrupted)
     frames = done.output.frames
     n, h, w = frames.shape[1:4]
     if args.timings:
@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.code or 0)
         return COMMANDS[args.command](args)
     except KinemaError as e:
+        if _INTERRUPTED:  # an error that a Ctrl-C caused (a load cut short) is the interrupt
+            sys.stderr.write("interrupted\n")
+            return 130
         message = e.render(FLAGS) if isinstance(e, RequestError) else str(e)
         sys.stderr.write(f"error: {' '.join(message.split())}\n")
         return 2
@@ -361,14 +364,48 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+_INTERRUPTED = []  # set by the console script's Ctrl-C handler
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _stop_if_interrupted(progress) -> None:
+    """``generate``'s callback: a Ctrl-C that some library swallowed while it was importing still
+    stops the run at the next stage or step."""
+    if _INTERRUPTED:
+        raise Cancelled("interrupted")
+
+
 def entry() -> None:
     """The console script: :func:`main`, with Ctrl-C during Python's own start-up (imports) also
-    ending in one line."""
+    ending in one line. A Ctrl-C that lands inside a C extension's import (numpy, torch) can come
+    out as some other error there (numpy: "cannot load module more than once per process"): once
+    Ctrl-C was pressed, any error that follows is the interrupt's."""
+    import signal
+
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         code = main()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
+    except Exception:
+        if not _INTERRUPTED:
+            raise
+        sys.stderr.write("interrupted\n")
+        code = 130
+    if _INTERRUPTED and code == 130:
+        # Handled or not, a Ctrl-C that lands in torch's import can still end `python -m kinema.cli`
+        # by SIGINT (status -2 to a parent process) after this line was written: seen in about one
+        # run in three at one moment of the import; the cause is in the interpreter's exit. Exit now.
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     raise SystemExit(code)
 
 

@@ -128,3 +128,37 @@ def test_sigkill_while_replacing_keeps_the_old_file_and_the_next_write_cleans_up
     write_bytes_atomically(target, b"new video")
     assert target.read_bytes() == b"new video"
     assert files_under(out) == ["clip.mp4"]
+
+
+# Ctrl-C at an unlucky moment, made deterministic: the handler's flag decides, whatever error follows.
+UNLUCKY = {
+    # numpy's C module cut short by Ctrl-C, imported again by torch: an ImportError, not KeyboardInterrupt
+    "import-error": "import kinema.cli as c\n"
+    "def main():\n"
+    "    c._INTERRUPTED.append(2)\n"
+    "    raise ImportError('cannot load module more than once per process')\n"
+    "c.main = main\n"
+    "c.entry()\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNLUCKY))
+def test_ctrl_c_at_an_unlucky_moment_is_still_one_line_and_130(case):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", UNLUCKY[case]], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+
+
+def test_a_swallowed_ctrl_c_stops_generate_at_the_next_step(tmp_path):
+    """Some library's bare ``except:`` ate the KeyboardInterrupt: the flag still stops the run."""
+    script = (
+        "import sys, kinema.cli as c\n"
+        "c._INTERRUPTED.append(2)\n"
+        f"sys.argv = ['kinema', 'generate', 'a red circle moving left', '-o', {str(tmp_path / 'clip.mp4')!r}, *{SMALL!r}]\n"
+        "c.entry()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert _lines(done.stderr) == ["interrupted"], done.stderr[-2000:]
+    assert files_under(tmp_path) == []
