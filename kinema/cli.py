@@ -24,7 +24,7 @@ FLAGS = {
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler", "cache_threshold": "--cache",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
     "image": "--image", "max_area": "--max-area", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
-    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads",
+    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads", "max_memory": "--max-memory", "offload": "--offload",
 }  # fmt: skip
 
 
@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--quantize", choices=("fp8",), default=None,
         help="token-ar models: store the linear layers of the token model's blocks in FP8 (e4m3, per-row scales), computing in --dtype or bfloat16 (half the memory; slower on a CPU, which converts the weights every call)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-memory", default=None, metavar="SIZE",
+        help="a memory budget on the device, e.g. 12GiB or 8GB: the planner moves weights (components in turns, blocks streamed) so the run fits, with the same frames (default: what is free, only when everything resident would not fit)",
+    )  # fmt: skip
+    g.add_argument(
+        "--offload", choices=("auto", "none", "model", "block"), default=None,
+        help="force how weights move: none (all resident), model (components in turns), block (also stream the transformer's blocks); auto (default) lets --max-memory decide",
     )  # fmt: skip
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
@@ -175,7 +183,7 @@ def request_from_args(args: argparse.Namespace):
         num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift, cache_threshold=args.cache,
         sampler=args.sampler, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         typical_p=args.typical_p, image=args.image, max_area=args.max_area[0] * args.max_area[1] if args.max_area else None, video=args.input, strength=args.strength, output=args.output,
-        device=args.device, dtype=args.dtype, quantize=args.quantize,
+        device=args.device, dtype=args.dtype, quantize=args.quantize, max_memory=args.max_memory, offload=args.offload,
     )  # fmt: skip
 
 
@@ -193,7 +201,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     frames = done.output.frames
     n, h, w = frames.shape[1:4]
     if args.timings:
-        print(json.dumps({"timings_s": {k: round(v, 3) for k, v in done.timings.items()}, "threads": threads}), file=sys.stderr)
+        report = {"timings_s": {k: round(v, 3) for k, v in done.timings.items()}, "threads": threads, "memory": done.memory}
+        print(json.dumps(report), file=sys.stderr)
+    elif "plan" in done.memory and not args.quiet:
+        peak = done.memory.get("peak_bytes")
+        print(done.memory["plan"] + (f"; peak {peak / (1 << 30):.2f} GiB" if peak else ""), file=sys.stderr)
     if hint:  # said after the work, so that a refused request stays one line
         print(hint, file=sys.stderr)
     if not args.quiet:

@@ -31,6 +31,7 @@ class Generated:
     output: Any  # kinema.pipelines.output.VideoOutput
     paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, text, denoise or tokens, decode, write
+    memory: dict[str, Any] = field(default_factory=dict)  # the plan (when one was made) and the peak measured, in bytes
 
 
 def output_paths(output: str | None, batch: int) -> list[Path]:
@@ -67,6 +68,7 @@ def generate(
         resolve_dtype,
         resolve_model,
     )
+    from .pipelines.memory import current_rss, gib, parse_bytes, peak_bytes, reset_peak
     from .runtime import available_memory
     from .video import CONTAINER_FORMATS, write_video
 
@@ -94,17 +96,37 @@ def generate(
         request = replace(request, height=height, width=width, max_area=None)
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
         request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
-    request = request.checked(rules, free_bytes=available_memory(device))
-    pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize)
+    free = available_memory(device)
+    budget = parse_bytes(request.max_memory)
+    planned = budget is not None or request.offload not in (None, "auto", "none")
+    held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
+    filled = request.checked(rules, check_memory=False)
+    floor = max(rules.stage_bytes(filled, request.batch).values(), default=0)  # activations: no strategy avoids them
+    if not planned and request.offload != "none" and free is not None:
+        need = rules.needed_bytes(filled, request.batch)
+        if need is not None and need > free and floor <= free:  # all resident would not fit: the planner finds what does
+            budget, planned = free + held, True
+    if budget is not None and held + floor > budget:  # refused before loading
+        raise KinemaError(
+            f"this request's activations alone need about {gib(floor)} beside the {gib(held)} the process holds; "
+            f"the budget is {gib(budget)}: raise --max-memory, or make a smaller or shorter video"
+        )
+    request = request.checked(rules, free_bytes=None if planned else free)
+    reset_peak(device)
+    pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize,
+                         max_memory=budget, offload=request.offload if planned else None, plan_for=request)  # fmt: skip
     timings = {"load": time.perf_counter() - t0}
     out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
     timings.update(out.timings)
+    memory = {"peak_bytes": peak_bytes(device)}
+    if pipe.memory_plan is not None:
+        memory = {"plan": pipe.memory_plan.describe(), "estimate_bytes": pipe.memory_plan.peak, **memory}
     if write:
         t_write = time.perf_counter()
         for path, frames in zip(paths, out.frames):
             write_video(frames, path, fps=out.fps)
         timings["write"] = time.perf_counter() - t_write
-    return Generated(request, out, paths, timings)
+    return Generated(request, out, paths, timings, memory)
 
 
 def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...]) -> dict[str, Any]:

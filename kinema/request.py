@@ -77,6 +77,8 @@ class GenerationRequest:
     device: str | None = None
     dtype: str | None = None
     quantize: str | None = None
+    max_memory: str | int | None = None  # a memory budget ("12GiB", "8GB" or bytes): the planner fits the run in it
+    offload: str | None = None  # "none", "model", "block" or "auto" (the default): how weights move to fit
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -135,6 +137,18 @@ class GenerationRequest:
                 raise RequestError(f"{{0}} must be a non-empty string; got {quoted(value)}", name)
             if isinstance(value, str) and not _is_utf8(value):
                 raise RequestError(f"{{0}} is not valid UTF-8 text: {braces(repr(value.encode('utf-8', 'backslashreplace').decode()[:80]))}", name)
+        if self.max_memory is not None:
+            from .pipelines.memory import parse_bytes
+
+            try:
+                parse_bytes(self.max_memory)
+            except KinemaError as e:
+                raise RequestError(braces(str(e)).replace("max_memory", "{0}", 1), "max_memory") from None
+        if self.offload is not None:
+            from .pipelines.memory import OFFLOAD_STRATEGIES
+
+            if self.offload not in OFFLOAD_STRATEGIES:
+                raise RequestError(f"{{0}} must be one of {', '.join(OFFLOAD_STRATEGIES)}; got {quoted(self.offload)}", "offload")
         if self.image is not None and self.video is not None:
             raise RequestError("give {0} (image-to-video) or {1} (video-to-video), not both", "image", "video")
         if self.strength is not None and self.video is None:
@@ -293,6 +307,15 @@ class MemoryModel:
 
     def bytes(self, height: int, width: int, frames: int, batch: int, guided: bool) -> int:
         """Peak bytes of a request for ``batch`` videos of ``frames`` x ``height`` x ``width``."""
+        return self.weights * self.element_bytes + sum(self._parts(height, width, frames, batch, guided))
+
+    def stage_bytes(self, height: int, width: int, frames: int, batch: int, guided: bool) -> dict[str, int]:
+        """The activations alone (no weights) of the two big stages: ``denoise`` (latents, the
+        generator's activations, its fixed state) and ``decode`` (latents, the decoder, the video)."""
+        fixed, latents, generator, decoder, video = self._parts(height, width, frames, batch, guided)
+        return {"denoise": fixed + latents + generator, "decode": latents + decoder + video}
+
+    def _parts(self, height: int, width: int, frames: int, batch: int, guided: bool) -> tuple[int, int, int, int, int]:
         lf = (frames - 1) // self.temporal_compression + 1
         voxels = lf * (height // self.spatial_compression) * (width // self.spatial_compression)
         latents = 6 * batch * voxels * self.latent_channels * 4  # float32: the sample, noise, model outputs, sampler history
@@ -301,7 +324,7 @@ class MemoryModel:
         pixels = height * width
         decoder = batch * min(frames, self.codec_frames_at_once) * pixels * self.codec_activation_per_pixel * self.element_bytes
         video = batch * frames * pixels * 3 * (4 * 3 + 1)  # float32 decode, clamp and scale copies, uint8 frames
-        return self.weights * self.element_bytes + self.fixed * self.element_bytes + latents + generator + decoder + video
+        return self.fixed * self.element_bytes, latents, generator, decoder, video
 
 
 @dataclass(frozen=True)
@@ -375,6 +398,13 @@ class ModelRules:
             return None
         guided = request.guidance_scale is not None and request.guidance_scale != 1
         return self.memory.bytes(request.height, request.width, request.num_frames, batch, guided)
+
+    def stage_bytes(self, request: GenerationRequest, batch: int) -> dict[str, int]:
+        """:meth:`MemoryModel.stage_bytes` for a filled-in request (empty: no model of it)."""
+        if self.memory is None:
+            return {}
+        guided = request.guidance_scale is not None and request.guidance_scale != 1
+        return self.memory.stage_bytes(request.height, request.width, request.num_frames, batch, guided)
 
     def check_memory(self, request: GenerationRequest, free: int, batch: int) -> None:
         """Refuse, in one line, a request whose estimate exceeds ``free`` bytes, saying what would fit."""

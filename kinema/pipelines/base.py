@@ -244,7 +244,7 @@ class VideoPipeline:
 
         ``unknown`` holds keywords the call does not take (refused with the nearest name it does
         take), ``step_callback`` diffusers' ``callback_on_step_end`` (it must be callable)."""
-        fields = {f.name for f in dataclasses.fields(GenerationRequest)} - {"model", "output", "device", "dtype", "quantize"}
+        fields = {f.name for f in dataclasses.fields(GenerationRequest)} - {"model", "output", "device", "dtype", "quantize", "max_memory", "offload"}
         for name, value in (unknown or {}).items():
             if name not in fields:
                 raise KinemaError(unknown_keyword(name, type(self).__call__))
@@ -269,7 +269,8 @@ class VideoPipeline:
         if prompt_embeds is not None:
             check_tensor(prompt_embeds, "prompt_embeds (batch, length, text_dim)", (None, None, None))
             batch = prompt_embeds.shape[0] * num_videos_per_prompt if isinstance(num_videos_per_prompt, int) else None
-        return request.checked(self.rules, free_bytes=available_bytes(self.device), batch=batch)
+        planned = getattr(self, "memory_plan", None) is not None  # loaded for a memory plan: the planner checked the budget
+        return request.checked(self.rules, free_bytes=None if planned else available_bytes(self.device), batch=batch)
 
     # -- prompts -----------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> PromptStates:

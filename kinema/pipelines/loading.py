@@ -124,6 +124,9 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     quantize: str | None = None,
+    max_memory: str | int | None = None,
+    offload: str | None = None,
+    plan_for: Any = None,
 ):
     """Load a pipeline from a model directory, any supported layout.
 
@@ -137,6 +140,13 @@ def load_pipeline(
             with one scale per output channel, computing in ``dtype`` if given, else bfloat16;
             the output head, the token embedding and the norms keep that dtype (float32 norms),
             and the tokenizer and text encoder load as ``dtype`` says. None: no quantisation.
+        max_memory: a memory budget on ``device`` ("12GiB", "8GB" or bytes): the planner
+            (:mod:`kinema.pipelines.memory`) picks how the weights move so that the run fits, and
+            the pipeline's ``memory_plan`` says what it picked. None: no budget.
+        offload: "none", "model" or "block" forces a strategy; "auto" or None lets the planner
+            pick (with neither this nor ``max_memory``, everything stays resident as before).
+        plan_for: the :class:`~kinema.request.GenerationRequest` the plan is sized for (its size,
+            frames, videos and guidance; default: the model's default clip, one video).
     """
     if path_or_name is None:
         raise KinemaError('load_pipeline needs a model: a directory or a shipped model\'s name, e.g. load_pipeline("shapes")')
@@ -145,10 +155,17 @@ def load_pipeline(
     dtype = torch.float32 if requested is None and device.type == "cpu" else requested
     layout = path_or_name if isinstance(path_or_name, ModelLayout) else resolve_model(path_or_name)
     check_quantize(layout, quantize)
+    from .memory import check_offload, parse_bytes
+
+    budget, offload = parse_bytes(max_memory), check_offload(offload)
+    planned = budget is not None or offload not in (None, "auto", "none")
     fam = layout.family
     cls = fam.pipeline_class()
     defaults = layout.defaults()  # reads config files only: a card or parts that do not fit fail before any weights
     formats = fam.formats()
+    compute_dtype, target = dtype, device
+    if planned:  # the weights load where they wait (file-mapped, the file's dtype, on the CPU); the plan places them
+        dtype, device = (requested if quantize is not None else None), torch.device("cpu")
     if quantize is None:
         generator = formats.load_generator(layout, dtype=dtype, device=device)
     else:
@@ -168,4 +185,10 @@ def load_pipeline(
     extra = {}
     if fam.image_encoder is not None:  # image-to-video: the layout's picture encoder
         extra["image_encoder"] = formats.image_encoder(layout, dtype=dtype, device=device)
-    return cls(generator, codec, text_encoder, sampler, defaults=defaults, device=device, **extra)
+    pipe = cls(generator, codec, text_encoder, sampler, defaults=defaults, device=target, **extra)
+    pipe.memory_plan = None
+    if planned:
+        from .memory import place
+
+        place(pipe, budget, offload, compute_dtype if quantize is None else None, target, plan_for)
+    return pipe
