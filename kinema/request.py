@@ -303,6 +303,7 @@ class MemoryModel:
     codec_activation_per_pixel: int  # elements per output pixel the decoder holds at its peak
     codec_frames_at_once: int  # pixel frames the decoder produces per step (its chunk)
     fixed: int = 0  # elements held whatever the request (a token model's KV cache, text states)
+    context_per_stream: int = 0  # elements of conditioning held per video and guidance branch (Wan: every block's text keys and values)
     element_bytes: int = 4
 
     def bytes(self, height: int, width: int, frames: int, batch: int, guided: bool) -> int:
@@ -320,7 +321,7 @@ class MemoryModel:
         voxels = lf * (height // self.spatial_compression) * (width // self.spatial_compression)
         latents = 6 * batch * voxels * self.latent_channels * 4  # float32: the sample, noise, model outputs, sampler history
         streams = batch * (2 if guided else 1)
-        generator = streams * int(voxels * self.tokens_per_latent_voxel) * self.activation_per_token * self.element_bytes
+        generator = streams * (int(voxels * self.tokens_per_latent_voxel) * self.activation_per_token + self.context_per_stream) * self.element_bytes
         pixels = height * width
         decoder = batch * min(frames, self.codec_frames_at_once) * pixels * self.codec_activation_per_pixel * self.element_bytes
         video = batch * frames * pixels * 3 * (4 * 3 + 1)  # float32 decode, clamp and scale copies, uint8 frames

@@ -277,8 +277,10 @@ class Offloader:
         self.groups, self.capacity, self.device, self.slots = groups, capacity, device, slots
         self.clock = 0
         self.loads = 0
+        self.reused = 0  # CPU conversions into a spare buffer
         self.handles: list[Any] = []
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._spare: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}  # CPU: buffers of blocks sent back
         self.wrapped: list[tuple[nn.Module, str]] = []
         for g in groups:
             self._park(g)
@@ -353,10 +355,20 @@ class Offloader:
             self._park(victim)
 
     def _load(self, group: WeightGroup, prefetch: bool = False) -> None:
+        if not group.block:
+            self._spare.clear()  # a component comes in: the blocks' spare buffers go back to the system
         stream = self.copy_stream if prefetch else None
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             for s in group.slots:
-                s.param.data = s.parked.to(self.device, non_blocking=stream is not None).to(s.dtype)
+                if self.device.type == "cpu" and s.parked.dtype != s.dtype:  # a converted copy, into a spare buffer if one fits
+                    spare = self._spare.get((tuple(s.parked.shape), s.dtype))
+                    self.reused += bool(spare)
+                    buffer = spare.pop() if spare else torch.empty(s.parked.shape, dtype=s.dtype)
+                    s.param.data = buffer.copy_(s.parked)
+                else:
+                    s.param.data = s.parked.to(self.device, non_blocking=stream is not None).to(s.dtype)
+                if s.file_backed and s.param.data.data_ptr() != s.parked.data_ptr():
+                    drop_pages(s.parked)  # converted: the file's pages are not needed while the copy is in
         if stream is not None:
             group.ready = torch.cuda.Event()
             group.ready.record(stream)
@@ -367,10 +379,27 @@ class Offloader:
 
     def _park(self, group: WeightGroup) -> None:
         for s in group.slots:
+            copy = s.param.data
             s.param.data = s.placeholder
             if s.file_backed:
                 drop_pages(s.parked)
+            if group.block and self.device.type == "cpu" and s.parked.dtype != s.dtype:
+                # the next block has the same shapes: its conversion reuses these pages instead of new ones
+                self._spare.setdefault((tuple(copy.shape), copy.dtype), []).append(copy)
+        if group.block:
+            self._trim_spare(group.nbytes)
         group.resident, group.ready = False, None
+
+    def _trim_spare(self, limit: int) -> None:
+        """Keep at most ``limit`` bytes of spare buffers (one block's worth)."""
+        total = 0
+        for key in list(self._spare):
+            kept = []
+            for t in self._spare[key]:
+                if total + t.numel() * t.element_size() <= limit:
+                    kept.append(t)
+                    total += t.numel() * t.element_size()
+            self._spare[key] = kept
 
     def park_all(self) -> None:
         for g in self.groups:
@@ -512,6 +541,8 @@ def apply_plan(pipe: Any, plan: MemoryPlan, dtype: torch.dtype | None, device: t
         for module in modules.values():
             for s in _slots(module, dtype, device, maps, _keep_fp32(module)):
                 s.param.data = s.parked.to(device).to(s.dtype)
+                if s.file_backed and s.param.data.data_ptr() != s.parked.data_ptr():
+                    drop_pages(s.parked)
         return None
     groups: list[WeightGroup] = []
     for name, module in modules.items():

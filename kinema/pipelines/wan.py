@@ -104,6 +104,8 @@ class WanPipeline(DiffusionPipeline):
             spatial_compression=vae.spatial_compression,
             tokens_per_latent_voxel=1 / (pt * ph * pw),
             activation_per_token=7 * transformer.dim + transformer.ffn_dim,
+            # prepare_context keeps every block's cross-attention keys and values (text, and the picture's 257 tokens for i2v)
+            context_per_stream=2 * transformer.num_layers * transformer.dim * (transformer.text_len + (257 if transformer.image_dim else 0)),
             codec_activation_per_pixel=8 * vae.base_dim * vae.dim_mult[0],
             codec_frames_at_once=vae.temporal_compression + 2,  # one latent frame, plus the causal cache
             element_bytes=element_bytes,
