@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .checkpoints.io import check_output_path
 from .errors import KinemaError
 from .request import GenerationRequest, frames_that_fit
@@ -63,6 +61,7 @@ def generate(
     """
     from .pipelines.loading import (
         check_quantize,
+        component_dtypes,
         load_pipeline,
         resolve_device,
         resolve_dtype,
@@ -87,7 +86,8 @@ def generate(
     dtype = resolve_dtype(request.dtype)
     layout = resolve_model(request.model)
     check_quantize(layout, request.quantize)
-    element_bytes = 4 if dtype in (None, torch.float32) and device.type == "cpu" else (dtype.itemsize if dtype is not None else 2)
+    picked = component_dtypes(dtype, device)["transformer"]
+    element_bytes = picked.itemsize if picked is not None else 2
     rules = layout.rules(element_bytes)
     request.check_abilities(rules)  # before reading an input the model could not take
     media = read_media(request)
@@ -118,7 +118,7 @@ def generate(
     timings = {"load": time.perf_counter() - t0}
     out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
     timings.update(out.timings)
-    memory = {"peak_bytes": peak_bytes(device)}
+    memory = {"peak_bytes": peak_bytes(device), "dtypes": pipe.dtypes}
     if pipe.memory_plan is not None:
         memory = {"plan": pipe.memory_plan.describe(), "estimate_bytes": pipe.memory_plan.peak, **memory}
     if write:

@@ -233,11 +233,18 @@ def load_into(
         raise CheckpointError(f"{what} weights have the wrong kind of numbers (integers for floats or the reverse): {_preview(bad_kinds, 4)}")
     keep_fp32 = module_pattern(getattr(model, "_keep_in_fp32", ()))
     converted = {}
+    mapped = None
     for k, t in state.items():
         target_dtype = None
         if t.is_floating_point():
             target_dtype = torch.float32 if keep_fp32 is not None and keep_fp32.match(k) else dtype
         converted[k] = t.to(device=device if device is not None else t.device, dtype=target_dtype or t.dtype)
+        if converted[k].data_ptr() != t.data_ptr() and t.device.type == "cpu":  # a copy: the file's pages are not needed
+            from ..pipelines.memory import FileMappings, drop_pages
+
+            mapped = mapped or FileMappings()
+            if mapped.covers(t):
+                drop_pages(t)
     model.load_state_dict(converted, strict=True, assign=True)
     # Buffers that are not saved (persistent=False) are still on meta: rebuild them in place.
     _materialize_meta_buffers(model, device)

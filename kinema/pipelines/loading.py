@@ -63,7 +63,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """A weights dtype by name (None or "auto": as stored, float32 on the CPU)."""
+    """A weights dtype by name (None or "auto": None, for :func:`component_dtypes` to pick)."""
     if dtype is None:
         return None
     if isinstance(dtype, torch.dtype):
@@ -75,6 +75,22 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise KinemaError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16 or auto")
     return DTYPES[dtype]
+
+
+COMPONENTS = ("transformer", "text_encoder", "image_encoder", "codec")
+
+
+def component_dtypes(requested: torch.dtype | None, device: torch.device) -> dict[str, torch.dtype | None]:
+    """Each component's compute dtype: ``requested`` for all, or with none ("auto") what the device
+    does fast (:func:`kinema.runtime.fast_dtype`) for the transformer and the encoders, and float32
+    for the codec (a VAE decodes the pixels: diffusers' Wan examples keep it float32 too). Modules
+    a model marks ``_keep_in_fp32`` stay float32 in any case."""
+    if requested is not None:
+        return dict.fromkeys(COMPONENTS, requested)
+    from ..runtime import fast_dtype
+
+    fast = fast_dtype(device)
+    return {"transformer": fast, "text_encoder": fast, "image_encoder": fast, "codec": torch.float32 if fast is not None else None}
 
 
 def load_text_encoder(kind: str, max_length: int, dtype: torch.dtype | None = None, device: Any = None, dim: int | None = None) -> Any:
@@ -152,7 +168,7 @@ def load_pipeline(
         raise KinemaError('load_pipeline needs a model: a directory or a shipped model\'s name, e.g. load_pipeline("shapes")')
     device = resolve_device(device)
     requested = resolve_dtype(dtype)
-    dtype = torch.float32 if requested is None and device.type == "cpu" else requested
+    dtypes = component_dtypes(requested, device)
     layout = path_or_name if isinstance(path_or_name, ModelLayout) else resolve_model(path_or_name)
     check_quantize(layout, quantize)
     from .memory import check_offload, parse_bytes
@@ -163,14 +179,15 @@ def load_pipeline(
     cls = fam.pipeline_class()
     defaults = layout.defaults()  # reads config files only: a card or parts that do not fit fail before any weights
     formats = fam.formats()
-    compute_dtype, target = dtype, device
+    target, load = device, dict(dtypes)
     if planned:  # the weights load where they wait (file-mapped, the file's dtype, on the CPU); the plan places them
-        dtype, device = (requested if quantize is not None else None), torch.device("cpu")
+        load, device = dict.fromkeys(COMPONENTS, None), torch.device("cpu")
     if quantize is None:
-        generator = formats.load_generator(layout, dtype=dtype, device=device)
+        generator = formats.load_generator(layout, dtype=load["transformer"], device=device)
     else:
         generator = formats.load_generator(layout, dtype=requested, device=device, quantize=quantize)
-    codec = fam.codec_kind().formats().load_codec(layout.codec_path, dtype=dtype, device=device)
+    codec = fam.codec_kind().formats().load_codec(layout.codec_path, dtype=load["codec"], device=device)
+    dtype = load["text_encoder"]
     if layout.format == "kinema":
         text = layout.card["text_encoder"]
         kind = text_encoder_kind(text["kind"])
@@ -184,11 +201,29 @@ def load_pipeline(
         sampler = formats.sampler(layout)
     extra = {}
     if fam.image_encoder is not None:  # image-to-video: the layout's picture encoder
-        extra["image_encoder"] = formats.image_encoder(layout, dtype=dtype, device=device)
+        extra["image_encoder"] = formats.image_encoder(layout, dtype=load["image_encoder"], device=device)
     pipe = cls(generator, codec, text_encoder, sampler, defaults=defaults, device=target, **extra)
     pipe.memory_plan = None
+    if quantize is not None:  # the token model's linears stay FP8; the rest computes in the loader's choice
+        dtypes["transformer"] = None
     if planned:
         from .memory import place
 
-        place(pipe, budget, offload, compute_dtype if quantize is None else None, target, plan_for)
+        place(pipe, budget, offload, dtypes, target, plan_for)
+    pipe.dtypes = picked_dtypes(pipe)
     return pipe
+
+
+def picked_dtypes(pipe: Any) -> dict[str, str]:
+    """What each loaded component computes in (its first floating weight's dtype, or the
+    generator's ``compute_dtype``), as names: what ``--timings`` reports."""
+    from .memory import pipeline_modules
+
+    out = {}
+    for name, module in pipeline_modules(pipe).items():
+        dtype = getattr(module, "compute_dtype", None)
+        if not isinstance(dtype, torch.dtype):
+            dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        if dtype is not None:
+            out[name] = str(dtype).replace("torch.", "")
+    return out

@@ -503,13 +503,18 @@ def pipeline_modules(pipe: Any) -> dict[str, nn.Module]:
     return out
 
 
-def measure(pipe: Any, dtype: torch.dtype | None, device: torch.device) -> dict[str, ComponentSize]:
-    """Each component's :class:`ComponentSize` as loaded (weights in their file dtype, parked)."""
+def _dtype_of(dtypes: Any, name: str) -> torch.dtype | None:
+    """A component's compute dtype from one dtype for all or a dict by component (None: as loaded)."""
+    return dtypes.get(name) if isinstance(dtypes, dict) else dtypes
+
+
+def measure(pipe: Any, dtypes: Any, device: torch.device) -> dict[str, ComponentSize]:
+    """Each component's :class:`ComponentSize` as loaded (weights in their file dtype, parked),
+    computing in ``dtypes`` (one dtype, or a dict by component name)."""
     maps = FileMappings()
-    keep_cache: dict[int, Any] = {}
     sizes = {}
     for name, module in pipeline_modules(pipe).items():
-        keep = keep_cache.setdefault(id(module), _keep_fp32(module))
+        keep, dtype = _keep_fp32(module), _dtype_of(dtypes, name)
 
         def size(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[int, int]:
             resident = parked = 0
@@ -532,21 +537,21 @@ def measure(pipe: Any, dtype: torch.dtype | None, device: torch.device) -> dict[
     return sizes
 
 
-def apply_plan(pipe: Any, plan: MemoryPlan, dtype: torch.dtype | None, device: torch.device) -> Offloader | None:
+def apply_plan(pipe: Any, plan: MemoryPlan, dtypes: Any, device: torch.device) -> Offloader | None:
     """Put ``pipe``'s weights where ``plan`` says: resident now (``none``), or hooked to come in
     when they run. Returns the :class:`Offloader` (None for ``none``)."""
     maps = FileMappings()
     modules = pipeline_modules(pipe)
     if plan.strategy == "none":
-        for module in modules.values():
-            for s in _slots(module, dtype, device, maps, _keep_fp32(module)):
+        for name, module in modules.items():
+            for s in _slots(module, _dtype_of(dtypes, name), device, maps, _keep_fp32(module)):
                 s.param.data = s.parked.to(device).to(s.dtype)
                 if s.file_backed and s.param.data.data_ptr() != s.parked.data_ptr():
                     drop_pages(s.parked)
         return None
     groups: list[WeightGroup] = []
     for name, module in modules.items():
-        groups += component_groups(name, module, dtype=dtype, device=device, maps=maps, split_blocks=plan.strategy == "block")
+        groups += component_groups(name, module, dtype=_dtype_of(dtypes, name), device=device, maps=maps, split_blocks=plan.strategy == "block")
     slots = plan.slots if plan.strategy == "block" else None
     offloader = Offloader(groups, capacity(plan.sizes, plan.strategy, plan.slots), device, slots)
     pipe.offloader = offloader
@@ -590,7 +595,7 @@ def current_rss() -> int | None:
 # ------------------------------------------------------------------------------------------------
 # Planning a loaded pipeline
 # ------------------------------------------------------------------------------------------------
-def place(pipe: Any, budget: int | None, offload: str | None, dtype: torch.dtype | None, device: torch.device, request: Any = None) -> MemoryPlan:
+def place(pipe: Any, budget: int | None, offload: str | None, dtypes: Any, device: torch.device, request: Any = None) -> MemoryPlan:
     """Plan ``pipe`` (loaded with its weights parked on the CPU) for ``request`` (default: the
     model's default clip) within ``budget`` bytes on ``device``, and apply the plan."""
     from ..request import GenerationRequest
@@ -600,7 +605,7 @@ def place(pipe: Any, budget: int | None, offload: str | None, dtype: torch.dtype
         d = rules.defaults
         request = GenerationRequest(prompt="", height=d.height, width=d.width, num_frames=d.num_frames, guidance_scale=d.guidance_scale)
     activations = rules.stage_bytes(request, request.batch)
-    sizes = measure(pipe, dtype, device)
+    sizes = measure(pipe, dtypes, device)
     baseline = (current_rss() or 0) if device.type == "cpu" else 0  # the process itself counts on the CPU
     plan = plan_memory(sizes, activations, budget, offload, device.type, min_slots=2 if device.type == "cuda" else 1, baseline=baseline)
     if device.type != "cpu":
@@ -609,6 +614,6 @@ def place(pipe: Any, budget: int | None, offload: str | None, dtype: torch.dtype
                 for key, b in m._buffers.items():
                     if b is not None:
                         m._buffers[key] = b.to(device)
-    apply_plan(pipe, plan, dtype, device)
+    apply_plan(pipe, plan, dtypes, device)
     pipe.memory_plan = plan
     return plan
