@@ -232,11 +232,12 @@ def load_into(
     if bad_kinds:
         raise CheckpointError(f"{what} weights have the wrong kind of numbers (integers for floats or the reverse): {_preview(bad_kinds, 4)}")
     keep_fp32 = module_pattern(getattr(model, "_keep_in_fp32", ()))
+    as_is = module_pattern([name for name, m in model.named_modules() if getattr(m, "_stored_as_is", False)])  # quantised layers
     converted = {}
     mapped = None
     for k, t in state.items():
         target_dtype = None
-        if t.is_floating_point():
+        if t.is_floating_point() and not (as_is is not None and as_is.match(k)):
             target_dtype = torch.float32 if keep_fp32 is not None and keep_fp32.match(k) else dtype
         converted[k] = t.to(device=device if device is not None else t.device, dtype=target_dtype or t.dtype)
         if converted[k].data_ptr() != t.data_ptr() and t.device.type == "cpu":  # a copy: the file's pages are not needed

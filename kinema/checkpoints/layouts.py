@@ -91,12 +91,12 @@ class ModelLayout:
             if path.is_file():
                 files.add(path)
             elif path.is_dir():
-                files.update(f for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+                files.update(f for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".pth", ".pt", ".bin", ".gguf"))
         total = 0
         for f in files:
             if f.suffix == ".safetensors":
                 total += sum(math.prod(shape) for shape in safetensors_shapes(f).values())
-            else:
+            else:  # a pickle (or a GGUF file): its size at 2 bytes a value
                 total += f.stat().st_size // 2
         return total
 

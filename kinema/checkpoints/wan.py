@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +26,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.wan import WAN_CLIP_DIM, WanTransformer, WanTransformerConfig
 from ..schema import Key, must, read, read_table
+from .gguf import GGUF_SUFFIXES, read_gguf
 from .io import (
     build_on_meta,
     component_dir,
@@ -341,7 +344,17 @@ def load_wan_transformer(
     """
     path = Path(path)
     path = component_dir(path, "transformer")  # a diffusers pipeline directory: its transformer/
-    if path.is_dir():
+    quantized: dict[str, Any] = {}
+    if path.is_dir() and not any(path.glob(f"{WEIGHTS_STEM}*.safetensors*")):
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:  # a GGUF file in the transformer's place (its config.json beside it)
+            path = ggufs[0]
+    if path.is_file() and path.suffix.lower() in GGUF_SUFFIXES:
+        where = path.parent / "config.json"
+        sibling = read_json(where) if where.is_file() else None
+        stored = from_config_json(sibling) if is_wan_config(sibling) else None
+        state, quantized = _split_gguf(_strip_prefixes(read_gguf(path)))
+    elif path.is_dir():
         where = path / "config.json"
         stored = from_config_json(read_json(where))  # before the weights: a config kinema cannot run fails fast
         state = load_sharded_safetensors(path, WEIGHTS_STEM)
@@ -354,13 +367,101 @@ def load_wan_transformer(
         raise CheckpointError(f"Wan transformer checkpoint not found: {path}")
 
     state = _strip_prefixes(state)
+    if not quantized:
+        state, quantized = _split_fp8(state)
     if any(k.startswith("condition_embedder.") for k in state):
         state = DIFFUSERS_KEYS.to_ours({k: v for k, v in state.items() if DIFFUSERS_IGNORED_KEYS.our_key(k) is None})
     else:
         state = ORIGINAL_KEYS.to_ours(state)
-    config = resolve_config(stored, config, lambda: from_weights(state), where=where, what="Wan transformer")
+    shapes = {**state, **{k: torch.empty(q.shape, device="meta") for k, q in quantized.items()}}
+    config = resolve_config(stored, config, lambda: from_weights(shapes), where=where, what="Wan transformer")
     model = build_on_meta(lambda: WanTransformer(config))
+    if quantized:
+        state.update(_quantized_layers(model, quantized, state, dtype or torch.float32))
     return load_into(model, state, dtype=dtype, device=device, what="Wan transformer").eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantised checkpoints as the community publishes them: GGUF (city96) and FP8 (ComfyUI, Kijai)
+# ------------------------------------------------------------------------------------------------
+_BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn|cross_attn|ffn)\.[a-z0-9_]+\.weight$")
+
+
+@dataclass
+class _Quantized:
+    kind: str  # "ggml" or "fp8"
+    data: torch.Tensor  # GGML blocks (uint8) or float8 values
+    shape: tuple[int, ...]
+    qtype: int = 0  # GGML type
+    scale: torch.Tensor | None = None  # FP8: the per-tensor scale (ComfyUI's scale_weight), None for 1
+
+
+def _split_gguf(tensors: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, _Quantized]]:
+    """GGUF tensors -> plain tensors (F32 / F16 / BF16 as stored; quantised ones outside the
+    blocks' linear layers dequantised now) and the blocks' quantised linear weights, kept as bytes."""
+    plain, quantized = {}, {}
+    for k, t in tensors.items():
+        if not t.quantized:
+            plain[k] = t.stored()
+        elif _BLOCK_LINEAR.match(k) and len(t.shape) == 2:
+            quantized[k] = _Quantized("ggml", t.data.reshape(t.shape[0], -1), t.shape, qtype=t.qtype)
+        else:
+            plain[k] = t.dequantized(torch.float32)
+    return plain, quantized
+
+
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _split_fp8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, _Quantized]]:
+    """A safetensors state with float8 weights (ComfyUI's ``*_fp8_e4m3fn`` files, and its
+    ``fp8_scaled`` ones with a ``scaled_fp8`` marker and a ``<layer>.scale_weight`` per weight):
+    the blocks' linear weights kept in FP8 with their scale, other float8 tensors dequantised."""
+    if not any(t.dtype in _FP8 for t in state.values()):
+        return state, {}
+    plain, quantized = {}, {}
+    for k, t in state.items():
+        if k == "scaled_fp8" or k.endswith((".scale_weight", ".scale_input")):
+            continue
+        if t.dtype not in _FP8:
+            plain[k] = t
+            continue
+        scale = state.get(k[: -len("weight")] + "scale_weight") if k.endswith(".weight") else None
+        if _BLOCK_LINEAR.match(k) and t.dim() == 2:
+            quantized[k] = _Quantized("fp8", t, tuple(t.shape), scale=scale)
+        else:
+            plain[k] = t.to(torch.float32) * (scale.to(torch.float32) if scale is not None else 1.0)
+    return plain, quantized
+
+
+def _quantized_layers(model: WanTransformer, quantized: dict[str, _Quantized], state: dict[str, torch.Tensor],
+                      compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Swap the linear layers whose weights are quantised for layers that keep them so (GGML
+    blocks or FP8 with row scales) and return their state entries."""
+    from ..models.fp8 import FP8_DTYPE, FP8Linear, quantize_fp8_rows
+    from ..models.ggml import GGMLLinear, swap_linears
+
+    entries: dict[str, torch.Tensor] = {}
+    kinds = {}
+    for key, q in quantized.items():
+        name = key[: -len(".weight")]
+        has_bias = f"{name}.bias" in state
+
+        if q.kind == "ggml":
+            kinds[name] = lambda lin, q=q, b=has_bias: GGMLLinear(lin.in_features, lin.out_features, q.qtype, bias=b, compute_dtype=compute_dtype)
+            entries[key] = q.data
+        else:
+            if q.data.dtype != FP8_DTYPE:  # e5m2: kinema's FP8 layer stores e4m3 with row scales; requantise
+                values = q.data.to(torch.float32) * (q.scale.to(torch.float32) if q.scale is not None else 1.0)
+                data, scale = quantize_fp8_rows(values)
+            else:
+                data = q.data
+                scale = (q.scale.to(torch.float32).reshape(()) if q.scale is not None else torch.tensor(1.0)).expand(q.shape[0]).contiguous()
+            kinds[name] = lambda lin, b=has_bias: FP8Linear(lin.in_features, lin.out_features, bias=b, compute_dtype=compute_dtype)
+            entries[key] = data
+            entries[f"{name}.weight_scale"] = scale
+    swap_linears(model, kinds)
+    return entries
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -390,7 +491,7 @@ ORIGINAL_NEGATIVE_PROMPT = (
 
 def detect(root: Path) -> Any:
     """The original Wan 2.1 layout at ``root`` (``config.json`` with ``model_type`` beside
-    ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
+    ``diffusion_pytorch_model*.safetensors`` or one ``*.gguf`` file, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
     and ``google/umt5-xxl/``), or None when ``root`` is not one."""
     from .layouts import ModelLayout
 
@@ -412,7 +513,7 @@ def detect(root: Path) -> Any:
         raise CheckpointError(f"{root}: missing component 'tokenizer' (expected the folder {ORIGINAL_TOKENIZER}/)")
     single = root / "diffusion_pytorch_model.safetensors"
     components = {
-        "transformer": single if single.is_file() else root,  # one file, or the directory of its shards
+        "transformer": single if single.is_file() else root,  # one file, or the directory of its shards (or one .gguf file)
         "vae": first(ORIGINAL_VAE, "vae"),
         "text_encoder": first(ORIGINAL_T5, "text_encoder"),
         "tokenizer": tokenizer,

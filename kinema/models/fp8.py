@@ -91,6 +91,8 @@ class FP8Linear(nn.Module):
     FP8 weight and float32 scale as they are; device moves move everything.
     """
 
+    _stored_as_is = True  # kinema.checkpoints.io.load_into casts none of its tensors (its own load casts the bias)
+
     def __init__(
         self,
         in_features: int,

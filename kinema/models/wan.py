@@ -196,7 +196,7 @@ class WanBlock(nn.Module):
         sin: torch.Tensor,
     ) -> torch.Tensor:
         """x (B, S, dim) float32, e (B, 6, dim) float32, kv (cross-attention keys/values), cos/sin (S, D/2) -> (B, S, dim) float32."""
-        dtype = self.ffn[0].weight.dtype  # compute dtype of the linears
+        dtype = getattr(self.ffn[0], "compute_dtype", None) or self.ffn[0].weight.dtype  # compute dtype of the linears (a quantised layer says its own)
         mod = (self.modulation.float() + e).chunk(6, dim=1)  # 6 x (B, 1, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod
         h = modulate(layer_norm_fp32(x, self.eps), shift_sa, scale_sa).to(dtype)  # (B, S, dim)

@@ -36,7 +36,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -243,11 +243,28 @@ _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 @dataclass(eq=False)
 class _Slot:
-    param: nn.Parameter
+    owner: nn.Module
+    name: str  # a parameter of ``owner``, or a buffer of a quantised layer (``_stored_as_is``)
     parked: torch.Tensor  # where the weight waits: file-mapped or host memory
     dtype: torch.dtype  # its compute dtype
     file_backed: bool
-    placeholder: torch.Tensor  # NaN, expanded to the shape, in the compute dtype on the device
+    placeholder: torch.Tensor  # NaN (after dequantisation, for GGML bytes), expanded to the shape, in the compute dtype on the device
+
+    @property
+    def value(self) -> torch.Tensor:
+        p = self.owner._parameters.get(self.name)
+        return p.data if p is not None else self.owner._buffers[self.name]
+
+    def set(self, t: torch.Tensor) -> None:
+        p = self.owner._parameters.get(self.name)
+        if p is not None:
+            p.data = t
+        else:
+            self.owner._buffers[self.name] = t
+
+    @property
+    def numel(self) -> int:
+        return self.parked.numel()
 
 
 @dataclass(eq=False)
@@ -266,7 +283,7 @@ class WeightGroup:
 
     @property
     def nbytes(self) -> int:
-        return sum(s.param.numel() * s.dtype.itemsize for s in self.slots)
+        return sum(s.numel * s.dtype.itemsize for s in self.slots)
 
 
 class Offloader:
@@ -364,23 +381,23 @@ class Offloader:
                     spare = self._spare.get((tuple(s.parked.shape), s.dtype))
                     self.reused += bool(spare)
                     buffer = spare.pop() if spare else torch.empty(s.parked.shape, dtype=s.dtype)
-                    s.param.data = buffer.copy_(s.parked)
+                    s.set(buffer.copy_(s.parked))
                 else:
-                    s.param.data = s.parked.to(self.device, non_blocking=stream is not None).to(s.dtype)
-                if s.file_backed and s.param.data.data_ptr() != s.parked.data_ptr():
+                    s.set(s.parked.to(self.device, non_blocking=stream is not None).to(s.dtype))
+                if s.file_backed and s.value.data_ptr() != s.parked.data_ptr():
                     drop_pages(s.parked)  # converted: the file's pages are not needed while the copy is in
         if stream is not None:
             group.ready = torch.cuda.Event()
             group.ready.record(stream)
             for s in group.slots:
-                s.param.data.record_stream(torch.cuda.current_stream(self.device))
+                s.value.record_stream(torch.cuda.current_stream(self.device))
         group.resident = True
         self.loads += 1
 
     def _park(self, group: WeightGroup) -> None:
         for s in group.slots:
-            copy = s.param.data
-            s.param.data = s.placeholder
+            copy = s.value
+            s.set(s.placeholder)
             if s.file_backed:
                 drop_pages(s.parked)
             if group.block and self.device.type == "cpu" and s.parked.dtype != s.dtype:
@@ -428,35 +445,54 @@ def _keep_fp32(root: nn.Module):
 
 
 def _placeholder(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """One element, NaN where the dtype has it, expanded to ``shape``: what a weight not resident holds."""
-    value = torch.full((), float("nan"), dtype=dtype, device=device) if dtype in _FLOATS else torch.zeros((), dtype=dtype, device=device)
+    """One element, expanded to ``shape``: what a weight not resident holds. NaN for floats (float8
+    included); 0xFF for bytes, which GGML blocks read as a NaN scale."""
+    if dtype.is_floating_point:
+        value = torch.full((), float("nan"), dtype=torch.float32, device=device).to(dtype)
+    else:
+        value = torch.full((), 255 if dtype == torch.uint8 else 0, dtype=dtype, device=device)
     return value.expand(shape)
+
+
+def _weights(module: nn.Module, skip: str | None = None) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
+    """``(dotted name, owner, attribute, tensor)`` for ``module``'s parameters and the stored
+    buffers of its quantised layers (``_stored_as_is``: GGML blocks, FP8 weights and scales)."""
+    for prefix, owner in module.named_modules():
+        if skip is not None and (prefix + ".").startswith(skip):
+            continue
+        dot = prefix + "." if prefix else ""
+        for name, p in owner._parameters.items():
+            if p is not None:
+                yield dot + name, owner, name, p.data
+        if getattr(owner, "_stored_as_is", False):
+            for name, b in owner._buffers.items():
+                if b is not None and name not in owner._non_persistent_buffers_set:
+                    yield dot + name, owner, name, b
 
 
 def _slots(module: nn.Module, dtype: torch.dtype | None, device: torch.device, maps: FileMappings, keep: Any, prefix: str = "",
            skip: str | None = None) -> list[_Slot]:  # fmt: skip
-    """``module``'s parameters (their dotted names ``prefix`` + name, matched against ``keep``, the
-    root's float32 patterns), except those under ``skip``."""
+    """``module``'s weights (their dotted names ``prefix`` + name, matched against ``keep``, the
+    root's float32 patterns), except those under ``skip``. A quantised layer's tensors keep their
+    dtype."""
     out = []
-    for name, p in module.named_parameters():
-        if skip is not None and name.startswith(skip):
-            continue
-        own = p.data
+    for name, owner, attr, own in _weights(module, skip):
         target = own.dtype
-        if own.dtype in _FLOATS:
+        if own.dtype in _FLOATS and not getattr(owner, "_stored_as_is", False):
             target = torch.float32 if keep is not None and keep.match(prefix + name) else (dtype or own.dtype)
         file_backed = device.type == "cpu" and maps.covers(own)
         if device.type == "cuda":
             parked = own.to("cpu").pin_memory()  # host memory the copy engine reads directly
         else:
             parked = own if file_backed else own.to(target)  # in RAM anyway: wait in the compute dtype
-        out.append(_Slot(p, parked, target, file_backed, _placeholder(own.shape, target, device)))
+        out.append(_Slot(owner, attr, parked, target, file_backed, _placeholder(own.shape, target, device)))
     return out
 
 
 def _owners(module: nn.Module) -> list[nn.Module]:
-    """``module`` and every submodule that owns parameters (where hooks must go)."""
-    return [module] + [m for m in module.modules() if m is not module and any(True for _ in m.parameters(recurse=False))]
+    """``module`` and every submodule that owns weights (where hooks must go)."""
+    owns = lambda m: any(True for _ in m.parameters(recurse=False)) or getattr(m, "_stored_as_is", False)  # noqa: E731
+    return [module] + [m for m in module.modules() if m is not module and owns(m)]
 
 
 def component_groups(name: str, root: nn.Module, *, dtype: torch.dtype | None, device: torch.device, maps: FileMappings,
@@ -516,22 +552,22 @@ def measure(pipe: Any, dtypes: Any, device: torch.device) -> dict[str, Component
     for name, module in pipeline_modules(pipe).items():
         keep, dtype = _keep_fp32(module), _dtype_of(dtypes, name)
 
-        def size(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[int, int]:
+        def size(named: Iterable[tuple[str, nn.Module, str, torch.Tensor]]) -> tuple[int, int]:
             resident = parked = 0
-            for n, p in named:
-                t = p.data
-                target = (torch.float32 if keep is not None and keep.match(n) else (dtype or t.dtype)) if t.dtype in _FLOATS else t.dtype
+            for n, owner, _, t in named:
+                as_is = getattr(owner, "_stored_as_is", False)
+                target = (torch.float32 if keep is not None and keep.match(n) else (dtype or t.dtype)) if t.dtype in _FLOATS and not as_is else t.dtype
                 resident += t.numel() * target.itemsize
                 if device.type == "cpu" and not maps.covers(t):
                     parked += t.numel() * target.itemsize
             return resident, parked
 
-        resident, parked = size(module.named_parameters())
+        resident, parked = size(_weights(module))
         blocks = getattr(module, "blocks", None)
         core = block = n_blocks = 0
         if name == "transformer" and isinstance(blocks, nn.ModuleList) and len(blocks):
-            core = size((n, p) for n, p in module.named_parameters() if not n.startswith("blocks."))[0]
-            block = max(size((f"blocks.{i}.{n}", p) for n, p in b.named_parameters())[0] for i, b in enumerate(blocks))
+            core = size(_weights(module, skip="blocks."))[0]
+            block = max(size((f"blocks.{i}.{n}", o, a, t) for n, o, a, t in _weights(b))[0] for i, b in enumerate(blocks))
             n_blocks = len(blocks)
         sizes[name] = ComponentSize(resident, parked, STAGE_OF[name], core, block, n_blocks)
     return sizes
@@ -545,8 +581,8 @@ def apply_plan(pipe: Any, plan: MemoryPlan, dtypes: Any, device: torch.device) -
     if plan.strategy == "none":
         for name, module in modules.items():
             for s in _slots(module, _dtype_of(dtypes, name), device, maps, _keep_fp32(module)):
-                s.param.data = s.parked.to(device).to(s.dtype)
-                if s.file_backed and s.param.data.data_ptr() != s.parked.data_ptr():
+                s.set(s.parked.to(device).to(s.dtype))
+                if s.file_backed and s.value.data_ptr() != s.parked.data_ptr():
                     drop_pages(s.parked)
         return None
     groups: list[WeightGroup] = []

@@ -179,8 +179,11 @@ def test_safetensors_round_trip_is_exact(tmp_path):
 
 def test_a_cast_checkpoint_is_refused(tmp_path):
     state = quantize_linears_fp8(tiny_mlp()).state_dict()
+    kept = load_into(build_on_meta(tiny_fp8_mlp), state, dtype=torch.bfloat16)  # load_into leaves a quantised layer as stored
+    assert kept[0].weight.dtype == FP8_DTYPE and kept[0].weight_scale.dtype == torch.float32
+    cast = {k: (v.to(torch.bfloat16) if k.endswith("0.weight") else v) for k, v in state.items()}  # a file saved after a cast
     with pytest.raises(CheckpointError, match=r"0\.weight is torch.bfloat16.*dtype=None"):
-        load_into(build_on_meta(tiny_fp8_mlp), state, dtype=torch.bfloat16)
+        load_into(build_on_meta(tiny_fp8_mlp), cast)
     full_precision = tiny_mlp().state_dict()  # an unquantised checkpoint: would be copied unscaled
     with pytest.raises(CheckpointError, match=r"0\.weight is torch.float32.*quantize_linears_fp8"):
         tiny_fp8_mlp().load_state_dict(full_precision)

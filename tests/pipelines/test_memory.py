@@ -197,7 +197,7 @@ def test_model_and_block_offload_give_the_same_frames_bit_for_bit(family):
             resident = [g for g in pipe.offloader.groups if g.block and g.resident]
             assert len(resident) <= 1
             waiting = next(g for g in pipe.offloader.groups if g.block and not g.resident)
-            assert all(torch.isnan(s.param).all() for s in waiting.slots if s.param.is_floating_point())  # no stale copy
+            assert all(torch.isnan(s.value).all() for s in waiting.slots if s.value.is_floating_point())  # no stale copy
         assert pipe.transformer.compute_dtype == plain.transformer.compute_dtype
         again = pipe(prompt=PROMPT, seed=3, progress_bar=False, **call)  # a second call finds the weights again
         assert torch.equal(again.latents, want.latents), strategy
