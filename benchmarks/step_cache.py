@@ -51,7 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-wan", default=None, metavar="PRESET",
+                   help="instead: time full and skipped transformer calls on a random model of this Wan preset (e.g. wan2.1-t2v-1.3b)")  # fmt: skip
+    p.add_argument("--frames", type=int, default=17, help="--random-wan: frames of the clip (4k+1)")
+    p.add_argument("--size", type=int, default=128, help="--random-wan: its height and width")
+    p.add_argument("--skip-shares", default="0.5,0.56,0.69", help="--random-wan: shares of skipped calls to turn into speed-ups")
     args = p.parse_args(argv)
+    if args.random_wan:
+        return random_wan(args)
     thresholds = [0.0] + [float(t) for t in args.thresholds.split(",") if float(t) != 0.0]
 
     pipe = kinema.load_pipeline(args.model, device="cpu")
@@ -79,6 +86,46 @@ def main(argv: list[str] | None = None) -> None:
         fmt = lambda v: f"{100 * v:5.1f}%" if v is not None else "     -"  # noqa: E731
         print(f"{threshold:9.3f} {calls:6d} {skipped:8d} {ratio:10.2f} {fmt(seen):>6} {fmt(held):>8} {seconds:8.1f} {base / seconds:8.2f}")
     print(f"(model {args.model}, split {args.split}, {args.per_prompt} clips a prompt; calls/full: model calls per call run in full)")
+
+
+def random_wan(args) -> None:
+    """Seconds per transformer call run in full and per call cut to the first block, on a random
+    model of a Wan preset (float32, the shapes model's VAE only for its strides; precomputed text
+    states, latents out), and what a share of skipped calls makes of the denoising time. The
+    skips come from threshold 1 (every step after a branch's first is skipped), so the split of
+    time between full and skipped calls is measured, not the threshold's quality."""
+    import torch
+
+    from kinema.models.wan import WAN_PRESETS, WanTransformer
+
+    steps = args.steps or 10
+    pipe = kinema.load_pipeline("shapes", device="cpu")
+    config = WAN_PRESETS[args.random_wan]()
+    torch.manual_seed(0)
+    model = WanTransformer(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.02)
+    pipe.transformer = model.eval().requires_grad_(False)
+    pipe.__dict__.pop("rules", None)
+    g = torch.Generator().manual_seed(1)
+    embeds = torch.randn((1, 64, config.text_dim), generator=g)
+    call = dict(prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds), height=args.size, width=args.size,
+                num_frames=args.frames, num_inference_steps=steps, guidance_scale=5.0, seed=0, output_type="latent", progress_bar=False)  # fmt: skip
+    tokens = ((args.frames - 1) // 4 + 1) * (args.size // 16) ** 2
+    times = {}
+    for threshold in (0.0, 1.0):
+        t0 = time.perf_counter()
+        out = pipe(cache_threshold=threshold, **call)
+        times[threshold] = (time.perf_counter() - t0, out.cache["calls"], out.cache["skipped"])
+    (t_plain, calls, _), (t_cached, _, skipped) = times[0.0], times[1.0]
+    full = t_plain / calls
+    cut = (t_cached - (calls - skipped) * full) / skipped
+    print(f"random {args.random_wan} ({config.num_layers} blocks of {config.dim}), {tokens} tokens ({args.frames} frames {args.size}x{args.size}), "
+          f"{steps} steps with guidance: {calls} calls")  # fmt: skip
+    print(f"full call {full:.2f} s; a skipped call (first block and the head) {cut:.2f} s ({cut / full:.3f} of a full one)")
+    for share in (float(v) for v in args.skip_shares.split(",")):
+        print(f"skipping {100 * share:.0f}% of the calls: denoising {1 / ((1 - share) + share * cut / full):.2f}x faster")
 
 
 if __name__ == "__main__":
