@@ -324,7 +324,7 @@ class Offloader:
                     self.need(group)
                     return _bound(*args, **kwargs)
 
-                setattr(module, name, call) if not isinstance(module, nn.Module) else object.__setattr__(module, name, call)
+                object.__setattr__(module, name, call)  # an instance attribute: vars(module) holds it until remove()
                 self.wrapped.append((module, name))
 
     def _hook(self, group: WeightGroup):
@@ -417,11 +417,6 @@ class Offloader:
                     kept.append(t)
                     total += t.numel() * t.element_size()
             self._spare[key] = kept
-
-    def park_all(self) -> None:
-        for g in self.groups:
-            if g.resident:
-                self._park(g)
 
     def remove(self) -> None:
         """Bring every weight back in and take the hooks away."""

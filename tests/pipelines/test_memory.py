@@ -277,3 +277,14 @@ def test_command_line_max_memory_and_offload(tmp_path):
     bad = _cli(*base, "-o", str(tmp_path / "x.mp4"), "--max-memory", "twelve")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --max-memory must be a size")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_removing_the_offloader_brings_every_weight_back_and_leaves_the_model_as_loaded():
+    pipe = kinema.load_pipeline("shapes", offload="block")
+    call = dict(prompt=PROMPT, seed=1, progress_bar=False, **SMALL)
+    want = pipe(**call).latents
+    pipe.offloader.remove()
+    assert not any(torch.isnan(p).any() for p in pipe.transformer.parameters())
+    assert not any(m._forward_pre_hooks for m in pipe.transformer.modules())
+    assert "prepare_context" not in vars(pipe.transformer) and "decode" not in vars(pipe.codec)
+    assert torch.equal(pipe(**call).latents, want)
