@@ -67,7 +67,7 @@ def generate(
         resolve_dtype,
         resolve_model,
     )
-    from .pipelines.memory import current_rss, gib, parse_bytes, peak_bytes, reset_peak
+    from .pipelines.memory import current_rss, gib, parse_bytes, peak_bytes, reset_peak, wants_plan
     from .runtime import available_memory
     from .video import CONTAINER_FORMATS, write_video
 
@@ -98,7 +98,7 @@ def generate(
         request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
     free = available_memory(device)
     budget = parse_bytes(request.max_memory)
-    planned = budget is not None or request.offload not in (None, "auto", "none")
+    planned = wants_plan(budget, request.offload)
     held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
     filled = request.checked(rules, check_memory=False)
     floor = max(rules.stage_bytes(filled, request.batch).values(), default=0)  # activations: no strategy avoids them
@@ -111,7 +111,9 @@ def generate(
             f"this request's activations alone need about {gib(floor)} beside the {gib(held)} the process holds; "
             f"the budget is {gib(budget)}: raise --max-memory, or make a smaller or shorter video"
         )
-    request = request.checked(rules, free_bytes=None if planned else free)
+    if not planned and free is not None:
+        rules.check_memory(filled, free, request.batch)  # all resident, as before: refused if it cannot fit
+    request = filled
     reset_peak(device)
     pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize,
                          max_memory=budget, offload=request.offload if planned else None, plan_for=request)  # fmt: skip

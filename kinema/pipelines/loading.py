@@ -171,10 +171,10 @@ def load_pipeline(
     dtypes = component_dtypes(requested, device)
     layout = path_or_name if isinstance(path_or_name, ModelLayout) else resolve_model(path_or_name)
     check_quantize(layout, quantize)
-    from .memory import check_offload, parse_bytes
+    from .memory import check_offload, parse_bytes, wants_plan
 
     budget, offload = parse_bytes(max_memory), check_offload(offload)
-    planned = budget is not None or offload not in (None, "auto", "none")
+    planned = wants_plan(budget, offload)
     fam = layout.family
     cls = fam.pipeline_class()
     defaults = layout.defaults()  # reads config files only: a card or parts that do not fit fail before any weights

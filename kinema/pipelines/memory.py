@@ -74,6 +74,11 @@ def parse_bytes(value: Any, what: str = "max_memory") -> int | None:
     return int(n)
 
 
+def wants_plan(budget: int | None, offload: str | None) -> bool:
+    """Whether a load is planned: a budget, or a strategy forced other than ``none``."""
+    return budget is not None or offload not in (None, "auto", "none")
+
+
 def check_offload(offload: Any) -> str | None:
     if offload is None:
         return None
@@ -83,8 +88,10 @@ def check_offload(offload: Any) -> str | None:
 
 
 def gib(n: int) -> str:
-    """Bytes in words: ``8.25 GiB``, ``412 MiB``."""
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+    """Bytes in words: ``8.25 GiB``, ``412 MiB``, ``4 KiB``."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.2f} GiB"
+    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -606,19 +613,20 @@ def peak_bytes(device: torch.device) -> int | None:
     """The peak since :func:`reset_peak`: CUDA allocated bytes, or the CPU process's peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return None
+    return _status_bytes("VmHWM")
 
 
 def current_rss() -> int | None:
+    """This process's resident memory now (Linux), in bytes."""
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field_name: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes (None off Linux)."""
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field_name + ":"):
                     return int(line.split()[1]) * 1024
     return None
 
