@@ -38,6 +38,12 @@ def ar_pipe():
         (("shapes",), {"dtype": "int7"}, "unknown dtype"),
         (("shapes",), {"dtype": torch.int8}, "dtype"),
         (("shapes",), {"quantize": "fp8"}, "token-ar"),
+        (("shapes",), {"max_memory": "lots"}, "max_memory must be a size"),
+        (("shapes",), {"max_memory": -1}, "max_memory must be a positive size"),
+        (("shapes",), {"max_memory": [8]}, "max_memory must be a size"),
+        (("shapes",), {"max_memory": "1MiB"}, "needs at least about .* the budget is 1 MiB"),
+        (("shapes",), {"offload": "disk"}, "offload must be one of"),
+        (("shapes",), {"offload": 2}, "offload must be one of"),
     ],
 )
 def test_load_pipeline_refuses(args, kwargs, pattern):

@@ -80,6 +80,16 @@ DIFFUSION_CASES = [
     (["--dtype", "float8"], "dtype"),
     (["--quantize", "fp8"], "fp8 quantisation is available for token-ar models"),
     (["--quantize", "int4"], "invalid choice"),
+    # memory budget and offload
+    (["--max-memory", "twelve"], "--max-memory must be a size such as 12GiB"),
+    (["--max-memory", "12 parsecs"], "--max-memory must be a size"),
+    (["--max-memory", "0"], "--max-memory must be a positive size"),
+    (["--max-memory=-3GiB"], "--max-memory must be a size"),
+    (["--max-memory", "nan"], "--max-memory must be a size"),
+    (["--max-memory", ""], "--max-memory must be a size"),
+    (["--max-memory", "1MiB"], "activations alone need about .* the budget is 1 MiB"),
+    (["--max-memory", "1KiB", "--offload", "block"], "the budget is 1 KiB"),
+    (["--offload", "disk"], "invalid choice"),
     # options of other families and other tasks
     (["--temperature", "0.5"], "--temperature does not apply"),
     (["--top-k", "3"], "--top-k does not apply"),

@@ -118,6 +118,25 @@ def _break(root: Path, how: str) -> None:
             else:
                 config["_class_name"] = "MysteryScheduler"
             path.write_text(json.dumps(config))
+    elif how.startswith("gguf-"):  # the transformer as a GGUF file instead of safetensors
+        t.unlink()
+        g = t.with_suffix(".gguf")
+        if how == "gguf-not-gguf":
+            g.write_text("this is not a checkpoint\n")
+        elif how == "gguf-empty":
+            g.write_bytes(b"")
+        else:
+            import gguf
+            import numpy as np
+
+            w = gguf.GGUFWriter(str(g), arch="wan")
+            w.add_tensor("patch_embedding.weight", np.zeros((1, 84), dtype=np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q2_K)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            if how == "gguf-truncated":
+                g.write_bytes(g.read_bytes()[:40])
     elif how == "no-tokenizer":
         shutil.rmtree(root / "tokenizer")
     elif how == "tokenizer-corrupt":
@@ -153,6 +172,10 @@ WAN_CASES = [
     ("scheduler-not-json", "scheduler_config.json"),
     ("no-tokenizer", "tokenizer"),
     ("tokenizer-corrupt", "tokenizer"),
+    ("gguf-not-gguf", "not a readable GGUF file"),
+    ("gguf-empty", "not a readable GGUF file"),
+    ("gguf-truncated", "not a readable GGUF file"),
+    ("gguf-unsupported-type", "GGML type Q2_K; kinema reads"),
 ]
 
 
