@@ -1,0 +1,193 @@
+"""The HTTP API against a real ``kinema serve`` on 127.0.0.1: the OpenAI video API's shape, the
+one-line 4xx refusals, uploads only (never a server path), auth, limits, cancel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kinema.video import read_video
+
+from .harness import TINY, Server, decoded, multipart
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with Server(tmp_path_factory.mktemp("api") / "queue") as s:
+        yield s
+
+
+def _one_line_error(status: int, body) -> str:
+    assert 400 <= status < 500, (status, body)
+    message = body["error"]["message"]
+    assert message and "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_models_and_shape_of_a_job(server, tmp_path):
+    status, models = server.call("GET", "/v1/models")
+    assert status == 200 and models["object"] == "list"
+    names = [m["id"] for m in models["data"]]
+    assert "shapes" in names and all(m["object"] == "model" for m in models["data"])
+    status, one = server.call("GET", "/v1/models/shapes")
+    assert status == 200 and one["defaults"]["fps"] == 16
+
+    status, job = server.call("POST", "/v1/videos", {"model": "shapes", "prompt": "a red circle moving left", "seed": 7, **TINY})
+    assert status == 200, job
+    assert job["object"] == "video" and job["status"] == "queued" and job["id"].startswith("video_")
+    assert job["request"]["seed"] == 7 and job["prompt"] == "a red circle moving left"
+    done = server.wait(job["id"])
+    assert done["status"] == "completed", done
+    assert done["progress"] == 100 and done["size"] == "64x64" and done["settings"]["num_frames"] == 5
+    assert done["url"] == f"/v1/videos/{job['id']}/content"
+    status, data = server.call("GET", done["url"])
+    assert status == 200 and isinstance(data, bytes) and data[4:8] == b"ftyp"
+    (tmp_path / "got.mp4").write_bytes(data)
+    frames, fps = read_video(tmp_path / "got.mp4")
+    assert frames.shape == (5, 64, 64, 3) and fps == 16
+
+    status, listed = server.call("GET", "/v1/videos?limit=5")
+    assert status == 200 and listed["object"] == "list" and job["id"] in [v["id"] for v in listed["data"]]
+
+    # OpenAI's size and seconds fit: 64x64, and 0.3 s at 16 fps is the nearest 4k+1 count, 5
+    status, job2 = server.call("POST", "/v1/videos", {"prompt": "a blue square moving up", "size": "64x64", "seconds": "0.3", "num_inference_steps": 2})
+    assert status == 200, job2
+    done2 = server.wait(job2["id"])
+    assert done2["status"] == "completed" and done2["settings"]["num_frames"] == 5 and done2["settings"]["width"] == 64
+
+
+def test_the_same_request_gives_the_same_bytes(server):
+    body = {"prompt": "a green triangle moving right", "seed": 3, **TINY}
+    ids = [server.call("POST", "/v1/videos", body)[1]["id"] for _ in range(2)]
+    files = []
+    for job_id in ids:
+        assert server.wait(job_id)["status"] == "completed"
+        files.append(server.call("GET", f"/v1/videos/{job_id}/content")[1])
+    assert files[0] != files[1]  # each carries its own job id
+    assert decoded(files[0]) == decoded(files[1])
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"prompt": ""}, "prompt is empty"),
+        ({"prompt": "x", "num_frames": 6}, "4k+1"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "guidance_scale": "high"}, "guidance_scale"),
+        ({"prompt": "x", "model": "../../etc"}, "model must be one of"),
+        ({"prompt": "x", "image": "/etc/passwd"}, "uploaded as a file"),
+        ({"prompt": "x", "video": "/tmp/a.mp4"}, "uploaded as a file"),
+        ({"prompt": "x", "output": "/tmp/evil.mp4"}, "chosen by the server"),
+        ({"prompt": "x", "device": "cuda:7"}, "chosen by the server"),
+        ({"prompt": "x", "size": "big"}, "WIDTHxHEIGHT"),
+        ({"prompt": "x", "size": "64x64", "width": 64}, "not both"),
+        ({"prompt": "x", "seconds": -2}, "seconds"),
+        ({"prompt": "x", "no_such_field": 1}, "no_such_field"),
+        ({"prompt": "x", "model": "shapes", "top_k": 5}, "does not apply"),
+        ({"prompt": "x", "prompt_extend": True}, "no prompt extension model"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+    ],
+)
+def test_bad_requests_are_one_line_4xx(server, body, words):
+    status, answer = server.call("POST", "/v1/videos", body)
+    assert status == 400
+    assert words in _one_line_error(status, answer)
+
+
+def test_bad_bodies_routes_and_ids(server):
+    for raw, ctype, code in ((b"{not json", "application/json", 400), (b"[1, 2]", "application/json", 400), (b"prompt=x", "text/plain", 415)):
+        status, answer = server.call("POST", "/v1/videos", raw=raw, content_type=ctype)
+        assert status == code
+        _one_line_error(status, answer)
+    status, answer = server.call("POST", "/v1/videos", raw=b'{"prompt": "' + b"a" * (2 << 20) + b'"}')
+    assert status == 413
+    _one_line_error(status, answer)
+    for method, path, code in (("GET", "/v1/videos/video_nope", 404), ("GET", "/v1/videos/video_nope/content", 404),
+                               ("DELETE", "/v1/videos/video_nope", 404), ("GET", "/v1/videos?limit=0", 400),
+                               ("GET", "/v1/videos?status=done", 400), ("GET", "/v1/videos?after=video_nope", 400),
+                               ("GET", "/v1/models/nope", 404), ("PUT", "/v1/videos", 405)):  # fmt: skip
+        status, answer = server.call(method, path)
+        assert status == code, (method, path, answer)
+        _one_line_error(status, answer)
+
+
+def test_uploads_are_checked_and_never_kept_when_refused(server, tmp_path):
+    # a picture to a text-to-video model: refused, and the upload does not stay on the server
+    body, ctype = multipart({"prompt": "a red circle", "model": "shapes"}, {"input_reference": ("first.png", _png(), "image/png")})
+    status, answer = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+    assert "image-to-video" in _one_line_error(status, answer)
+    uploads = server_queue(server) / "uploads"
+    assert not any(uploads.iterdir())
+    # not a picture at all: one line naming the upload, not the server's folder
+    body, ctype = multipart({"prompt": "a red circle"}, {"image": ("x.png", b"not a png", "image/png")})
+    status, answer = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+    message = _one_line_error(status, answer)
+    assert str(server_queue(server)) not in message
+    # a file in a field that takes none, and a form's typed fields
+    body, ctype = multipart({"prompt": "x"}, {"prompt_file": ("p.txt", b"hello", "text/plain")})
+    assert server.call("POST", "/v1/videos", raw=body, content_type=ctype)[0] == 400
+    body, ctype = multipart({"prompt": "x", "num_frames": "five"}, {})
+    status, answer = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+    assert "whole number" in _one_line_error(status, answer)
+    body, ctype = multipart({"prompt": "a red circle moving left", "num_frames": "5", "num_inference_steps": "2", "seed": "random"}, {})
+    status, job = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+    assert status == 200 and isinstance(job["seed"], int) and job["request"]["num_frames"] == 5
+
+
+def test_cancel_a_queued_job(server):
+    # a long job first, so the next ones wait behind it
+    status, long_job = server.call("POST", "/v1/videos", {"prompt": "a red circle moving left", "num_frames": 33, "num_inference_steps": 20})
+    status, queued = server.call("POST", "/v1/videos", {"prompt": "a blue circle", **TINY})
+    status, answer = server.call("DELETE", f"/v1/videos/{queued['id']}")
+    assert status == 200 and answer["status"] == "cancelled"
+    status, answer = server.call("DELETE", f"/v1/videos/{queued['id']}")
+    assert status == 409 and "cancelled already" in _one_line_error(status, answer)
+    status, answer = server.call("GET", f"/v1/videos/{queued['id']}/content")
+    assert status == 409
+    # the running one: cancelled at its next step
+    server.wait(long_job["id"], until=("in_progress", "completed"))
+    status, answer = server.call("DELETE", f"/v1/videos/{long_job['id']}")
+    if status == 200:
+        assert server.wait(long_job["id"])["status"] == "cancelled"
+    else:  # it finished first
+        assert status == 409
+
+
+def test_api_key_and_hosts(tmp_path):
+    with Server(tmp_path / "queue", "--api-key", "s3cret") as s:
+        status, answer = s.call("GET", "/v1/models")
+        assert status == 401 and "API key" in _one_line_error(status, answer)
+        status, answer = s.call("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert status == 401
+        s.key = "s3cret"
+        assert s.call("GET", "/v1/models")[0] == 200
+    # beyond loopback without a key: refused before listening, one line
+    run = subprocess.run([sys.executable, "-m", "kinema.cli", "serve", "--host", "0.0.0.0", "--port", "0", "--queue", str(tmp_path / "q2"), "--no-ui"],
+                         capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "KINEMA_API_KEY"})  # fmt: skip
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--api-key" in run.stderr
+
+
+def test_one_server_per_queue(server):
+    run = subprocess.run([sys.executable, "-m", "kinema.cli", "serve", "--port", "0", "--queue", str(server_queue(server)), "--no-ui"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "another kinema serve" in run.stderr and run.stderr.count("\n") == 1
+
+
+def server_queue(server: Server):
+    args = server.process.args
+    return Path(args[args.index("--queue") + 1])
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
