@@ -198,11 +198,18 @@ def serve(
         from ..text.prompt_extend import check_extend_dir
 
         prompt_extend = str(check_extend_dir(prompt_extend))
-    queue = JobQueue(queue_dir, max_tries=max_tries)
-    lock = lock_queue(queue.folder)
-    state = ServerState(queue, served_models(models), api_key=api_key, max_upload_bytes=max_upload_bytes,
-                        max_queued=max_queued, prompt_extend=prompt_extend)  # fmt: skip
+    offered = served_models(models)  # everything that can be refused is, before the queue folder is made
+    if Path(queue_dir).exists() and not Path(queue_dir).is_dir():
+        raise KinemaError(f"--queue must be a folder; {queue_dir} is a file")
     sock = bind(host, port)
+    try:
+        queue = JobQueue(queue_dir, max_tries=max_tries)
+        lock = lock_queue(queue.folder)
+    except BaseException:
+        sock.close()
+        raise
+    state = ServerState(queue, offered, api_key=api_key, max_upload_bytes=max_upload_bytes,
+                        max_queued=max_queued, prompt_extend=prompt_extend)  # fmt: skip
     app = build_api(state)
     if ui:
         from .ui import mount_ui

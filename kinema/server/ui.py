@@ -214,7 +214,9 @@ def build_ui(state: ServerState):
             with gr.Column(scale=3):
                 picked_settings = gr.JSON(label="its settings", elem_id="picked-settings")
                 picked_id = gr.State(None)
-                reuse = gr.Button("Use these settings", elem_id="reuse")
+                with gr.Row():
+                    rerun = gr.Button("Run again", elem_id="rerun")
+                    reuse = gr.Button("Use these settings", elem_id="reuse")
         timer = gr.Timer(3.0)
 
         inputs = [model, task, image, video, prompt, negative, width, height, frames, steps, guidance, shift, sampler, seed,
@@ -320,6 +322,22 @@ def build_ui(state: ServerState):
                     v = "" if v is None else str(v)
                 values.append(v)
             return values + [False, f"settings of {job.id} loaded: press Generate to run it again"]
+
+        def on_rerun(picked: str | None):
+            job = state.queue.get(picked) if picked else None
+            if job is None:
+                return None, "pick a job in the gallery first"
+            if job.model not in state.models:
+                return None, f"error: this server does not serve {job.model} any more"
+            try:
+                again = state.queue.submit(job.model, job.request, max_queued=state.max_queued)
+            except KinemaError as e:
+                return None, f"error: {' '.join(str(e).split())}"
+            return again.id, f"queued: {again.id} (the settings of {job.id})"
+
+        rerun_wait = rerun.click(on_rerun, picked_id, [job_id, status]).then(on_wait, job_id, [result, status])
+        rerun_wait.then(lambda: gallery_rows(state), None, table)
+        cancel.click(on_cancel, job_id, status, cancels=[rerun_wait])
 
         REUSED = ["model", "prompt", "negative_prompt", "width", "height", "num_frames", "num_inference_steps", "guidance_scale",
                   "shift", "sampler", "seed", "strength", "cache_threshold", "temperature", "top_k", "top_p", "typical_p", "max_memory"]  # fmt: skip
