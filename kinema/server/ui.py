@@ -8,8 +8,8 @@ settings* puts one's settings back in the form. The page loads no model, except 
 extension model when its button is pressed (a server started with ``--prompt-extend``).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: gradio reads its event handlers' annotations
+# (gr.SelectData) as objects.
 import os
 import secrets
 import shutil

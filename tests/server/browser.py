@@ -94,8 +94,19 @@ class Browser:
             el.dispatchEvent(new Event('blur', {{bubbles: true}})); return true; }})()"""
         )
 
-    def click(self, selector: str) -> None:
-        self.js(f"document.querySelector({json.dumps(selector)}).click()")
+    def click(self, selector: str, text: str | None = None) -> None:
+        """A real mouse click (press and release) at the middle of the element, scrolled into view:
+        the first visible match of ``selector`` (whose text holds ``text``, if given)."""
+        box = self.js(
+            f"""(() => {{ const els = [...document.querySelectorAll({json.dumps(selector)})].filter(e => e.getClientRects().length
+                && ({json.dumps(text)} === null || e.innerText.includes({json.dumps(text)})));
+            const el = els[0]; el.scrollIntoView({{block: 'center'}});
+            const r = el.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }})()"""
+        )
+        x, y = box
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     def screenshot(self, path: Path) -> None:
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]

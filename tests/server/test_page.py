@@ -60,6 +60,13 @@ def test_generate_from_the_page(tmp_path):
             assert [j["status"] for j in jobs] == ["completed"] and jobs[0]["settings"]["num_inference_steps"] == 2
             # the gallery lists it
             b.wait_for(f"document.querySelector('#gallery').innerText.includes({json.dumps(jobs[0]['id'])})", timeout=30)
+            # pick it in the gallery: its settings show; "Use these settings" puts them back in the form
+            b.type_into("#prompt textarea", "something else")
+            b.click("#gallery span", text=jobs[0]["id"])  # a data cell (the td elements are a hidden header table)
+            b.wait_for(f"(document.querySelector('#picked-settings') || {{}}).innerText.includes({json.dumps(jobs[0]['id'])})", timeout=30)
+            b.click("#reuse")
+            b.wait_for("document.querySelector('#prompt textarea').value === 'a red circle moving left'", timeout=30)
+            assert b.js("document.querySelector('#steps input').value") == "2"
             if shots:
                 b.js("window.scrollTo(0, 0)")
                 b.screenshot(shots / "serve-done.png")
