@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -36,12 +36,17 @@ def encode_video(
     container: str = "mp4",
     crf: int = 18,
     codec: str = "libx264",
+    metadata: Mapping[str, str] | None = None,
 ) -> bytes:
     """Encode uint8 frames (F, H, W, 3), or an iterable of (h, w, 3) / (n, h, w, 3) chunks, to the
     bytes of a video file (H.264 in an mp4 by default).
 
-    Deterministic: the same frames give the same bytes, and so the same decoded frames, whatever
-    the machine's cores or the process's CPU affinity (see :data:`ENCODER_THREADS`).
+    ``metadata``: container tags (name -> text) to store in the file, e.g. kinema's own
+    (:mod:`kinema.replay`); they read back from ``av.open(path).metadata`` (Matroska upper-cases
+    the names).
+
+    Deterministic: the same frames (and tags) give the same bytes, and so the same decoded frames,
+    whatever the machine's cores or the process's CPU affinity (see :data:`ENCODER_THREADS`).
     """
     import io
 
@@ -49,10 +54,21 @@ def encode_video(
 
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
         raise KinemaError(f"fps must be a positive number; got {fps!r}")
+    tags = dict(metadata or {})
+    for name, value in tags.items():
+        if not isinstance(name, str) or not name or not isinstance(value, str) or "\0" in name + value:
+            raise KinemaError(f"video metadata must map names to text; got {name!r}: {type(value).__name__}")
     if isinstance(frames, (np.ndarray, torch.Tensor)):
         frames = [np.asarray(frames)]
+    options = {}
+    if tags and container in ("mp4", "mov"):
+        options["movflags"] = "use_metadata_tags"  # free-form tags (else the muxer keeps only iTunes' names)
+    if container == "matroska":
+        options["fflags"] = "+bitexact"  # else the muxer writes a random segment UID: the same frames, other bytes
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container) as out:
+    with av.open(buffer, mode="w", format=container, options=options) as out:
+        for name, value in tags.items():
+            out.metadata[name] = value
         stream = None
         for chunk in frames:
             chunk = np.asarray(chunk)
@@ -84,9 +100,11 @@ def write_video(
     *,
     crf: int = 18,
     codec: str = "libx264",
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write uint8 frames (F, H, W, 3), or an iterable of (h, w, 3) / (n, h, w, 3) chunks, to a
-    video file (.mp4, .mkv or .mov), deterministically (:func:`encode_video`).
+    video file (.mp4, .mkv or .mov), deterministically (:func:`encode_video`), with the container
+    tags ``metadata`` (name -> text) if given.
 
     The video is encoded in memory, then the file appears whole or not at all, and a process killed
     at any moment leaves no partial or temporary file (:func:`~kinema.checkpoints.io.write_bytes_atomically`).
@@ -95,7 +113,7 @@ def write_video(
     container = CONTAINER_FORMATS.get(path.suffix.lower())
     if container is None:
         raise KinemaError(f"output must be an .mp4, .mkv or .mov file; got {path.name!r}")
-    data = encode_video(frames, fps, container=container, crf=crf, codec=codec)
+    data = encode_video(frames, fps, container=container, crf=crf, codec=codec, metadata=metadata)
     return write_bytes_atomically(path, data)
 
 
