@@ -1,4 +1,4 @@
-"""The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval`` and ``info``.
+"""The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval``, ``info`` and ``replay``.
 
 A thin front end: ``generate`` turns its flags into a :class:`~kinema.request.GenerationRequest`
 and runs it (:func:`kinema.generation.generate`), which checks everything before loading weights;
@@ -160,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     e.add_argument("--json", help="also write the report here")
 
-    i = sub.add_parser("info", help="describe a preset or a model directory as JSON")
-    i.add_argument("target", metavar="PRESET_OR_PATH")
+    i = sub.add_parser("info", help="describe a preset or a model directory as JSON, or print what a video kinema made was made from")
+    i.add_argument("target", metavar="PRESET_OR_PATH", help="a preset, a shipped model's name, a model directory, or a video (.mp4, .mkv, .mov) kinema wrote")
+
+    r = sub.add_parser("replay", help="make a video kinema wrote again from the request, model hash and input hashes in its own file")
+    r.add_argument("video", metavar="VIDEO", help="a video kinema generate wrote (.mp4, .mkv, .mov)")
+    r.add_argument("--output", "-o", default=None, help="where the replay goes (default: VIDEO's name with -replay, beside it)")
+    r.add_argument("--model", default=None, metavar="PATH", help="the model where it lives now (default: where the video was made from); its weights must be the same")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the device the video was made on)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
 
 
@@ -252,6 +259,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .pipelines.info import describe
 
     print(json.dumps(describe(args.target), indent=2))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .replay import ReplayNote, replay
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", ReplayNote)
+        out = replay(args.video, output=args.output, model=args.model, device=args.device, progress_bar=not args.quiet, callback=_stop_if_interrupted)
+    for note in notes:
+        if issubclass(note.category, ReplayNote):
+            print(f"note: {note.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(note.message, note.category, note.filename, note.lineno)
+    if not args.quiet:
+        print(f"wrote {out} (a replay of {args.video}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -349,7 +375,7 @@ def _load_for_eval(request, steps: int | None = None):
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info}
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info, "replay": cmd_replay}
 
 
 def main(argv: list[str] | None = None) -> int:

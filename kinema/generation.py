@@ -10,6 +10,7 @@ and the mp4 written, whole or not at all.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Generated:
     paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, text, denoise or tokens, decode, write
     memory: dict[str, Any] = field(default_factory=dict)  # the plan (when one was made) and the peak measured, in bytes
+    metadata: list[dict[str, Any]] = field(default_factory=list)  # what each video file carries, by batch index (kinema.replay)
 
 
 def output_paths(output: str | None, batch: int) -> list[Path]:
@@ -46,6 +48,7 @@ def generate(
     write: bool = True,
     progress_bar: bool = True,
     callback: Any = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Generated:
     """Check ``request``, load its model, generate, and write the video(s) to ``request.output``.
 
@@ -54,11 +57,16 @@ def generate(
         write: write the mp4 file(s) (False: return the frames only).
         progress_bar: show progress bars on stderr.
         callback: ``fn(Progress)`` at every stage and step (raising stops the call: nothing is written).
+        metadata: the caller's own JSON-able values (a server's job id, the prompt before it was
+            extended), kept under ``"extra"`` in the metadata each video carries.
 
     Raises:
         KinemaError: in one line, for anything the request, the model or the machine cannot do,
         before any weights load whenever the files tell.
     """
+    import torch
+
+    from .checkpoints.layouts import DEFAULT_MODEL
     from .pipelines.loading import (
         check_quantize,
         component_dtypes,
@@ -68,6 +76,7 @@ def generate(
         resolve_model,
     )
     from .pipelines.memory import current_rss, gib, parse_bytes, peak_bytes, reset_peak, wants_plan
+    from .replay import check_extra, input_records, model_sha256, video_metadata, video_tags
     from .runtime import available_memory
     from .video import CONTAINER_FORMATS, write_video
 
@@ -75,6 +84,7 @@ def generate(
     if not isinstance(request, GenerationRequest):
         raise KinemaError(f"generate takes a GenerationRequest; got {type(request).__name__}")
     request.checked_alone()
+    extra = check_extra(metadata)
     paths: list[Path] = []
     if write:
         paths = output_paths(request.output, request.batch)
@@ -91,6 +101,7 @@ def generate(
     rules = layout.rules(element_bytes)
     request.check_abilities(rules)  # before reading an input the model could not take
     media = read_media(request)
+    inputs = input_records(request)  # their content hashes, for a replay to check
     if "image" in media and rules.image_size_rule and request.height is None and request.width is None:
         height, width = rules.size_for_image(*media["image"].shape[:2], request.max_area)  # (H, W, 3): the picture decides (Wan's rule)
         request = replace(request, height=height, width=width, max_area=None)
@@ -114,6 +125,7 @@ def generate(
     if not planned and free is not None:
         rules.check_memory(filled, free, request.batch)  # all resident, as before: refused if it cannot fit
     request = filled
+    model_hash = model_sha256(layout.root)  # every video carries it: a replay checks the weights are the same (cached per file)
     reset_peak(device)
     pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize,
                          max_memory=budget, offload=request.offload if planned else None, plan_for=request)  # fmt: skip
@@ -123,12 +135,20 @@ def generate(
     memory = {"peak_bytes": peak_bytes(device), "dtypes": pipe.dtypes}
     if pipe.memory_plan is not None:
         memory = {"plan": pipe.memory_plan.describe(), "estimate_bytes": pipe.memory_plan.peak, **memory}
+    records = [
+        video_metadata(
+            request, model_name=request.model if request.model is not None else DEFAULT_MODEL, model_path=layout.root.resolve(),
+            model_sha256=model_hash, device=device, dtypes=getattr(pipe, "dtypes", {}), threads=torch.get_num_threads(), fps=out.fps,
+            batch=len(out.frames), index=i, inputs=inputs, extra=extra,
+        )
+        for i in range(len(out.frames))
+    ]  # fmt: skip
     if write:
         t_write = time.perf_counter()
-        for path, frames in zip(paths, out.frames):
-            write_video(frames, path, fps=out.fps)
+        for path, frames, record in zip(paths, out.frames, records):
+            write_video(frames, path, fps=out.fps, metadata=video_tags(record))
         timings["write"] = time.perf_counter() - t_write
-    return Generated(request, out, paths, timings, memory)
+    return Generated(request, out, paths, timings, memory, records)
 
 
 def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``kinema info``: what a preset or a model directory is, without loading its weights."""
+"""``kinema info``: what a preset or a model directory is, without loading its weights, or what a
+video kinema wrote was made from (its metadata, :mod:`kinema.replay`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..checkpoints.layouts import SHIPPED_MODELS, detect_layout, shipped_model_p
 from ..errors import KinemaError
 from ..families import Family, presets
 from ..schema import dataclass_to_dict
+from ..video import CONTAINER_FORMATS
 
 
 def _count(family: Family, config: Any) -> int:
@@ -25,10 +27,15 @@ def _size(path: Path) -> int:
 
 def describe(target: str) -> dict[str, Any]:
     """A JSON-able description: the denoiser's (or token model's) ``parameters``, ``architecture``
-    and ``config``, and the model's ``components``."""
+    and ``config``, and the model's ``components``; for a video file (.mp4, .mkv, .mov) the
+    metadata kinema wrote into it (:func:`kinema.replay.read_metadata`)."""
     if not isinstance(target, str) or not target:
-        raise KinemaError(f"give a preset, a shipped model's name or a model directory; got {target!r}")
+        raise KinemaError(f"give a preset, a shipped model's name, a model directory or a video; got {target!r}")
     path = Path(target)
+    if path.suffix.lower() in CONTAINER_FORMATS and not path.is_dir():
+        from ..replay import read_metadata
+
+        return read_metadata(path)
     if not path.exists() and target in SHIPPED_MODELS:
         path = shipped_model_path(target)
     if not path.exists():
