@@ -1,4 +1,4 @@
-"""The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval``, ``info`` and ``replay``.
+"""The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval``, ``info``, ``replay`` and ``serve``.
 
 A thin front end: ``generate`` turns its flags into a :class:`~kinema.request.GenerationRequest`
 and runs it (:func:`kinema.generation.generate`), which checks everything before loading weights;
@@ -24,7 +24,7 @@ FLAGS = {
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler", "cache_threshold": "--cache",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
     "image": "--image", "max_area": "--max-area", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
-    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads", "max_memory": "--max-memory", "offload": "--offload",
+    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads", "max_memory": "--max-memory", "offload": "--offload", "prompt_extend": "--prompt-extend",
 }  # fmt: skip
 
 
@@ -160,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     e.add_argument("--json", help="also write the report here")
 
+    s = sub.add_parser("serve", help="serve a web page and an HTTP API (OpenAI's video API shape) over a job queue that survives crashes")
+    s.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help="a model to serve (a directory or a shipped model's name); repeat for several (default: the shipped models)")  # fmt: skip
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything else needs --api-key)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: any free port)")
+    s.add_argument("--queue", default="kinema-queue", metavar="DIR", help="the queue folder: jobs (SQLite), uploads and videos (default kinema-queue)")
+    s.add_argument("--api-key", default=None, help="every request needs Authorization: Bearer KEY (default: $KINEMA_API_KEY; none on loopback)")
+    s.add_argument("--device", action="append", default=None, help="run jobs on this device, one worker each; repeat for several (default: CUDA if available, else CPU)")
+    s.add_argument("--cache-memory", default=None, metavar="SIZE", help="loaded models kept between jobs, e.g. 16GiB (default: half of the memory free at start)")
+    s.add_argument("--max-tries", type=int, default=3, help="runs of a job interrupted by a server crash before it is failed (default 3)")
+    s.add_argument("--max-upload", default="64MiB", metavar="SIZE", help="largest picture or video upload (default 64MiB)")
+    s.add_argument("--max-queued", type=int, default=1000, help="jobs waiting at once before new ones are refused with 429 (default 1000)")
+    s.add_argument("--prompt-extend", default=None, metavar="MODEL_DIR", help="a local instruction-tuned causal LM (e.g. Qwen2.5 Instruct) for the page's Enhance prompt button and the API's prompt_extend")
+    s.add_argument("--no-ui", action="store_true", help="the HTTP API only, no web page")
+    s.add_argument("--stop-after", type=float, default=None, metavar="SECONDS", help="stop by itself after this long (scripts and tests)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads of each worker (default: every core)")
+
     i = sub.add_parser("info", help="describe a preset or a model directory as JSON, or print what a video kinema made was made from")
     i.add_argument("target", metavar="PRESET_OR_PATH", help="a preset, a shipped model's name, a model directory, or a video (.mp4, .mkv, .mov) kinema wrote")
 
@@ -259,6 +276,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .pipelines.info import describe
 
     print(json.dumps(describe(args.target), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .pipelines.memory import parse_bytes
+    from .server.app import serve
+
+    for flag, value, low in (("--port", args.port, 0), ("--max-tries", args.max_tries, 1), ("--max-queued", args.max_queued, 1)):
+        if value < low or (flag == "--port" and value > 65535):
+            raise KinemaError(f"{flag} must be {'a port from 0 to 65535' if flag == '--port' else f'at least {low}'}; got {value}")
+    if args.stop_after is not None and not args.stop_after > 0:
+        raise KinemaError(f"--stop-after must be a positive number of seconds; got {args.stop_after:g}")
+    cache = parse_bytes(args.cache_memory, "--cache-memory") if args.cache_memory is not None else None
+    upload = parse_bytes(args.max_upload, "--max-upload")
+    serve(models=args.model, host=args.host, port=args.port, queue_dir=args.queue, api_key=args.api_key, devices=args.device,
+          cache_bytes=cache, max_tries=args.max_tries, max_upload_bytes=upload, max_queued=args.max_queued,
+          prompt_extend=args.prompt_extend, ui=not args.no_ui, stop_after=args.stop_after, threads=args.threads)  # fmt: skip
     return 0
 
 
@@ -375,7 +409,7 @@ def _load_for_eval(request, steps: int | None = None):
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info, "replay": cmd_replay}
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info, "replay": cmd_replay, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

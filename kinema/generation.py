@@ -49,6 +49,7 @@ def generate(
     progress_bar: bool = True,
     callback: Any = None,
     metadata: Mapping[str, Any] | None = None,
+    pipelines: Any = None,
 ) -> Generated:
     """Check ``request``, load its model, generate, and write the video(s) to ``request.output``.
 
@@ -59,6 +60,8 @@ def generate(
         callback: ``fn(Progress)`` at every stage and step (raising stops the call: nothing is written).
         metadata: the caller's own JSON-able values (a server's job id, the prompt before it was
             extended), kept under ``"extra"`` in the metadata each video carries.
+        pipelines: a :class:`~kinema.pipelines.cache.PipelineCache` to take the loaded model from and
+            keep it in (a server's worker); None loads it for this call only.
 
     Raises:
         KinemaError: in one line, for anything the request, the model or the machine cannot do,
@@ -108,6 +111,9 @@ def generate(
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
         request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
     free = available_memory(device)
+    key = (str(layout.root.resolve()), str(device), request.dtype, request.quantize)  # what a kept pipeline's loading depended on
+    if free is not None and pipelines is not None:
+        free += pipelines.bytes_of(key)  # a kept model's weights are there already: the estimate counts them once
     budget = parse_bytes(request.max_memory)
     planned = wants_plan(budget, request.offload)
     held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
@@ -127,8 +133,14 @@ def generate(
     request = filled
     model_hash = model_sha256(layout.root)  # every video carries it: a replay checks the weights are the same (cached per file)
     reset_peak(device)
-    pipe = load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize,
-                         max_memory=budget, offload=request.offload if planned else None, plan_for=request)  # fmt: skip
+    def load():
+        return load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize,
+                             max_memory=budget, offload=request.offload if planned else None, plan_for=request)  # fmt: skip
+
+    if pipelines is not None and not planned:  # a plan is sized for one request: planned loads are not kept
+        pipe = pipelines.get(key, load)
+    else:
+        pipe = load()
     timings = {"load": time.perf_counter() - t0}
     out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
     timings.update(out.timings)
