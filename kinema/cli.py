@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--offload", choices=("auto", "none", "model", "block"), default=None,
         help="force how weights move: none (all resident), model (components in turns), block (also stream the transformer's blocks); auto (default) lets --max-memory decide",
     )  # fmt: skip
+    g.add_argument(
+        "--prompt-extend", default=None, metavar="MODEL_DIR",
+        help="rewrite the prompt in detail first with a local instruction-tuned causal LM (e.g. a Qwen2.5 Instruct folder), as Wan's --use_prompt_extend; "
+        "deterministic with --seed, and the video's metadata keeps both prompts",
+    )  # fmt: skip
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -208,6 +213,7 @@ def request_from_args(args: argparse.Namespace):
         sampler=args.sampler, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         typical_p=args.typical_p, image=args.image, max_area=args.max_area[0] * args.max_area[1] if args.max_area else None, video=args.input, strength=args.strength, output=args.output,
         device=args.device, dtype=args.dtype, quantize=args.quantize, max_memory=args.max_memory, offload=args.offload,
+        prompt_extend=args.prompt_extend,
     )  # fmt: skip
 
 
@@ -230,6 +236,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif "plan" in done.memory and not args.quiet:
         peak = done.memory.get("peak_bytes")
         print(done.memory["plan"] + (f"; peak {peak / (1 << 30):.2f} GiB" if peak else ""), file=sys.stderr)
+    extended = done.metadata[0].get("extra", {}).get("prompt_extend") if done.metadata else None
+    if extended and not args.quiet:
+        print(f"prompt extended by {extended['model']}: {json.dumps(done.request.prompt, ensure_ascii=False)}", file=sys.stderr)
     if hint:  # said after the work, so that a refused request stays one line
         print(hint, file=sys.stderr)
     if not args.quiet:

@@ -88,6 +88,10 @@ def generate(
         raise KinemaError(f"generate takes a GenerationRequest; got {type(request).__name__}")
     request.checked_alone()
     extra = check_extra(metadata)
+    if request.prompt_extend is not None:
+        from .text.prompt_extend import check_extend_dir
+
+        check_extend_dir(request.prompt_extend)  # its files, before anything loads
     paths: list[Path] = []
     if write:
         paths = output_paths(request.output, request.batch)
@@ -131,6 +135,8 @@ def generate(
     if not planned and free is not None:
         rules.check_memory(filled, free, request.batch)  # all resident, as before: refused if it cannot fit
     request = filled
+    if request.prompt_extend is not None:  # the request that is run and recorded holds the extended prompt; extra keeps the original
+        request, extra["prompt_extend"] = extend_prompt(request, device, callback)
     model_hash = model_sha256(layout.root)  # every video carries it: a replay checks the weights are the same (cached per file)
     reset_peak(device)
     def load():
@@ -161,6 +167,28 @@ def generate(
             write_video(frames, path, fps=out.fps, metadata=video_tags(record))
         timings["write"] = time.perf_counter() - t_write
     return Generated(request, out, paths, timings, memory, records)
+
+
+def extend_prompt(request: GenerationRequest, device: Any, callback: Any = None) -> tuple[GenerationRequest, dict[str, Any]]:
+    """``request`` with its prompt(s) rewritten by its ``prompt_extend`` model (deterministic with
+    the seed; the language model is let go before the video model loads), and the record of it:
+    the language model's name, folder and content hash, and the original prompt."""
+    from .pipelines.base import Progress
+    from .replay import model_sha256
+    from .text.prompt_extend import PromptExtender
+
+    if callback is not None:
+        callback(Progress("prompt", 0, 1))
+    extender = PromptExtender(request.prompt_extend, device=device)
+    if isinstance(request.prompt, str):
+        extended: str | list[str] = extender.extend(request.prompt, request.seed)
+    else:
+        extended = extender.extend_prompts(list(request.prompt), request.seed)
+    record = {"model": extender.name, "path": str(extender.path), "sha256": model_sha256(extender.path), "original": request.prompt}
+    del extender
+    if callback is not None:
+        callback(Progress("prompt", 1, 1))
+    return replace(request, prompt=extended, prompt_extend=None), record
 
 
 def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...]) -> dict[str, Any]:

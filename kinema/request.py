@@ -79,6 +79,7 @@ class GenerationRequest:
     quantize: str | None = None
     max_memory: str | int | None = None  # a memory budget ("12GiB", "8GB" or bytes): the planner fits the run in it
     offload: str | None = None  # "none", "model", "block" or "auto" (the default): how weights move to fit
+    prompt_extend: str | None = None  # a local instruction-tuned causal LM's folder: the prompt is rewritten in detail first (Wan's prompt extension)
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -131,7 +132,7 @@ class GenerationRequest:
         check_seed(self.seed)
         if not is_int(self.num_videos_per_prompt) or not 1 <= self.num_videos_per_prompt <= MAX_VIDEOS:
             raise RequestError(f"{{0}} must be a whole number from 1 to {MAX_VIDEOS}; got {quoted(self.num_videos_per_prompt)}", "num_videos_per_prompt")
-        for name in ("model", "sampler", "image", "video", "output", "device", "dtype", "quantize"):
+        for name in ("model", "sampler", "image", "video", "output", "device", "dtype", "quantize", "prompt_extend"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value or "\0" in value):
                 raise RequestError(f"{{0}} must be a non-empty string; got {quoted(value)}", name)

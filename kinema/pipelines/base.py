@@ -35,7 +35,8 @@ from .output import VideoOutput
 class Progress:
     """Where a call is: ``step`` of ``total`` units of ``stage`` done.
 
-    Stages: ``"text"`` (prompts encoded), ``"image"`` (image-to-video's picture: its features, then
+    Stages: ``"prompt"`` (:func:`kinema.generation.generate` only: the prompt extended by a
+    language model, when the request asks), ``"text"`` (prompts encoded), ``"image"`` (image-to-video's picture: its features, then
     its latents), ``"denoise"`` (sampling steps, diffusion), ``"tokens"``
     (frames of tokens, token models), ``"decode"`` (the codec). A callback gets step 0 when a stage
     begins and each step as it ends; raising :class:`~kinema.errors.Cancelled` (or anything) from it

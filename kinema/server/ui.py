@@ -30,7 +30,7 @@ TASKS = {"text-to-video": "text", "image-to-video": "image", "video-to-video": "
 # The form's fields, in the order the handlers take them (each a request field, or a page control).
 FORM = ("model", "task", "image", "video", "prompt", "negative_prompt", "width", "height", "num_frames", "num_inference_steps",
         "guidance_scale", "shift", "sampler", "seed", "random_seed", "strength", "cache_threshold", "temperature", "top_k",
-        "top_p", "typical_p", "max_memory")  # fmt: skip
+        "top_p", "typical_p", "max_memory", "prompt_extend")  # fmt: skip
 # Settings whose default lives in the model's card (shift, token sampling) or means "off": text boxes, empty for the model's own.
 TEXT_NUMBERS = ("shift", "strength", "cache_threshold", "temperature", "top_k", "top_p", "typical_p")
 GALLERY_COLUMNS = ["id", "status", "model", "prompt", "seed", "size", "frames", "steps", "error"]
@@ -43,6 +43,9 @@ def form_request(state: ServerState, values: dict[str, Any]) -> tuple[dict[str, 
     for name in FORM:
         value = values.get(name)
         if name in ("model", "task", "image", "video", "random_seed") or value is None:
+            continue
+        if name == "prompt_extend":
+            raw[name] = bool(value)
             continue
         if isinstance(value, str):
             value = value.strip()
@@ -165,6 +168,7 @@ def build_ui(state: ServerState):
     with gr.Blocks(title="kinema", analytics_enabled=False) as page:
         gr.Markdown("# kinema\nText, image and video to video. Jobs run one at a time per device, in order; the queue survives restarts.")
         job_id = gr.State(None)
+        enhanced = gr.State(None)  # the Enhance button's last rewrite: original, extended, seed
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
@@ -244,8 +248,14 @@ def build_ui(state: ServerState):
         task.change(on_task, task, [image, video, strength])
 
         def on_submit(*args):
+            *form, enhanced_by = args
+            values = values_of(form)
             try:
-                new = submit_form(state, values_of(args))
+                if enhanced_by and values.get("prompt") == enhanced_by["extended"] and not values.get("random_seed") and values.get("seed") == enhanced_by["seed"]:
+                    # the text the Enhance button wrote: the worker extends the original again (the same text,
+                    # the same seed), so that the video's metadata keeps both prompts
+                    values = {**values, "prompt": enhanced_by["original"], "prompt_extend": True}
+                new = submit_form(state, values)
             except ApiError as e:
                 return None, f"error: {e.message}"
             except Exception as e:  # noqa: BLE001 - the page never breaks: one line
@@ -268,7 +278,7 @@ def build_ui(state: ServerState):
             path = state.queue.folder / job.output if job.status == "completed" and job.output else None
             return (str(path) if path else None), job_line(state, job)
 
-        submitted = generate.click(on_submit, inputs, [job_id, status])
+        submitted = generate.click(on_submit, [*inputs, enhanced], [job_id, status])
         waiting = submitted.then(on_wait, job_id, [result, status])
         waiting.then(lambda: gallery_rows(state), None, table)
 
@@ -281,15 +291,17 @@ def build_ui(state: ServerState):
         cancel.click(on_cancel, job_id, status, cancels=[waiting])
 
         def on_enhance(text: str, seed_value, random_value: bool):
+            keep = gr.update()
             try:
-                s = secrets.randbelow(2**63) if random_value else int(seed_value or 0)
-                return extender.extend(text, s), "prompt extended"
+                s = secrets.randbelow(2**63) if random_value else int(seed_value or 0)  # a random seed is drawn now and shown
+                extended = extender.extend(text, s)
             except KinemaError as e:
-                return gr.update(), f"error: {' '.join(str(e).split())}"
-            except Exception as e:  # noqa: BLE001
-                return gr.update(), f"error: {type(e).__name__}: {' '.join(str(e).split())}"
+                return keep, f"error: {' '.join(str(e).split())}", keep, keep, keep
+            except Exception as e:  # noqa: BLE001 - the page never breaks: one line
+                return keep, f"error: {type(e).__name__}: {' '.join(str(e).split())}", keep, keep, keep
+            return extended, "prompt extended: Generate keeps the original in the video's metadata", s, False, {"original": text, "extended": extended, "seed": s}
 
-        enhance.click(on_enhance, [prompt, seed, random_seed], [prompt, status])
+        enhance.click(on_enhance, [prompt, seed, random_seed], [prompt, status, seed, random_seed, enhanced])
 
         refresh.click(lambda: gallery_rows(state), None, table)
         timer.tick(lambda: gallery_rows(state), None, table)

@@ -24,7 +24,7 @@ from .queue import Job, JobQueue
 POLL_SECONDS = 0.2  # how often an idle worker looks for a job
 PROGRESS_SECONDS = 0.25  # how often progress is written (a cancel is looked for at every step)
 # Where each stage's progress lands in the job's percent: text and picture first, then sampling, then decoding.
-STAGE_SPANS = {"text": (0, 5), "image": (5, 10), "denoise": (10, 90), "tokens": (10, 90), "decode": (90, 99)}
+STAGE_SPANS = {"prompt": (0, 2), "text": (2, 5), "image": (5, 10), "denoise": (10, 90), "tokens": (10, 90), "decode": (90, 99)}
 
 
 def percent(stage: str, step: int, total: int) -> float:

@@ -13,56 +13,9 @@ from kinema.errors import KinemaError
 from kinema.seeds import derive_seed
 from kinema.text.prompt_extend import EXTEND_INSTRUCTION, TEMPERATURE, TOP_P, PromptExtender, check_extend_dir
 
-SPECIALS = ["<|endoftext|>", "<|im_end|>", "<|im_start|>"]
-CORPUS = [
-    "a red ball rolls slowly to the left across green grass",
-    "the camera pans right over a blue cube under a bright sky",
-    "a small cat walks toward a large yellow circle at night",
-    "soft warm light, long shadows on the wall, the bird flies up",
-]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from ..helpers import save_lm
+
 PROMPT = "a red ball rolls left"
-
-
-def make_tokenizer(chat: bool):
-    """A byte-level BPE (Qwen's kind) trained offline on a few sentences, Qwen's special tokens, with
-    or without a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(CORPUS * 5, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"]
-    )
-    if chat:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def save_lm(directory, *, chat: bool, seed: int = 0):
-    """A 2-layer random Qwen2 causal LM (hidden 32) and its tokenizer, saved as safetensors."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = make_tokenizer(chat)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).eval()
-    model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
-    return directory
 
 
 @pytest.fixture(scope="module")
