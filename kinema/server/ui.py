@@ -278,8 +278,10 @@ def build_ui(state: ServerState):
             path = state.queue.folder / job.output if job.status == "completed" and job.output else None
             return (str(path) if path else None), job_line(state, job)
 
-        submitted = generate.click(on_submit, [*inputs, enhanced], [job_id, status])
-        waiting = submitted.then(on_wait, job_id, [result, status])
+        # Following a job only reads the queue: any number of pages follow theirs at once (gradio's
+        # default would make the second page's progress wait for the first page's job to end).
+        submitted = generate.click(on_submit, [*inputs, enhanced], [job_id, status], concurrency_limit=None)
+        waiting = submitted.then(on_wait, job_id, [result, status], concurrency_limit=None)
         waiting.then(lambda: gallery_rows(state), None, table)
 
         def on_cancel(current: str | None):
@@ -347,7 +349,7 @@ def build_ui(state: ServerState):
                 return None, f"error: {' '.join(str(e).split())}"
             return again.id, f"queued: {again.id} (the settings of {job.id})"
 
-        rerun_wait = rerun.click(on_rerun, picked_id, [job_id, status]).then(on_wait, job_id, [result, status])
+        rerun_wait = rerun.click(on_rerun, picked_id, [job_id, status], concurrency_limit=None).then(on_wait, job_id, [result, status], concurrency_limit=None)
         rerun_wait.then(lambda: gallery_rows(state), None, table)
         cancel.click(on_cancel, job_id, status, cancels=[rerun_wait])
 

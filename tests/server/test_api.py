@@ -191,3 +191,41 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_uploads_reach_an_image_and_video_model(tmp_path):
+    """A tiny random LTX-Video (text-, image- and video-to-video) served beside the default model: a
+    picture and a video go up as files and come back as videos whose metadata holds their hashes."""
+    import hashlib
+
+    from kinema.replay import read_metadata
+    from kinema.video import write_video
+
+    from ..helpers import save_diffusers_ltx_pipeline
+
+    ltx = tmp_path / "tiny-ltx"
+    save_diffusers_ltx_pipeline(ltx)
+    clip = tmp_path / "in.mp4"
+    write_video(np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), clip, fps=24)
+    with Server(tmp_path / "queue", "--model", "shapes", "--model", str(ltx)) as server:
+        status, models = server.call("GET", "/v1/models")
+        tasks = {m["id"]: m["tasks"] for m in models["data"]}
+        assert set(tasks["tiny-ltx"]) == {"text-to-video", "image-to-video", "video-to-video"} and tasks["shapes"] == ["text-to-video"]
+        common = {"model": "tiny-ltx", "size": "32x32", "num_frames": "9", "num_inference_steps": "2"}
+        png = _png()
+        body, ctype = multipart({**common, "prompt": "a red ball"}, {"input_reference": ("first.png", png, "image/png")})
+        status, from_image = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+        assert status == 200, from_image
+        assert from_image["request"]["image"] == "image.png"  # the upload's own name, never the server's folder
+        body, ctype = multipart({**common, "prompt": "the same at night", "strength": "0.6"}, {"video": ("in.mp4", clip.read_bytes(), "video/mp4")})
+        status, from_video = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+        assert status == 200, from_video
+        for job, data in ((from_image, png), (from_video, clip.read_bytes())):
+            done = server.wait(job["id"])
+            assert done["status"] == "completed", done
+            status, mp4 = server.call("GET", f"/v1/videos/{job['id']}/content")
+            (tmp_path / "out.mp4").write_bytes(mp4)
+            frames, _ = read_video(tmp_path / "out.mp4")
+            assert frames.shape == (9, 32, 32, 3)
+            inputs = read_metadata(tmp_path / "out.mp4")["inputs"]
+            assert [record["sha256"] for record in inputs.values()] == [hashlib.sha256(data).hexdigest()]
