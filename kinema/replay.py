@@ -20,11 +20,10 @@ hashes travel in the video's container metadata, and :func:`replay` makes the sa
       "extra": {...}                     # the caller's own (generate(..., metadata=...)): a server's job id, an original prompt
     }
 
-The request leaves out :data:`NOT_RECORDED`: the output path, how the weights move to fit in memory
-(``max_memory``, ``offload``), which changes no frame, so that a run under a memory budget writes the
-same file as one without, and a prompt-extension model (the recorded prompt is the one the video was
-made from). Nothing in it depends on the time either: the same request
-still gives the same bytes. :func:`replay`
+The request leaves out :data:`NOT_RECORDED`: the output path, and a prompt-extension model (the
+recorded prompt is the one the video was made from). A memory budget and an offload strategy are
+recorded: they change no frame, but a replay on the same machine needs them as much as the first
+run did. Nothing in it depends on the time: the same request still gives the same bytes. :func:`replay`
 reads the tag back, checks that the model and the inputs are the ones the video was made from (by
 content), runs the request again and writes the same video with the same tag: on the same device,
 dtypes and thread count the file is bit-identical.
@@ -62,10 +61,9 @@ CHUNK = 16 << 20
 MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".pth", ".pt", ".bin", ".gguf", ".ckpt", ".model"})
 MODEL_FILE_NAMES = frozenset({"vocab.txt", "merges.txt"})
 INPUT_KINDS = ("image", "video")
-# Request fields a video does not record: where it went, how weights moved to fit (no frame changes: a
-# replay plans memory afresh), and a prompt-extension model (the prompt recorded is the one the video
-# was made from, already extended; the caller keeps the original under "extra").
-NOT_RECORDED = ("output", "max_memory", "offload", "prompt_extend")
+# Request fields a video does not record: where it went, and a prompt-extension model (the prompt
+# recorded is the one the video was made from, already extended; the caller keeps the original under "extra").
+NOT_RECORDED = ("output", "prompt_extend")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

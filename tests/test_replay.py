@@ -138,6 +138,15 @@ def test_every_shipped_model_replays_bit_identically(model, tmp_path, capsys):
     assert info_of(replayed, capsys) == meta
 
 
+def test_a_run_under_a_memory_budget_records_it_and_replays_with_it(tmp_path, capsys):
+    out = generate_cli(tmp_path, capsys, DEFAULT_MODEL, "budget.mp4", "--offload", "model", "--max-memory", "16GiB")
+    meta = info_of(out, capsys)
+    assert (meta["request"]["offload"], meta["request"]["max_memory"]) == ("model", "16GiB")
+    again = tmp_path / "again.mp4"
+    assert main(["replay", str(out), "-o", str(again), "-q"]) == 0
+    assert_same_video(out, again)
+
+
 def test_the_two_shipped_models_hash_differently():
     hashes = {model_sha256(resolve_model(name).root) for name in SHIPPED_MODELS}
     assert len(hashes) == len(SHIPPED_MODELS)

@@ -17,6 +17,8 @@ import yaml
 
 import kinema
 from kinema.errors import KinemaError
+from kinema.replay import read_metadata
+from kinema.video import read_video
 from kinema.pipelines.memory import (
     ComponentSize,
     FileMappings,
@@ -271,7 +273,9 @@ def test_command_line_max_memory_and_offload(tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report["memory"]["plan"].startswith("memory plan: block") and report["memory"]["peak_bytes"] > 0
-    assert (tmp_path / "block.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+    assert np.array_equal(read_video(tmp_path / "block.mp4")[0], read_video(tmp_path / "plain.mp4")[0])  # the same frames
+    recorded = read_metadata(tmp_path / "block.mp4")["request"]
+    assert (recorded["max_memory"], recorded["offload"]) == ("16GiB", "block")  # the file says how it was made
     small = _cli(*base, "-o", str(tmp_path / "x.mp4"), "--max-memory", "1MiB")
     assert small.returncode == 2 and small.stderr.count("\n") == 1 and "the budget is 1 MiB" in small.stderr
     bad = _cli(*base, "-o", str(tmp_path / "x.mp4"), "--max-memory", "twelve")
