@@ -121,7 +121,10 @@ class ServerState:
             raw["num_frames"] = self._frames_for(model, raw.pop("seconds"), raw)
         if raw.get("seed") == "random":
             raw["seed"] = secrets.randbelow(2**63)
-        if raw.pop("prompt_extend", False) not in (False, None, "false", "0"):
+        extend = raw.pop("prompt_extend", None)
+        if extend not in (None, True, False):
+            raise ApiError(400, f"prompt_extend must be true or false; got {json.dumps(extend)[:80]}", param="prompt_extend")
+        if extend:
             if self.prompt_extend is None:
                 raise ApiError(400, "this server has no prompt extension model (start it with --prompt-extend MODEL_DIR)", param="prompt_extend")
             raw["prompt_extend"] = self.prompt_extend
@@ -130,6 +133,9 @@ class ServerState:
         raw["model"] = model.path
         try:
             request = GenerationRequest.from_json(raw)
+            if request.batch != 1:
+                raise ApiError(400, f"a job makes one video; this request makes {request.batch} (a list of prompts or num_videos_per_prompt): "
+                               "submit one job per video", param="prompt" if isinstance(request.prompt, list) else "num_videos_per_prompt")  # fmt: skip
             request.checked(model.rules, check_memory=False)
             if request.image is not None:
                 read_image(request.image)
@@ -250,6 +256,9 @@ def build_api(state: ServerState):
                     return JSONResponse(e.body(), status_code=401)
             length = request.headers.get("content-length")
             limit = state.max_upload_bytes + MAX_JSON_BYTES
+            if length is None and request.method in ("POST", "PUT", "PATCH") and request.headers.get("transfer-encoding"):
+                e = ApiError(411, "send the body with a Content-Length (this server takes no chunked uploads)")
+                return JSONResponse(e.body(), status_code=411)
             if length is not None and (not length.isdigit() or int(length) > limit):
                 e = ApiError(413, f"the request is larger than this server takes ({limit >> 20} MiB)")
                 return JSONResponse(e.body(), status_code=413)

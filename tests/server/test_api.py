@@ -91,6 +91,10 @@ def test_the_same_request_gives_the_same_bytes(server):
         ({"prompt": "x", "model": "shapes", "top_k": 5}, "does not apply"),
         ({"prompt": "x", "prompt_extend": True}, "no prompt extension model"),
         ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt": ["a red circle", "a blue square"]}, "a job makes one video"),
+        ({"prompt": "x", "num_videos_per_prompt": 3}, "a job makes one video"),
+        ({"prompt": "x", "prompt_extend": "yes"}, "prompt_extend must be true or false"),
+        ({"prompt": "x", "seed": "lucky"}, "seed"),
     ],
 )
 def test_bad_requests_are_one_line_4xx(server, body, words):
