@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a web page and an HTTP API (OpenAI's video API shape) over a job queue that survives crashes")
     s.add_argument("--model", action="append", default=None, metavar="MODEL",
-                   help="a model to serve (a directory or a shipped model's name); repeat for several (default: the shipped models)")  # fmt: skip
+                   help="a model to serve beside the shipped ones (a directory or a shipped model's name); repeat for several; the first is the default")  # fmt: skip
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything else needs --api-key)")
     s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0: any free port)")
     s.add_argument("--queue", default="kinema-queue", metavar="DIR", help="the queue folder: jobs (SQLite), uploads and videos (default kinema-queue)")

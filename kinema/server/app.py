@@ -155,18 +155,27 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def served_models(names: list[str] | None) -> dict[str, ServedModel]:
-    """The models a server offers: those given (directories or shipped names), else the shipped ones.
-    Each one's rules are read now, so a bad model stops the server before it starts."""
+    """The models a server offers: those given (directories or shipped names; the first is the
+    default), then the shipped ones. Each one's rules are read now, so a bad model stops the server
+    before it starts."""
     from ..checkpoints.layouts import SHIPPED_MODELS
     from ..pipelines.loading import resolve_model
 
     out: dict[str, ServedModel] = {}
-    for given in names or list(SHIPPED_MODELS):
+    roots: set[str] = set()
+    given_names = list(names or [])
+    for given in given_names + [m for m in SHIPPED_MODELS if m not in given_names]:
         layout = resolve_model(given)
-        name = given if given in SHIPPED_MODELS and not Path(given).exists() else Path(given).resolve().name
-        if name in out:
-            name = str(Path(given).resolve())
-        out[name] = ServedModel(name, given if given in SHIPPED_MODELS and not Path(given).exists() else str(Path(given).resolve()), layout.rules())
+        shipped = given in SHIPPED_MODELS and not Path(given).exists()
+        path = given if shipped else str(Path(given).resolve())
+        root = str(layout.root.resolve())
+        if root in roots:
+            continue  # the same model twice (a shipped one given by its folder, say)
+        roots.add(root)
+        name = given if shipped else Path(path).name
+        if name in out:  # two folders of one name (or a folder named like a shipped model): the longer name
+            name = f"{name}-shipped" if shipped else path
+        out[name] = ServedModel(name, path, layout.rules())
     return out
 
 

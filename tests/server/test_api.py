@@ -233,3 +233,14 @@ def test_uploads_reach_an_image_and_video_model(tmp_path):
             assert frames.shape == (9, 32, 32, 3)
             inputs = read_metadata(tmp_path / "out.mp4")["inputs"]
             assert [record["sha256"] for record in inputs.values()] == [hashlib.sha256(data).hexdigest()]
+
+
+def test_served_models_are_the_given_then_the_shipped_ones_each_once():
+    from kinema.checkpoints.layouts import SHIPPED_MODELS, shipped_model_path
+    from kinema.server.app import served_models
+
+    assert list(served_models(None)) == list(SHIPPED_MODELS)
+    last = list(SHIPPED_MODELS)[-1]
+    assert list(served_models([last]))[0] == last and sorted(served_models([last])) == sorted(SHIPPED_MODELS)
+    by_folder = served_models([str(shipped_model_path(last))])  # a shipped model given by its folder: served once
+    assert len(by_folder) == len(SHIPPED_MODELS)
