@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,18 @@ def describe_exit(code: int) -> str:
     return f"the worker process running this job exited with status {code}; the server goes on"
 
 
+QUICK_DEATH_SECONDS = 10.0  # a worker that dies this soon after its start, with no job, is failing to start
+MAX_BACKOFF_SECONDS = 60.0
+
+
 @dataclass
 class WorkerSlot:
     device: str | None
     process: subprocess.Popen | None = None
     starts: int = 0
+    started_at: float = 0.0
+    backoff: float = 0.0  # seconds before the next start, after quick deaths (doubling, at most MAX_BACKOFF_SECONDS)
+    next_start: float = 0.0
 
 
 class Supervisor:
@@ -70,6 +78,7 @@ class Supervisor:
             cmd += ["--threads", str(self.threads)]
         slot.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         slot.starts += 1
+        slot.started_at = time.monotonic()
 
     def start(self) -> None:
         for slot in self.slots:
@@ -79,12 +88,27 @@ class Supervisor:
 
     def _watch(self) -> None:
         while not self._stop.wait(WATCH_SECONDS):
+            now = time.monotonic()
             for slot in self.slots:
-                code = slot.process.poll() if slot.process is not None else None
-                if code is None or self._stop.is_set():
+                if self._stop.is_set():
+                    return
+                if slot.process is None:  # waiting out a backoff
+                    if now >= slot.next_start:
+                        self._start(slot)
                     continue
-                self.queue.fail_worker_jobs(slot.process.pid, describe_exit(code))
-                self._start(slot)
+                code = slot.process.poll()
+                if code is None:
+                    continue
+                failed = self.queue.fail_worker_jobs(slot.process.pid, describe_exit(code))
+                if not failed and now - slot.started_at < QUICK_DEATH_SECONDS:  # dying at start: do not spin
+                    slot.backoff = min(MAX_BACKOFF_SECONDS, max(1.0, slot.backoff * 2))
+                    print(f"kinema serve: the worker{f' on {slot.device}' if slot.device else ''} exited with status {code} as it started; "
+                          f"starting another in {slot.backoff:g} s", file=sys.stderr, flush=True)  # fmt: skip
+                else:
+                    slot.backoff = 0.0
+                slot.process, slot.next_start = None, now + slot.backoff
+                if slot.backoff == 0.0:
+                    self._start(slot)
 
     def stop(self) -> None:
         """Stop the workers (a job they were running is run again by the next server)."""

@@ -147,3 +147,26 @@ def test_claims_from_many_threads_never_share_a_job(tmp_path):
         t.join(timeout=120)
     assert sorted(taken) == sorted(ids)
 
+
+
+def test_a_worker_that_cannot_start_is_retried_with_backoff_not_in_a_loop(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from kinema.server.app import Supervisor
+
+    class Failing(Supervisor):
+        def _start(self, slot) -> None:  # a worker that exits at once, as a broken install would
+            slot.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+            slot.starts += 1
+            slot.started_at = time.monotonic()
+
+    supervisor = Failing(JobQueue(tmp_path / "q"), [None], cache_bytes=0)
+    supervisor.start()
+    try:
+        time.sleep(4.0)
+    finally:
+        supervisor.stop()
+    slot = supervisor.slots[0]
+    assert 2 <= slot.starts <= 4 and slot.backoff >= 2  # 1 s, then 2 s: not one start every half second
+    assert "exited with status 3 as it started" in capsys.readouterr().err
