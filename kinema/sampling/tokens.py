@@ -285,6 +285,7 @@ def generate(
     use_cache: bool = True,
     progress: bool = False,
     on_frame: Callable[[int], None] | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate a clip's tokens, frame by frame and token by token.
 
@@ -305,9 +306,14 @@ def generate(
         progress: show a tqdm bar, one tick per frame.
         on_frame: called with the number of frames done after each frame (a pipeline's progress
             report; raising from it stops the generation).
+        prefix: (B, P, h, w) long token ids of frames that are given, not sampled (extending a
+            clip): they fill the first P frames and the KV cache exactly as if the model had made
+            them, and ``num_frames`` more are generated after them. With greedy picking, P frames
+            then more continue a clip exactly as one call of P + more frames would.
 
     Returns:
-        (B, num_frames, h, w) long token ids.
+        (B, num_frames, h, w) long token ids (the prefix's frames first when given, then the
+        ``num_frames`` new ones: (B, P + num_frames, h, w)).
     """
     c = model.config
     if not isinstance(num_frames, int) or num_frames < 1:
@@ -321,7 +327,18 @@ def generate(
         text, text_mask = _concat_text(text, text_mask, uncond_text, uncond_mask)  # (2B, L, text_dim), (2B, L)
     prepared = model.prepare_text(text, text_mask)
     device = prepared.kv[0][0].device
+    given = 0
+    if prefix is not None:
+        if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.ndim != 4 or prefix.shape[0] != b or tuple(prefix.shape[2:]) != tuple(c.grid):
+            got = f"{tuple(prefix.shape)} {prefix.dtype}" if isinstance(prefix, torch.Tensor) else type(prefix).__name__
+            raise KinemaError(f"prefix must be (B, P, h, w) = ({b}, P, {c.grid[0]}, {c.grid[1]}) torch.long token ids; got {got}")
+        if int(prefix.min()) < 0 or int(prefix.max()) >= c.vocab_size:
+            raise KinemaError(f"prefix ids must be in [0, {c.vocab_size}); got {int(prefix.min())} to {int(prefix.max())}")
+        given = prefix.shape[1]
+        num_frames = given + num_frames
     out = torch.zeros(b, num_frames * hw, dtype=torch.long, device=device)  # (B, N)
+    if given:
+        out[:, : given * hw] = rearrange(prefix.to(device), "b f h w -> b (f h w)")  # the given frames, as if made
     cache = model.new_cache(prepared) if use_cache else None
 
     def logits_at(p: int) -> torch.Tensor:
@@ -340,8 +357,11 @@ def generate(
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=num_frames, desc="frames", unit="frame", disable=not progress, leave=False) as bar:
-        for frame in range(num_frames):
+    with tqdm(total=num_frames - given, desc="frames", unit="frame", disable=not progress, leave=False) as bar:
+        if cache is not None:
+            for p in range(given * hw):  # the given frames into the cache: each token fed as its successor's input
+                model.step(None if p == 0 else (out[:, p - 1] if guidance is None else torch.cat([out[:, p - 1]] * 2)), cache)
+        for frame in range(given, num_frames):
             for p in range(frame * hw, (frame + 1) * hw):
                 token = pick(logits_at(p))  # (B,)
                 if not isinstance(token, torch.Tensor) or tuple(token.shape) != (b,) or token.dtype != torch.long:
@@ -350,7 +370,7 @@ def generate(
                 out[:, p] = token
             bar.update(1)
             if on_frame is not None:
-                on_frame(frame + 1)
+                on_frame(frame + 1 - given)
     return rearrange(out, "b (f h w) -> b f h w", f=num_frames, h=c.grid[0], w=c.grid[1])  # (B, F, h, w)
 
 

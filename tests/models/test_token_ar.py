@@ -312,6 +312,37 @@ def test_generate_sampled_cache_equals_recompute():
     assert not torch.equal(with_cache, generate(model, text, mask, 6, _sampler(4), progress=False))
 
 
+@pytest.mark.parametrize("given", [1, 3, 5])  # inside the 3-frame window, at its edge, past it (the ring slid)
+@pytest.mark.parametrize("guided", [False, True])
+def test_generate_resumes_from_given_frames_exactly(given, guided):
+    """Extending a clip: the given frames fill the cache as if the model had made them, so greedy
+    decoding continues exactly as one longer call (with and without the cache)."""
+    model = _model()
+    text, mask = _text()
+    extra = {}
+    if guided:
+        extra = dict(uncond_text=torch.zeros(2, 2, TINY.text_dim, dtype=torch.float64), guidance=lambda c, u: u + 2.0 * (c - u))
+    whole = generate(model, text, mask, 7, _greedy, progress=False, **extra)
+    frames_done = []
+    resumed = generate(model, text, mask, 7 - given, _greedy, prefix=whole[:, :given], on_frame=frames_done.append, progress=False, **extra)
+    assert resumed.shape == whole.shape and torch.equal(resumed, whole)
+    assert frames_done == list(range(1, 7 - given + 1))  # progress counts the new frames only
+    recomputed = generate(model, text, mask, 7 - given, _greedy, prefix=whole[:, :given], use_cache=False, progress=False, **extra)
+    assert torch.equal(recomputed, whole)
+    # the prefix is kept as given, whatever the model would have made
+    other = torch.randint(0, TINY.vocab_size, (2, given, *TINY.grid), generator=torch.Generator().manual_seed(9))
+    assert torch.equal(generate(model, text, mask, 2, _greedy, prefix=other, progress=False, **extra)[:, :given], other)
+
+
+def test_generate_refuses_a_bad_prefix():
+    model = _model()
+    text, mask = _text()
+    for prefix in (torch.zeros(2, 1, 3, 2, dtype=torch.long), torch.zeros(1, 1, *TINY.grid, dtype=torch.long),
+                   torch.zeros(2, 1, *TINY.grid), torch.full((2, 1, *TINY.grid), TINY.vocab_size)):  # fmt: skip
+        with pytest.raises(KinemaError, match="prefix"):
+            generate(model, text, mask, 1, _greedy, prefix=prefix, progress=False)
+
+
 def test_generate_with_guidance():
     model = _model()
     text, mask = _text()
