@@ -1,4 +1,4 @@
-"""The ``kinema`` command line: ``generate``, ``train``, ``package``, ``eval``, ``info``, ``replay`` and ``serve``.
+"""The ``kinema`` command line: ``generate``, ``extend``, ``train``, ``package``, ``eval``, ``info``, ``replay`` and ``serve``.
 
 A thin front end: ``generate`` turns its flags into a :class:`~kinema.request.GenerationRequest`
 and runs it (:func:`kinema.generation.generate`), which checks everything before loading weights;
@@ -24,7 +24,7 @@ FLAGS = {
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "shift": "--shift", "sampler": "--sampler", "cache_threshold": "--cache",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
     "image": "--image", "max_area": "--max-area", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
-    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads", "max_memory": "--max-memory", "offload": "--offload", "prompt_extend": "--prompt-extend",
+    "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads", "max_memory": "--max-memory", "offload": "--offload", "prompt_extend": "--prompt-extend", "extend": "INPUT", "overlap": "--overlap",
 }  # fmt: skip
 
 
@@ -115,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar models)")
+    x.add_argument("input", metavar="INPUT", help="the video to continue (.mp4, .mkv, .mov)")
+    x.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="what happens next")
+    x.add_argument("--prompt", help="what happens next (instead of the positional PROMPT)")
+    x.add_argument("--model", default=None, help="a model directory or a shipped model's name (default: shapes)")
+    x.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    x.add_argument("--frames", type=int, default=None, help="new frames, a multiple of the model's time stride (default: the model's clip less its first frame)")
+    x.add_argument("--overlap", type=int, default=None, metavar="K", help="the input's last K frames the model sees as the past (default: as many as it can see)")
+    x.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    _add_token_sampling(x)
+    x.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**64 - 1 (default 0)")
+    x.add_argument("--output", "-o", default=None, help="output path (default: INPUT's name with -extended, beside it)")
+    x.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    x.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
+    x.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
+    x.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a Wan VAE, a Wan transformer, a VQ video tokenizer, a token model or a pixel DiT with its text encoder (wan-vae, wan-transformer, vq-tokenizer, token-ar, pixel-dit) from a YAML config")
     t.add_argument("config", help="training config (YAML), e.g. configs/tiny-vae.yaml")
@@ -244,6 +261,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.quiet:
         where = ", ".join(str(p) for p in done.paths)
         print(f"wrote {where} ({n} frames, {w}x{h}, {done.output.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .generation import generate
+    from .request import GenerationRequest
+    from .runtime import configure_threads
+
+    t0 = time.perf_counter()
+    if args.prompt_pos and args.prompt:
+        raise KinemaError("give the prompt once: either positionally or with --prompt")
+    prompt = args.prompt if args.prompt is not None else args.prompt_pos
+    if prompt is None:
+        raise KinemaError('no prompt: kinema extend INPUT.mp4 "the circle turns and moves right"')
+    source = Path(args.input)
+    output = args.output or str(source.with_name(f"{source.stem}-extended{source.suffix or '.mp4'}"))
+    if Path(output).resolve() == source.resolve():
+        raise KinemaError(f"--output is the input video {args.input}; write the extension elsewhere")
+    request = GenerationRequest(
+        prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, num_frames=args.frames, guidance_scale=args.guidance,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, typical_p=args.typical_p, seed=args.seed,
+        extend=args.input, overlap=args.overlap, output=output, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    configure_threads(args.threads)
+    done = generate(request, progress_bar=not args.quiet, callback=_stop_if_interrupted)
+    if not args.quiet:
+        n, h, w = done.output.frames.shape[1:4]
+        print(f"wrote {done.paths[0]} ({n} frames: the input's, then {done.request.num_frames} new; {w}x{h}, "
+              f"{done.output.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -418,7 +466,7 @@ def _load_for_eval(request, steps: int | None = None):
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info, "replay": cmd_replay, "serve": cmd_serve}
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "package": cmd_package, "eval": cmd_eval, "info": cmd_info, "replay": cmd_replay, "serve": cmd_serve, "extend": cmd_extend}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints.io import check_output_path
-from .errors import KinemaError
+from .errors import KinemaError, RequestError
 from .request import GenerationRequest, frames_that_fit
 
 DEFAULT_OUTPUT = "out.mp4"
@@ -112,6 +112,14 @@ def generate(
     if "image" in media and rules.image_size_rule and request.height is None and request.width is None:
         height, width = rules.size_for_image(*media["image"].shape[:2], request.max_area)  # (H, W, 3): the picture decides (Wan's rule)
         request = replace(request, height=height, width=width, max_area=None)
+    if "extend" in media:  # continuing a video: its size, and as much of its end as the model can see
+        head = media["extend"]
+        if request.height is None and request.width is None:
+            request = replace(request, height=head.shape[1], width=head.shape[2])
+        if request.overlap is None:
+            request = replace(request, overlap=rules.default_overlap(len(head)))
+        elif request.overlap > len(head):
+            raise RequestError(f"{{0}} is {request.overlap} frames but the video has {len(head)}", "overlap")
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
         request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
     free = available_memory(device)
@@ -148,7 +156,13 @@ def generate(
     else:
         pipe = load()
     timings = {"load": time.perf_counter() - t0}
-    out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
+    keywords = call_keywords(request, pipe.rules.sampling_options)
+    if "extend" in media:  # the input's frames, then the new ones, at the input's frame rate
+        for name in ("height", "width"):
+            keywords.pop(name)
+        out = pipe.extend(media["extend"], overlap=request.overlap, fps=media.get("frame_rate"), **keywords, callback=callback, progress_bar=progress_bar)
+    else:
+        out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
     timings.update(out.timings)
     memory = {"peak_bytes": peak_bytes(device), "dtypes": pipe.dtypes}
     if pipe.memory_plan is not None:
@@ -212,11 +226,16 @@ def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...])
 
 def read_media(request: GenerationRequest) -> dict[str, Any]:
     """The pipeline arguments for ``image`` or ``video``, read from their files (one-line errors).
-    A video's own frame rate becomes the request's unless it sets one."""
+    A video's own frame rate becomes the request's unless it sets one. A video to continue
+    (``extend``) comes back as ``{"extend": frames, "frame_rate": its rate}``."""
     from .video import read_image, read_video
 
     if request.image is not None:
         return {"image": read_image(request.image)}
+    if request.extend is not None:
+        frames, fps = read_video(request.extend)
+        rate = request.frame_rate if request.frame_rate is not None else (fps if fps > 0 else None)
+        return {"extend": frames, "frame_rate": rate}
     if request.video is not None:
         frames, fps = read_video(request.video)
         if request.frame_rate is None and fps > 0:

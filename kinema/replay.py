@@ -60,7 +60,7 @@ CHUNK = 16 << 20
 # What a model's hash covers: its config and weight files (and tokenizers), not READMEs, pictures or hidden folders.
 MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".pth", ".pt", ".bin", ".gguf", ".ckpt", ".model"})
 MODEL_FILE_NAMES = frozenset({"vocab.txt", "merges.txt"})
-INPUT_KINDS = ("image", "video")
+INPUT_KINDS = ("image", "video", "extend")  # request fields that name input files (extend: a video to continue)
 # Request fields a video does not record: where it went, and a prompt-extension model (the prompt
 # recorded is the one the video was made from, already extended; the caller keeps the original under "extra").
 NOT_RECORDED = ("output", "prompt_extend")

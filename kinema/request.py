@@ -80,6 +80,8 @@ class GenerationRequest:
     max_memory: str | int | None = None  # a memory budget ("12GiB", "8GB" or bytes): the planner fits the run in it
     offload: str | None = None  # "none", "model", "block" or "auto" (the default): how weights move to fit
     prompt_extend: str | None = None  # a local instruction-tuned causal LM's folder: the prompt is rewritten in detail first (Wan's prompt extension)
+    extend: str | None = None  # a video to continue (its path): the output is its frames, then num_frames new ones
+    overlap: int | None = None  # extending: the input's last frames the model sees as the past (None: what its window takes)
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -108,11 +110,11 @@ class GenerationRequest:
             check_prompts(self.prompt, "prompt")
         if self.negative_prompt is not None:
             check_prompts(self.negative_prompt, "negative_prompt", allow_empty=True)
-        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k", "max_area"):
+        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k", "max_area", "overlap"):
             value = getattr(self, name)
             if value is not None and not is_int(value):
                 raise RequestError(f"{{0}} must be a whole number; got {quoted(value)}", name)
-        for name in ("height", "width", "num_frames", "num_inference_steps", "max_area"):
+        for name in ("height", "width", "num_frames", "num_inference_steps", "max_area", "overlap"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RequestError(f"{{0}} must be a positive integer; got {value}", name)
@@ -132,7 +134,7 @@ class GenerationRequest:
         check_seed(self.seed)
         if not is_int(self.num_videos_per_prompt) or not 1 <= self.num_videos_per_prompt <= MAX_VIDEOS:
             raise RequestError(f"{{0}} must be a whole number from 1 to {MAX_VIDEOS}; got {quoted(self.num_videos_per_prompt)}", "num_videos_per_prompt")
-        for name in ("model", "sampler", "image", "video", "output", "device", "dtype", "quantize", "prompt_extend"):
+        for name in ("model", "sampler", "image", "video", "output", "device", "dtype", "quantize", "prompt_extend", "extend"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value or "\0" in value):
                 raise RequestError(f"{{0}} must be a non-empty string; got {quoted(value)}", name)
@@ -152,6 +154,11 @@ class GenerationRequest:
                 raise RequestError(f"{{0}} must be one of {', '.join(OFFLOAD_STRATEGIES)}; got {quoted(self.offload)}", "offload")
         if self.image is not None and self.video is not None:
             raise RequestError("give {0} (image-to-video) or {1} (video-to-video), not both", "image", "video")
+        if self.extend is not None and (self.image is not None or self.video is not None):
+            other = "image" if self.image is not None else "video"
+            raise RequestError("give {0} (continue a video) or {1}, not both", "extend", other)
+        if self.overlap is not None and self.extend is None:
+            raise RequestError("{0} applies to extending a video: give {1} too", "overlap", "extend")
         if self.strength is not None and self.video is None:
             raise RequestError("{0} applies to video-to-video: give {1} too", "strength", "video")
         token_options = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "typical_p": self.typical_p}
@@ -178,6 +185,8 @@ class GenerationRequest:
             raise RequestError(f"{{0}} needs a model that does image-to-video; this is a {rules.family} model (text-to-video only)", "image")
         if self.video is not None and not rules.supports_video:
             raise RequestError(f"{{0}} needs a model that does video-to-video; this is a {rules.family} model (text-to-video only)", "video")
+        if self.extend is not None and not rules.supports_extend:
+            raise RequestError(f"{{0}}: a {rules.family} model cannot continue a video yet (token-ar models can)", "extend")
         if self.quantize is not None and self.quantize not in rules.quantize:
             raise KinemaError(
                 f"{self.quantize} quantisation is not available for a {rules.family} model"
@@ -199,10 +208,11 @@ class GenerationRequest:
         self.checked_alone(has_embeds=batch is not None)
         self.check_abilities(rules)
         d = rules.defaults
+        frames = d.num_frames if self.extend is None else d.num_frames - rules.frames_offset  # extending: whole groups of new frames
         filled = {
             "height": self.height if self.height is not None else _default(d, "height", rules),
             "width": self.width if self.width is not None else _default(d, "width", rules),
-            "num_frames": self.num_frames if self.num_frames is not None else d.num_frames,
+            "num_frames": self.num_frames if self.num_frames is not None else frames,
             "guidance_scale": self.guidance_scale if self.guidance_scale is not None else d.guidance_scale,
         }
         if "num_inference_steps" in rules.sampling_options:
@@ -214,7 +224,10 @@ class GenerationRequest:
                 raise RequestError(f"{{0}} must be a positive integer; got {quoted(value)} (the model's default)", name)
         if rules.max_steps is not None and request.num_inference_steps is not None and request.num_inference_steps > rules.max_steps:
             raise RequestError(f"{{0}} must be at most {rules.max_steps:,} for this model (its training steps); got {request.num_inference_steps:,}", "num_inference_steps")
-        rules.check_size(request.height, request.width, request.num_frames)
+        if request.extend is None:
+            rules.check_size(request.height, request.width, request.num_frames)
+        else:
+            rules.check_extension(request.height, request.width, request.num_frames, request.overlap)
         if check_memory and free_bytes is not None:
             rules.check_memory(request, free_bytes, batch if batch is not None else request.batch)
         return request
@@ -351,6 +364,8 @@ class ModelRules:
     memory: MemoryModel | None = None
     max_steps: int | None = None  # the most sampling steps (a discrete process: its training steps)
     frames_offset: int = 1  # 1: a causal codec's first frame alone, then groups (t k + 1); 0: whole groups (t k, k >= 1)
+    supports_extend: bool = False  # continues a video (kinema extend)
+    context_frames: int | None = None  # extending: the most input frames the model can see as the past (None: any)
 
     def size_for_image(self, image_height: int, image_width: int, max_area: int | None = None) -> tuple[int, int]:
         """Wan's image-to-video size rule (``WanI2V.generate``): the clip keeps the picture's aspect
@@ -393,6 +408,27 @@ class ModelRules:
             most = self.max_latent_side * stride
             if max(height, width) > most:
                 raise KinemaError(f"height and width must be at most {most:,} for this model (its positions); got {height}x{width}")
+
+    def default_overlap(self, available: int) -> int:
+        """Extending a clip of ``available`` frames: the most of its last frames the model takes as
+        the past (``t j + offset``, within :attr:`context_frames`)."""
+        limit = min(available, self.context_frames or available)
+        return frames_that_fit(limit, limit, self.temporal_multiple, self.frames_offset)
+
+    def check_extension(self, height: int, width: int, num_frames: int, overlap: int | None) -> None:
+        """New frames come in whole groups of ``temporal_multiple``; the past the model sees is
+        ``t j + offset`` frames; together they must be a clip the model can make (one-line errors)."""
+        t, o = self.temporal_multiple, self.frames_offset
+        if num_frames % t:
+            lo = max(t, num_frames // t * t)
+            raise RequestError(f"{{0}} (new frames) must be a multiple of {t} for this model when extending; got {num_frames}, try {lo} or {lo + t}", "num_frames")
+        if overlap is not None:
+            if overlap < max(1, o) or (overlap - o) % t:
+                lo = max(o or t, (overlap - o) // t * t + o)
+                raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames for this model; got {overlap}, try {lo} or {lo + t}", "overlap")
+            if self.context_frames is not None and overlap > self.context_frames:
+                raise RequestError(f"{{0}} must be at most {self.context_frames} frames for this model (what it can see of the past); got {overlap}", "overlap")
+        self.check_size(height, width, (overlap if overlap is not None else o or t) + num_frames)
 
     def needed_bytes(self, request: GenerationRequest, batch: int) -> int | None:
         """The estimate of :class:`MemoryModel` for a filled-in request (None: no model of it)."""

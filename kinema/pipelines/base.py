@@ -329,6 +329,12 @@ class VideoPipeline:
             mask = mask.to(self.device)
         return PromptStates(states, mask)
 
+    # -- extension -----------------------------------------------------------------------------------
+    def extend(self, video: Any, prompt: Any = None, num_frames: int | None = None, overlap: int | None = None, **kwargs: Any) -> VideoOutput:
+        """Continue ``video`` (F, H, W, 3): its frames unchanged, then ``num_frames`` new ones that
+        follow from its last ``overlap`` frames. A family that can overrides this."""
+        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar models can)")
+
     # -- codec ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def reconstruct(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:

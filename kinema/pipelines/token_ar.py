@@ -36,6 +36,7 @@ from .base import (
     VideoPipeline,
     make_generators,
 )
+from .inputs import videos_to_tensor
 from .output import VideoOutput
 
 TOKEN_AR_FPS = 16  # the shapes world's frame rate (kinema.data.shapes.DEFAULT_FPS), Wan 2.1's too
@@ -165,6 +166,8 @@ class TokenARPipeline(VideoPipeline):
             grid=grid,
             sampling_options=cls.sampling_options,
             memory=memory,
+            supports_extend=True,  # the input's tokens fill the KV cache; generation goes on (extend)
+            context_frames=tokenizer.temporal_compression * (transformer.receptive_frames - 1) + 1,  # what its stacked windows reach
         )
 
     def sampling_rule(
@@ -282,6 +285,104 @@ class TokenARPipeline(VideoPipeline):
             )  # fmt: skip
         timings["tokens"] = time.perf_counter() - t0
         return self.finish(tokens, output_type, timings, lambda: self.decode_tokens(tokens), reporter)
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: Any,
+        prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        overlap: int | None = None,
+        negative_prompt: str | list[str] | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        typical_p: float | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        output_type: str = "np",
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        fps: float | None = None,
+        **unknown: Any,
+    ) -> VideoOutput:
+        """Continue a video: its last ``overlap`` frames, through the tokenizer, fill the token
+        model's KV cache as if it had made them, and generation goes on for ``num_frames`` more.
+
+        Args:
+            video: one clip, uint8 (F, H, W, 3) (or float in [0, 1]; what ``read_video`` gives), at
+                this model's frame size.
+            prompt: what happens next (or ``prompt_embeds``); the other arguments as in ``__call__``.
+            num_frames: new frames, a multiple of the tokenizer's time stride ``t`` (default: the
+                model's default clip less its first frame).
+            overlap: the input's last frames the model sees, ``t j + 1`` (default: as many as its
+                stacked windows reach, within the input).
+            fps: the frame rate of the output (default: the model's; ``generate`` passes the input's).
+
+        Returns:
+            VideoOutput whose ``frames`` (B, F + num_frames, H, W, 3) hold the input's frames,
+            unchanged, then the new ones; ``latents``: the token ids of the overlap and the new frames.
+        """
+        frames = videos_to_tensor(video)  # (N, 3, F, H, W) in [0, 1]
+        if frames.shape[0] != 1:
+            raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
+        f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
+        if (h, w) != self.frame_size:
+            raise KinemaError(f"the video is {w}x{h}; this model makes {self.frame_size[1]}x{self.frame_size[0]} frames: resize it first")
+        for name, size in (("height", h), ("width", w)):
+            given = unknown.pop(name, None)
+            if given is not None and given != size:
+                raise KinemaError(f"extend takes its size from the video ({w}x{h}); leave {name} out (got {given!r})")
+        rules = self.rules
+        if overlap is None:
+            overlap = rules.default_overlap(f_in)
+        if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap > f_in:
+            raise KinemaError(f"overlap is {overlap} frames but the video has {f_in}")
+        if num_frames is None:
+            num_frames = self.defaults.num_frames - 1
+        request = self.check_call(
+            unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            output_type=output_type, height=h, width=w, num_frames=num_frames, temperature=temperature, top_k=top_k,
+            top_p=top_p, typical_p=typical_p, guidance_scale=guidance_scale, seed=seed, extend="(video given)", overlap=overlap,
+        )  # fmt: skip
+        reporter = Reporter(callback, progress_bar)
+        rule = self.sampling_rule(temperature, top_k, top_p, typical_p, request.guidance_scale)
+        timings, t0 = {}, time.perf_counter()
+        with reporter.stage("text", 1, desc="text") as step:
+            cond, uncond = self.prompt_states(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, rule.uses_guidance, num_videos_per_prompt,
+                prompt_attention_mask, negative_prompt_attention_mask,
+            )  # fmt: skip
+            step(1)
+        generators = make_generators(generator, seed, cond.batch_size)
+        timings["text"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        past = frames[:, :, f_in - request.overlap :].to(self.device, self.tokenizer.dtype) * 2 - 1  # (1, 3, overlap, H, W) in [-1, 1]
+        prefix = self.tokenizer.encode_tokens(past).repeat(cond.batch_size, 1, 1, 1)  # (B, j + 1, h, w)
+        new_token_frames = request.num_frames // self.vae_scale_factor_temporal
+        with reporter.stage("tokens", new_token_frames, desc="frames", unit="frame") as step:
+            tokens = generate(
+                self.transformer, cond.states, cond.mask, new_token_frames, token_picker(rule, generators),
+                uncond_text=uncond.states if uncond is not None else None,
+                uncond_mask=uncond.mask if uncond is not None else None,
+                guidance=(lambda c, u: guided_logits(c, u, rule.guidance_scale)) if uncond is not None else None,
+                on_frame=lambda done: step(1), prefix=prefix,
+            )  # fmt: skip
+        timings["tokens"] = time.perf_counter() - t0
+        head = frames.to(self.device)  # (1, 3, F, H, W) in [0, 1]: the input comes back as it was
+
+        def decode() -> torch.Tensor:
+            new = self.decode_tokens(tokens)[:, :, -request.num_frames :]  # (B, 3, num_frames, H, W) in [-1, 1]
+            return torch.cat([head.expand(new.shape[0], -1, -1, -1, -1).to(new.dtype) * 2 - 1, new], dim=2)
+
+        return self.finish(tokens, output_type, timings, decode, reporter, fps=fps)
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, F', h, w) -> video (B, 3, F, H, W) float32 in [-1, 1]."""

@@ -1,0 +1,101 @@
+"""Continuing a video (kinema extend) with the shipped token model: the input comes back unchanged at
+the head, the new frames follow at its frame rate, the request records the input, a replay gives the
+same file; every bad value is one line, and a family that cannot extend yet says so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kinema
+from kinema.cli import main
+from kinema.errors import KinemaError
+from kinema.generation import generate
+from kinema.replay import read_metadata
+from kinema.request import GenerationRequest
+from kinema.video import read_video, write_video
+
+from ..reliability.conftest import assert_cli_refuses
+
+MODEL = "shapes-ar"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return kinema.load_pipeline(MODEL)
+
+
+@pytest.fixture(scope="module")
+def clip(pipe):
+    """Nine frames the model made (greedy)."""
+    return pipe("a red circle moving left", num_frames=9, temperature=0, seed=0, progress_bar=False).frames[0]  # (9, 64, 64, 3)
+
+
+def test_extend_keeps_the_input_and_adds_frames(pipe, clip):
+    stages = []
+    out = pipe.extend(clip, "a red circle moving left", num_frames=8, seed=1, progress_bar=False, callback=lambda p: stages.append((p.stage, p.step)))
+    assert out.frames.shape == (1, 17, 64, 64, 3) and out.frames.dtype == np.uint8
+    assert np.array_equal(out.frames[0, :9], clip)  # the input, unchanged
+    assert out.latents.shape[1] == 3 + 2  # the overlap's 3 token frames (9 = 4*2 + 1), then 2 new ones
+    assert ("tokens", 2) in stages and stages[-1][0] == "decode"
+    again = pipe.extend(clip, "a red circle moving left", num_frames=8, seed=1, progress_bar=False)
+    assert np.array_equal(again.frames, out.frames)  # the same seed, the same extension
+    shorter = pipe.extend(clip, "a red circle moving left", num_frames=4, overlap=5, seed=1, progress_bar=False)
+    assert shorter.frames.shape[1] == 13 and shorter.latents.shape[1] == 2 + 1 and np.array_equal(shorter.frames[0, :9], clip)
+    fast = pipe.extend(clip, "a red circle moving left", num_frames=4, fps=30.0, progress_bar=False)
+    assert fast.fps == 30.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(num_frames=6), "multiple of 4"),
+        (dict(num_frames=8, overlap=4), "overlap must be 4k\\+1"),
+        (dict(num_frames=8, overlap=13), "overlap is 13 frames but the video has 9"),
+        (dict(num_frames=0), "num_frames"),
+        (dict(num_frames=8, height=32), "takes no argument|height"),
+    ],
+)
+def test_extend_refuses_bad_values(pipe, clip, kwargs, pattern):
+    with pytest.raises(KinemaError, match=pattern) as info:
+        pipe.extend(clip, "a red circle", progress_bar=False, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_extend_refuses_a_video_of_another_size_or_a_batch(pipe, clip):
+    with pytest.raises(KinemaError, match="resize it first"):
+        pipe.extend(clip[:, :32], "a red circle", num_frames=4, progress_bar=False)
+    with pytest.raises(KinemaError, match="one video"):
+        pipe.extend(np.stack([clip, clip]), "a red circle", num_frames=4, progress_bar=False)
+
+
+def test_command_line_extend_info_and_replay(clip, tmp_path, capsys):
+    source = tmp_path / "in.mp4"
+    write_video(clip, source, fps=12)
+    assert main(["extend", str(source), "a red circle moving right", "--model", MODEL, "--frames", "4", "--seed", "3", "-q"]) == 0
+    out = tmp_path / "in-extended.mp4"
+    frames, fps = read_video(out)
+    assert frames.shape == (13, 64, 64, 3) and fps == 12  # the input's frame rate
+    meta = read_metadata(out)
+    assert meta["request"]["extend"] == str(source) and meta["request"]["overlap"] == 9 and meta["request"]["num_frames"] == 4
+    assert set(meta["inputs"]) == {"extend"}
+    again = tmp_path / "again.mp4"
+    assert main(["replay", str(out), "-o", str(again), "-q"]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "-o", str(source)], capsys, tmp_path, "is the input video")
+    assert_cli_refuses(["extend", str(tmp_path / "none.mp4"), "x", "--model", MODEL], capsys, tmp_path, "not found")
+    assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--frames", "5"], capsys, tmp_path, "--frames \\(new frames\\) must be a multiple of 4")
+    assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--overlap", "20"], capsys, tmp_path, "--overlap is 20 frames but the video has 9")
+    assert_cli_refuses(["extend", str(source), "x"], capsys, tmp_path, "a wan-t2v model cannot continue a video yet")
+    assert_cli_refuses(["extend", str(source)], capsys, tmp_path, "no prompt")
+
+
+def test_request_checks(tmp_path):
+    with pytest.raises(KinemaError, match="overlap applies to extending a video"):
+        GenerationRequest("x", overlap=5).checked_alone()
+    with pytest.raises(KinemaError, match="give extend .* or image"):
+        GenerationRequest("x", extend="a.mp4", image="b.png").checked_alone()
+    with pytest.raises(KinemaError, match="overlap must be a positive integer"):
+        GenerationRequest("x", extend="a.mp4", overlap=0).checked_alone()
+    with pytest.raises(KinemaError, match="cannot continue a video yet"):
+        generate(GenerationRequest("x", model="shapes", extend=str(tmp_path / "a.mp4")), write=False, progress_bar=False)
