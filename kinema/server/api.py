@@ -39,7 +39,7 @@ MAX_JSON_BYTES = 1 << 20  # a JSON request body (a prompt is at most 100,000 cha
 MAX_FIELDS = 64  # fields of a form
 MAX_LIST = 1_000  # videos listed at once
 SERVER_FIELDS = ("output", "device")  # the server decides these
-UPLOAD_FIELDS = ("image", "video", "input_reference")
+UPLOAD_FIELDS = ("image", "video", "extend", "input_reference")  # extend: a video to continue
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi"}
 
@@ -101,7 +101,7 @@ class ServerState:
         for name in SERVER_FIELDS:
             if name in raw:
                 raise ApiError(400, f"{name} is chosen by the server; leave it out", param=name)
-        for name in ("image", "video"):
+        for name in ("image", "video", "extend"):
             if name in raw and raw[name] is not None:
                 raise ApiError(400, f"{name} must be uploaded as a file (multipart/form-data, field {name} or input_reference), never a path on the server", param=name)
         raw.pop("input_reference", None)
@@ -139,8 +139,9 @@ class ServerState:
             request.checked(model.rules, check_memory=False)
             if request.image is not None:
                 read_image(request.image)
-            if request.video is not None:
-                read_video(request.video)
+            for path in (request.video, request.extend):
+                if path is not None:
+                    read_video(path)
         except RequestError as e:
             raise ApiError(400, str(e), param=e.fields[0] if e.fields else None) from None
         except KinemaError as e:
@@ -171,8 +172,8 @@ class ServerState:
         """A job in OpenAI's video object shape, with kinema's settings."""
         model = self.models.get(job.model)
         settings = job.settings or {}
-        request = {k: v for k, v in job.request.items() if v is not None and k not in ("model", "output", "device", "image", "video")}
-        for key in ("image", "video"):
+        request = {k: v for k, v in job.request.items() if v is not None and k not in ("model", "output", "device", "image", "video", "extend")}
+        for key in ("image", "video", "extend"):
             if job.request.get(key):
                 request[key] = Path(job.request[key]).name
         width, height = settings.get("width", job.request.get("width")), settings.get("height", job.request.get("height"))
@@ -193,7 +194,7 @@ class ServerState:
             "seed": job.request.get("seed", 0),
             "tries": job.tries,
             "request": request,
-            "settings": {k: v for k, v in settings.items() if k not in ("model", "output", "device", "image", "video")} or None,
+            "settings": {k: v for k, v in settings.items() if k not in ("model", "output", "device", "image", "video", "extend")} or None,
             "error": {"code": "generation_failed" if job.status == "failed" else None, "message": job.error} if job.error else None,
         }
         if job.status == "completed":
@@ -368,7 +369,7 @@ async def _read_form(request, state: ServerState, job_id: str) -> tuple[dict[str
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name not in UPLOAD_FIELDS:
-                    raise ApiError(400, f"a file can come as image, video or input_reference; got a file in {name!r}", param=name)
+                    raise ApiError(400, f"a file can come as image, video, extend (a video to continue) or input_reference; got a file in {name!r}", param=name)
                 suffix = Path(value.filename or "").suffix.lower()
                 if name == "input_reference":
                     kind = "image" if (value.content_type or "").startswith("image/") or suffix in IMAGE_SUFFIXES else "video"
@@ -376,7 +377,7 @@ async def _read_form(request, state: ServerState, job_id: str) -> tuple[dict[str
                     kind = name
                 if kind in uploads:
                     raise ApiError(400, f"give one {kind} file", param=name)
-                allowed = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
+                allowed = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES  # video and extend: videos
                 folder = state.queue.upload_dir(job_id)
                 folder.mkdir(parents=True, exist_ok=True)
                 path = folder / f"{kind}{suffix if suffix in allowed else ('.png' if kind == 'image' else '.mp4')}"

@@ -82,6 +82,7 @@ def test_the_same_request_gives_the_same_bytes(server):
         ({"prompt": "x", "model": "../../etc"}, "model must be one of"),
         ({"prompt": "x", "image": "/etc/passwd"}, "uploaded as a file"),
         ({"prompt": "x", "video": "/tmp/a.mp4"}, "uploaded as a file"),
+        ({"prompt": "x", "extend": "/etc/passwd"}, "uploaded as a file"),
         ({"prompt": "x", "output": "/tmp/evil.mp4"}, "chosen by the server"),
         ({"prompt": "x", "device": "cuda:7"}, "chosen by the server"),
         ({"prompt": "x", "size": "big"}, "WIDTHxHEIGHT"),
@@ -244,3 +245,22 @@ def test_served_models_are_the_given_then_the_shipped_ones_each_once():
     assert list(served_models([last]))[0] == last and sorted(served_models([last])) == sorted(SHIPPED_MODELS)
     by_folder = served_models([str(shipped_model_path(last))])  # a shipped model given by its folder: served once
     assert len(by_folder) == len(SHIPPED_MODELS)
+
+
+def test_a_video_uploaded_to_extend(server, tmp_path):
+    from kinema.replay import read_metadata
+    from kinema.video import write_video
+
+    clip = np.random.default_rng(1).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    write_video(clip, tmp_path / "in.mp4", fps=16)
+    body, ctype = multipart({"model": "shapes-ar", "prompt": "a red circle moving right", "num_frames": "4", "temperature": "0"},
+                            {"extend": ("in.mp4", (tmp_path / "in.mp4").read_bytes(), "video/mp4")})  # fmt: skip
+    status, job = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
+    assert status == 200, job
+    assert job["request"]["extend"] == "extend.mp4"
+    done = server.wait(job["id"])
+    assert done["status"] == "completed", done
+    (tmp_path / "out.mp4").write_bytes(server.call("GET", f"/v1/videos/{job['id']}/content")[1])
+    assert read_video(tmp_path / "out.mp4")[0].shape == (9, 64, 64, 3)
+    assert set(read_metadata(tmp_path / "out.mp4")["inputs"]) == {"extend"}
+
