@@ -333,7 +333,7 @@ class VideoPipeline:
     def extend(self, video: Any, prompt: Any = None, num_frames: int | None = None, overlap: int | None = None, **kwargs: Any) -> VideoOutput:
         """Continue ``video`` (F, H, W, 3): its frames unchanged, then ``num_frames`` new ones that
         follow from its last ``overlap`` frames. A family that can overrides this."""
-        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar models can)")
+        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar and wan-t2v models can)")
 
     # -- codec ---------------------------------------------------------------------------------------
     @torch.no_grad()

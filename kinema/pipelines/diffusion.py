@@ -67,7 +67,7 @@ class DiffusionPipeline(VideoPipeline):
         cache_threshold: float | None = None,
         cache_stats: dict[str, int] | None = None,
         timestep_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        after_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         callback: StepCallback | None = None,
         generator: Any = None,
     ) -> torch.Tensor:
@@ -83,7 +83,9 @@ class DiffusionPipeline(VideoPipeline):
                 step i's (B,) timesteps to what the model takes (per-token timesteps, image-to-video).
             batch_cfg: uncond and cond as one batch of 2B (faster; twice the activation memory)
                 when their text shapes agree; None: the family's default.
-            after_step: applied to each step's result (image-to-video puts frame 0 back).
+            after_step: ``(x, sigma) -> x`` applied to each step's result, which is at level
+                ``sigma`` (image-to-video puts frame 0 back; extending a video puts its known
+                frames back at that level).
             callback: diffusers' ``callback_on_step_end``: ``fn(pipe, step, timestep, {"latents": x})``;
                 a returned "latents" replaces the current latents.
             generator: the call's generator(s), for samplers that draw noise at each step (DDPM).
@@ -129,7 +131,7 @@ class DiffusionPipeline(VideoPipeline):
 
             def on_step(i: int, x: torch.Tensor) -> torch.Tensor | None:
                 if after_step is not None:
-                    x = after_step(x)
+                    x = after_step(x, sigmas[i + 1])
                 out = callback(self, i, timesteps[i], {"latents": x}) if callback is not None else None
                 replaced = out.get("latents") if isinstance(out, dict) else None
                 step(1)

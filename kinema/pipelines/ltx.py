@@ -323,7 +323,7 @@ class LTXPipeline(DiffusionPipeline):
             is_first = is_first.reshape(b, f * h * w)  # (B, N), frame-major like the tokens
             clean_t = float(spec.process.model_timestep(spec.process.clean_level))
             timestep_of = lambda t: torch.where(is_first, clean_t, t.unsqueeze(-1))  # noqa: E731  (B, N)
-            after_step = lambda x: torch.cat([keep, x[:, :, 1:]], dim=2)  # noqa: E731
+            after_step = lambda x, sigma: torch.cat([keep, x[:, :, 1:]], dim=2)  # noqa: E731  (clean at every level)
         cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, lambda x, t, ctx: self.transformer(x, t, ctx, rope_scale=rope_scale), self.transformer.prepare_context,

@@ -7,6 +7,7 @@ a sampler over an explicit sigma schedule, and the causal VAE. Arguments follow 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ from .base import (
     make_generators,
 )
 from .diffusion import DiffusionPipeline, StepCallback
+from .inputs import videos_to_tensor
 from .output import VideoOutput
 
 # Wan 2.1's published sampling defaults (wan/configs/shared_config.py, generate.py).
@@ -110,9 +112,10 @@ class WanPipeline(DiffusionPipeline):
             codec_frames_at_once=vae.temporal_compression + 2,  # one latent frame, plus the causal cache
             element_bytes=element_bytes,
         )
+        d = defaults if defaults is not None else WanDefaults(**(card_defaults or {}))
         return ModelRules(
             family="wan-t2v",
-            defaults=defaults if defaults is not None else WanDefaults(**(card_defaults or {})),
+            defaults=d,
             temporal_multiple=vae.temporal_compression,
             spatial_multiple=vae.spatial_compression * max(ph, pw),
             sampling_options=cls.sampling_options,
@@ -120,6 +123,8 @@ class WanPipeline(DiffusionPipeline):
             max_latent_frames=transformer.rope_max_seq_len * pt,
             max_latent_side=transformer.rope_max_seq_len * max(ph, pw),
             memory=memory,
+            supports_extend=True,  # the input's last latent frames put back at every step's level (extend)
+            context_frames=_half_window(d.num_frames, vae.temporal_compression),
         )
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -240,12 +245,16 @@ class WanPipeline(DiffusionPipeline):
     def sample_latents(
         self, request: Any, reporter: Reporter, timings: dict, latents: torch.Tensor, cond: PromptStates, uncond: PromptStates | None,
         sampler: str | None, shift: float | None, batch_cfg: bool | None, callback: StepCallback | None,
-        condition: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None, known: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
         """Sample the latents from the noise: the sampler at the request's size (a shift rule by area
         applies, then the call's overrides), guided. For image-to-video, ``condition`` (B, C', F',
         H', W') joins the noise as extra input channels and ``image_embeds`` (B, tokens, image_dim)
-        the text in every block's cross-attention. Returns the latents and the step cache's counts."""
+        the text in every block's cross-attention. Extending a video, ``known`` (B, C, K', H', W')
+        are the clean latents of its last frames: the first K' latent frames are replaced after every
+        step by ``known`` taken to that step's level (from the initial noise's own draw), so the new
+        frames are sampled to follow them and come out clean at the end. Returns the latents and the
+        step cache's counts."""
         t0 = time.perf_counter()
         spec = self.sampler.for_size(request.height, request.width)
         spec = spec if sampler is None and shift is None else spec.with_overrides(name=sampler, shift=shift)
@@ -263,15 +272,107 @@ class WanPipeline(DiffusionPipeline):
                 return self.transformer.prepare_context(states)
             return self.transformer.prepare_context(states, image_embeds.repeat(states.shape[0] // image_embeds.shape[0], 1, 1))
 
+        after_step = None
+        if known is not None:  # extending: the known latent frames, at each step's level, from the same noise
+            clean, noise = known, latents[:, :, : known.shape[2]].clone()
+            put_back = lambda x, sigma: torch.cat([spec.process.add_noise(clean, noise, sigma), x[:, :, clean.shape[2] :]], dim=2)  # noqa: E731
+            latents, after_step = put_back(latents, sigmas[0]), put_back
         cache: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, denoiser, prepare, cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
-            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache, callback=callback,
+            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache, callback=callback, after_step=after_step,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
         return latents, cache or None
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: Any,
+        prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        overlap: int | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        shift: float | None = None,
+        sampler: str | None = None,
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
+        fps: float | None = None,
+        **unknown: Any,
+    ) -> VideoOutput:
+        """Continue a video: its last ``overlap`` frames, encoded by the causal VAE, fix the first
+        latent frames of a new window (put back at every step at that step's noise level), and the
+        rest of the window is sampled to follow them; the whole window is decoded with the VAE's
+        causal cache, so the seam decodes as one clip.
+
+        Args:
+            video: one clip, uint8 (F, H, W, 3) (or float in [0, 1]); its height and width must be
+                multiples of the model's stride.
+            prompt: what happens next (or ``prompt_embeds``); the other arguments as in ``__call__``.
+            num_frames: new frames, a multiple of 4 (default: the model's clip less its first frame).
+            overlap: the input's last frames the model sees, 4k+1 (default: up to half the model's
+                clip, within the input).
+            fps: the output's frame rate (default: the model's; ``generate`` passes the input's).
+
+        Returns:
+            VideoOutput whose ``frames`` (B, F + num_frames, H, W, 3) hold the input's frames,
+            unchanged, then the new ones; ``latents``: the window's latents.
+        """
+        frames = videos_to_tensor(video)  # (N, 3, F, H, W) in [0, 1]
+        if frames.shape[0] != 1:
+            raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
+        f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
+        for name, size in (("height", h), ("width", w)):
+            given = unknown.pop(name, None)
+            if given is not None and given != size:
+                raise KinemaError(f"extend takes its size from the video ({w}x{h}); leave {name} out (got {given!r})")
+        if overlap is None:
+            overlap = self.rules.default_overlap(f_in)
+        if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap > f_in:
+            raise KinemaError(f"overlap is {overlap} frames but the video has {f_in}")
+        if num_frames is None:
+            num_frames = self.defaults.num_frames - 1
+        request = self.check_call(
+            unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            output_type=output_type, height=h, width=w, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, shift=shift, sampler=sampler, seed=seed, cache_threshold=cache_threshold,
+            extend="(video given)", overlap=overlap,
+        )  # fmt: skip
+        reporter = Reporter(callback, progress_bar)
+        timings: dict[str, float] = {}
+        cond, uncond = self.text_states(request, reporter, timings, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        window = dataclasses.replace(request, num_frames=request.overlap + request.num_frames, extend=None, overlap=None)  # the frames sampled
+        latents = self.initial_latents(window, cond.batch_size, None, generator, seed)
+        past = frames[:, :, f_in - request.overlap :].to(self.device, self.vae.dtype) * 2 - 1  # (1, 3, overlap, H, W) in [-1, 1]
+        known = self.vae.normalize_latents(self.vae.encode(past).mode().float()).repeat(cond.batch_size, 1, 1, 1, 1)  # (B, z, K', h', w')
+        latents, cache = self.sample_latents(window, reporter, timings, latents, cond, uncond, sampler, shift, batch_cfg, None, known=known)
+        head = frames.to(self.device)  # (1, 3, F, H, W) in [0, 1]: the input comes back as it was
+
+        def decode() -> torch.Tensor:
+            new = self.decode_latents(latents)[:, :, -request.num_frames :]  # (B, 3, num_frames, H, W) in [-1, 1]
+            return torch.cat([head.expand(new.shape[0], -1, -1, -1, -1).to(new.dtype) * 2 - 1, new], dim=2)
+
+        return self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""
         z = self.vae.denormalize_latents(latents.float())  # float32 math; the VAE casts to its dtype
         return self.vae.decode(z).float()
+
+
+def _half_window(frames: int, t: int) -> int:
+    """The most input frames a window takes as its past when extending: half the model's clip,
+    ``t k + 1`` (Wan 2.1's 81 frames: 41; the shipped shapes model's 33: 17), so that at least as
+    many new frames follow in a window of the length it was trained on."""
+    return max(1, (frames - 1) // 2 // t * t + 1)
+

@@ -86,8 +86,32 @@ def test_command_line_extend_info_and_replay(clip, tmp_path, capsys):
     assert_cli_refuses(["extend", str(tmp_path / "none.mp4"), "x", "--model", MODEL], capsys, tmp_path, "not found")
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--frames", "5"], capsys, tmp_path, "--frames \\(new frames\\) must be a multiple of 4")
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--overlap", "20"], capsys, tmp_path, "--overlap is 20 frames but the video has 9")
-    assert_cli_refuses(["extend", str(source), "x"], capsys, tmp_path, "a wan-t2v model cannot continue a video yet")
     assert_cli_refuses(["extend", str(source)], capsys, tmp_path, "no prompt")
+
+
+def test_the_wan_family_extends_by_putting_the_known_latents_back(tmp_path):
+    """The shipped Wan-family model: the input's last frames (VAE-encoded) fix the window's first
+    latent frames at every step's noise level; the input comes back unchanged; the seam is measured."""
+    pipe = kinema.load_pipeline("shapes")
+    clip = pipe("a blue square moving up", num_frames=17, num_inference_steps=4, seed=0, progress_bar=False).frames[0]
+    out = pipe.extend(clip, "a blue square moving up", num_frames=8, num_inference_steps=4, seed=1, progress_bar=False)
+    assert out.frames.shape == (1, 25, 64, 64, 3) and np.array_equal(out.frames[0, :17], clip)
+    assert out.latents.shape[2] == 5 + 2  # the default overlap, 17 frames (half the 33-frame clip): 5 latent frames; 8 new: 2
+    assert np.array_equal(pipe.extend(clip, "a blue square moving up", num_frames=8, num_inference_steps=4, seed=1, progress_bar=False).frames, out.frames)
+    other = pipe.extend(clip, "a blue square moving up", num_frames=8, overlap=5, num_inference_steps=4, seed=1, progress_bar=False)
+    assert other.latents.shape[2] == 2 + 2 and not np.array_equal(other.frames, out.frames)
+    with pytest.raises(KinemaError, match="overlap must be at most 17"):
+        pipe.extend(np.concatenate([clip, clip]), "x", num_frames=8, overlap=21, progress_bar=False)
+
+
+def test_a_family_that_cannot_extend_says_so(tmp_path, capsys):
+    from ..helpers import save_diffusers_ltx_pipeline
+
+    save_diffusers_ltx_pipeline(tmp_path / "ltx")
+    source = tmp_path / "in.mp4"
+    write_video(np.zeros((9, 32, 32, 3), np.uint8), source, fps=24)
+    capsys.readouterr()  # diffusers' save progress
+    assert_cli_refuses(["extend", str(source), "x", "--model", str(tmp_path / "ltx")], capsys, tmp_path, "a ltx-video model cannot continue a video yet")
 
 
 def test_request_checks(tmp_path):
@@ -97,5 +121,5 @@ def test_request_checks(tmp_path):
         GenerationRequest("x", extend="a.mp4", image="b.png").checked_alone()
     with pytest.raises(KinemaError, match="overlap must be a positive integer"):
         GenerationRequest("x", extend="a.mp4", overlap=0).checked_alone()
-    with pytest.raises(KinemaError, match="cannot continue a video yet"):
+    with pytest.raises(KinemaError, match="not found"):
         generate(GenerationRequest("x", model="shapes", extend=str(tmp_path / "a.mp4")), write=False, progress_bar=False)
