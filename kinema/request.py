@@ -186,7 +186,7 @@ class GenerationRequest:
         if self.video is not None and not rules.supports_video:
             raise RequestError(f"{{0}} needs a model that does video-to-video; this is a {rules.family} model (text-to-video only)", "video")
         if self.extend is not None and not rules.supports_extend:
-            raise KinemaError(f"a {rules.family} model cannot continue a video yet (token-ar and wan-t2v models can)")
+            raise KinemaError(f"a {rules.family} model cannot continue a video yet (token-ar, wan-t2v and pixel-dit models can)")
         if self.quantize is not None and self.quantize not in rules.quantize:
             raise KinemaError(
                 f"{self.quantize} quantisation is not available for a {rules.family} model"

@@ -333,7 +333,40 @@ class VideoPipeline:
     def extend(self, video: Any, prompt: Any = None, num_frames: int | None = None, overlap: int | None = None, **kwargs: Any) -> VideoOutput:
         """Continue ``video`` (F, H, W, 3): its frames unchanged, then ``num_frames`` new ones that
         follow from its last ``overlap`` frames. A family that can overrides this."""
-        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar and wan-t2v models can)")
+        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar, wan-t2v and pixel-dit models can)")
+
+    def extension_input(self, video: Any, overlap: Any, num_frames: Any, unknown: dict) -> tuple[torch.Tensor, Any, Any]:
+        """What every family's ``extend`` checks first: one clip (1, 3, F, H, W) in [0, 1] (no
+        height or width given apart from its own), the overlap (default: what the model can see,
+        within the clip) and the new frames (default: the model's clip less its first frame)."""
+        from .inputs import videos_to_tensor
+
+        frames = videos_to_tensor(video)  # (N, 3, F, H, W) in [0, 1]
+        if frames.shape[0] != 1:
+            raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
+        f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
+        for name, size in (("height", h), ("width", w)):
+            given = unknown.pop(name, None)
+            if given is not None and given != size:
+                raise KinemaError(f"extend takes its size from the video ({w}x{h}); leave {name} out (got {given!r})")
+        if overlap is None:
+            overlap = self.rules.default_overlap(f_in)
+        if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap > f_in:
+            raise KinemaError(f"overlap is {overlap} frames but the video has {f_in}")
+        if num_frames is None:
+            num_frames = self.defaults.num_frames - self.rules.frames_offset
+        return frames, overlap, num_frames
+
+    @staticmethod
+    def extension_frames(head: torch.Tensor, decode_window: Callable[[], torch.Tensor], num_frames: int) -> Callable[[], torch.Tensor]:
+        """``decode`` for :meth:`finish`: the input's frames (1, 3, F, H, W) in [0, 1], unchanged,
+        then the last ``num_frames`` frames of the decoded window (B, 3, f, H, W) in [-1, 1]."""
+
+        def decode() -> torch.Tensor:
+            new = decode_window()[:, :, -num_frames:]  # (B, 3, num_frames, H, W) in [-1, 1]
+            return torch.cat([head.to(new.device, new.dtype).expand(new.shape[0], -1, -1, -1, -1) * 2 - 1, new], dim=2)
+
+        return decode
 
     # -- codec ---------------------------------------------------------------------------------------
     @torch.no_grad()

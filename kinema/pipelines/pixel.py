@@ -109,9 +109,10 @@ class PixelPipeline(DiffusionPipeline):
             codec_frames_at_once=1,
             element_bytes=element_bytes,
         )
+        d = defaults if defaults is not None else PixelDefaults(**(card_defaults or {}))
         return ModelRules(
             family="pixel-dit",
-            defaults=defaults if defaults is not None else PixelDefaults(**(card_defaults or {})),
+            defaults=d,
             temporal_multiple=pt,
             frames_offset=0,
             spatial_multiple=math.lcm(ph, pw),
@@ -119,6 +120,8 @@ class PixelPipeline(DiffusionPipeline):
             samplers=cls.allowed_samplers(sampler),
             max_steps=sampler.noise.num_train_timesteps if sampler is not None else None,
             memory=memory,
+            supports_extend=True,  # the input's last frames put back at every step's level (extend)
+            context_frames=max(pt, d.num_frames // 2 // pt * pt),  # half the model's clip, whole time patches
         )
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -210,13 +213,90 @@ class PixelPipeline(DiffusionPipeline):
             check_latents(latents, shape)
             latents = latents.to(self.device, torch.float32)
 
+        latents, cache_stats = self.sample_pixels(request, spec, reporter, timings, latents, cond, uncond, batch_cfg, callback_on_step_end, generators)
+        return self.finish(latents, output_type, timings, lambda: self.codec.decode(latents), reporter, cache=cache_stats)
+
+    def sample_pixels(self, request: Any, spec: Any, reporter: Reporter, timings: dict, latents: torch.Tensor, cond: PromptStates,
+                      uncond: PromptStates | None, batch_cfg: bool | None, callback: StepCallback | None, generators: Any,
+                      known: torch.Tensor | None = None) -> tuple[torch.Tensor, dict | None]:  # fmt: skip
+        """The sampler over the noise (B, 3, F, H, W), guided; extending a video, ``known`` (B, 3,
+        K, H, W) in [-1, 1] are its last frames, put back at every step's level (the rule of
+        :meth:`known_frames`). Returns the clean pixels and the step cache's counts."""
         t0 = time.perf_counter()
         sampler_, levels, timesteps = spec.build(request.num_inference_steps, device=self.device)
+        after_step = None
+        if known is not None:
+            after_step = self.known_frames(spec.noise, known, latents[:, :, : known.shape[2]].clone())
+            latents = after_step(latents, levels[0])
         cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, lambda x, t, ctx: self.transformer(x, t, ctx), self.transformer.prepare_context,
             cond, uncond, request.guidance_scale, sampler_, levels, timesteps, reporter,
-            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback_on_step_end, generator=generators,
+            batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache_stats, callback=callback, generator=generators,
+            after_step=after_step,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
-        return self.finish(latents, output_type, timings, lambda: self.codec.decode(latents), reporter, cache=cache_stats or None)
+        return latents, cache_stats or None
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: Any,
+        prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        overlap: int | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        sampler: str | None = None,
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        batch_cfg: bool | None = None,
+        cache_threshold: float | None = None,
+        fps: float | None = None,
+        **unknown: Any,
+    ) -> VideoOutput:
+        """Continue a video in pixel space: its last ``overlap`` frames fix the first frames of a new
+        window (put back at every step at that step's noise level), and the rest of the window is
+        sampled to follow them.
+
+        Args:
+            video: one clip, uint8 (F, H, W, 3) (or float in [0, 1]), sizes multiples of the patch.
+            prompt: what happens next (or ``prompt_embeds``); the other arguments as in ``__call__``.
+            num_frames: new frames, a multiple of the temporal patch (default: the model's clip).
+            overlap: the input's last frames the model sees, whole temporal patches (default: up to
+                half the model's clip, within the input).
+            fps: the output's frame rate (default: the model's; ``generate`` passes the input's).
+
+        Returns:
+            VideoOutput whose ``frames`` (B, F + num_frames, H, W, 3) hold the input's frames,
+            unchanged, then the new ones; ``latents``: the window's pixels.
+        """
+        frames, overlap, num_frames = self.extension_input(video, overlap, num_frames, unknown)
+        f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
+        request = self.check_call(
+            unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            output_type=output_type, height=h, width=w, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, sampler=sampler, seed=seed, cache_threshold=cache_threshold, extend="(video given)", overlap=overlap,
+        )  # fmt: skip
+        spec = self.sampler.with_overrides(name=sampler)
+        reporter = Reporter(callback, progress_bar)
+        timings, t0 = {}, time.perf_counter()
+        with reporter.stage("text", 1, desc="text") as step:
+            cond, uncond = self.prompt_states(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, request.guidance_scale > 1.0, num_videos_per_prompt)
+            step(1)
+        batch = cond.batch_size
+        timings["text"] = time.perf_counter() - t0
+        window = request.overlap + request.num_frames
+        generators = make_generators(generator, seed, batch)
+        latents = initial_noise((batch, self.transformer.config.in_channels, window, h, w), generators, self.device)
+        known = (frames[:, :, f_in - request.overlap :].to(self.device, torch.float32) * 2 - 1).repeat(batch, 1, 1, 1, 1)  # (B, 3, K, H, W)
+        latents, cache_stats = self.sample_pixels(request, spec, reporter, timings, latents, cond, uncond, batch_cfg, None, generators, known=known)
+        decode = self.extension_frames(frames, lambda: self.codec.decode(latents), request.num_frames)  # the input as it was, then the new frames
+        return self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache_stats)

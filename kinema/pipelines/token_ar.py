@@ -36,7 +36,6 @@ from .base import (
     VideoPipeline,
     make_generators,
 )
-from .inputs import videos_to_tensor
 from .output import VideoOutput
 
 TOKEN_AR_FPS = 16  # the shapes world's frame rate (kinema.data.shapes.DEFAULT_FPS), Wan 2.1's too
@@ -329,23 +328,10 @@ class TokenARPipeline(VideoPipeline):
             VideoOutput whose ``frames`` (B, F + num_frames, H, W, 3) hold the input's frames,
             unchanged, then the new ones; ``latents``: the token ids of the overlap and the new frames.
         """
-        frames = videos_to_tensor(video)  # (N, 3, F, H, W) in [0, 1]
-        if frames.shape[0] != 1:
-            raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
+        frames, overlap, num_frames = self.extension_input(video, overlap, num_frames, unknown)
         f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
         if (h, w) != self.frame_size:
             raise KinemaError(f"the video is {w}x{h}; this model makes {self.frame_size[1]}x{self.frame_size[0]} frames: resize it first")
-        for name, size in (("height", h), ("width", w)):
-            given = unknown.pop(name, None)
-            if given is not None and given != size:
-                raise KinemaError(f"extend takes its size from the video ({w}x{h}); leave {name} out (got {given!r})")
-        rules = self.rules
-        if overlap is None:
-            overlap = rules.default_overlap(f_in)
-        if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap > f_in:
-            raise KinemaError(f"overlap is {overlap} frames but the video has {f_in}")
-        if num_frames is None:
-            num_frames = self.defaults.num_frames - 1
         request = self.check_call(
             unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=h, width=w, num_frames=num_frames, temperature=temperature, top_k=top_k,
@@ -376,12 +362,7 @@ class TokenARPipeline(VideoPipeline):
                 on_frame=lambda done: step(1), prefix=prefix,
             )  # fmt: skip
         timings["tokens"] = time.perf_counter() - t0
-        head = frames.to(self.device)  # (1, 3, F, H, W) in [0, 1]: the input comes back as it was
-
-        def decode() -> torch.Tensor:
-            new = self.decode_tokens(tokens)[:, :, -request.num_frames :]  # (B, 3, num_frames, H, W) in [-1, 1]
-            return torch.cat([head.expand(new.shape[0], -1, -1, -1, -1).to(new.dtype) * 2 - 1, new], dim=2)
-
+        decode = self.extension_frames(frames, lambda: self.decode_tokens(tokens), request.num_frames)  # the input as it was, then the new frames
         return self.finish(tokens, output_type, timings, decode, reporter, fps=fps)
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

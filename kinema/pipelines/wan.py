@@ -29,7 +29,6 @@ from .base import (
     make_generators,
 )
 from .diffusion import DiffusionPipeline, StepCallback
-from .inputs import videos_to_tensor
 from .output import VideoOutput
 
 # Wan 2.1's published sampling defaults (wan/configs/shared_config.py, generate.py).
@@ -274,9 +273,8 @@ class WanPipeline(DiffusionPipeline):
 
         after_step = None
         if known is not None:  # extending: the known latent frames, at each step's level, from the same noise
-            clean, noise = known, latents[:, :, : known.shape[2]].clone()
-            put_back = lambda x, sigma: torch.cat([spec.process.add_noise(clean, noise, sigma), x[:, :, clean.shape[2] :]], dim=2)  # noqa: E731
-            latents, after_step = put_back(latents, sigmas[0]), put_back
+            after_step = self.known_frames(spec.process, known, latents[:, :, : known.shape[2]].clone())
+            latents = after_step(latents, sigmas[0])
         cache: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, denoiser, prepare, cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
@@ -328,20 +326,8 @@ class WanPipeline(DiffusionPipeline):
             VideoOutput whose ``frames`` (B, F + num_frames, H, W, 3) hold the input's frames,
             unchanged, then the new ones; ``latents``: the window's latents.
         """
-        frames = videos_to_tensor(video)  # (N, 3, F, H, W) in [0, 1]
-        if frames.shape[0] != 1:
-            raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
+        frames, overlap, num_frames = self.extension_input(video, overlap, num_frames, unknown)
         f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
-        for name, size in (("height", h), ("width", w)):
-            given = unknown.pop(name, None)
-            if given is not None and given != size:
-                raise KinemaError(f"extend takes its size from the video ({w}x{h}); leave {name} out (got {given!r})")
-        if overlap is None:
-            overlap = self.rules.default_overlap(f_in)
-        if isinstance(overlap, int) and not isinstance(overlap, bool) and overlap > f_in:
-            raise KinemaError(f"overlap is {overlap} frames but the video has {f_in}")
-        if num_frames is None:
-            num_frames = self.defaults.num_frames - 1
         request = self.check_call(
             unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=h, width=w, num_frames=num_frames, num_inference_steps=num_inference_steps,
@@ -356,12 +342,7 @@ class WanPipeline(DiffusionPipeline):
         past = frames[:, :, f_in - request.overlap :].to(self.device, self.vae.dtype) * 2 - 1  # (1, 3, overlap, H, W) in [-1, 1]
         known = self.vae.normalize_latents(self.vae.encode(past).mode().float()).repeat(cond.batch_size, 1, 1, 1, 1)  # (B, z, K', h', w')
         latents, cache = self.sample_latents(window, reporter, timings, latents, cond, uncond, sampler, shift, batch_cfg, None, known=known)
-        head = frames.to(self.device)  # (1, 3, F, H, W) in [0, 1]: the input comes back as it was
-
-        def decode() -> torch.Tensor:
-            new = self.decode_latents(latents)[:, :, -request.num_frames :]  # (B, 3, num_frames, H, W) in [-1, 1]
-            return torch.cat([head.expand(new.shape[0], -1, -1, -1, -1).to(new.dtype) * 2 - 1, new], dim=2)
-
+        decode = self.extension_frames(frames, lambda: self.decode_latents(latents), request.num_frames)  # the input as it was, then the new frames
         return self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

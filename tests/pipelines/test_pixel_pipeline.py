@@ -245,3 +245,21 @@ def test_step_caching_off_is_the_uncached_video_and_on_skips_blocks(pipe):
     assert torch.equal(plain.latents, zero.latents) and zero.cache["skipped"] == 0
     cached = pipe("a red circle moving left", seed=2, progress_bar=False, cache_threshold=1.0)
     assert cached.cache["skipped"] > 0 and not any("forward" in vars(b) for b in pipe.transformer.blocks)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_extend_in_pixel_space(pipe, sampler):
+    """The pixel family continues a video by the same rule as Wan's, in pixel space: the known
+    frames put back at every step's level (the DDPM step onto the clean sample included)."""
+    clip = pipe("a red circle moving left", seed=0, sampler=sampler, progress_bar=False).frames[0]  # (F, H, W, 3)
+    f = clip.shape[0]
+    out = pipe.extend(clip, "a red circle moving left", num_frames=2, overlap=2, seed=1, sampler=sampler, progress_bar=False)
+    assert out.frames.shape == (1, f + 2, *clip.shape[1:]) and np.array_equal(out.frames[0, :f], clip)
+    assert out.latents.shape[2] == 4  # the window: 2 known frames, 2 new
+    # the known frames come out of sampling as they went in (the last step puts the clean ones back)
+    known = torch.from_numpy(clip[-2:]).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert torch.allclose(out.latents[0, :, :2], known, atol=1e-6)
+    again = pipe.extend(clip, "a red circle moving left", num_frames=2, overlap=2, seed=1, sampler=sampler, progress_bar=False)
+    assert np.array_equal(again.frames, out.frames)
+    with pytest.raises(KinemaError, match="overlap must be 2k"):
+        pipe.extend(clip, "x", num_frames=2, overlap=3, progress_bar=False)
