@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar models)")
+    x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar, Wan text-to-video and pixel-dit models)")
     x.add_argument("input", metavar="INPUT", help="the video to continue (.mp4, .mkv, .mov)")
     x.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="what happens next")
     x.add_argument("--prompt", help="what happens next (instead of the positional PROMPT)")
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--frames", type=int, default=None, help="new frames, a multiple of the model's time stride (default: the model's clip less its first frame)")
     x.add_argument("--overlap", type=int, default=None, metavar="K", help="the input's last K frames the model sees as the past (default: as many as it can see)")
     x.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    x.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
+    x.add_argument("--shift", type=float, default=None, help="diffusion models: flow-matching shift (default: the model's)")
+    x.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="diffusion models: solver (default: the model's)")
+    x.add_argument("--cache", type=float, default=None, metavar="THRESHOLD", help="diffusion models: step caching threshold (off by default)")
     _add_token_sampling(x)
     x.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**64 - 1 (default 0)")
     x.add_argument("--output", "-o", default=None, help="output path (default: INPUT's name with -extended, beside it)")
@@ -283,7 +287,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
         raise KinemaError(f"--output is the input video {args.input}; write the extension elsewhere")
     request = GenerationRequest(
         prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, num_frames=args.frames, guidance_scale=args.guidance,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, typical_p=args.typical_p, seed=args.seed,
+        num_inference_steps=args.steps, shift=args.shift, sampler=args.sampler, cache_threshold=args.cache, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, typical_p=args.typical_p, seed=args.seed,
         extend=args.input, overlap=args.overlap, output=output, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     configure_threads(args.threads)

@@ -87,6 +87,11 @@ def test_command_line_extend_info_and_replay(clip, tmp_path, capsys):
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--frames", "5"], capsys, tmp_path, "--frames \\(new frames\\) must be a multiple of 4")
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--overlap", "20"], capsys, tmp_path, "--overlap is 20 frames but the video has 9")
     assert_cli_refuses(["extend", str(source)], capsys, tmp_path, "no prompt")
+    assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--steps", "4"], capsys, tmp_path, "--steps does not apply to a token-ar model")
+    # the default model (Wan family) extends from the command line too, with its diffusion flags
+    wan_out = tmp_path / "wan.mp4"
+    assert main(["extend", str(source), "a red circle moving right", "--frames", "4", "--steps", "2", "--overlap", "5", "-o", str(wan_out), "-q"]) == 0
+    assert read_video(wan_out)[0].shape == (13, 64, 64, 3) and read_metadata(wan_out)["request"]["num_inference_steps"] == 2
 
 
 def test_the_wan_family_extends_by_putting_the_known_latents_back(tmp_path):
