@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar, Wan text-to-video and pixel-dit models)")
+    x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar, Wan text-to-video, LTX-Video and pixel-dit models)")
     x.add_argument("input", metavar="INPUT", help="the video to continue (.mp4, .mkv, .mov)")
     x.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="what happens next")
     x.add_argument("--prompt", help="what happens next (instead of the positional PROMPT)")

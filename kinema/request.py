@@ -186,7 +186,7 @@ class GenerationRequest:
         if self.video is not None and not rules.supports_video:
             raise RequestError(f"{{0}} needs a model that does video-to-video; this is a {rules.family} model (text-to-video only)", "video")
         if self.extend is not None and not rules.supports_extend:
-            raise KinemaError(f"a {rules.family} model cannot continue a video yet (token-ar, wan-t2v and pixel-dit models can)")
+            raise KinemaError(f"a {rules.family} model cannot continue a video yet (token-ar, wan-t2v, ltx-video and pixel-dit models can)")
         if self.quantize is not None and self.quantize not in rules.quantize:
             raise KinemaError(
                 f"{self.quantize} quantisation is not available for a {rules.family} model"
@@ -481,6 +481,13 @@ def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**27 else f"{n / 2**20:.0f} MiB"
+
+
+def half_window(frames: int, t: int) -> int:
+    """The most input frames a window takes as its past when extending a video: half the model's
+    clip, ``t k + 1`` (Wan 2.1's 81 frames: 41; the shipped shapes model's 33: 17; LTX-Video's 121:
+    57), so that at least as many new frames follow in a window of the length it was trained on."""
+    return max(1, (frames - 1) // 2 // t * t + 1)
 
 
 def frames_that_fit(available: int, limit: int, temporal: int, offset: int = 1) -> int:

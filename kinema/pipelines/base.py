@@ -333,7 +333,7 @@ class VideoPipeline:
     def extend(self, video: Any, prompt: Any = None, num_frames: int | None = None, overlap: int | None = None, **kwargs: Any) -> VideoOutput:
         """Continue ``video`` (F, H, W, 3): its frames unchanged, then ``num_frames`` new ones that
         follow from its last ``overlap`` frames. A family that can overrides this."""
-        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar, wan-t2v and pixel-dit models can)")
+        raise KinemaError(f"a {self.rules.family} model cannot continue a video yet (token-ar, wan-t2v, ltx-video and pixel-dit models can)")
 
     def extension_input(self, video: Any, overlap: Any, num_frames: Any, unknown: dict) -> tuple[torch.Tensor, Any, Any]:
         """What every family's ``extend`` checks first: one clip (1, 3, F, H, W) in [0, 1] (no

@@ -36,7 +36,7 @@ from ..models.vae.ltx_vae import (
     DEFAULT_DECODE_TIMESTEP,
     LTXVAE,
 )
-from ..request import MemoryModel, ModelRules, check_number, frames_that_fit
+from ..request import MemoryModel, ModelRules, half_window, check_number, frames_that_fit
 from ..sampling import SamplerSpec, strength_start_index
 from ..schema import is_finite_number, short
 from ..text import MaskedTextEncoder
@@ -126,9 +126,10 @@ class LTXPipeline(DiffusionPipeline):
             codec_frames_at_once=DEFAULT_DECODE_CHUNK * vae.temporal_compression,
             element_bytes=element_bytes,
         )
+        d = defaults if defaults is not None else LTXDefaults(**(card_defaults or {}))
         return ModelRules(
             family="ltx-video",
-            defaults=defaults if defaults is not None else LTXDefaults(**(card_defaults or {})),
+            defaults=d,
             temporal_multiple=vae.temporal_compression,
             spatial_multiple=vae.spatial_compression,
             sampling_options=cls.sampling_options,
@@ -136,6 +137,8 @@ class LTXPipeline(DiffusionPipeline):
             supports_image=True,
             supports_video=True,
             memory=memory,
+            supports_extend=True,  # frame conditioning: the input's last frames start the window (extend)
+            context_frames=half_window(d.num_frames, vae.temporal_compression),
         )
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ class LTXPipeline(DiffusionPipeline):
         progress_bar: bool = True,
         batch_cfg: bool | None = None,
         cache_threshold: float | None = None,
+        conditioning_frames: Any = None,
         **unknown: Any,
     ) -> VideoOutput:
         """Generate videos, from text alone, from a first frame (``image``) or from a video (``video``).
@@ -232,12 +236,17 @@ class LTXPipeline(DiffusionPipeline):
                 or 0: off (the output is then exactly the uncached one).
             batch_cfg: run the unconditional and conditional passes as one batch (default: on;
                 False runs them one after the other, for less activation memory).
+            conditioning_frames: the clip's first frames, fixed, as ``image`` fixes the first one
+                (LTX-Video's frame conditioning at position 0; what :meth:`extend` uses): one clip
+                (K, H, W, 3), K = 8k+1 <= num_frames, uint8 or float in [0, 1].
 
         Returns:
             VideoOutput with ``frames`` (batch, frames, H, W, 3) uint8, ``latents`` and ``fps``.
         """
         if image is not None and video is not None:
             raise KinemaError("pass image= (image-to-video) or video= (video-to-video), not both")
+        if conditioning_frames is not None and (image is not None or video is not None):
+            raise KinemaError(f"pass conditioning_frames= or {'image' if image is not None else 'video'}=, not both")
         if strength is not None and video is None:
             raise KinemaError("strength= applies to video-to-video: pass video= too")
         pixels = None
@@ -264,6 +273,12 @@ class LTXPipeline(DiffusionPipeline):
             raise KinemaError(f"the input video has {pixels.shape[2]} frames, fewer than num_frames={num_frames}; use num_frames={fit}")
         if image is not None:
             pixels = images_to_tensor(image)[:, :, None]  # (n, 3, 1, H_in, W_in) in [0, 1]
+        if conditioning_frames is not None:
+            pixels = videos_to_tensor(conditioning_frames)  # (n, 3, K, H_in, W_in) in [0, 1]
+            k = pixels.shape[2]
+            t = self.vae_scale_factor_temporal
+            if (k - 1) % t or k > num_frames:
+                raise KinemaError(f"conditioning_frames must be {t}k+1 frames, at most num_frames={num_frames}; got {k}")
         guidance_scale = request.guidance_scale
         frame_rate = self.defaults.fps if frame_rate is None else frame_rate
         decode_timestep, decode_noise_scale = self._decode_settings(decode_timestep, decode_noise_scale)
@@ -294,13 +309,14 @@ class LTXPipeline(DiffusionPipeline):
         generators = make_generators(generator, seed, batch)
         if latents is not None:
             check_latents(latents, shape)
-        keep = None  # image-to-video: the latents of frame 0, which the steps leave alone
-        if image is not None:
+        keep = None  # image-to-video: the latents of frame 0 (conditioning frames: of the first frames), which the steps leave alone
+        if image is not None or conditioning_frames is not None:
             # diffusers' order of draws: the image's posterior sample, then the noise
-            keep = self._encode_pixels(pixels[:, :, :1], height, width, n_prompts, num_videos_per_prompt, generators, "image")
+            kept = pixels[:, :, :1] if image is not None else pixels
+            keep = self._encode_pixels(kept, height, width, n_prompts, num_videos_per_prompt, generators, "image" if image is not None else "conditioning clip")
             noise = latents.to(self.device, torch.float32) if latents is not None else initial_noise(shape, generators, self.device)
             latents = noise.clone()
-            latents[:, :, :1] = keep
+            latents[:, :, : keep.shape[2]] = keep
         else:
             latents = latents.to(self.device, torch.float32) if latents is not None else initial_noise(shape, generators, self.device)
         if video is not None:
@@ -316,14 +332,15 @@ class LTXPipeline(DiffusionPipeline):
         t0 = time.perf_counter()
         rope_scale = ltx_rope_scale(frame_rate, self.vae_scale_factor_temporal, self.vae_scale_factor_spatial)
         timestep_of, after_step = None, None
-        if keep is not None:  # the conditioning frame's tokens are told they are clean; no step changes them
+        if keep is not None:  # the conditioning frames' tokens are told they are clean; no step changes them
             b, _, f, h, w = latents.shape
+            kf = keep.shape[2]  # latent frames kept: 1 for a picture
             is_first = torch.zeros(b, f, h * w, dtype=torch.bool, device=self.device)  # (B, F, H*W)
-            is_first[:, 0] = True
+            is_first[:, :kf] = True
             is_first = is_first.reshape(b, f * h * w)  # (B, N), frame-major like the tokens
             clean_t = float(spec.process.model_timestep(spec.process.clean_level))
             timestep_of = lambda t: torch.where(is_first, clean_t, t.unsqueeze(-1))  # noqa: E731  (B, N)
-            after_step = lambda x, sigma: torch.cat([keep, x[:, :, 1:]], dim=2)  # noqa: E731  (clean at every level)
+            after_step = lambda x, sigma: torch.cat([keep, x[:, :, kf:]], dim=2)  # noqa: E731  (clean at every level)
         cache_stats: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, lambda x, t, ctx: self.transformer(x, t, ctx, rope_scale=rope_scale), self.transformer.prepare_context,
@@ -334,6 +351,57 @@ class LTXPipeline(DiffusionPipeline):
         timings["denoise"] = time.perf_counter() - t0
         decode = lambda: self.decode_latents(latents, decode_timestep, decode_noise_scale, generators)  # noqa: E731
         return self.finish(latents, output_type, timings, decode, reporter, fps=float(frame_rate), cache=cache_stats or None)
+
+    @torch.no_grad()
+    def extend(
+        self,
+        video: Any,
+        prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        overlap: int | None = None,
+        frame_rate: float | None = None,
+        output_type: str = "np",
+        fps: float | None = None,
+        **kwargs: Any,
+    ) -> VideoOutput:
+        """Continue a video with LTX-Video's frame conditioning: its last ``overlap`` frames are the
+        new window's first frames, their tokens told they are clean at every step (as a picture is
+        for image-to-video), and the rest of the window is sampled to follow them.
+
+        Args:
+            video: one clip, uint8 (F, H, W, 3) (or float in [0, 1]), sizes multiples of 32.
+            prompt: what happens next; other keywords as in ``__call__`` (no image, video or size).
+            num_frames: new frames, a multiple of 8 (default: the model's clip less its first frame).
+            overlap: the input's last frames the model sees, 8k+1 (default: up to half the model's
+                clip, within the input).
+            frame_rate: what the positions are scaled by (default: ``fps``, else the model's).
+            fps: the output's frame rate (default: the model's; ``generate`` passes the input's).
+
+        Returns:
+            VideoOutput whose ``frames`` (B, F + num_frames, H, W, 3) hold the input's frames,
+            unchanged, then the new ones; ``latents``: the window's latents.
+        """
+        frames, overlap, num_frames = self.extension_input(video, overlap, num_frames, kwargs)
+        f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
+        for name in ("image", "video", "conditioning_frames", "latents", "strength"):
+            if kwargs.get(name) is not None:
+                raise KinemaError(f"extend takes no {name}: the video it continues is its input")
+        self.check_call(
+            unknown={k: v for k, v in kwargs.items() if k not in _CALL_ONLY}, prompt=prompt, prompt_embeds=kwargs.get("prompt_embeds"),
+            negative_prompt=kwargs.get("negative_prompt"), num_videos_per_prompt=kwargs.get("num_videos_per_prompt", 1), output_type=output_type,
+            height=h, width=w, num_frames=num_frames, extend="(video given)", overlap=overlap,
+        )  # fmt: skip
+        rate = frame_rate if frame_rate is not None else (fps if fps is not None else self.defaults.fps)
+        past = frames[0, :, f_in - overlap :].permute(1, 2, 3, 0)  # (K, H, W, 3) in [0, 1]
+        out = self(prompt, conditioning_frames=past, height=h, width=w, num_frames=overlap + num_frames, frame_rate=rate,
+                   output_type="latent" if output_type == "latent" else "pt", **kwargs)  # fmt: skip
+        if output_type == "latent":
+            return out
+        head = (frames[0].permute(1, 2, 3, 0) * 255).round().to(torch.uint8)  # (F, H, W, 3): the input as it was
+        new = out.frames[:, -num_frames:]  # (B, num_frames, H, W, 3) uint8
+        video_out = torch.cat([head[None].expand(new.shape[0], -1, -1, -1, -1).to(new.device), new], dim=1)
+        return VideoOutput(frames=video_out.numpy() if output_type == "np" else video_out, latents=out.latents,
+                           fps=float(fps if fps is not None else rate), timings=out.timings, cache=out.cache)  # fmt: skip
 
     # -- pieces of the call ----------------------------------------------------------------------
     def _decode_settings(self, timestep, noise_scale) -> tuple[Any, Any]:
@@ -415,3 +483,10 @@ class LTXPipeline(DiffusionPipeline):
         z = self.sampler.process.add_noise(z, noise, s)  # diffusers' decode noise: the latents taken to level s
         injected = generator[0] if isinstance(generator, list) else generator
         return self.vae.decode(z, timestep=timestep, decode_noise_scale=0.0, generator=injected).float()
+
+
+# Keywords of ``__call__`` that are not request fields (``extend`` passes them through unchecked by the request).
+_CALL_ONLY = frozenset({"generator", "latents", "prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask",
+                        "decode_timestep", "decode_noise_scale", "guidance_rescale", "callback_on_step_end", "callback_on_step_end_tensor_inputs",
+                        "max_sequence_length", "callback", "progress_bar", "batch_cfg", "negative_prompt", "num_videos_per_prompt"})  # fmt: skip
+

@@ -17,7 +17,7 @@ import torch
 from ..errors import CheckpointError, KinemaError
 from ..models.vae.wan_vae import WanVAE
 from ..models.wan import WanTransformer
-from ..request import MemoryModel, ModelRules
+from ..request import MemoryModel, ModelRules, half_window
 from ..sampling import SamplerSpec
 from ..text import TextEncoder
 from .base import (
@@ -123,7 +123,7 @@ class WanPipeline(DiffusionPipeline):
             max_latent_side=transformer.rope_max_seq_len * max(ph, pw),
             memory=memory,
             supports_extend=True,  # the input's last latent frames put back at every step's level (extend)
-            context_frames=_half_window(d.num_frames, vae.temporal_compression),
+            context_frames=half_window(d.num_frames, vae.temporal_compression),
         )
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -349,11 +349,3 @@ class WanPipeline(DiffusionPipeline):
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""
         z = self.vae.denormalize_latents(latents.float())  # float32 math; the VAE casts to its dtype
         return self.vae.decode(z).float()
-
-
-def _half_window(frames: int, t: int) -> int:
-    """The most input frames a window takes as its past when extending: half the model's clip,
-    ``t k + 1`` (Wan 2.1's 81 frames: 41; the shipped shapes model's 33: 17), so that at least as
-    many new frames follow in a window of the length it was trained on."""
-    return max(1, (frames - 1) // 2 // t * t + 1)
-

@@ -109,14 +109,36 @@ def test_the_wan_family_extends_by_putting_the_known_latents_back(tmp_path):
         pipe.extend(np.concatenate([clip, clip]), "x", num_frames=8, overlap=21, progress_bar=False)
 
 
-def test_a_family_that_cannot_extend_says_so(tmp_path, capsys):
+def test_ltx_video_extends_with_frame_conditioning(tmp_path, capsys):
+    """A tiny random LTX-Video: the input's last frames condition the window's first frames (told
+    clean at every step, as a picture is for image-to-video); from the command line too."""
     from ..helpers import save_diffusers_ltx_pipeline
 
     save_diffusers_ltx_pipeline(tmp_path / "ltx")
-    source = tmp_path / "in.mp4"
-    write_video(np.zeros((9, 32, 32, 3), np.uint8), source, fps=24)
     capsys.readouterr()  # diffusers' save progress
-    assert_cli_refuses(["extend", str(source), "x", "--model", str(tmp_path / "ltx")], capsys, tmp_path, "a ltx-video model cannot continue a video yet")
+    pipe = kinema.load_pipeline(tmp_path / "ltx")
+    clip = np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
+    out = pipe.extend(clip, "a red ball", num_frames=8, num_inference_steps=2, seed=0, progress_bar=False)
+    assert out.frames.shape == (1, 17, 32, 32, 3) and np.array_equal(out.frames[0, :9], clip)
+    assert out.latents.shape[2] == 2 + 1  # 9 known frames (8k+1: 2 latent frames), 8 new (1)
+    assert np.array_equal(pipe.extend(clip, "a red ball", num_frames=8, num_inference_steps=2, seed=0, progress_bar=False).frames, out.frames)
+    with pytest.raises(KinemaError, match="extend takes no image"):
+        pipe.extend(clip, "a red ball", num_frames=8, image=clip[0], progress_bar=False)
+    source = tmp_path / "in.mp4"
+    write_video(clip, source, fps=24)
+    assert main(["extend", str(source), "a red ball", "--model", str(tmp_path / "ltx"), "--frames", "8", "--steps", "2", "-q"]) == 0
+    frames, fps = read_video(tmp_path / "in-extended.mp4")
+    assert frames.shape == (17, 32, 32, 3) and fps == 24
+
+
+def test_a_family_that_cannot_extend_says_so():
+    import dataclasses
+
+    from kinema.checkpoints.layouts import resolve_model
+
+    rules = dataclasses.replace(resolve_model("shapes").rules(), family="wan-i2v", supports_extend=False)
+    with pytest.raises(KinemaError, match="a wan-i2v model cannot continue a video yet"):
+        GenerationRequest("x", extend="in.mp4").check_abilities(rules)
 
 
 def test_request_checks(tmp_path):
