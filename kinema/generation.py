@@ -114,8 +114,9 @@ def generate(
         request = replace(request, height=height, width=width, max_area=None)
     if "extend" in media:  # continuing a video: its size, and as much of its end as the model can see
         head = media["extend"]
-        if request.height is None and request.width is None:
-            request = replace(request, height=head.shape[1], width=head.shape[2])
+        if (request.height, request.width) not in ((None, None), tuple(head.shape[1:3])):
+            raise RequestError(f"{{0}} and {{1}} come from the video to continue ({head.shape[2]}x{head.shape[1]}); leave them out", "height", "width")
+        request = replace(request, height=head.shape[1], width=head.shape[2])
         if request.overlap is None:
             request = replace(request, overlap=rules.default_overlap(len(head)))
         elif request.overlap > len(head):
@@ -130,9 +131,10 @@ def generate(
     planned = wants_plan(budget, request.offload)
     held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
     filled = request.checked(rules, check_memory=False)
-    floor = max(rules.stage_bytes(filled, request.batch).values(), default=0)  # activations: no strategy avoids them
+    sizing = filled if "extend" not in media else replace(filled, num_frames=len(media["extend"]) + filled.num_frames)  # extending: the input and the new frames
+    floor = max(rules.stage_bytes(sizing, request.batch).values(), default=0)  # activations: no strategy avoids them
     if not planned and request.offload != "none" and free is not None:
-        need = rules.needed_bytes(filled, request.batch)
+        need = rules.needed_bytes(sizing, request.batch)
         if need is not None and need > free and floor <= free:  # all resident would not fit: the planner finds what does
             budget, planned = free + held, True
     if budget is not None and held + floor > budget:  # refused before loading
@@ -141,7 +143,7 @@ def generate(
             f"the budget is {gib(budget)}: raise --max-memory, or make a smaller or shorter video"
         )
     if not planned and free is not None:
-        rules.check_memory(filled, free, request.batch)  # all resident, as before: refused if it cannot fit
+        rules.check_memory(sizing, free, request.batch)  # all resident, as before: refused if it cannot fit
     request = filled
     if request.prompt_extend is not None:  # the request that is run and recorded holds the extended prompt; extra keeps the original
         request, extra["prompt_extend"] = extend_prompt(request, device, callback)
@@ -162,7 +164,7 @@ def generate(
             keywords.pop(name)
         out = pipe.extend(media["extend"], overlap=request.overlap, fps=media.get("frame_rate"), **keywords, callback=callback, progress_bar=progress_bar)
     else:
-        out = pipe(**call_keywords(request, pipe.rules.sampling_options), **media, callback=callback, progress_bar=progress_bar)
+        out = pipe(**keywords, **media, callback=callback, progress_bar=progress_bar)
     timings.update(out.timings)
     memory = {"peak_bytes": peak_bytes(device), "dtypes": pipe.dtypes}
     if pipe.memory_plan is not None:

@@ -87,6 +87,8 @@ def test_command_line_extend_info_and_replay(clip, tmp_path, capsys):
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--frames", "5"], capsys, tmp_path, "--frames \\(new frames\\) must be a multiple of 4")
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--overlap", "20"], capsys, tmp_path, "--overlap is 20 frames but the video has 9")
     assert_cli_refuses(["extend", str(source)], capsys, tmp_path, "no prompt")
+    with pytest.raises(KinemaError, match="height and width come from the video to continue"):
+        generate(GenerationRequest("x", model=MODEL, extend=str(source), width=32, height=32), write=False, progress_bar=False)
     assert_cli_refuses(["extend", str(source), "x", "--model", MODEL, "--steps", "4"], capsys, tmp_path, "--steps does not apply to a token-ar model")
     # the default model (Wan family) extends from the command line too, with its diffusion flags
     wan_out = tmp_path / "wan.mp4"
