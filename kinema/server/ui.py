@@ -57,6 +57,13 @@ def form_request(state: ServerState, values: dict[str, Any]) -> tuple[dict[str, 
             value = int(value)
         raw[name] = value
     raw["model"] = values.get("model") or state.default_model
+    served = state.models.get(raw["model"])
+    if served is not None:  # the controls a model does not take are hidden on the page: their values are not sent
+        from ..request import SAMPLING_OPTIONS
+
+        for name in SAMPLING_OPTIONS:
+            if name not in served.rules.sampling_options:
+                raw.pop(name, None)
     if values.get("random_seed"):
         raw["seed"] = "random"
     if task != "video":

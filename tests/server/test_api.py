@@ -264,3 +264,24 @@ def test_a_video_uploaded_to_extend(server, tmp_path):
     assert read_video(tmp_path / "out.mp4")[0].shape == (9, 64, 64, 3)
     assert set(read_metadata(tmp_path / "out.mp4")["inputs"]) == {"extend"}
 
+
+
+def test_the_page_sends_only_what_the_model_takes(tmp_path):
+    """A token model picked on the page: the hidden diffusion controls (steps 0, a shift) are not
+    sent, and what is sent is checked like the API's."""
+    from kinema.server.api import ApiError, ServerState
+    from kinema.server.app import served_models
+    from kinema.server.queue import JobQueue
+    from kinema.server.ui import form_request, submit_form
+
+    state = ServerState(JobQueue(tmp_path / "q"), served_models(None))
+    values = {"model": "shapes-ar", "prompt": "a red circle", "num_inference_steps": 0, "shift": "3", "cache_threshold": "", "top_k": "5",
+              "width": 64, "height": 64, "num_frames": 5, "seed": 2.0, "random_seed": False}  # fmt: skip
+    raw, files, task = form_request(state, values)
+    assert "num_inference_steps" not in raw and "shift" not in raw and raw["top_k"] == 5 and raw["seed"] == 2 and task == "text"
+    job = state.queue.get(submit_form(state, values))
+    assert job.request["top_k"] == 5 and job.request["num_frames"] == 5
+    with pytest.raises(ApiError, match="top_k must be a whole number"):
+        form_request(state, {**values, "top_k": "many"})
+    with pytest.raises(ApiError, match="num_frames must be 4k\\+1|4k\\+1"):
+        submit_form(state, {**values, "num_frames": 6})
