@@ -22,6 +22,9 @@ def main(out: str) -> None:
         try:
             b.goto(server.url + "/")
             b.wait_for("!!document.querySelector('#prompt textarea') && !!document.querySelector('#generate')", timeout=120)
+            import time
+
+            time.sleep(3)  # the page's scripts connect a moment after its elements are there
             b.type_into("#prompt textarea", "a red circle moving left")
             b.click("#generate")
             b.wait_for("(() => { const v = document.querySelector('#result video'); return v && v.src ? v.src : ''; })()", timeout=600)
@@ -31,8 +34,6 @@ def main(out: str) -> None:
             b.wait_for(f"(document.querySelector('#picked-settings') || {{}}).innerText.includes('{job}')", timeout=30)
             b.js("document.querySelectorAll('video').forEach(v => { v.pause(); v.currentTime = 1.0; })")
             b.js("window.scrollTo(0, 0)")
-            import time
-
             time.sleep(1.5)  # the seeked frames paint
             b.screenshot(folder / "serve.png")
         finally:

@@ -32,8 +32,16 @@ def test_generate_from_the_page(tmp_path):
             # a bad value first: one line on the page, nothing queued
             b.type_into("#prompt textarea", "a red circle moving left")
             b.type_into("#frames input", "6")
-            b.click("#generate")
-            shown = b.wait_for("(() => { const t = (document.querySelector('#status') || {}).innerText || ''; return t.includes('error') ? t : ''; })()")
+            # the first press doubles as the probe that the page's scripts are connected (the elements
+            # can be there a moment before): pressed again until its answer shows; a refusal queues nothing
+            shown = ""
+            for _ in range(12):
+                b.click("#generate")
+                try:
+                    shown = b.wait_for("(() => { const t = (document.querySelector('#status') || {}).innerText || ''; return t.includes('error') ? t : ''; })()", timeout=10)
+                    break
+                except AssertionError:
+                    continue
             errors = [line for line in shown.splitlines() if "error" in line]  # the status box also holds gradio's timer
             assert len(errors) == 1 and errors[0].startswith("error: num_frames must be 4k+1"), shown
             assert server.call("GET", "/v1/videos")[1]["data"] == []
