@@ -69,7 +69,8 @@ def test_twenty_concurrent_clients(tmp_path):
 def test_sigkill_the_server_then_restart_loses_nothing(tmp_path):
     queue_dir = tmp_path / "queue"
     with Server(queue_dir) as server:
-        ids = [server.call("POST", "/v1/videos", {"prompt": f"a blue square moving up {i}", "seed": i, "num_frames": 9, "num_inference_steps": 6})[1]["id"] for i in range(5)]
+        long = {"num_frames": 33, "num_inference_steps": 20}  # the first: long enough to be killed while it runs
+        ids = [server.call("POST", "/v1/videos", {"prompt": f"a blue square moving up {i}", "seed": i, **(long if i == 0 else TINY)})[1]["id"] for i in range(5)]
         running = server.wait(ids[0], until=("in_progress",), timeout=120)
         assert running["status"] == "in_progress"
         worker = JobQueue(queue_dir).get(ids[0]).worker
