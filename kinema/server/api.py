@@ -118,7 +118,7 @@ class ServerState:
                 raise ApiError(400, "give size or width and height, not both", param="size")
             raw["width"], raw["height"] = int(m.group(1)), int(m.group(2))
         if "seconds" in raw:
-            raw["num_frames"] = self._frames_for(model, raw.pop("seconds"), raw)
+            raw["num_frames"] = self._frames_for(model, raw.pop("seconds"), raw, extending="extend" in uploads)
         if raw.get("seed") == "random":
             raw["seed"] = secrets.randbelow(2**63)
         extend = raw.pop("prompt_extend", None)
@@ -151,8 +151,9 @@ class ServerState:
             raise ApiError(400, message) from None
         return model, json.loads(request.to_json())
 
-    def _frames_for(self, model: ServedModel, seconds: Any, raw: dict[str, Any]) -> int:
-        """OpenAI's ``seconds`` as this model's nearest valid frame count at its frame rate."""
+    def _frames_for(self, model: ServedModel, seconds: Any, raw: dict[str, Any], extending: bool = False) -> int:
+        """OpenAI's ``seconds`` as this model's nearest valid frame count at its frame rate (extending
+        a video: the new frames, whole groups of the model's time stride)."""
         try:
             s = float(seconds)
         except (TypeError, ValueError):
@@ -163,7 +164,7 @@ class ServerState:
             raise ApiError(400, "give seconds or num_frames, not both", param="seconds")
         r = model.rules
         fps = float(raw.get("frame_rate") or r.defaults.fps)
-        t, o = r.temporal_multiple, r.frames_offset
+        t, o = r.temporal_multiple, (0 if extending else r.frames_offset)
         k = max(0 if o else 1, round((s * fps - o) / t))
         return k * t + o
 

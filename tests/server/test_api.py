@@ -253,7 +253,7 @@ def test_a_video_uploaded_to_extend(server, tmp_path):
 
     clip = np.random.default_rng(1).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
     write_video(clip, tmp_path / "in.mp4", fps=16)
-    body, ctype = multipart({"model": "shapes-ar", "prompt": "a red circle moving right", "num_frames": "4", "temperature": "0"},
+    body, ctype = multipart({"model": "shapes-ar", "prompt": "a red circle moving right", "seconds": "0.3", "temperature": "0"},  # 0.3 s at 16 fps: 4 new frames
                             {"extend": ("in.mp4", (tmp_path / "in.mp4").read_bytes(), "video/mp4")})  # fmt: skip
     status, job = server.call("POST", "/v1/videos", raw=body, content_type=ctype)
     assert status == 200, job
