@@ -83,6 +83,7 @@ def test_server_prompt_extend(lm, tmp_path):
     with Server(tmp_path / "queue", "--prompt-extend", str(lm)) as server:
         status, job = server.call("POST", "/v1/videos", {"prompt": "a green triangle moving right", "prompt_extend": True, "seed": 2, "num_frames": 5, "num_inference_steps": 2})
         assert status == 200, job
+        assert job["request"]["prompt_extend"] is True and str(lm) not in str(job)  # the server's folder stays its own
         done = server.wait(job["id"])
         assert done["status"] == "completed", done
         status, data = server.call("GET", f"/v1/videos/{job['id']}/content")

@@ -177,6 +177,8 @@ class ServerState:
         for key in ("image", "video", "extend"):
             if job.request.get(key):
                 request[key] = Path(job.request[key]).name
+        if job.request.get("prompt_extend"):
+            request["prompt_extend"] = True  # the server's language model: its folder is the server's own
         width, height = settings.get("width", job.request.get("width")), settings.get("height", job.request.get("height"))
         frames = settings.get("num_frames", job.request.get("num_frames"))
         fps = settings.get("frame_rate") or (model.rules.defaults.fps if model else None)
