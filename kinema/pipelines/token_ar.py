@@ -258,31 +258,11 @@ class TokenARPipeline(VideoPipeline):
         if not isinstance(use_cache, bool):
             raise KinemaError(f"use_cache must be true or false; got {use_cache!r}")
         reporter = Reporter(callback, progress_bar)
-        rule = self.sampling_rule(temperature, top_k, top_p, typical_p, request.guidance_scale)
-
-        # 1. text states: (B, L, text_dim), and for guidance the unconditional ones
-        timings, t0 = {}, time.perf_counter()
-        with reporter.stage("text", 1, desc="text") as step:
-            cond, uncond = self.prompt_states(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, rule.uses_guidance, num_videos_per_prompt,
-                prompt_attention_mask, negative_prompt_attention_mask,
-            )  # fmt: skip
-            step(1)
-        generators = make_generators(generator, seed, cond.batch_size)
-        timings["text"] = time.perf_counter() - t0
-
-        # 2. tokens: (B, F', h, w), one frame's grid after another; cond and uncond as one batch
-        t0 = time.perf_counter()
         token_frames = (request.num_frames - 1) // self.vae_scale_factor_temporal + 1
-        with reporter.stage("tokens", token_frames, desc="frames", unit="frame") as step:
-            tokens = generate(
-                self.transformer, cond.states, cond.mask, token_frames, token_picker(rule, generators),
-                uncond_text=uncond.states if uncond is not None else None,
-                uncond_mask=uncond.mask if uncond is not None else None,
-                guidance=(lambda c, u: guided_logits(c, u, rule.guidance_scale)) if uncond is not None else None,
-                use_cache=use_cache, on_frame=lambda done: step(1),
-            )  # fmt: skip
-        timings["tokens"] = time.perf_counter() - t0
+        tokens, timings = self._sample_tokens(
+            request, reporter, (prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask),
+            (temperature, top_k, top_p, typical_p), generator, seed, token_frames, use_cache=use_cache,
+        )  # fmt: skip
         return self.finish(tokens, output_type, timings, lambda: self.decode_tokens(tokens), reporter)
 
     @torch.no_grad()
@@ -338,32 +318,51 @@ class TokenARPipeline(VideoPipeline):
             top_p=top_p, typical_p=typical_p, guidance_scale=guidance_scale, seed=seed, extend="(video given)", overlap=overlap,
         )  # fmt: skip
         reporter = Reporter(callback, progress_bar)
-        rule = self.sampling_rule(temperature, top_k, top_p, typical_p, request.guidance_scale)
+        past = frames[:, :, f_in - request.overlap :].to(self.device, self.tokenizer.dtype) * 2 - 1  # (1, 3, overlap, H, W) in [-1, 1]
+        tokens, timings = self._sample_tokens(
+            request, reporter, (prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask),
+            (temperature, top_k, top_p, typical_p), generator, seed, request.num_frames // self.vae_scale_factor_temporal,
+            prefix=self.tokenizer.encode_tokens(past),  # (1, j + 1, h, w): the overlap's tokens
+        )  # fmt: skip
+        decode = self.extension_frames(frames, lambda: self.decode_tokens(tokens), request.num_frames)  # the input as it was, then the new frames
+        return self.finish(tokens, output_type, timings, decode, reporter, fps=fps)
+
+    def _sample_tokens(
+        self, request: Any, reporter: Reporter, texts: tuple, options: tuple, generator: Any, seed: int | None, token_frames: int,
+        *, use_cache: bool = True, prefix: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+        """The call's text states (``texts``: prompt, negative prompt, their precomputed states and
+        masks), then ``token_frames`` frames of tokens, one grid after another, cond and uncond as
+        one batch; continuing a clip, after ``prefix`` (1, P, h, w), the given frames' tokens.
+        ``options``: temperature, top_k, top_p, typical_p. Returns the tokens (B, P + token_frames,
+        h, w) and the timings of the two stages."""
+        prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_mask, negative_mask = texts
+        rule = self.sampling_rule(*options, request.guidance_scale)
+
+        # 1. text states: (B, L, text_dim), and for guidance the unconditional ones
         timings, t0 = {}, time.perf_counter()
         with reporter.stage("text", 1, desc="text") as step:
             cond, uncond = self.prompt_states(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, rule.uses_guidance, num_videos_per_prompt,
-                prompt_attention_mask, negative_prompt_attention_mask,
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, rule.uses_guidance, request.num_videos_per_prompt,
+                prompt_mask, negative_mask,
             )  # fmt: skip
             step(1)
         generators = make_generators(generator, seed, cond.batch_size)
         timings["text"] = time.perf_counter() - t0
 
+        # 2. tokens: (B, F', h, w)
         t0 = time.perf_counter()
-        past = frames[:, :, f_in - request.overlap :].to(self.device, self.tokenizer.dtype) * 2 - 1  # (1, 3, overlap, H, W) in [-1, 1]
-        prefix = self.tokenizer.encode_tokens(past).repeat(cond.batch_size, 1, 1, 1)  # (B, j + 1, h, w)
-        new_token_frames = request.num_frames // self.vae_scale_factor_temporal
-        with reporter.stage("tokens", new_token_frames, desc="frames", unit="frame") as step:
+        with reporter.stage("tokens", token_frames, desc="frames", unit="frame") as step:
             tokens = generate(
-                self.transformer, cond.states, cond.mask, new_token_frames, token_picker(rule, generators),
+                self.transformer, cond.states, cond.mask, token_frames, token_picker(rule, generators),
                 uncond_text=uncond.states if uncond is not None else None,
                 uncond_mask=uncond.mask if uncond is not None else None,
                 guidance=(lambda c, u: guided_logits(c, u, rule.guidance_scale)) if uncond is not None else None,
-                on_frame=lambda done: step(1), prefix=prefix,
+                use_cache=use_cache, on_frame=lambda done: step(1),
+                prefix=prefix.repeat(cond.batch_size, 1, 1, 1) if prefix is not None else None,
             )  # fmt: skip
         timings["tokens"] = time.perf_counter() - t0
-        decode = self.extension_frames(frames, lambda: self.decode_tokens(tokens), request.num_frames)  # the input as it was, then the new frames
-        return self.finish(tokens, output_type, timings, decode, reporter, fps=fps)
+        return tokens, timings
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, F', h, w) -> video (B, 3, F, H, W) float32 in [-1, 1]."""
