@@ -16,7 +16,6 @@ from kinema.request import GenerationRequest
 from kinema.video import read_video
 
 from .helpers import save_lm
-from .reliability.conftest import assert_cli_refuses
 
 TINY = ["--frames", "5", "--steps", "2"]
 
@@ -67,14 +66,6 @@ def test_batch_prompts_each_extended(lm):
     stages = []
     generate(request, write=False, progress_bar=False, callback=lambda p: stages.append(p.stage))
     assert stages[0] == "prompt" and "prompt" in stages and "denoise" in stages
-
-
-@pytest.mark.parametrize("which, pattern", [("missing", "not found|does not exist"), ("empty", "config.json"), ("file", "not a folder|is a file|directory")])
-def test_command_line_refuses_a_bad_language_model(which, pattern, tmp_path, capsys):
-    target = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "file": tmp_path / "f.txt"}[which]
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "f.txt").write_text("x")
-    assert_cli_refuses(["generate", "a red circle", "--prompt-extend", str(target), "-o", str(tmp_path / "o.mp4"), *TINY], capsys, tmp_path, pattern)
 
 
 def test_server_prompt_extend(lm, tmp_path):
