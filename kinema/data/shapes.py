@@ -120,6 +120,57 @@ class ClipSpec:
 
 ShapeSpec = ClipSpec  # one object per clip in version 1: the clip's spec is its shape's spec
 
+# ------------------------------------------------------------------------------------------------
+# Continuing a clip: the same object goes on from where it is, at any speed, with a new motion
+# ------------------------------------------------------------------------------------------------
+MIN_CONTINUE_TRAVEL = 0.12  # the least travel of a continuation: more than the judge's 10% of the side
+
+
+def room(spec: ClipSpec, motion: str, position: tuple[float, float] | None = None) -> float:
+    """How far (fraction of the side) ``spec``'s object can move ``motion`` from ``position``
+    (default: where its clip ends) and stay inside the canvas with MARGIN."""
+    x, y = position if position is not None else spec.end
+    lo, hi = spec.size / 2 + MARGIN, 1 - spec.size / 2 - MARGIN
+    dx, dy = DIRECTIONS[motion]
+    centre = x if dx else y
+    return max(0.0, (hi - centre) if (dx or dy) > 0 else (centre - lo))
+
+
+def continuations(spec: ClipSpec, least: float = MIN_CONTINUE_TRAVEL) -> tuple[str, ...]:
+    """The motions the object of ``spec`` can take from where its clip ends, moving at least ``least``."""
+    return tuple(m for m in MOTIONS if room(spec, m) >= least)
+
+
+def continue_spec(spec: ClipSpec, motion: str, travel: float | None = None, rng: np.random.Generator | None = None) -> ClipSpec:
+    """The next clip of ``spec``'s object: the same colour, shape and size, starting where ``spec``
+    ends, moving ``motion`` by ``travel`` (a speed: fraction of the side per clip). Without
+    ``travel``, one is drawn from TRAVEL_RANGE, shortened to the room before the edge. Raises
+    KinemaError when the object has less than MIN_CONTINUE_TRAVEL of room that way (it is at that
+    edge: it can only go another way, see :func:`continuations`)."""
+    if motion not in MOTIONS:
+        raise KinemaError(f"unknown motion {motion!r}; use one of {', '.join(MOTIONS)}")
+    space = room(spec, motion)
+    if travel is None:
+        if space < MIN_CONTINUE_TRAVEL:
+            raise KinemaError(f"the {spec.colour} {spec.shape} is at the {motion} edge; it can continue {' or '.join(continuations(spec)) or 'nowhere'}")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        travel = min(float(rng.uniform(*TRAVEL_RANGE)), space)
+    elif not 0 < travel <= space + 1e-9:
+        raise KinemaError(f"a travel of {travel:g} {motion} leaves the canvas: there is {space:.3f} of room")
+    return ClipSpec(spec.colour, spec.shape, motion, size=spec.size, start=spec.end, travel=float(travel))
+
+
+def render_sequence(specs: list[ClipSpec], frames: list[int], size: int = DEFAULT_SIZE, background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
+    """Consecutive clips of one object as one video, uint8 (sum(frames), size, size, 3): clip i
+    shows ``frames[i]`` frames of ``specs[i]``; after the first, a clip leaves out its own first
+    frame, which is the last frame of the clip before (each spec starts where the last one ends)."""
+    if len(specs) != len(frames) or not specs:
+        raise KinemaError(f"give one frame count per clip; got {len(specs)} clips and {len(frames)} counts")
+    parts = [render_clip(specs[0], size, frames[0], background)]
+    for spec, n in zip(specs[1:], frames[1:]):
+        parts.append(render_clip(spec, size, n + 1, background)[1:])
+    return np.concatenate(parts)
+
 
 def sample_spec(colour: str, shape: str, motion: str, rng: np.random.Generator) -> ClipSpec:
     """Draw size, start and travel so the object stays inside the canvas (with MARGIN) on every frame."""
@@ -266,6 +317,24 @@ def caption(spec: ClipSpec, rng: np.random.Generator) -> str:
     return template.format(c=spec.colour, s=noun, v=verb, d=direction)
 
 
+WORDINGS = ("templates", "wide")  # how training captions are worded (ShapesDataset's ``wording``)
+WIDE_TEMPLATE_SHARE = 0.25  # under "wide" wording, the share of captions still drawn from TEMPLATES
+
+
+def draw_caption(spec: ClipSpec, rng: np.random.Generator, wording: str = "templates") -> str:
+    """A training caption for ``spec``: from TEMPLATES, or under ``"wide"`` wording from
+    :mod:`kinema.data.wording`'s wide vocabulary (a WIDE_TEMPLATE_SHARE of them still templates)."""
+    if wording == "templates":
+        return caption(spec, rng)
+    if wording != "wide":
+        raise KinemaError(f"unknown wording {wording!r}; use one of {', '.join(WORDINGS)}")
+    from .wording import wide_caption
+
+    if rng.random() < WIDE_TEMPLATE_SHARE:
+        return caption(spec, rng)
+    return wide_caption(spec.colour, spec.shape, spec.motion, rng)
+
+
 def training_captions(colour: str, shape: str, motion: str) -> set[str]:
     """Every caption the training templates can produce for one combination."""
     return {
@@ -302,12 +371,16 @@ class ShapesDataset(torch.utils.data.Dataset):
         frames: int = DEFAULT_FRAMES,
         seed: int = 0,
         length: int = 100_000,
+        wording: str = "templates",
     ) -> None:
         if size < MIN_SIZE:
             raise KinemaError(f"the shapes canvas must be at least {MIN_SIZE} pixels; got {size}")
         if length < 1:
             raise KinemaError(f"length must be positive; got {length}")
+        if wording not in WORDINGS:
+            raise KinemaError(f"unknown wording {wording!r}; use one of {', '.join(WORDINGS)}")
         self.split = split
+        self.wording = wording  # caption vocabulary: "templates" or "wide" (see draw_caption)
         self.combos = combos(split)
         self.size = size  # canvas side in pixels
         self.frames = frames  # frames per clip
@@ -324,7 +397,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, index])
         colour, shape, motion = self.combos[rng.integers(len(self.combos))]
         spec = sample_spec(colour, shape, motion, rng)
-        return spec, caption(spec, rng)
+        return spec, draw_caption(spec, rng, self.wording)
 
     def caption(self, index: int) -> str:
         """Item ``index``'s caption, without rendering."""

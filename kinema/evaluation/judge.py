@@ -228,22 +228,33 @@ def judge_clip(frames: np.ndarray, background: tuple[int, int, int] = BACKGROUND
 EVAL_SPLITS = {"seen": TRAIN_COMBOS, "held_out": HELD_OUT_COMBOS, "all": ALL_COMBOS}  # evaluation name -> combos
 
 
+EVAL_STYLES = ("canonical", "reworded", "wide-words", "unseen-words")
+
+
 def eval_prompts(split: str = "all", style: str = "canonical") -> list[tuple[str, str, str, str]]:
     """(colour, shape, motion, prompt) for every combination of ``split`` ("seen", "held_out", "all").
 
     ``style`` "canonical" uses "a {colour} {shape} moving {motion}"; "reworded" uses the paraphrases
-    that training never sees (variant = index of the combination, cycling through them).
+    that training never sees (variant = index of the combination, cycling through them);
+    "wide-words" draws a caption of the wide training vocabulary (:mod:`kinema.data.wording`; the
+    sentence is new, its words are not; seeded by the index); "unseen-words" names colour, shape and
+    motion with words no training caption of either wording uses (the evaluation-only vocabulary,
+    variant = index).
     """
     split = {"train": "seen"}.get(split, split)
     if split not in EVAL_SPLITS:
         raise KinemaError(f"unknown evaluation split {split!r}; use seen, held_out or all")
-    if style not in ("canonical", "reworded"):
-        raise KinemaError(f"unknown prompt style {style!r}; use canonical or reworded")
-    out = []
-    for i, (c, s, m) in enumerate(EVAL_SPLITS[split]):
-        text = canonical_caption(c, s, m) if style == "canonical" else reworded_caption(c, s, m, i)
-        out.append((c, s, m, text))
-    return out
+    if style not in EVAL_STYLES:
+        raise KinemaError(f"unknown prompt style {style!r}; use one of {', '.join(EVAL_STYLES)}")
+    from ..data.wording import unseen_words_caption, wide_caption
+
+    wording = {
+        "canonical": lambda c, s, m, i: canonical_caption(c, s, m),
+        "reworded": reworded_caption,
+        "wide-words": lambda c, s, m, i: wide_caption(c, s, m, np.random.default_rng([7, i])),
+        "unseen-words": unseen_words_caption,
+    }[style]
+    return [(c, s, m, wording(c, s, m, i)) for i, (c, s, m) in enumerate(EVAL_SPLITS[split])]
 
 
 def score(results: list[JudgeResult], prompts: list[tuple]) -> dict:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 DATA_KINDS = ("shapes", "video_folder", "synthetic")
 PRECISIONS = ("fp32", "bf16")
 SPLITS = ("train", "held_out")
+WORDINGS = ("templates", "wide")  # kinema.data.shapes.WORDINGS
 
 
 FREEZE_WORDS = {
@@ -64,6 +65,7 @@ class DataConfig:
     length: int = field(default=10_000, metadata=check(AT_LEAST_ONE))  # items per epoch for procedural data (shapes, synthetic); the latent cache encodes them all
     path: str | None = None  # video_folder: the directory of video files
     captions: str | None = None  # video_folder: a jsonl file of {"file": "a.mp4", "caption": "..."} (default PATH/captions.jsonl)
+    wording: str = field(default="templates", metadata=one_of(WORDINGS))  # shapes captions: "templates" (15 sentence patterns, a few synonyms) or "wide" (kinema.data.wording's many synonyms, frames and fillers, a quarter still templates)
 
 
 @dataclass

@@ -179,3 +179,28 @@ def test_canonical_is_a_training_caption_and_reworded_never_is():
         assert reworded.isdisjoint(produced)
         for text in reworded:
             assert combo[0] in text and combo[1] in text
+
+
+def test_a_clip_continues_from_where_it_ends_at_any_speed():
+    """The same object goes on from its last position with a new motion; the judge reads each part."""
+    from kinema.data.shapes import ClipSpec, continuations, continue_spec, render_sequence, room
+    from kinema.evaluation.judge import judge_clip
+
+    first = ClipSpec("purple", "triangle", "up", size=0.25, start=(0.5, 0.7), travel=0.4)
+    assert first.end == pytest.approx((0.5, 0.3)) and "up" in continuations(first)
+    at_edge = ClipSpec("purple", "triangle", "up", size=0.25, start=(0.5, 0.6), travel=0.455)
+    assert room(at_edge, "up") < 0.12 and continuations(at_edge) == ("left", "right", "down")
+    with pytest.raises(KinemaError, match="at the up edge; it can continue left or right or down"):
+        continue_spec(at_edge, "up")
+    with pytest.raises(KinemaError, match="leaves the canvas"):
+        continue_spec(first, "up", travel=0.5)
+    slow = continue_spec(first, "right", travel=0.15)
+    fast = continue_spec(slow, "down", rng=np.random.default_rng(0))
+    assert slow.start == first.end and fast.start == slow.end and (slow.size, slow.colour) == (first.size, first.colour)
+    assert fast.travel <= room(slow, "down") + 1e-9
+    video = render_sequence([first, slow, fast], [33, 32, 32])
+    assert video.shape == (97, 64, 64, 3)
+    assert np.array_equal(video[:33], render_clip(first, 64, 33))
+    assert np.array_equal(video[32:65], render_clip(slow, 64, 33))  # the joins are shared frames
+    motions = [judge_clip(video[a:b]).motion for a, b in ((0, 33), (32, 65), (64, 97))]
+    assert motions == ["up", "right", "down"]
