@@ -25,6 +25,7 @@ FLAGS = {
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "typical_p": "--typical-p",
     "image": "--image", "max_area": "--max-area", "video": "--input", "strength": "--strength", "output": "--output", "model": "--model",
     "device": "--device", "dtype": "--dtype", "quantize": "--quantize", "threads": "--threads", "max_memory": "--max-memory", "offload": "--offload", "prompt_extend": "--prompt-extend", "extend": "INPUT", "overlap": "--overlap",
+    "prompt_schedule": "the prompts (--prompt, --prompt-frames)", "window": "--window",
 }  # fmt: skip
 
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a video from a prompt (and an image or a video)")
     g.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="the prompt")
-    g.add_argument("--prompt", help="the prompt (instead of the positional PROMPT)")
+    g.add_argument("--prompt", action="append", help="the prompt (instead of the positional PROMPT); given again, the next prompt as the video goes on (a prompt schedule)")
+    _add_long_video(g)
     g.add_argument(
         "--model", default=None,
         help="model directory (kinema, diffusers, original Wan or original LTX-Video layout) or a shipped model's name (default: shapes, inside the package)",
@@ -119,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar, Wan text-to-video, LTX-Video and pixel-dit models)")
     x.add_argument("input", metavar="INPUT", help="the video to continue (.mp4, .mkv, .mov)")
     x.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help="what happens next")
-    x.add_argument("--prompt", help="what happens next (instead of the positional PROMPT)")
+    x.add_argument("--prompt", action="append", help="what happens next (instead of the positional PROMPT); given again, what happens after that")
+    x.add_argument("--prompt-frames", type=_frame_list, default=None, metavar="N,N,...", help="with several --prompt: the new frames of each (default: --frames shared evenly)")
+    x.add_argument("--window", type=int, default=None, metavar="N", help="frames per window when the new frames do not fit in one (default: the model's clip)")
     x.add_argument("--model", default=None, help="a model directory or a shipped model's name (default: shapes)")
     x.add_argument("--negative-prompt", default=None, help="what to steer away from")
     x.add_argument("--frames", type=int, default=None, help="new frames, a multiple of the model's time stride (default: the model's clip less its first frame)")
@@ -172,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     e.add_argument("--out", default="eval-clips", help="where generated or rendered clips go (default eval-clips)")
     e.add_argument("--split", choices=("all", "seen", "held_out"), default="all", help="which combinations")
-    e.add_argument("--style", choices=("canonical", "reworded"), default="canonical", help="prompt wording")
+    e.add_argument("--style", choices=("canonical", "reworded", "wide-words", "unseen-words"), default="canonical",
+                   help="prompt wording: the template; paraphrases no training caption uses; new sentences in the wide training "
+                        "vocabulary; or words no training caption uses")
     e.add_argument("--size", type=int, default=None, help="square clip side in pixels (default: the model's with --model, else 64)")
     e.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's with --model, else 33)")
     e.add_argument("--steps", type=int, default=None, help=f"diffusion models: sampling steps with --model (default {EVAL_STEPS})")
@@ -218,18 +224,48 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------
 # generate
 # ------------------------------------------------------------------------------------------------
+def _add_long_video(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--prompt-frames", type=_frame_list, default=None, metavar="N,N,...", help="with several --prompt: the frames of each, e.g. 33,32 (default: --frames shared evenly)")
+    g.add_argument(
+        "--window", type=int, default=None, metavar="N",
+        help="frames per window: a video longer than this (--frames) or with several --prompt is made in windows, each continuing the last (default: the model's clip)",
+    )  # fmt: skip
+    g.add_argument("--overlap", type=int, default=None, metavar="K", help="in windows: the frames before each window it sees as the past (default: as many as the model can see)")
+
+
+def _frame_list(text: str) -> list[int]:
+    """--prompt-frames: comma-separated whole numbers."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, e.g. 33,32; got {text!r}") from None
+
+
+def prompts_from_args(args: argparse.Namespace, example: str) -> tuple[str | None, list | None]:
+    """The prompt, or the prompt schedule when --prompt is given more than once (with --prompt-frames)."""
+    given = list(args.prompt or [])
+    if args.prompt_pos is not None:
+        if given:
+            raise KinemaError("give the prompt once: either positionally or with --prompt (repeat --prompt for a prompt schedule)")
+        given = [args.prompt_pos]
+    if not given:
+        raise KinemaError(f"no prompt: {example}")
+    frames = args.prompt_frames
+    if frames is not None and len(frames) != len(given):
+        raise KinemaError(f"--prompt-frames has {len(frames)} numbers for {len(given)} --prompt; give one per prompt")
+    if len(given) == 1 and frames is None:
+        return given[0], None
+    return None, [[p, f] for p, f in zip(given, frames or [None] * len(given))]
+
+
 def request_from_args(args: argparse.Namespace):
     """The command line's ``generate`` flags as a :class:`~kinema.request.GenerationRequest`."""
     from .request import GenerationRequest
 
-    if args.prompt_pos and args.prompt:
-        raise KinemaError("give the prompt once: either positionally or with --prompt")
-    prompt = args.prompt if args.prompt is not None else args.prompt_pos
-    if prompt is None:
-        raise KinemaError('no prompt: kinema generate "a red circle moving left"')
+    prompt, schedule = prompts_from_args(args, 'kinema generate "a red circle moving left"')
     width, height = args.size if args.size else (None, None)
     return GenerationRequest(
-        prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, height=height, width=width,
+        prompt=prompt, prompt_schedule=schedule, window=args.window, overlap=args.overlap, model=args.model, negative_prompt=args.negative_prompt, height=height, width=width,
         num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift, cache_threshold=args.cache,
         sampler=args.sampler, seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         typical_p=args.typical_p, image=args.image, max_area=args.max_area[0] * args.max_area[1] if args.max_area else None, video=args.input, strength=args.strength, output=args.output,
@@ -276,17 +312,13 @@ def cmd_extend(args: argparse.Namespace) -> int:
     from .runtime import configure_threads
 
     t0 = time.perf_counter()
-    if args.prompt_pos and args.prompt:
-        raise KinemaError("give the prompt once: either positionally or with --prompt")
-    prompt = args.prompt if args.prompt is not None else args.prompt_pos
-    if prompt is None:
-        raise KinemaError('no prompt: kinema extend INPUT.mp4 "the circle turns and moves right"')
+    prompt, schedule = prompts_from_args(args, 'kinema extend INPUT.mp4 "the circle turns and moves right"')
     source = Path(args.input)
     output = args.output or str(source.with_name(f"{source.stem}-extended{source.suffix or '.mp4'}"))
     if Path(output).resolve() == source.resolve():
         raise KinemaError(f"--output is the input video {args.input}; write the extension elsewhere")
     request = GenerationRequest(
-        prompt=prompt, model=args.model, negative_prompt=args.negative_prompt, num_frames=args.frames, guidance_scale=args.guidance,
+        prompt=prompt, prompt_schedule=schedule, window=args.window, model=args.model, negative_prompt=args.negative_prompt, num_frames=args.frames, guidance_scale=args.guidance,
         num_inference_steps=args.steps, shift=args.shift, sampler=args.sampler, cache_threshold=args.cache, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, typical_p=args.typical_p, seed=args.seed,
         extend=args.input, overlap=args.overlap, output=output, device=args.device, dtype=args.dtype,
     )  # fmt: skip

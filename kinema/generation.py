@@ -131,7 +131,13 @@ def generate(
     planned = wants_plan(budget, request.offload)
     held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
     filled = request.checked(rules, check_memory=False)
-    sizing = filled if "extend" not in media else replace(filled, num_frames=len(media["extend"]) + filled.num_frames)  # extending: the input and the new frames
+    plan = filled.long_plan(rules)  # None: one call
+    if plan is not None and plan.window is not None:  # in windows: a window's worth at a time
+        sizing = replace(filled, num_frames=plan.window)
+    elif "extend" not in media:
+        sizing = filled
+    else:  # extending: the input and the new frames
+        sizing = replace(filled, num_frames=len(media["extend"]) + filled.num_frames)
     floor = max(rules.stage_bytes(sizing, request.batch).values(), default=0)  # activations: no strategy avoids them
     if not planned and request.offload != "none" and free is not None:
         need = rules.needed_bytes(sizing, request.batch)
@@ -159,7 +165,14 @@ def generate(
         pipe = load()
     timings = {"load": time.perf_counter() - t0}
     keywords = call_keywords(request, pipe.rules.sampling_options)
-    if "extend" in media:  # the input's frames, then the new ones, at the input's frame rate
+    if plan is not None:  # longer than a window, or its prompt changes: in windows
+        keywords.pop("prompt")
+        if request.prompt_schedule is not None:
+            keywords.pop("num_frames")
+        out = pipe.long_video(prompt=request.prompt if request.prompt_schedule is None else None, prompt_schedule=request.prompt_schedule,
+                              window=request.window, overlap=request.overlap, video=media.get("extend"), fps=media.get("frame_rate"),
+                              **keywords, callback=callback, progress_bar=progress_bar)  # fmt: skip
+    elif "extend" in media:  # the input's frames, then the new ones, at the input's frame rate
         for name in ("height", "width"):
             keywords.pop(name)
         out = pipe.extend(media["extend"], overlap=request.overlap, fps=media.get("frame_rate"), **keywords, callback=callback, progress_bar=progress_bar)

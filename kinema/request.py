@@ -37,6 +37,7 @@ MAX_FRAMES = 10_000  # frames in one call: about 7 minutes at 24 fps (Wan makes 
 MAX_GUIDANCE = 1_000.0  # classifier-free guidance scale (Wan uses 5, LTX-Video 3)
 MAX_SHIFT = 1_000.0  # flow-matching shift (Wan: 3 to 5)
 MAX_FRAME_RATE = 1_000.0
+MAX_SEGMENTS = 1_000  # prompts in one prompt schedule
 MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
 MAX_VIDEOS = 1_024  # prompts times videos per prompt in one call
 MAX_PROMPT_CHARS = 100_000  # a prompt longer than this is a mistake (encoders keep the first 128-512 tokens)
@@ -81,7 +82,9 @@ class GenerationRequest:
     offload: str | None = None  # "none", "model", "block" or "auto" (the default): how weights move to fit
     prompt_extend: str | None = None  # a local instruction-tuned causal LM's folder: the prompt is rewritten in detail first (Wan's prompt extension)
     extend: str | None = None  # a video to continue (its path): the output is its frames, then num_frames new ones
-    overlap: int | None = None  # extending: the input's last frames the model sees as the past (None: what its window takes)
+    overlap: int | None = None  # extending, or a long video's later windows: the frames before each window the model sees as the past (None: what its window takes)
+    prompt_schedule: list[tuple[str, int | None]] | None = None  # a video whose prompt changes as it goes: (prompt, frames) in order; frames None: an even share of num_frames; prompt is then the first's
+    window: int | None = None  # frames per window of a long video (num_frames beyond it, or a prompt schedule); None: the model's clip
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -104,17 +107,19 @@ class GenerationRequest:
     def checked_alone(self, *, has_embeds: bool = False) -> "GenerationRequest":
         """The checks that need no model: types, finiteness, ranges, prompts (a prompt is needed
         unless the caller has precomputed text states, ``has_embeds``). Returns self."""
-        if self.prompt is not None or not has_embeds:
+        if self.prompt_schedule is not None:
+            self._check_schedule()
+        elif self.prompt is not None or not has_embeds:
             if self.prompt is None:
                 raise RequestError('no {0}: describe the video, e.g. "a red circle moving left"', "prompt")
             check_prompts(self.prompt, "prompt")
         if self.negative_prompt is not None:
             check_prompts(self.negative_prompt, "negative_prompt", allow_empty=True)
-        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k", "max_area", "overlap"):
+        for name in ("height", "width", "num_frames", "num_inference_steps", "top_k", "max_area", "overlap", "window"):
             value = getattr(self, name)
             if value is not None and not is_int(value):
                 raise RequestError(f"{{0}} must be a whole number; got {quoted(value)}", name)
-        for name in ("height", "width", "num_frames", "num_inference_steps", "max_area", "overlap"):
+        for name in ("height", "width", "num_frames", "num_inference_steps", "max_area", "overlap", "window"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RequestError(f"{{0}} must be a positive integer; got {value}", name)
@@ -157,8 +162,8 @@ class GenerationRequest:
         if self.extend is not None and (self.image is not None or self.video is not None):
             other = "image" if self.image is not None else "video"
             raise RequestError("give {0} (continue a video) or {1}, not both", "extend", other)
-        if self.overlap is not None and self.extend is None:
-            raise RequestError("{0} applies to extending a video: give {1} too", "overlap", "extend")
+        if self.window is not None and self.window > MAX_FRAMES:
+            raise RequestError(f"{{0}} must be at most {MAX_FRAMES:,} frames; got {self.window:,}", "window")
         if self.strength is not None and self.video is None:
             raise RequestError("{0} applies to video-to-video: give {1} too", "strength", "video")
         token_options = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "typical_p": self.typical_p}
@@ -167,6 +172,51 @@ class GenerationRequest:
 
             TokenSampling(**{k: v for k, v in token_options.items() if v is not None})  # raises a one-line KinemaError
         return self
+
+    def _check_schedule(self) -> None:
+        """A prompt schedule: a non-empty list of (prompt, frames) for one video (one-line errors)."""
+        sched = self.prompt_schedule
+        shape = 'a list of [prompt, frames] pairs, e.g. [["a red circle moving left", 33], ["a red circle moving right", 32]]'
+        if not isinstance(sched, (list, tuple)) or not sched:
+            raise RequestError(f"{{0}} must be {shape}; got {quoted(sched)}", "prompt_schedule")
+        if len(sched) > MAX_SEGMENTS:
+            raise RequestError(f"{{0}} has {len(sched):,} prompts; at most {MAX_SEGMENTS:,}", "prompt_schedule")
+        for i, entry in enumerate(sched):
+            if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+                raise RequestError(f"{{0}} must be {shape}; item {i} is {quoted(entry)}", "prompt_schedule")
+            text, frames = entry
+            check_prompts(text, f"prompt_schedule[{i}]")
+            if not isinstance(text, str):
+                raise RequestError(f"{{0}} item {i} must name one prompt; got {quoted(text)}", "prompt_schedule")
+            if frames is not None and (not is_int(frames) or frames < 1 or frames > MAX_FRAMES):
+                raise RequestError(f"{{0}} item {i}: frames must be a whole number from 1 to {MAX_FRAMES:,} (or null: a share of num_frames); got {quoted(frames)}", "prompt_schedule")
+        if self.prompt is not None and self.prompt != sched[0][0]:
+            raise RequestError("give {0} or {1} (whose first prompt starts the video), not both", "prompt", "prompt_schedule")
+        if self.num_videos_per_prompt != 1:
+            raise RequestError("{0} makes one video; {1} must be 1", "prompt_schedule", "num_videos_per_prompt")
+        if self.image is not None or self.video is not None:
+            raise RequestError("{0} applies to text-to-video and to continuing a video; leave out {1}", "prompt_schedule", "image" if self.image is not None else "video")
+        given = [f for _, f in sched if f is not None]
+        if self.num_frames is not None and len(given) == len(sched) and sum(given) != self.num_frames:
+            raise RequestError(f"{{0}} is {self.num_frames:,} but the prompt schedule's frames add up to {sum(given):,}; leave {{0}} out", "num_frames")
+
+    def long_plan(self, rules: "ModelRules") -> "WindowPlan | None":
+        """How a filled-in request runs in windows (None: in one call, as a clip or one extension)."""
+        schedule = self.prompt_schedule or [(self.prompt, self.num_frames)]
+        frames = [f for _, f in schedule]
+        window = self.window if self.window is not None else rules.window_frames
+        head = self.extend is not None
+        if len(schedule) == 1:
+            past = self.overlap if self.overlap is not None else (rules.context_frames or 0)
+            if window is None or (past + frames[0] if head else frames[0]) <= window:
+                if self.overlap is not None and not head:
+                    raise RequestError(
+                        f"{{0}} applies to continuing a video ({{1}}), to a video longer than the model's window "
+                        f"({window if window is not None else 'none: it slides its own'} frames; {{2}}) or to one whose prompt changes",
+                        "overlap", "extend", "window",
+                    )  # fmt: skip
+                return None
+        return plan_windows(rules, frames, window, self.overlap, head=head)
 
     def check_abilities(self, rules: "ModelRules") -> None:
         """The options and inputs the model must take: its sampling options, image or video input,
@@ -217,6 +267,9 @@ class GenerationRequest:
         }
         if "num_inference_steps" in rules.sampling_options:
             filled["num_inference_steps"] = self.num_inference_steps if self.num_inference_steps is not None else d.num_inference_steps
+        if self.prompt_schedule is not None:
+            schedule = share_frames(self.prompt_schedule, self.num_frames, rules, head=self.extend is not None)
+            filled.update(prompt=schedule[0][0], prompt_schedule=schedule, num_frames=sum(f for _, f in schedule))
         request = dataclasses.replace(self, **filled)
         for name in ("height", "width", "num_frames", "num_inference_steps"):
             value = getattr(request, name)
@@ -224,7 +277,14 @@ class GenerationRequest:
                 raise RequestError(f"{{0}} must be a positive integer; got {quoted(value)} (the model's default)", name)
         if rules.max_steps is not None and request.num_inference_steps is not None and request.num_inference_steps > rules.max_steps:
             raise RequestError(f"{{0}} must be at most {rules.max_steps:,} for this model (its training steps); got {request.num_inference_steps:,}", "num_inference_steps")
-        if request.extend is None:
+        plan = request.long_plan(rules)
+        if plan is not None:  # in windows: each must be a clip (or an extension) the model can make
+            if plan.first:
+                rules.check_size(request.height, request.width, plan.first)
+            for new_frames in sorted({n for _, n in plan.steps}):
+                rules.check_extension(request.height, request.width, new_frames, plan.overlap)
+            request = dataclasses.replace(request, window=plan.window, overlap=plan.overlap)
+        elif request.extend is None:
             rules.check_size(request.height, request.width, request.num_frames)
         else:
             rules.check_extension(request.height, request.width, request.num_frames, request.overlap)
@@ -366,6 +426,13 @@ class ModelRules:
     frames_offset: int = 1  # 1: a causal codec's first frame alone, then groups (t k + 1); 0: whole groups (t k, k >= 1)
     supports_extend: bool = False  # continues a video (kinema extend)
     context_frames: int | None = None  # extending: the most input frames the model can see as the past (None: any)
+    slides: bool = False  # makes any length in one call, its own window sliding (a token model's KV cache): no windows of kinema's
+
+    @property
+    def window_frames(self) -> int | None:
+        """The frames one window makes, beyond which a video is made in windows: the model's clip
+        (None: the model slides its own window)."""
+        return None if self.slides else self.defaults.num_frames
 
     def size_for_image(self, image_height: int, image_width: int, max_area: int | None = None) -> tuple[int, int]:
         """Wan's image-to-video size rule (``WanI2V.generate``): the clip keeps the picture's aspect
@@ -495,3 +562,101 @@ def frames_that_fit(available: int, limit: int, temporal: int, offset: int = 1) 
     (video-to-video: as much of the input as the model's default length allows)."""
     n = max(1, min(available, limit))
     return max((n - offset) // temporal, 0 if offset else 1) * temporal + offset
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a long video is made: a first window (``first`` frames with the first prompt; 0 when
+    continuing a given video), then windows that each see the ``overlap`` frames before them and add
+    ``steps[i] = (segment, new_frames)`` with the prompt of schedule entry ``segment``."""
+
+    first: int
+    steps: tuple[tuple[int, int], ...]
+    overlap: int | None  # None: each extension sees what the model can (a model that slides its own window)
+    window: int | None  # frames per window (None: the model slides its own)
+
+    @property
+    def windows(self) -> int:
+        return (1 if self.first else 0) + len(self.steps)
+
+
+def plan_windows(rules: ModelRules, frames: list[int], window: int | None, overlap: int | None, *, head: bool = False) -> WindowPlan:
+    """Cut a video of ``frames[i]`` frames per prompt into windows the model can make (one-line
+    RequestErrors for counts that do not fit its frame rule).
+
+    A window makes at most ``window`` frames: the first makes up to that many from the first prompt
+    (unless ``head``: a given video comes first), each later one sees the ``overlap`` frames before
+    it (default: as many as the model can see, leaving a whole group of new frames) and adds at
+    most ``window - overlap`` new ones, never across a change of prompt. A model that slides its own
+    window (``window`` None) makes each prompt's frames in one call.
+    """
+    t, o = rules.temporal_multiple, rules.frames_offset
+    if window is not None:
+        if window < max(1, o) + t or (window - o) % t:
+            lo = max(o + t, (window - o) // t * t + o)
+            raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames and hold at least one group of new frames after the past; got {window}, try {lo} or {lo + t}", "window")
+        if overlap is None:
+            overlap = rules.default_overlap(window - t)
+        if overlap >= window - t + 1:
+            raise RequestError(f"{{0}} ({overlap}) must leave room in each {{1}} ({window} frames) for {t} new frames or more", "overlap", "window")
+    for i, n in enumerate(frames):
+        if i == 0 and not head and (n < max(1, o) or (n - o) % t):
+            lo = max(o or t, (n - o) // t * t + o)
+            field = "num_frames" if len(frames) == 1 else "prompt_schedule"
+            raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} for this model; got {n}, try {lo} or {lo + t}", field)
+        if (i or head) and n % t:
+            lo = max(t, n // t * t)
+            field = "num_frames" if len(frames) == 1 else "prompt_schedule"
+            raise RequestError(f"{{0}} (new frames{f' of item {i}' if len(frames) > 1 else ''}) must be a multiple of {t} for this model; got {n}, try {lo} or {lo + t}", field)
+    steps: list[tuple[int, int]] = []
+
+    def add(segment: int, n: int) -> None:
+        while n > 0:
+            k = n if window is None else min(n, window - overlap)
+            steps.append((segment, k))
+            n -= k
+
+    if head:
+        first = 0
+        add(0, frames[0])
+    else:
+        first = frames[0] if window is None else min(frames[0], window)
+        add(0, frames[0] - first)
+    for i, n in enumerate(frames[1:], 1):
+        add(i, n)
+    return WindowPlan(first, tuple(steps), overlap, window)
+
+
+def share_frames(schedule: Any, num_frames: int | None, rules: ModelRules, *, head: bool = False) -> list[tuple[str, int]]:
+    """A prompt schedule with every entry's frames decided: entries without frames share what
+    ``num_frames`` leaves, in whole groups of the model's time stride (the first entry, unless
+    continuing a given video, also takes the codec's lone first frame). Without ``num_frames``, an
+    entry without frames gets a window: the model's clip first, then the clip less its first frame.
+    Frame counts that do not fit the model's rule are one-line RequestErrors."""
+    t, o = rules.temporal_multiple, rules.frames_offset
+    lead = 0 if head else o  # the first entry's extra frame(s) of a causal codec
+    out = [(str(p), f) for p, f in schedule]
+    missing = [i for i, (_, f) in enumerate(out) if f is None]
+    if missing:
+        clip = rules.defaults.num_frames
+        if num_frames is None:
+            out = [(p, f if f is not None else (clip if i == 0 and not head else clip - o)) for i, (p, f) in enumerate(out)]
+        else:
+            rest = num_frames - sum(f for _, f in out if f is not None) - (lead if 0 in missing else 0)
+            if rest < t * len(missing) or rest % t:
+                raise RequestError(
+                    f"{{0}} ({num_frames:,}) cannot be shared among the {len(missing)} prompt(s) of {{1}} without frames in whole groups "
+                    f"of {t}{f' (plus {lead} for the first)' if 0 in missing and lead else ''}", "num_frames", "prompt_schedule",
+                )  # fmt: skip
+            groups, extra = divmod(rest // t, len(missing))
+            share = {i: (groups + (1 if k < extra else 0)) * t + (lead if i == 0 else 0) for k, i in enumerate(missing)}
+            out = [(p, f if f is not None else share[i]) for i, (p, f) in enumerate(out)]
+    for i, (p, f) in enumerate(out):
+        first = i == 0 and not head
+        if first and (f < max(1, o) or (f - o) % t):
+            lo = max(o or t, (f - o) // t * t + o)
+            raise RequestError(f"{{0}} item 0 has {f} frames; the first must be {t}k{'+' + str(o) if o else ''} for this model, try {lo} or {lo + t}", "prompt_schedule")
+        if not first and f % t:
+            lo = max(t, f // t * t)
+            raise RequestError(f"{{0}} item {i} has {f} frames; after the first, a prompt's frames must be a multiple of {t} for this model, try {lo} or {lo + t}", "prompt_schedule")
+    return out

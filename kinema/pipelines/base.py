@@ -329,6 +329,111 @@ class VideoPipeline:
             mask = mask.to(self.device)
         return PromptStates(states, mask)
 
+    # -- long videos -----------------------------------------------------------------------------------
+    def long_video(
+        self,
+        prompt: str | None = None,
+        num_frames: int | None = None,
+        *,
+        prompt_schedule: Sequence[tuple[str, int | None]] | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        video: Any = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        callback: ProgressCallback | None = None,
+        progress_bar: bool = True,
+        fps: float | None = None,
+        **keywords: Any,
+    ) -> VideoOutput:
+        """A video longer than the model's window, or whose prompt changes as it goes, in windows.
+
+        The first window is a clip of up to ``window`` frames (default: the model's clip) with the
+        first prompt; each later one continues the video so far (:meth:`extend`): it sees the
+        ``overlap`` frames before it and adds up to ``window - overlap`` new ones, with the prompt
+        of the schedule entry those frames belong to. A model that slides its own window (the token
+        model) makes each prompt's frames in one call. Window ``i`` draws its noise from ``seed + i``
+        (or from ``generator``, in turn), so the same call gives the same video.
+
+        Args:
+            prompt, num_frames: one prompt for the whole video and its length; or
+            prompt_schedule: ``[(prompt, frames), ...]`` in order (frames None: an even share of
+                ``num_frames``); the first takes the codec's lone first frame (``4k + 1`` for Wan),
+                the others whole groups (``4k``).
+            window, overlap: frames per window and frames of the past each later window sees.
+            video: a clip (F, H, W, 3) to continue instead of starting from nothing; the output
+                holds it unchanged, then the new frames.
+            keywords: the family's other call options (``num_inference_steps``, ``guidance_scale``,
+                ``negative_prompt``, ``height``, ``width``, sampling options).
+
+        Returns:
+            VideoOutput with one video (1, F, H, W, 3); ``latents`` are the last window's.
+        """
+        if output_type not in ("np", "pt"):
+            raise KinemaError(f"a long video is decoded window by window: output_type must be 'np' or 'pt'; got {output_type!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise KinemaError("a long video takes one torch.Generator (its windows draw from it in turn) or a seed")
+        head = None
+        if video is not None:
+            from .inputs import videos_to_tensor
+
+            head = videos_to_tensor(video)  # (1, 3, F, H, W) in [0, 1]
+            if head.shape[0] != 1:
+                raise KinemaError(f"a long video continues one video (F, H, W, 3); got a batch of {head.shape[0]}")
+            for name, size in (("height", head.shape[-2]), ("width", head.shape[-1])):
+                if keywords.get(name) not in (None, size):
+                    raise KinemaError(f"the size comes from the video to continue ({head.shape[-1]}x{head.shape[-2]}); leave {name} out")
+                keywords.pop(name, None)
+            if overlap is None:
+                overlap = self.rules.default_overlap(head.shape[2])
+        schedule = [tuple(entry) if isinstance(entry, (list, tuple)) else entry for entry in prompt_schedule] if prompt_schedule is not None else None
+        request = self.check_call(
+            prompt=prompt if schedule is None or prompt is not None else _first_prompt(schedule), prompt_embeds=None, negative_prompt=keywords.get("negative_prompt"),
+            num_videos_per_prompt=keywords.pop("num_videos_per_prompt", 1), output_type=output_type, num_frames=num_frames,
+            prompt_schedule=schedule, window=window, overlap=overlap, seed=seed if seed is not None else 0,
+            extend="(video given)" if head is not None else None,
+            height=head.shape[-2] if head is not None else keywords.get("height"), width=head.shape[-1] if head is not None else keywords.get("width"),
+        )  # fmt: skip
+        plan = request.long_plan(self.rules)
+        schedule = request.prompt_schedule or [(request.prompt, request.num_frames)]
+        if plan is None:  # it fits one call
+            plan_first, steps = (0, [(0, request.num_frames)]) if head is not None else (request.num_frames, [])
+        else:
+            plan_first, steps = plan.first, list(plan.steps)
+        reporter = Reporter(callback, progress_bar)
+        timings: dict[str, float] = {}
+
+        def window_seed(i: int) -> dict[str, Any]:
+            return {"generator": generator} if generator is not None else {"seed": (request.seed + i) % 2**64}
+
+        def add(out: VideoOutput) -> np.ndarray:
+            for k, v in out.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+            frames = out.frames
+            return frames[0].numpy() if isinstance(frames, torch.Tensor) else frames[0]  # (F, H, W, 3) uint8
+
+        out = None
+        with reporter.stage("windows", (1 if plan_first else 0) + len(steps), desc="windows", unit="window") as step:
+            if head is not None:
+                clip: Any = video
+            else:
+                out = self(prompt=schedule[0][0], num_frames=plan_first, output_type="np", callback=callback, progress_bar=progress_bar,
+                           **window_seed(0), **keywords)  # fmt: skip
+                clip = add(out)
+                step(1)
+            for i, (segment, new) in enumerate(steps, 1):
+                window_keywords = {k: v for k, v in keywords.items() if k not in ("height", "width")}
+                out = self.extend(clip, prompt=schedule[segment][0], num_frames=new, overlap=request.overlap, output_type="np",
+                                  callback=callback, progress_bar=progress_bar, fps=fps, **window_seed(i), **window_keywords)  # fmt: skip
+                clip = add(out)
+                step(1)
+        assert out is not None  # at least one window ran: a video to continue gets at least one group of new frames
+        frames = clip[None]  # (1, F, H, W, 3) uint8
+        if output_type == "pt":
+            frames = torch.from_numpy(frames)
+        return VideoOutput(frames=frames, latents=out.latents, fps=fps if fps is not None else out.fps, timings=timings)
+
     # -- extension -----------------------------------------------------------------------------------
     def extend(self, video: Any, prompt: Any = None, num_frames: int | None = None, overlap: int | None = None, **kwargs: Any) -> VideoOutput:
         """Continue ``video`` (F, H, W, 3): its frames unchanged, then ``num_frames`` new ones that
@@ -402,6 +507,14 @@ class VideoPipeline:
             step(1)
         timings["decode"] = time.perf_counter() - t0
         return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings, cache=cache)
+
+
+def _first_prompt(schedule: Any) -> Any:
+    """A prompt schedule's first prompt, or "" where it has none (its own check says what is wrong)."""
+    try:
+        return schedule[0][0]
+    except (IndexError, KeyError, TypeError):
+        return ""
 
 
 def unknown_keyword(name: str, function: Callable) -> str:

@@ -166,6 +166,7 @@ class TokenARPipeline(VideoPipeline):
             sampling_options=cls.sampling_options,
             memory=memory,
             supports_extend=True,  # the input's tokens fill the KV cache; generation goes on (extend)
+            slides=True,  # any length in one call: its temporal layers keep a sliding window of frames
             context_frames=tokenizer.temporal_compression * (transformer.receptive_frames - 1) + 1,  # what its stacked windows reach
         )
 

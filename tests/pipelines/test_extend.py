@@ -144,8 +144,10 @@ def test_a_family_that_cannot_extend_says_so():
 
 
 def test_request_checks(tmp_path):
-    with pytest.raises(KinemaError, match="overlap applies to extending a video"):
-        GenerationRequest("x", overlap=5).checked_alone()
+    from kinema.checkpoints.layouts import resolve_model
+
+    with pytest.raises(KinemaError, match="overlap applies to continuing a video"):
+        GenerationRequest("x", overlap=5).checked(resolve_model("shapes").rules())
     with pytest.raises(KinemaError, match="give extend .* or image"):
         GenerationRequest("x", extend="a.mp4", image="b.png").checked_alone()
     with pytest.raises(KinemaError, match="overlap must be a positive integer"):

@@ -1,0 +1,194 @@
+"""Videos longer than one window, and prompts that change as the video goes on: the window plan
+(pure arithmetic on the model's frame rule), the pipelines' ``long_video`` on the shipped models,
+``generate`` and the command line, and every bad value in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import kinema
+from kinema.cli import main
+from kinema.errors import KinemaError
+from kinema.generation import generate
+from kinema.replay import read_metadata
+from kinema.request import GenerationRequest, ModelRules, plan_windows, share_frames
+from kinema.video import read_video, write_video
+
+
+def rules(t: int = 4, o: int = 1, clip: int = 33, context: int | None = 17, slides: bool = False) -> ModelRules:
+    return ModelRules(family="test", defaults=SimpleNamespace(num_frames=clip), temporal_multiple=t, frames_offset=o,
+                      context_frames=context, slides=slides, supports_extend=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "r, frames, window, overlap, head, first, steps, used_overlap",
+    [
+        (rules(), [65], 33, None, False, 33, [(0, 16), (0, 16)], 17),  # Wan's rule: 33, then 16 new a window
+        (rules(), [33, 32], 33, None, False, 33, [(1, 16), (1, 16)], 17),  # a new prompt starts a new window
+        (rules(), [17, 8, 40], 33, 9, False, 17, [(1, 8), (2, 24), (2, 16)], 9),  # a window never spans two prompts
+        (rules(), [21], 33, None, False, 21, [], 17),  # fits one window
+        (rules(), [48], 33, 5, True, 0, [(0, 28), (0, 20)], 5),  # continuing a given video: every window extends
+        (rules(t=2, o=0, clip=8, context=4), [20], 8, None, False, 8, [(0, 4), (0, 4), (0, 4)], 4),  # whole time patches
+        (rules(slides=True), [33, 32, 16], None, None, False, 33, [(1, 32), (2, 16)], None),  # a model that slides its own window
+    ],
+)
+def test_the_window_plan(r, frames, window, overlap, head, first, steps, used_overlap):
+    plan = plan_windows(r, frames, window, overlap, head=head)
+    assert (plan.first, list(plan.steps), plan.overlap) == (first, steps, used_overlap)
+    assert plan.first + sum(n for _, n in plan.steps) == sum(frames)  # every frame made once
+    for segment, n in plan.steps:
+        assert n % r.temporal_multiple == 0 and (window is None or plan.overlap + n <= window)
+
+
+@pytest.mark.parametrize(
+    "frames, window, overlap, head, pattern",
+    [
+        ([66], 33, None, False, "num_frames must be 4k\\+1 for this model; got 66, try 65 or 69"),
+        ([33, 30], 33, None, False, "new frames of item 1.* multiple of 4.*got 30, try 28 or 32"),
+        ([65], 30, None, False, "window must be 4k\\+1 frames .*got 30, try 29 or 33"),
+        ([65], 33, 31, False, "overlap \\(31\\) must leave room in each window \\(33 frames\\) for 4 new frames"),
+        ([10], 33, None, True, "multiple of 4 for this model; got 10, try 8 or 12"),
+    ],
+)
+def test_the_window_plan_refuses_counts_the_model_cannot_make(frames, window, overlap, head, pattern):
+    with pytest.raises(KinemaError, match=pattern) as info:
+        plan_windows(rules(), frames, window, overlap, head=head)
+    assert "\n" not in str(info.value)
+
+
+def test_frames_shared_among_prompts():
+    r = rules()
+    assert share_frames([("a", None), ("b", None)], 65, r) == [("a", 33), ("b", 32)]
+    assert share_frames([("a", None), ("b", None), ("c", None)], 65, r) == [("a", 25), ("b", 20), ("c", 20)]
+    assert share_frames([("a", 17), ("b", None)], 65, r) == [("a", 17), ("b", 48)]
+    assert share_frames([("a", None), ("b", None)], None, r) == [("a", 33), ("b", 32)]  # a window each
+    assert share_frames([("a", None), ("b", None)], 16, r, head=True) == [("a", 8), ("b", 8)]  # continuing: no lone first frame
+    with pytest.raises(KinemaError, match="cannot be shared among the 2 prompt"):
+        share_frames([("a", None), ("b", None)], 7, r)
+    with pytest.raises(KinemaError, match="item 0 has 30 frames; the first must be 4k\\+1"):
+        share_frames([("a", 30), ("b", 32)], None, r)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(prompt_schedule=[]), "prompt_schedule must be a list of \\[prompt, frames\\] pairs"),
+        (dict(prompt_schedule=[["a"]]), "item 0 is"),
+        (dict(prompt_schedule=[["a", 0]]), "item 0: frames must be a whole number from 1"),
+        (dict(prompt_schedule=[["a", 33], ["", 32]]), "prompt_schedule\\[1\\] is empty"),
+        (dict(prompt_schedule=[["a", 33]], prompt="b"), "give prompt or prompt_schedule"),
+        (dict(prompt_schedule=[["a", 33], ["b", 32]], num_frames=64), "num_frames is 64 but the prompt schedule's frames add up to 65"),
+        (dict(prompt_schedule=[["a", 33]], num_videos_per_prompt=2), "num_videos_per_prompt must be 1"),
+        (dict(prompt_schedule=[["a", 33]], image="a.png"), "leave out image"),
+        (dict(prompt="a", window=0), "window must be a positive integer"),
+        (dict(prompt="a", window=2.5), "window must be a whole number"),
+    ],
+)
+def test_the_request_refuses_a_bad_schedule_in_one_line(kwargs, pattern):
+    with pytest.raises(KinemaError, match=pattern) as info:
+        GenerationRequest(**kwargs).checked_alone()
+    assert "\n" not in str(info.value)
+
+
+def test_overlap_needs_a_video_to_continue_or_a_long_video():
+    from kinema.checkpoints.layouts import resolve_model
+
+    r = resolve_model("shapes").rules()
+    with pytest.raises(KinemaError, match="overlap applies to continuing a video"):
+        GenerationRequest("x", overlap=5).checked(r)
+    checked = GenerationRequest("x", num_frames=65, overlap=9).checked(r)  # a long video: each window sees 9 frames before it
+    assert (checked.window, checked.overlap) == (33, 9)
+    assert checked.long_plan(r).steps == ((0, 24), (0, 8))
+    json_again = GenerationRequest.from_json(GenerationRequest(prompt_schedule=[["a", 33], ["b", None]], num_frames=65).to_json())
+    assert json_again.checked(r).prompt_schedule == [("a", 33), ("b", 32)] and json_again.checked(r).prompt == "a"
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return kinema.load_pipeline("shapes")
+
+
+def test_a_long_video_is_windows_that_continue_each_other(shapes):
+    """65 frames of a 33-frame model: the first window is the plain clip of the same seed, each later
+    window keeps every frame before it, and the same call gives the same video."""
+    kw = dict(num_inference_steps=3, seed=4, progress_bar=False)
+    stages = []
+    out = shapes.long_video("a yellow circle moving right", num_frames=65, callback=lambda p: stages.append(p.stage), **kw)
+    assert out.frames.shape == (1, 65, 64, 64, 3) and out.frames.dtype == np.uint8
+    clip = shapes("a yellow circle moving right", num_frames=33, **kw).frames[0]
+    assert np.array_equal(out.frames[0, :33], clip)  # window 0 is the plain clip
+    two = shapes.extend(clip, "a yellow circle moving right", num_frames=16, num_inference_steps=3, seed=5, progress_bar=False).frames[0]
+    assert np.array_equal(out.frames[0, :49], two)  # window 1 continues it with seed + 1
+    assert np.array_equal(shapes.long_video("a yellow circle moving right", num_frames=65, **kw).frames, out.frames)
+    assert stages.count("windows") == 4  # 0, 1, 2, 3 of 3 windows
+    pt = shapes.long_video("a yellow circle moving right", num_frames=41, output_type="pt", **kw)
+    assert tuple(pt.frames.shape) == (1, 41, 64, 64, 3) and np.array_equal(pt.frames[0, :33].numpy(), clip)
+
+
+def test_a_prompt_schedule_changes_the_prompt_at_its_frame(shapes):
+    kw = dict(num_inference_steps=3, seed=0, progress_bar=False)
+    out = shapes.long_video(prompt_schedule=[("a white square moving up", 17), ("a white square moving down", 16)], **kw)
+    assert out.frames.shape[1] == 33
+    assert np.array_equal(out.frames[0, :17], shapes("a white square moving up", num_frames=17, **kw).frames[0])
+    same_text = shapes.long_video(prompt_schedule=[("a white square moving up", 17), ("a white square moving up", 16)], **kw)
+    assert np.array_equal(same_text.frames[0, :17], out.frames[0, :17]) and not np.array_equal(same_text.frames, out.frames)
+    with pytest.raises(KinemaError, match="output_type must be 'np' or 'pt'"):
+        shapes.long_video("a", num_frames=65, output_type="latent", progress_bar=False)
+
+
+def test_generate_the_command_line_and_a_replay(tmp_path, capsys):
+    out = tmp_path / "seq.mp4"
+    argv = ["generate", "--prompt", "a red triangle moving left", "--prompt", "a red triangle moving right", "--prompt-frames", "17,16",
+            "--steps", "2", "-o", str(out), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    frames, _ = read_video(out)
+    assert frames.shape == (33, 64, 64, 3)
+    request = read_metadata(out)["request"]
+    assert request["prompt_schedule"] == [["a red triangle moving left", 17], ["a red triangle moving right", 16]] and request["window"] == 33
+    assert main(["replay", str(out), "-o", str(tmp_path / "again.mp4"), "-q"]) == 0
+    assert np.array_equal(read_video(tmp_path / "again.mp4")[0], frames)
+    capsys.readouterr()
+    assert main(["generate", "--prompt", "a", "--prompt", "b", "--prompt-frames", "17", "-q"]) == 2
+    assert "--prompt-frames has 1 numbers for 2 --prompt" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "a", "--prompt", "b", "--prompt-frames", "17,x", "-q"]) == 2
+    assert main(["generate", "a", "--prompt", "b", "-q"]) == 2
+    assert main(["generate", "a", "--window", "30", "--frames", "65", "-q"]) == 2
+    assert "--window must be 4k+1" in capsys.readouterr().err
+    done = generate(GenerationRequest(prompt_schedule=[["a blue circle moving down", None], ["a blue circle moving up", None]],
+                                      num_frames=41, num_inference_steps=2), write=False, progress_bar=False)  # fmt: skip
+    assert done.request.prompt_schedule == [("a blue circle moving down", 21), ("a blue circle moving up", 20)]
+    assert done.output.frames.shape == (1, 41, 64, 64, 3)
+
+
+def test_extending_beyond_a_window_and_with_new_prompts(tmp_path, shapes):
+    kw = dict(num_inference_steps=2, progress_bar=False)
+    clip = shapes("a cyan square moving left", num_frames=17, seed=0, **kw).frames[0]
+    source = tmp_path / "in.mp4"
+    write_video(clip, source, fps=12)
+    done = generate(GenerationRequest("a cyan square moving left", extend=str(source), num_frames=32, num_inference_steps=2, output=str(tmp_path / "o.mp4")),
+                    progress_bar=False)  # fmt: skip
+    assert done.request.window == 33 and done.request.long_plan(dataclasses.replace(shapes.rules)).steps == ((0, 16), (0, 16))
+    frames, fps = read_video(tmp_path / "o.mp4")
+    assert frames.shape == (49, 64, 64, 3) and fps == 12
+    assert np.array_equal(done.output.frames[0, :17], read_video(source)[0])  # the input as read, unchanged (the mp4 itself is lossy)
+    assert main(["extend", str(source), "--prompt", "a cyan square moving up", "--prompt", "a cyan square moving down", "--prompt-frames", "8,8",
+                 "--steps", "2", "-o", str(tmp_path / "p.mp4"), "-q"]) == 0  # fmt: skip
+    assert read_video(tmp_path / "p.mp4")[0].shape[0] == 33
+
+
+def test_the_token_model_slides_its_own_window(tmp_path):
+    """shapes-ar makes any length in one call (no windows of kinema's); a prompt schedule continues
+    its clip with the next prompt."""
+    from kinema.checkpoints.layouts import resolve_model
+
+    r = resolve_model("shapes-ar").rules()
+    assert r.window_frames is None and GenerationRequest("a", model="shapes-ar", num_frames=65).checked(r).long_plan(r) is None
+    pipe = kinema.load_pipeline("shapes-ar")
+    kw = dict(temperature=0, seed=0, progress_bar=False)
+    out = pipe.long_video(prompt_schedule=[("a green circle moving right", 9), ("a green circle moving left", 8)], **kw)
+    assert out.frames.shape == (1, 17, 64, 64, 3)
+    assert np.array_equal(out.frames[0, :9], pipe("a green circle moving right", num_frames=9, **kw).frames[0])
