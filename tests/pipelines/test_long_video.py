@@ -50,7 +50,8 @@ def test_the_window_plan(r, frames, window, overlap, head, first, steps, used_ov
         ([66], 33, None, False, "num_frames must be 4k\\+1 for this model; got 66, try 65 or 69"),
         ([33, 30], 33, None, False, "new frames of item 1.* multiple of 4.*got 30, try 28 or 32"),
         ([65], 30, None, False, "window must be 4k\\+1 frames .*got 30, try 29 or 33"),
-        ([65], 33, 31, False, "overlap \\(31\\) must leave room in each window \\(33 frames\\) for 4 new frames"),
+        ([65], 33, 33, False, "overlap \\(33\\) must leave room in each window \\(33 frames\\) for 4 new frames"),
+        ([65], 33, 31, False, "overlap must be 4k\\+1 frames for this model; got 31, try 29 or 33"),
         ([10], 33, None, True, "multiple of 4 for this model; got 10, try 8 or 12"),
     ],
 )
