@@ -88,6 +88,7 @@ class ReconstructionObjective:
     l1_weight: float = field(default=1.0, metadata=check(NON_NEGATIVE))  # weight of the L1 reconstruction term
     mse_weight: float = field(default=1.0, metadata=check(NON_NEGATIVE))  # weight of the MSE reconstruction term
     foreground_weight: float = field(default=0.0, metadata=check(NON_NEGATIVE))  # extra weight of pixels away from each clip's typical (median) colour
+    first_frame_weight: float = field(default=1.0, metadata=check(POSITIVE))  # weight of the first frame's pixels against the others' (a causal codec codes it alone)
 
 
 @dataclass

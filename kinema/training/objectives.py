@@ -90,6 +90,7 @@ def vae_loss(
     mse_weight: float = 1.0,
     kl_weight: float = 1e-6,
     foreground_weight: float = 0.0,
+    first_frame_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE) plus a small KL on the posterior.
 
@@ -100,21 +101,29 @@ def vae_loss(
     Returns:
         the scalar loss and its parts as floats ("l1", "mse", "kl") for logging.
     """
-    l1, mse = reconstruction_errors(video, recon, foreground_weight)
+    l1, mse = reconstruction_errors(video, recon, foreground_weight, first_frame_weight)
     kl = kl_to_standard_normal(mean, logvar)
     loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl
     return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
 
-def reconstruction_errors(video: torch.Tensor, recon: torch.Tensor, foreground_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruction_errors(
+    video: torch.Tensor, recon: torch.Tensor, foreground_weight: float = 0.0, first_frame_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean absolute and mean squared error of ``recon`` against ``video`` (each (B, 3, F, H, W)),
-    float32 scalars; weighted means with :func:`foreground_weights` when ``foreground_weight`` > 0."""
+    float32 scalars; weighted means with :func:`foreground_weights` when ``foreground_weight`` > 0,
+    and the first frame's pixels weighted ``first_frame_weight`` times the others' (a causal codec
+    codes it alone, in a latent frame of its own, so in a plain mean it counts 1/F of the loss)."""
     video, recon = video.float(), recon.float()
     err = recon - video  # (B, 3, F, H, W)
-    if foreground_weight > 0:
-        w = foreground_weights(video, foreground_weight).expand_as(err)  # (B, 3, F, H, W)
-        return (w * err.abs()).sum() / w.sum(), (w * err.square()).sum() / w.sum()
-    return err.abs().mean(), err.square().mean()
+    if foreground_weight <= 0 and first_frame_weight == 1:
+        return err.abs().mean(), err.square().mean()
+    w = foreground_weights(video, foreground_weight) if foreground_weight > 0 else torch.ones_like(err[:, :1])  # (B, 1, F, H, W)
+    if first_frame_weight != 1:
+        w = w.clone()
+        w[:, :, 0] *= first_frame_weight
+    w = w.expand_as(err)  # (B, 3, F, H, W)
+    return (w * err.abs()).sum() / w.sum(), (w * err.square()).sum() / w.sum()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,6 +136,7 @@ def vq_loss(
     l1_weight: float = 1.0,
     mse_weight: float = 1.0,
     foreground_weight: float = 0.0,
+    first_frame_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE, as :func:`vae_loss`) plus the quantiser's own loss.
 
@@ -138,7 +148,7 @@ def vq_loss(
     Returns:
         the scalar loss and its parts as floats ("l1", "mse", "commitment", "perplexity", "usage").
     """
-    l1, mse = reconstruction_errors(video, recon, foreground_weight)
+    l1, mse = reconstruction_errors(video, recon, foreground_weight, first_frame_weight)
     loss = l1_weight * l1 + mse_weight * mse + quantizer["loss"]
     logs = {"l1": l1.item(), "mse": mse.item()}
     logs.update({k: float(quantizer[k]) for k in ("commitment", "perplexity", "usage")})
@@ -218,7 +228,7 @@ class VAEObjective(Objective):
         eps = stack_randn(posterior.mean.shape[1:], gens).to(posterior.mean.device, posterior.mean.dtype)
         recon = model.decode(posterior.mean + posterior.std * eps)  # (B, 3, F, H, W)
         o = self.o
-        return vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight)
+        return vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight, o.first_frame_weight)
 
 
 class VQObjective(Objective):
@@ -234,7 +244,7 @@ class VQObjective(Objective):
         video = _videos(items, _device(model))  # (B, 3, F, H, W)
         recon, quantizer = model(video)  # (B, 3, F, H, W), scalars and the assignments
         self.assignments.append(quantizer["assignments"])
-        return vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight)
+        return vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight, self.o.first_frame_weight)
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
         """Move the codebook by the step's assignments (then forget them); returns its use

@@ -765,3 +765,20 @@ def test_shapes_ar_config_is_the_ar_shapes_preset_over_the_shapes_tokenizer():
     assert config.tokenizer == vq.out_dir + "/model" and config.latent_cache and config.text_encoder == "minilm"
     assert arch.vocab_size == vq.model_config().codebook_size
     assert arch.grid == (config.data.size // vq.model_config().spatial_compression,) * 2
+
+
+def test_the_first_frame_can_weigh_more_in_a_codec_loss():
+    """A causal codec codes frame 0 alone; first_frame_weight counts its pixels w times."""
+    from kinema.training.objectives import reconstruction_errors
+
+    video = torch.zeros(2, 3, 5, 4, 4)
+    recon = video.clone()
+    recon[:, :, 0] = 0.5  # wrong on the first frame only
+    l1, mse = reconstruction_errors(video, recon)
+    assert l1.item() == pytest.approx(0.5 / 5) and mse.item() == pytest.approx(0.25 / 5)
+    l1, mse = reconstruction_errors(video, recon, first_frame_weight=6.0)
+    assert l1.item() == pytest.approx(0.5 * 6 / 10) and mse.item() == pytest.approx(0.25 * 6 / 10)
+    both = reconstruction_errors(video, recon, foreground_weight=10.0, first_frame_weight=6.0)[0]
+    assert both.item() > 0 and torch.isfinite(both)
+    recon[:, :, 1:] = 0.5  # everywhere wrong by the same amount: any weighting gives the same mean
+    assert reconstruction_errors(video, recon, first_frame_weight=6.0)[0].item() == pytest.approx(0.5)
