@@ -117,7 +117,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def init_weights_from(model: nn.Module, source: str | os.PathLike, partial: bool = False) -> list[str]:
     """Load a fresh run's starting weights: a checkpoint folder (its ``ema.safetensors`` if there,
-    else ``model.safetensors``) or a safetensors file with the model's own keys, strictly.
+    else ``model.safetensors``), a safetensors file with the model's own keys, or an exported
+    codec's folder in any layout kinema loads (a run's ``model/``, a shipped model's ``vae/`` in
+    diffusers' names), strictly.
 
     For fine-tuning, e.g. a VAE trained on short clips continued on longer ones (a new config,
     so a new run, not a resume).
@@ -134,7 +136,8 @@ def init_weights_from(model: nn.Module, source: str | os.PathLike, partial: bool
         the names of the model's tensors that were loaded.
     """
     path = Path(source)
-    if partial and path.is_dir() and (path / "config.json").is_file():
+    checkpoint = path.is_dir() and any((path / f).is_file() for f in ("ema.safetensors", "model.safetensors"))
+    if path.is_dir() and (path / "config.json").is_file() and not checkpoint:  # an exported codec, in any layout kinema loads
         state, where = _export_state(path), path
     else:
         if path.is_dir():

@@ -96,6 +96,9 @@ def test_the_same_request_gives_the_same_bytes(server):
         ({"prompt": "x", "num_videos_per_prompt": 3}, "a job makes one video"),
         ({"prompt": "x", "prompt_extend": "yes"}, "prompt_extend must be true or false"),
         ({"prompt": "x", "seed": "lucky"}, "seed"),
+        ({"prompt_schedule": "a red circle"}, "prompt_schedule must be a list"),
+        ({"prompt_schedule": [["a red circle", 30], ["a blue square", 32]]}, "the first must be 4k+1"),
+        ({"prompt": "x", "num_frames": 65, "window": 30}, "window must be 4k+1"),
     ],
 )
 def test_bad_requests_are_one_line_4xx(server, body, words):

@@ -560,6 +560,12 @@ def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
     train(second, progress=False)  # and trains from there
     with pytest.raises(KinemaError, match="no weights"):
         train(vae_config(tmp_path / "c", steps=1, init_from=str(tmp_path / "nowhere")), progress=False)
+    from kinema.checkpoints.wan_vae import load_wan_vae
+
+    exported = load_wan_vae(tmp_path / "a/model").state_dict()  # a run's export, in diffusers' layout, as models ship
+    model, _, _ = _trainable(load_config(vae_config(tmp_path / "d", steps=1, init_from=str(tmp_path / "a/model"))), tmp_path / "d")
+    assert set(init_weights_from(model, str(tmp_path / "a/model"))) == set(exported)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in exported.items())
 
 
 def test_freeze_keeps_the_encoder_exactly_and_trains_the_rest(tmp_path):
