@@ -402,6 +402,19 @@ class VideoPipeline:
         else:
             plan_first, steps = plan.first, list(plan.steps)
         reporter = Reporter(callback, progress_bar)
+        return self.run_windows(
+            request, schedule, plan_first, steps, video if head is not None else None, keywords,
+            generator=generator, output_type=output_type, callback=callback, progress_bar=progress_bar, fps=fps, reporter=reporter,
+        )  # fmt: skip
+
+    def run_windows(
+        self, request: GenerationRequest, schedule: list, first: int, steps: list[tuple[int, int]], video: Any, keywords: dict[str, Any], *,
+        generator: torch.Generator | None, output_type: str, callback: Any, progress_bar: bool, fps: float | None, reporter: Reporter,
+    ) -> VideoOutput:  # fmt: skip
+        """Run a long video's windows (see :meth:`long_video`): a clip of ``first`` frames with the
+        first prompt (unless ``video`` comes first), then ``steps[i] = (schedule entry, new frames)``,
+        each continuing the video so far through :meth:`extend`. A family that can continue its own
+        output more exactly overrides this (the token model, from its own tokens)."""
         timings: dict[str, float] = {}
 
         def window_seed(i: int) -> dict[str, Any]:
@@ -414,11 +427,11 @@ class VideoPipeline:
             return frames[0].numpy() if isinstance(frames, torch.Tensor) else frames[0]  # (F, H, W, 3) uint8
 
         out = None
-        with reporter.stage("windows", (1 if plan_first else 0) + len(steps), desc="windows", unit="window") as step:
-            if head is not None:
+        with reporter.stage("windows", (1 if first else 0) + len(steps), desc="windows", unit="window") as step:
+            if video is not None:
                 clip: Any = video
             else:
-                out = self(prompt=schedule[0][0], num_frames=plan_first, output_type="np", callback=callback, progress_bar=progress_bar,
+                out = self(prompt=schedule[0][0], num_frames=first, output_type="np", callback=callback, progress_bar=progress_bar,
                            **window_seed(0), **keywords)  # fmt: skip
                 clip = add(out)
                 step(1)

@@ -365,6 +365,44 @@ class TokenARPipeline(VideoPipeline):
         timings["tokens"] = time.perf_counter() - t0
         return tokens, timings
 
+    def run_windows(
+        self, request: Any, schedule: list, first: int, steps: list[tuple[int, int]], video: Any, keywords: dict[str, Any], *,
+        generator: torch.Generator | None, output_type: str, callback: Any, progress_bar: bool, fps: float | None, reporter: Reporter,
+    ) -> VideoOutput:  # fmt: skip
+        """A long video's prompts, natively: each prompt's frames of tokens follow all the tokens before
+        them through the KV cache (a new prompt changes only the text the cross-attention reads), and
+        the whole video decodes once, so no join passes through the tokenizer twice. A video to
+        continue is encoded once (its last ``overlap`` frames, as :meth:`extend` does) and comes back
+        unchanged at the head. Prompt ``i`` samples from ``seed + i`` (or from ``generator``)."""
+        from .inputs import videos_to_tensor
+
+        t = self.vae_scale_factor_temporal
+        options = tuple(keywords.get(k) for k in ("temperature", "top_k", "top_p", "typical_p"))
+        negative = keywords.get("negative_prompt")
+        tokens, head = None, None
+        if video is not None:
+            head = videos_to_tensor(video)  # (1, 3, F, H, W) in [0, 1]
+            past = head[:, :, head.shape[2] - request.overlap :].to(self.device, self.tokenizer.dtype) * 2 - 1
+            tokens = self.tokenizer.encode_tokens(past)  # (1, j + 1, h, w)
+        segments = ([(0, first)] if first else []) + list(steps)
+        timings: dict[str, float] = {}
+        with reporter.stage("windows", len(segments), desc="prompts", unit="prompt") as step:
+            for i, (entry, frames) in enumerate(segments):
+                token_frames = (frames - 1) // t + 1 if tokens is None else frames // t
+                seed = None if generator is not None else (request.seed + i) % 2**64
+                tokens, spent = self._sample_tokens(
+                    request, reporter, (schedule[entry][0], negative, None, None, None, None), options, generator, seed, token_frames, prefix=tokens,
+                )  # fmt: skip
+                for k, v in spent.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                step(1)
+        assert tokens is not None
+        if head is None:
+            decode = lambda: self.decode_tokens(tokens)  # noqa: E731
+        else:
+            decode = self.extension_frames(head, lambda: self.decode_tokens(tokens), sum(n for _, n in segments))
+        return self.finish(tokens, output_type, timings, decode, reporter, fps=fps)
+
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, F', h, w) -> video (B, 3, F, H, W) float32 in [-1, 1]."""
         return self.tokenizer.decode_tokens(tokens).float()

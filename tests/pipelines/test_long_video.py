@@ -191,5 +191,12 @@ def test_the_token_model_slides_its_own_window(tmp_path):
     pipe = kinema.load_pipeline("shapes-ar")
     kw = dict(temperature=0, seed=0, progress_bar=False)
     out = pipe.long_video(prompt_schedule=[("a green circle moving right", 9), ("a green circle moving left", 8)], **kw)
-    assert out.frames.shape == (1, 17, 64, 64, 3)
+    assert out.frames.shape == (1, 17, 64, 64, 3) and out.latents.shape[1] == 3 + 2
     assert np.array_equal(out.frames[0, :9], pipe("a green circle moving right", num_frames=9, **kw).frames[0])
+    # Its own tokens carry on through the KV cache, never re-encoded: one prompt split in two is one call.
+    split = pipe.long_video(prompt_schedule=[("a green circle moving right", 9), ("a green circle moving right", 8)], **kw)
+    whole = pipe("a green circle moving right", num_frames=17, **kw)
+    assert np.array_equal(split.latents, whole.latents) and np.array_equal(split.frames, whole.frames)
+    clip = whole.frames[0, :9]
+    more = pipe.long_video(prompt_schedule=[("a green circle moving left", 4), ("a green circle moving up", 4)], video=clip, **kw)
+    assert more.frames.shape == (1, 17, 64, 64, 3) and np.array_equal(more.frames[0, :9], clip)
