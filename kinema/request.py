@@ -445,10 +445,10 @@ class ModelRules:
         w = int(math.sqrt(area / aspect) // s) * s
         return max(s, h), max(s, w)
 
-    def check_size(self, height: int, width: int, num_frames: int) -> None:
-        """Frames ``t k + 1``, sizes multiples of the stride (or a token model's one size), within
-        the positions the generator knows; one-line KinemaErrors naming the nearest valid values."""
-        t, s, o = self.temporal_multiple, self.spatial_multiple, self.frames_offset
+    def check_frames(self, num_frames: int) -> None:
+        """Frames ``t k + offset`` (a causal codec's lone first frame, then whole groups); one line
+        naming the nearest counts that are."""
+        t, o = self.temporal_multiple, self.frames_offset
         if num_frames < max(1, o) or (num_frames - o) % t:
             lo = max(t if o == 0 else o, (num_frames - o) // t * t + o)
             codec = "tokenizer" if self.frame_size is not None else ("VAE" if o == 1 else "model's time patch")
@@ -456,6 +456,12 @@ class ModelRules:
             raise KinemaError(
                 f"num_frames must be {t}k{'+' + str(o) if o else ''} for this {codec} ({first}, ...); got {num_frames}, try {lo} or {lo + t}"
             )
+
+    def check_size(self, height: int, width: int, num_frames: int) -> None:
+        """Frames ``t k + 1``, sizes multiples of the stride (or a token model's one size), within
+        the positions the generator knows; one-line KinemaErrors naming the nearest valid values."""
+        t, s, o = self.temporal_multiple, self.spatial_multiple, self.frames_offset
+        self.check_frames(num_frames)
         if self.frame_size is not None:
             if (height, width) != tuple(self.frame_size):
                 h, w = self.frame_size
@@ -603,10 +609,11 @@ def plan_windows(rules: ModelRules, frames: list[int], window: int | None, overl
         if overlap >= window - t + 1:
             raise RequestError(f"{{0}} ({overlap}) must leave room in each {{1}} ({window} frames) for {t} new frames or more", "overlap", "window")
     for i, n in enumerate(frames):
+        if i == 0 and not head and len(frames) == 1:
+            rules.check_frames(n)  # the whole video: the model's own frame rule, said as for one clip
         if i == 0 and not head and (n < max(1, o) or (n - o) % t):
             lo = max(o or t, (n - o) // t * t + o)
-            field = "num_frames" if len(frames) == 1 else "prompt_schedule"
-            raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} for this model; got {n}, try {lo} or {lo + t}", field)
+            raise RequestError(f"{{0}} item 0 has {n} frames; the first must be {t}k{'+' + str(o) if o else ''} for this model, try {lo} or {lo + t}", "prompt_schedule")
         if (i or head) and n % t:
             lo = max(t, n // t * t)
             field = "num_frames" if len(frames) == 1 else "prompt_schedule"

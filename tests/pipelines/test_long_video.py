@@ -47,7 +47,7 @@ def test_the_window_plan(r, frames, window, overlap, head, first, steps, used_ov
 @pytest.mark.parametrize(
     "frames, window, overlap, head, pattern",
     [
-        ([66], 33, None, False, "num_frames must be 4k\\+1 for this model; got 66, try 65 or 69"),
+        ([66], 33, None, False, "num_frames must be 4k\\+1 for this VAE \\(1, 5, 9, ...\\); got 66, try 65 or 69"),
         ([33, 30], 33, None, False, "new frames of item 1.* multiple of 4.*got 30, try 28 or 32"),
         ([65], 30, None, False, "window must be 4k\\+1 frames .*got 30, try 29 or 33"),
         ([65], 33, 33, False, "overlap \\(33\\) must leave room in each window \\(33 frames\\) for 4 new frames"),

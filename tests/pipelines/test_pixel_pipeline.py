@@ -65,7 +65,9 @@ def test_the_same_seed_gives_the_same_video_and_each_video_its_own_generator(pip
     gens = lambda: [torch.Generator().manual_seed(s) for s in (11, 12)]  # noqa: E731
     both = pipe(["a red square moving right", "a blue square moving left"], generator=gens(), **kw).frames
     alone = pipe(["a blue square moving left"], generator=[gens()[1]], **kw).frames
-    assert torch.equal(both[1], alone[0])  # DDPM's step noise too is drawn per video
+    # DDPM's step noise too is drawn per video. The frames agree to a grey level, not bit for bit: a batch
+    # of two and a batch of one take other matmul blockings on some CPUs (AVX-512), as they may anywhere.
+    assert (both[1].int() - alone[0].int()).abs().max() <= 1 and (both[1] != alone[0]).float().mean() < 0.01
 
 
 def test_ddpm_draws_fresh_noise_and_ddim_eta_zero_does_not(pipe):

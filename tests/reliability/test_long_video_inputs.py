@@ -40,7 +40,7 @@ P = ["--prompt", "a red circle moving left", "--prompt", "a red circle moving ri
         (["a red circle", "--frames", "65", "--overlap", "33"], "--overlap \\(33\\) must leave room in each --window"),
         (["a red circle", "--frames", "65", "--overlap", "4"], "--overlap must be 4k\\+1"),
         (["a red circle", "--frames", "65", "--overlap", "21"], "--overlap must be at most 17"),
-        (["a red circle", "--frames", "66"], "--frames must be 4k\\+1 for this model; got 66"),
+        (["a red circle", "--frames", "66"], "num_frames must be 4k\\+1 for this VAE .*got 66, try 65 or 69"),
         (["a red circle", "--overlap", "5"], "--overlap applies to continuing a video"),
         ([*P, "--image", "{tmp}/in.mp4"], "leave out --image"),
         ([*P, "--model", "shapes-ar", "--prompt-frames", "9,6"], "multiple of 4"),
