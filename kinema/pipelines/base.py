@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import KinemaError
-from ..request import GenerationRequest, ModelRules
+from ..request import SAMPLING_OPTIONS, GenerationRequest, ModelRules
 from ..video import to_uint8
 from .inputs import reconstruct_frames
 from .output import VideoOutput
@@ -392,6 +392,7 @@ class VideoPipeline:
             prompt=prompt if schedule is None or prompt is not None else _first_prompt(schedule), prompt_embeds=None, negative_prompt=keywords.get("negative_prompt"),
             num_videos_per_prompt=keywords.pop("num_videos_per_prompt", 1), output_type=output_type, num_frames=num_frames,
             prompt_schedule=schedule, window=window, overlap=overlap, seed=seed if seed is not None else 0,
+            guidance_scale=keywords.get("guidance_scale"), **{k: keywords[k] for k in SAMPLING_OPTIONS if keywords.get(k) is not None},
             extend="(video given)" if head is not None else None,
             height=head.shape[-2] if head is not None else keywords.get("height"), width=head.shape[-1] if head is not None else keywords.get("width"),
         )  # fmt: skip

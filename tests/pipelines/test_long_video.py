@@ -197,6 +197,9 @@ def test_the_token_model_slides_its_own_window(tmp_path):
     split = pipe.long_video(prompt_schedule=[("a green circle moving right", 9), ("a green circle moving right", 8)], **kw)
     whole = pipe("a green circle moving right", num_frames=17, **kw)
     assert np.array_equal(split.latents, whole.latents) and np.array_equal(split.frames, whole.frames)
+    unguided = pipe.long_video(prompt_schedule=[("a green circle moving right", 9), ("a green circle moving right", 8)], guidance_scale=1.0, **kw)
+    assert np.array_equal(unguided.latents, pipe("a green circle moving right", num_frames=17, guidance_scale=1.0, **kw).latents)
+    assert not np.array_equal(unguided.latents, whole.latents)  # the call's guidance, not the model's default
     clip = whole.frames[0, :9]
     more = pipe.long_video(prompt_schedule=[("a green circle moving left", 4), ("a green circle moving up", 4)], video=clip, **kw)
     assert more.frames.shape == (1, 17, 64, 64, 3) and np.array_equal(more.frames[0, :9], clip)
