@@ -371,7 +371,11 @@ class VideoPipeline:
             VideoOutput with one video (1, F, H, W, 3); ``latents`` are the last window's.
         """
         if output_type not in ("np", "pt"):
-            raise KinemaError(f"a long video is decoded window by window: output_type must be 'np' or 'pt'; got {output_type!r}")
+            raise KinemaError(f"a long video is made in windows and comes back as frames: output_type must be 'np' or 'pt'; got {output_type!r}")
+        if prompt is None and prompt_schedule is None:
+            raise KinemaError('long_video needs prompt= (with num_frames=) or prompt_schedule=, e.g. [("a red circle moving left", 33)]')
+        if isinstance(prompt, (list, tuple)):
+            raise KinemaError("long_video makes one video: give one prompt (a prompt_schedule for prompts in turn), not a batch")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise KinemaError("a long video takes one torch.Generator (its windows draw from it in turn) or a seed")
         head = None
@@ -396,6 +400,8 @@ class VideoPipeline:
             extend="(video given)" if head is not None else None,
             height=head.shape[-2] if head is not None else keywords.get("height"), width=head.shape[-1] if head is not None else keywords.get("width"),
         )  # fmt: skip
+        if request.batch != 1:
+            raise KinemaError(f"long_video makes one video; num_videos_per_prompt must be 1, got {request.num_videos_per_prompt}")
         plan = request.long_plan(self.rules)
         schedule = request.prompt_schedule or [(request.prompt, request.num_frames)]
         if plan is None:  # it fits one call

@@ -139,6 +139,10 @@ def test_a_prompt_schedule_changes_the_prompt_at_its_frame(shapes):
     assert np.array_equal(same_text.frames[0, :17], out.frames[0, :17]) and not np.array_equal(same_text.frames, out.frames)
     with pytest.raises(KinemaError, match="output_type must be 'np' or 'pt'"):
         shapes.long_video("a", num_frames=65, output_type="latent", progress_bar=False)
+    for kwargs, words in ((dict(), "needs prompt= .* or prompt_schedule="), (dict(prompt=["a", "b"], num_frames=65), "one video: give one prompt"),
+                          (dict(prompt="a", num_frames=65, num_videos_per_prompt=2), "num_videos_per_prompt must be 1")):  # fmt: skip
+        with pytest.raises(KinemaError, match=words):
+            shapes.long_video(progress_bar=False, **kwargs)
 
 
 def test_generate_the_command_line_and_a_replay(tmp_path, capsys):
