@@ -178,6 +178,8 @@ _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # Fields added after runs already existed: hashed only when set, so that a checkpoint written
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
+# ... and such fields inside a section, with the value that means "as before the field existed".
+_HASHED_WHEN_SET_IN = {"data": {"wording": "templates"}, "objective": {"first_frame_weight": 1.0}}
 # Before objectives were split per kind, one section held every kind's settings with these
 # defaults; the hash still sees that union, so runs begun then resume.
 _HASHED_OBJECTIVE = {
@@ -199,6 +201,10 @@ def config_hash(config: TrainConfig) -> str:
     for k in _HASHED_WHEN_SET:
         if d[k] == getattr(defaults, k):
             d.pop(k)
+    for section, fields in _HASHED_WHEN_SET_IN.items():
+        for k, before in fields.items():
+            if d[section].get(k, before) == before:
+                d[section].pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
