@@ -197,6 +197,8 @@ class GenerationRequest:
         if self.image is not None or self.video is not None:
             raise RequestError("{0} applies to text-to-video and to continuing a video; leave out {1}", "prompt_schedule", "image" if self.image is not None else "video")
         given = [f for _, f in sched if f is not None]
+        if sum(given) > MAX_FRAMES:
+            raise RequestError(f"{{0}} adds up to {sum(given):,} frames; at most {MAX_FRAMES:,} in one video", "prompt_schedule")
         if self.num_frames is not None and len(given) == len(sched) and sum(given) != self.num_frames:
             raise RequestError(f"{{0}} is {self.num_frames:,} but the prompt schedule's frames add up to {sum(given):,}; leave {{0}} out", "num_frames")
 
@@ -269,6 +271,8 @@ class GenerationRequest:
             filled["num_inference_steps"] = self.num_inference_steps if self.num_inference_steps is not None else d.num_inference_steps
         if self.prompt_schedule is not None:
             schedule = share_frames(self.prompt_schedule, self.num_frames, rules, head=self.extend is not None)
+            if sum(f for _, f in schedule) > MAX_FRAMES:
+                raise RequestError(f"{{0}} adds up to {sum(f for _, f in schedule):,} frames (a window for each prompt without frames); at most {MAX_FRAMES:,}", "prompt_schedule")
             filled.update(prompt=schedule[0][0], prompt_schedule=schedule, num_frames=sum(f for _, f in schedule))
         request = dataclasses.replace(self, **filled)
         for name in ("height", "width", "num_frames", "num_inference_steps"):

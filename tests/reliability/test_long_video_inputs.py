@@ -77,6 +77,8 @@ def test_extend_refuses(args, pattern, inputs, capsys, monkeypatch):
         ([["a", 33.5]], "item 0: frames must be a whole number"),
         ([["a", True]], "item 0: frames must be a whole number"),
         ([["a", None]] * 1001, "at most 1,000"),
+        ([["a", 9_997], ["b", 8]], "adds up to 10,005 frames; at most 10,000"),
+        ([["a", None]] * 400, "adds up to 12,801 frames \\(a window for each prompt without frames\\)"),
     ],
 )
 def test_the_request_api_refuses(schedule, pattern, monkeypatch):
