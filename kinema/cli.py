@@ -544,6 +544,20 @@ def _stop_if_interrupted(progress) -> None:
         raise Cancelled("interrupted")
 
 
+def quiet_interrupts(hook):
+    """``sys.unraisablehook`` that says nothing of a KeyboardInterrupt and passes the rest to ``hook``.
+
+    A Ctrl-C that lands in a callback Python cannot raise from (an import's module-lock weakref
+    callback, a ``__del__``) would print "Exception ignored in ..." and a traceback; the handler has
+    noted it in ``_INTERRUPTED``, and the run stops at its next stage or step, in one line."""
+
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    return quiet
+
+
 def entry() -> None:
     """The console script: :func:`main`, with Ctrl-C during Python's own start-up (imports) also
     ending in one line. A Ctrl-C that lands inside a C extension's import (numpy, torch) can come
@@ -552,6 +566,7 @@ def entry() -> None:
     import signal
 
     signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = quiet_interrupts(sys.unraisablehook)
     try:
         code = main()
     except KeyboardInterrupt:

@@ -162,3 +162,32 @@ def test_a_swallowed_ctrl_c_stops_generate_at_the_next_step(tmp_path):
     assert done.returncode == 130, done.stderr[-2000:]
     assert _lines(done.stderr) == ["interrupted"], done.stderr[-2000:]
     assert files_under(tmp_path) == []
+
+
+def test_a_ctrl_c_in_a_callback_python_cannot_raise_from_prints_nothing():
+    """A KeyboardInterrupt raised in a weakref callback (as in an import's module-lock callback) is
+    not printed as "Exception ignored in ..."; any other unraisable error still is."""
+    import sys
+    import weakref
+
+    from kinema.cli import quiet_interrupts
+
+    seen = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = quiet_interrupts(lambda unraisable: seen.append(type(unraisable.exc_value).__name__))
+    try:
+        for error in (KeyboardInterrupt, ValueError):
+
+            class Thing:
+                pass
+
+            thing = Thing()
+
+            def callback(ref, error=error):
+                raise error
+
+            ref = weakref.ref(thing, callback)  # noqa: F841 - kept alive until the object goes
+            del thing
+    finally:
+        sys.unraisablehook = previous
+    assert seen == ["ValueError"]
