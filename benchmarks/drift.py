@@ -52,7 +52,7 @@ def schedule(colour: str, shape: str, motion: str, windows: int, kind: str, firs
     return out
 
 
-def joins(plan, first_frames: int) -> list[int]:
+def joins(plan) -> list[int]:
     """Frame indices j where the model's window starts (frame j is new, j - 1 was given)."""
     out, at = [], plan.first
     for _, n in plan.steps:
@@ -85,6 +85,7 @@ def run(args) -> dict:
     import torch
 
     from kinema.data.shapes import ALL_COMBOS, DEFAULT_FRAMES, ClipSpec, canonical_caption, render_sequence, room, sample_spec
+    from kinema.request import GenerationRequest
 
     torch.set_num_threads(args.threads)
     pipe = None
@@ -124,11 +125,9 @@ def run(args) -> dict:
                     kw = {"num_inference_steps": args.steps} if args.steps and "num_inference_steps" in pipe.rules.sampling_options else {}
                     out = pipe.long_video(prompt_schedule=sched, seed=args.seed + 1000 * i, progress_bar=False, **kw)
                     frames = out.frames[0]
-                    from kinema.request import GenerationRequest
-
                     request = GenerationRequest(prompt_schedule=sched).checked(pipe.rules)
                     plan = request.long_plan(pipe.rules)
-                    seams = joins(plan, first) if plan is not None else []
+                    seams = joins(plan) if plan is not None else []
                 results = judge_windows(frames, wins)
                 ok = [r.colour == c and r.shape == s and r.motion == m and not r.failures for r, (c, s, m, _) in zip(results, wins)]
                 followed += sum(ok)

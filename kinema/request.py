@@ -492,6 +492,13 @@ class ModelRules:
         limit = min(available, self.context_frames or available)
         return frames_that_fit(limit, limit, self.temporal_multiple, self.frames_offset)
 
+    def check_overlap_form(self, overlap: int) -> None:
+        """The past a window sees is ``t j + offset`` frames, like a clip (one line naming the nearest)."""
+        t, o = self.temporal_multiple, self.frames_offset
+        if overlap < max(1, o) or (overlap - o) % t:
+            lo = max(o or t, (overlap - o) // t * t + o)
+            raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames for this model; got {overlap}, try {lo} or {lo + t}", "overlap")
+
     def check_extension(self, height: int, width: int, num_frames: int, overlap: int | None) -> None:
         """New frames come in whole groups of ``temporal_multiple``; the past the model sees is
         ``t j + offset`` frames; together they must be a clip the model can make (one-line errors)."""
@@ -500,9 +507,7 @@ class ModelRules:
             lo = max(t, num_frames // t * t)
             raise RequestError(f"{{0}} (new frames) must be a multiple of {t} for this model when extending; got {num_frames}, try {lo} or {lo + t}", "num_frames")
         if overlap is not None:
-            if overlap < max(1, o) or (overlap - o) % t:
-                lo = max(o or t, (overlap - o) // t * t + o)
-                raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames for this model; got {overlap}, try {lo} or {lo + t}", "overlap")
+            self.check_overlap_form(overlap)
             if self.context_frames is not None and overlap > self.context_frames:
                 raise RequestError(f"{{0}} must be at most {self.context_frames} frames for this model (what it can see of the past); got {overlap}", "overlap")
         self.check_size(height, width, (overlap if overlap is not None else o or t) + num_frames)
@@ -607,21 +612,16 @@ def plan_windows(rules: ModelRules, frames: list[int], window: int | None, overl
             raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames and hold at least one group of new frames after the past; got {window}, try {lo} or {lo + t}", "window")
         if overlap is None:
             overlap = rules.default_overlap(window - t)
-        if overlap < max(1, o) or (overlap - o) % t:
-            lo = max(o or t, (overlap - o) // t * t + o)
-            raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames for this model; got {overlap}, try {lo} or {lo + t}", "overlap")
+        rules.check_overlap_form(overlap)
         if overlap >= window - t + 1:
             raise RequestError(f"{{0}} ({overlap}) must leave room in each {{1}} ({window} frames) for {t} new frames or more", "overlap", "window")
-    for i, n in enumerate(frames):
-        if i == 0 and not head and len(frames) == 1:
-            rules.check_frames(n)  # the whole video: the model's own frame rule, said as for one clip
-        if i == 0 and not head and (n < max(1, o) or (n - o) % t):
-            lo = max(o or t, (n - o) // t * t + o)
-            raise RequestError(f"{{0}} item 0 has {n} frames; the first must be {t}k{'+' + str(o) if o else ''} for this model, try {lo} or {lo + t}", "prompt_schedule")
-        if (i or head) and n % t:
-            lo = max(t, n // t * t)
-            field = "num_frames" if len(frames) == 1 else "prompt_schedule"
-            raise RequestError(f"{{0}} (new frames{f' of item {i}' if len(frames) > 1 else ''}) must be a multiple of {t} for this model; got {n}, try {lo} or {lo + t}", field)
+    if len(frames) > 1:
+        check_schedule_frames(rules, frames, head=head)
+    elif not head:
+        rules.check_frames(frames[0])  # the whole video: the model's own frame rule, said as for one clip
+    elif frames[0] % t:
+        lo = max(t, frames[0] // t * t)
+        raise RequestError(f"{{0}} (new frames) must be a multiple of {t} for this model; got {frames[0]}, try {lo} or {lo + t}", "num_frames")
     steps: list[tuple[int, int]] = []
 
     def add(segment: int, n: int) -> None:
@@ -665,7 +665,15 @@ def share_frames(schedule: Any, num_frames: int | None, rules: ModelRules, *, he
             groups, extra = divmod(rest // t, len(missing))
             share = {i: (groups + (1 if k < extra else 0)) * t + (lead if i == 0 else 0) for k, i in enumerate(missing)}
             out = [(p, f if f is not None else share[i]) for i, (p, f) in enumerate(out)]
-    for i, (p, f) in enumerate(out):
+    check_schedule_frames(rules, [f for _, f in out], head=head)
+    return out
+
+
+def check_schedule_frames(rules: ModelRules, frames: list[int], *, head: bool = False) -> None:
+    """A prompt schedule's frame counts against the model's rule: the first ``t k + offset`` (unless
+    continuing a given video), the others whole groups of ``t`` (one-line RequestErrors)."""
+    t, o = rules.temporal_multiple, rules.frames_offset
+    for i, f in enumerate(frames):
         first = i == 0 and not head
         if first and (f < max(1, o) or (f - o) % t):
             lo = max(o or t, (f - o) // t * t + o)
@@ -673,4 +681,3 @@ def share_frames(schedule: Any, num_frames: int | None, rules: ModelRules, *, he
         if not first and f % t:
             lo = max(t, f // t * t)
             raise RequestError(f"{{0}} item {i} has {f} frames; after the first, a prompt's frames must be a multiple of {t} for this model, try {lo} or {lo + t}", "prompt_schedule")
-    return out

@@ -114,6 +114,7 @@ EVAL_FRAMES: tuple[str, ...] = (
 )
 
 WORD = re.compile(r"[a-z]+")
+PLACEHOLDER = re.compile(r"\{[a-z]\}")  # a template's slot: {c} colour, {s} shape, {g} / {f} / {v} / {d} motion
 
 
 def words(text: str) -> set[str]:
@@ -158,8 +159,7 @@ def training_words() -> set[str]:
         for phrases in table.values():
             parts.extend(phrases)
     parts.extend(COLOUR_WORDS)  # the template captions name the palette colours themselves
-    return set().union(*(words(p.replace("{c}", " ").replace("{s}", " ").replace("{g}", " ").replace("{f}", " ")
-                                 .replace("{v}", " ").replace("{d}", " ")) for p in parts))  # fmt: skip
+    return set().union(*(words(PLACEHOLDER.sub(" ", p)) for p in parts))
 
 
 def check_vocabularies() -> None:

@@ -48,7 +48,7 @@ def test_the_window_plan(r, frames, window, overlap, head, first, steps, used_ov
     "frames, window, overlap, head, pattern",
     [
         ([66], 33, None, False, "num_frames must be 4k\\+1 for this VAE \\(1, 5, 9, ...\\); got 66, try 65 or 69"),
-        ([33, 30], 33, None, False, "new frames of item 1.* multiple of 4.*got 30, try 28 or 32"),
+        ([33, 30], 33, None, False, "item 1 has 30 frames; after the first, a prompt's frames must be a multiple of 4 for this model, try 28 or 32"),
         ([65], 30, None, False, "window must be 4k\\+1 frames .*got 30, try 29 or 33"),
         ([65], 33, 33, False, "overlap \\(33\\) must leave room in each window \\(33 frames\\) for 4 new frames"),
         ([65], 33, 31, False, "overlap must be 4k\\+1 frames for this model; got 31, try 29 or 33"),
