@@ -136,6 +136,28 @@ def codec_class_names() -> list[str]:
 # Families
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class SequenceSplit:
+    """Where a denoiser's video tokens are, for sequence parallelism
+    (:func:`kinema.parallel.plan.parallelize` splits them over processes from outside the model).
+
+    The denoiser runs ``tokens = block(tokens, ...)`` over ``model.<blocks>``; each block's
+    arguments named in ``per_token`` have one entry per token along the axis given (or a size of
+    1 there: the same for every token), and ``self_attention`` is the submodule of a block whose
+    attention is over the tokens (its cross-attention to the text stays whole on every rank).
+    """
+
+    per_token: tuple[tuple[str, int], ...]  # (block argument, its token axis), besides the token states
+    self_attention: str  # dotted path inside a block ("": the block itself, whose one attention is its self-attention)
+    blocks: str = "blocks"  # the model's nn.ModuleList of blocks
+    hidden: str = "x"  # the blocks' argument holding the token states, (B, S, dim); a block returns the same
+    token_axis: int = 1  # the token axis of the token states
+
+
+# Wan: rope cos/sin (S, D/2); the time modulation e (B, 6, dim) is per sample.
+WAN_SPLIT = SequenceSplit(per_token=(("cos", 0), ("sin", 0)), self_attention="self_attn")
+
+
+@dataclass(frozen=True)
 class Family:
     """A model family: its architecture, its checkpoint formats, its pipeline and its parts.
 
@@ -162,6 +184,7 @@ class Family:
     quantize: tuple[str, ...] = ()  # weight storage schemes its loader takes (load_pipeline(quantize=...))
     own_text: bool = False  # its text encoder trains with it (a TEXT_ENCODERS kind with a folder), not a frozen one
     image_encoder: str | None = None  # an IMAGE_ENCODERS key: the family makes clips from pictures with it
+    sequence_split: SequenceSplit | None = None  # where its denoiser's tokens are (sequence parallelism); None: not supported
 
     @property
     def codec_folder(self) -> str | None:
@@ -196,6 +219,7 @@ FAMILIES: dict[str, Family] = {
         sources="diffusers or original Wan layout",
         training="wan-transformer",
         diffusers_pipelines=("WanPipeline",),
+        sequence_split=WAN_SPLIT,
     ),
     "wan-i2v": Family(
         "wan-i2v",
@@ -210,6 +234,7 @@ FAMILIES: dict[str, Family] = {
         diffusers_components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "image_encoder", "image_processor"),
         cards=False,
         image_encoder="clip-vision",
+        sequence_split=WAN_SPLIT,
     ),
     "ltx-video": Family(
         "ltx-video",
@@ -223,6 +248,8 @@ FAMILIES: dict[str, Family] = {
         # one kinema pipeline does LTX-Video's text-, image- and video-to-video
         diffusers_pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
         cards=False,
+        # rope cos/sin (B or 1, S, dim/2); the time modulation e (B, T, 6, dim) is per token (T = S) for image-to-video
+        sequence_split=SequenceSplit(per_token=(("e", 1), ("cos", 1), ("sin", 1)), self_attention="self_attn"),
     ),
     "token-ar": Family(
         "token-ar",
@@ -249,6 +276,8 @@ FAMILIES: dict[str, Family] = {
         training="pixel-dit",
         components=("transformer",),
         own_text=True,
+        # time rope cos/sin (S, D/2); the conditioning c (B, dim) is per sample; attention is inline in the block
+        sequence_split=SequenceSplit(per_token=(("cos", 0), ("sin", 0)), self_attention=""),
     ),
 }
 

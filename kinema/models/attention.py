@@ -1,14 +1,49 @@
 """The one attention entry point: every model calls :func:`attention`, so a faster kernel, a
-sequence-parallel wrapper or a KV cache is added in one place."""
+sequence-parallel wrapper or a KV cache is added in one place.
+
+The seam for code outside ``models/``: :func:`attention_override` puts another implementation in
+place of :func:`sdpa_attention` for the calls made inside a ``with`` block (a context variable:
+per thread and per asyncio task, nothing global). Sequence parallelism
+(:mod:`kinema.parallel.attention`) sets it around the self-attention modules it distributes; with
+none set, :func:`attention` is :func:`sdpa_attention`, bit for bit.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (q, k, v, mask) -> out
+
+_OVERRIDE: ContextVar[AttentionFn | None] = ContextVar("kinema_attention_override", default=None)
+
+
+@contextlib.contextmanager
+def attention_override(fn: AttentionFn | None) -> Iterator[None]:
+    """Inside the block, :func:`attention` calls ``fn(q, k, v, mask)`` (same shapes and meaning
+    as :func:`sdpa_attention`) instead; None restores the plain kernel. Nests; restored on exit,
+    even on error."""
+    token = _OVERRIDE.set(fn)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sdpa_attention`, or the implementation an enclosing :func:`attention_override` set."""
+    fn = _OVERRIDE.get()
+    if fn is not None:
+        return fn(q, k, v, mask)
+    return sdpa_attention(q, k, v, mask)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention (softmax scale ``head_dim ** -0.5``), with grouped-query
     attention when keys and values have fewer heads than the queries.
 

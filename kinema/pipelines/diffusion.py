@@ -38,6 +38,9 @@ class DiffusionPipeline(VideoPipeline):
     sampling_options = ("num_inference_steps", "shift", "sampler", "cache_threshold")
     samplers = tuple(SAMPLERS)
     batch_cfg_default = False  # run uncond and cond as one batch unless the call says otherwise
+    # A multi-process plan applied to this pipeline (kinema.parallel.plan.parallelize sets it): with
+    # guidance parallelism, half of the processes run the conditional pass and half the unconditional.
+    parallel: Any = None
 
     @classmethod
     def allowed_samplers(cls, spec: SamplerSpec | DiscreteSamplerSpec | None) -> tuple[str, ...]:
@@ -106,17 +109,26 @@ class DiffusionPipeline(VideoPipeline):
             cache_threshold: step caching (:class:`~kinema.pipelines.step_cache.StepCache`) for
                 this call; None: off. ``cache_stats`` (a dict) gets its "calls" and "skipped".
         """
+        from ..errors import KinemaError
+
         model_dtype = self.transformer.compute_dtype
         batch_cfg = self.batch_cfg_default if batch_cfg is None else batch_cfg
         if not isinstance(batch_cfg, bool):
-            from ..errors import KinemaError
-
             raise KinemaError(f"batch_cfg must be true or false; got {batch_cfg!r}")
-        batched = uncond is not None and batch_cfg and uncond.states.shape == cond.states.shape
+        parallel = self.parallel
+        if parallel is not None and parallel.sequence > 1 and cache_threshold:
+            raise KinemaError("step caching (cache_threshold) does not combine with sequence parallelism (each process would decide on its own tokens); leave it off")
+        # Guidance parallelism: this process runs one of the two passes (index 0 the conditional, 1 the
+        # unconditional) and gets the other's from its partner. Without guidance both halves run the one pass.
+        split = uncond is not None and parallel is not None and parallel.guidance_index is not None
+        batched = not split and uncond is not None and batch_cfg and uncond.states.shape == cond.states.shape
         if batched:
             ones = torch.ones(cond.states.shape[:2], device=cond.states.device)
             masks = [ones if s.mask is None else s.mask.to(ones.dtype) for s in (uncond, cond)]
             both = prepare(torch.cat([uncond.states, cond.states]), torch.cat(masks))  # batch 2B
+        elif split:
+            mine = cond if parallel.guidance_index == 0 else uncond
+            own_ctx = prepare(mine.states, mine.mask)
         else:
             cond_ctx = prepare(cond.states, cond.mask)
             uncond_ctx = prepare(uncond.states, uncond.mask) if uncond is not None else None
@@ -127,7 +139,9 @@ class DiffusionPipeline(VideoPipeline):
             t = timesteps[i].expand(b)  # (B,)
             if timestep_of is not None:
                 t = timestep_of(t)
-            if batched:
+            if split:
+                v, v_uncond = parallel.exchange_guidance(denoiser(x, t, own_ctx).float())  # (B, C, F, H, W) each
+            elif batched:
                 v_uncond, v = denoiser(torch.cat([x, x]), torch.cat([t, t]), both).float().chunk(2)
             else:
                 v = denoiser(x, t, cond_ctx).float()  # (B, C, F, H, W)

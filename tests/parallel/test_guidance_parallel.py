@@ -1,0 +1,96 @@
+"""Guidance parallelism (the conditional and unconditional passes on two halves of the processes),
+alone and with sequence parallelism inside each half, against one process: whole sampling runs of
+a tiny random Wan pipeline (fp32, UniPC, three steps) in 2- and 4-process gloo groups on the CPU."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from kinema.errors import KinemaError
+from kinema.models.vae import WanVAE, WanVAEConfig
+from kinema.models.wan import WanTransformer, WanTransformerConfig
+from kinema.parallel import ParallelPlan, parallelize
+from kinema.pipelines.wan import WanDefaults, WanPipeline
+from kinema.sampling import SamplerSpec
+from kinema.text.toy import ToyTextEncoder
+from tests.distributed import run_workers
+
+TOLERANCE = 1e-5
+
+
+def _pipe(heads: int = 2) -> WanPipeline:
+    """A tiny random Wan pipeline: 4 latent channels, 8x spatial and 4x temporal compression."""
+    torch.manual_seed(0)
+    transformer = WanTransformer(WanTransformerConfig(dim=12 * heads, ffn_dim=32, num_heads=heads, num_layers=2, in_dim=4, out_dim=4,
+                                                      text_dim=16, text_len=8, rope_max_seq_len=16))  # fmt: skip
+    vae = WanVAE(WanVAEConfig(base_dim=4, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4))
+    defaults = WanDefaults(height=48, width=48, num_frames=5, num_inference_steps=3, guidance_scale=5.0, fps=8)
+    return WanPipeline(transformer, vae, ToyTextEncoder(16, 8), SamplerSpec("unipc", shift=3.0), defaults)
+
+
+CALLS = {  # (B, 4, F', 6, 6) latents: 2 x 3 x 3 = 18 tokens, or 9 (not a multiple of 2 or 4)
+    "guided 18 tokens": dict(num_frames=5),
+    "guided 9 tokens, two prompts": dict(num_frames=1, prompt=["a red circle moving left", "a blue square"]),
+    "no guidance": dict(num_frames=5, guidance_scale=1.0),
+}
+
+
+def _sample(pipe: WanPipeline, **over) -> torch.Tensor:
+    kw = dict(prompt="a red circle moving left", negative_prompt="blurry", seed=0, output_type="latent", progress_bar=False)
+    return pipe(**{**kw, **over}).latents
+
+
+def _guidance_worker(rank: int, world: int, plan: ParallelPlan, heads: int) -> dict:
+    pipe = _pipe(heads)
+    calls = []  # the transformer's forwards: each rank runs half of a guided call's
+    pipe.transformer.register_forward_pre_hook(lambda m, args: calls.append(1))
+    references = {name: _sample(pipe, **over) for name, over in CALLS.items()}
+    guided_calls = len(calls) - 3  # the unguided call's three steps
+    with pytest.raises(KinemaError, match="guidance parallelism applies to a diffusion pipeline"):
+        parallelize(pipe.transformer, plan)  # the model alone has no sampling loop to split
+    handle = parallelize(pipe, plan)
+    assert pipe.parallel is handle and handle.guidance_index == rank // plan.sequence
+    calls.clear()
+    results = {name: _sample(pipe, **over) for name, over in CALLS.items()}
+    assert len(calls) - 3 == guided_calls // 2, (len(calls), guided_calls)
+    refused = ""
+    if plan.sequence > 1:
+        try:
+            _sample(pipe, cache_threshold=0.1)
+        except KinemaError as e:
+            refused = str(e)
+    handle.remove()
+    assert pipe.parallel is None and torch.equal(_sample(pipe, **CALLS["guided 18 tokens"]), references["guided 18 tokens"])
+    return {
+        "diffs": {name: float((results[name] - references[name]).abs().max()) for name in CALLS},
+        "latents": results,
+        "refused": refused,
+        "degrees": (handle.mesh.ulysses, handle.mesh.ring) if handle.mesh is not None else None,
+    }
+
+
+def _check(results: list[dict], label: str) -> None:
+    diffs = {name: max(r["diffs"][name] for r in results) for name in CALLS}
+    print(f"{label}: max abs difference per call: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()))
+    for name, diff in diffs.items():
+        assert diff <= TOLERANCE, (name, diff)
+        assert all(torch.equal(r["latents"][name], results[0]["latents"][name]) for r in results), f"{name}: ranks got other latents"
+
+
+def test_guidance_parallel_on_two_ranks_equals_one_process():
+    t0 = time.perf_counter()
+    results = run_workers(_guidance_worker, 2, ParallelPlan(guidance=2), 2)
+    _check(results, "guidance 2")
+    print(f"2 ranks: {time.perf_counter() - t0:.1f} s")
+
+
+def test_guidance_times_sequence_on_four_ranks_equals_one_process():
+    t0 = time.perf_counter()
+    results = run_workers(_guidance_worker, 4, ParallelPlan(sequence=2, guidance=2), 3)  # 3 heads over 2 ranks: ring attention
+    _check(results, "guidance 2 x sequence 2 (ring)")
+    assert all(r["degrees"] == (1, 2) for r in results)
+    assert all("step caching (cache_threshold) does not combine with sequence parallelism" in r["refused"] for r in results)
+    print(f"4 ranks: {time.perf_counter() - t0:.1f} s")
