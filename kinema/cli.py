@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use; the count moves the last bits of the result)")
     g.add_argument("--timings", action="store_true", help="print where the time went (load, text, denoise or tokens, decode, write)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_parallel(g)
 
     x = sub.add_parser("extend", help="continue a video: its frames, then new ones that follow from its end (token-ar, Wan text-to-video, LTX-Video and pixel-dit models)")
     x.add_argument("input", metavar="INPUT", help="the video to continue (.mp4, .mkv, .mov)")
@@ -233,6 +234,58 @@ def _add_long_video(g: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap", type=int, default=None, metavar="K", help="in windows: the frames before each window it sees as the past (default: as many as the model can see)")
 
 
+def _add_parallel(g: argparse.ArgumentParser) -> None:
+    """Several processes on one video: ``torchrun --nproc-per-node N -m kinema generate ...``."""
+    g.add_argument(
+        "--sequence-parallel", type=int, default=None, metavar="N",
+        help="under torchrun: split each denoiser call's video tokens over N processes (Ulysses all-to-all over the heads, ring attention for the rest, as xDiT's USP); default: every process --guidance-parallel leaves",
+    )  # fmt: skip
+    g.add_argument(
+        "--guidance-parallel", type=int, choices=(1, 2), default=None, metavar="G",
+        help="under torchrun: 2 runs the conditional and unconditional passes on two halves of the processes (xDiT's --use_cfg_parallel); without guidance both halves run the one pass (default 1)",
+    )  # fmt: skip
+    g.add_argument("--ulysses-degree", type=int, default=None, metavar="U", help="under torchrun: processes of each all-to-all group, dividing --sequence-parallel and the model's heads; the rest form the ring (default: the most that divide the heads)")
+
+
+def parallel_plan_from_args(args: argparse.Namespace):
+    """The processes torchrun started and the parallel flags as a :class:`~kinema.parallel.ParallelPlan`
+    (None: one process). Refused in one line: degrees whose product is not the number of processes,
+    flags that need processes this run does not have, a memory plan (each process keeps its weights)."""
+    from .parallel.groups import current
+    from .parallel.plan import ParallelPlan
+
+    world = current().size
+    if world == 1:
+        wanted = ParallelPlan(*(1 if v is None else v for v in (args.sequence_parallel, args.guidance_parallel)), args.ulysses_degree)  # its degrees checked
+        if wanted.world_size > 1:
+            raise KinemaError(
+                f"--sequence-parallel and --guidance-parallel ask for {wanted.world_size} processes; this is one: "
+                f"launch with torchrun --nproc-per-node {wanted.world_size} -m kinema generate ..."
+            )
+        return None
+    if args.max_memory is not None or args.offload not in (None, "auto", "none"):
+        raise KinemaError("--max-memory and --offload do not combine with several processes (torchrun): each keeps its weights resident")
+    return ParallelPlan.for_world(world, args.sequence_parallel, args.guidance_parallel, args.ulysses_degree)
+
+
+class _ParallelLoad:
+    """``generate``'s ``pipelines=`` in a torchrun run: loads the pipeline for this call (keeps
+    nothing, as ``pipelines=None`` does) and applies the plan to it."""
+
+    def __init__(self, plan) -> None:
+        self.plan, self.applied = plan, None
+
+    def bytes_of(self, key) -> int:
+        return 0
+
+    def get(self, key, load):
+        from .parallel import parallelize
+
+        pipe = load()
+        self.applied = parallelize(pipe, self.plan)
+        return pipe
+
+
 def _frame_list(text: str) -> list[int]:
     """--prompt-frames: comma-separated whole numbers."""
     try:
@@ -275,16 +328,51 @@ def request_from_args(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """One process, or under torchrun every process: all compute, rank 0 alone writes and prints
+    (the others stay silent, also when a request is refused, and exit 0 when it is done)."""
+    from .parallel import groups
+
+    main_rank = groups.current().main
+    try:
+        return _generate(args)
+    except KinemaError:
+        if main_rank:
+            raise
+        return 2  # rank 0 says why, once
+    finally:
+        groups.shutdown()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .generation import generate
-    from .runtime import configure_threads, contention_hint
+    from .runtime import configure_threads, contention_hint, usable_cores
 
     t0 = time.perf_counter()
     request = request_from_args(args)
-    threads = configure_threads(args.threads)
-    hint = contention_hint(threads) if args.threads is None and not args.quiet else None  # the load before our own work
+    plan = parallel_plan_from_args(args)
+    threads_flag, quiet, main_rank, pipelines = args.threads, args.quiet, True, None
+    if plan is not None:
+        import os
+
+        from .parallel import groups
+        from .pipelines.loading import resolve_device
+
+        device = groups.local_device(resolve_device(args.device))  # cuda: this process's LOCAL_RANK
+        world = groups.init_from_env(device)
+        request = replace(request, device=str(device), offload="none")  # no memory plan: every process keeps its weights
+        if device.type == "cpu" and threads_flag is None:  # the host's cores shared by its processes
+            threads_flag = max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
+        main_rank, quiet = world.main, args.quiet or not world.main
+        pipelines = _ParallelLoad(plan)
+    threads = configure_threads(threads_flag)
+    hint = contention_hint(threads) if threads_flag is None and not quiet else None  # the load before our own work
     if args.input is None and args.strength is not None:
         raise KinemaError("--strength applies to video-to-video: give --input too")
-    done = generate(request, progress_bar=not args.quiet, callback=_stop_if_interrupted)
+    done = generate(request, write=main_rank, progress_bar=not quiet, callback=_stop_if_interrupted, pipelines=pipelines)
+    if not main_rank:
+        return 0
     frames = done.output.frames
     n, h, w = frames.shape[1:4]
     if args.timings:
@@ -300,7 +388,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(hint, file=sys.stderr)
     if not args.quiet:
         where = ", ".join(str(p) for p in done.paths)
-        print(f"wrote {where} ({n} frames, {w}x{h}, {done.output.fps:g} fps) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        over = f" over {plan.world_size} processes" if plan is not None else ""
+        print(f"wrote {where} ({n} frames, {w}x{h}, {done.output.fps:g} fps) in {time.perf_counter() - t0:.1f} s{over}", file=sys.stderr)
     return 0
 
 
