@@ -330,9 +330,12 @@ def request_from_args(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     """One process, or under torchrun every process: all compute, rank 0 alone writes and prints
     (the others stay silent, also when a request is refused, and exit 0 when it is done)."""
+    import torch.distributed as dist
+
     from .parallel import groups
 
     main_rank = groups.current().main
+    joined = dist.is_available() and dist.is_initialized()  # a group the caller made stays theirs
     try:
         return _generate(args)
     except KinemaError:
@@ -340,7 +343,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise
         return 2  # rank 0 says why, once
     finally:
-        groups.shutdown()
+        if not joined:
+            groups.shutdown()
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -424,13 +428,23 @@ def cmd_extend(args: argparse.Namespace) -> int:
 # train, package, info
 # ------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    """One process, or under torchrun every process (``torchrun --nproc-per-node N -m kinema train``):
+    all train, rank 0 alone prints (the others stay silent, also when the run is refused)."""
+    from .parallel import groups
     from .training import train
 
     if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
     device = {} if args.device is None else {"device": args.device}
-    out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress, **device)
-    print(f"model written to {out}")
+    main_rank = groups.current().main
+    try:
+        out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress, **device)
+    except KinemaError:
+        if main_rank:
+            raise
+        return 2  # rank 0 says why, once
+    if main_rank:
+        print(f"model written to {out}")
     return 0
 
 

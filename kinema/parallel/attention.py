@@ -137,6 +137,14 @@ def _plain_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[
 # ------------------------------------------------------------------------------------------------
 # Ring attention
 # ------------------------------------------------------------------------------------------------
+def merge_blocks(out: torch.Tensor, lse: torch.Tensor, o: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the keys of two blocks from each block's own: outputs (B, H, L, Dv) and
+    log-sum-exps (B, H, L), weighted by their share of the softmax mass, in float32."""
+    merged = torch.logaddexp(lse, l)  # (B, H, L)
+    out = out.float() * torch.exp(lse - merged)[..., None] + o.float() * torch.exp(l - merged)[..., None]
+    return out, merged
+
+
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mesh: SequenceMesh, length: int) -> torch.Tensor:
     """Attention of this rank's block of queries over all the ring's key blocks.
 
@@ -167,13 +175,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mesh: Sequ
         real = min(block, length - source * block)  # its keys that are not padding
         if real > 0:
             o, l = attention_with_lse(q, k_cur[:, :, :real], v_cur[:, :, :real])  # (B, H, L, Dv), (B, H, L)
-            o = o.float()
-            if out is None:
-                out, lse = o, l
-            else:
-                merged = torch.logaddexp(lse, l)  # (B, H, L)
-                out = out * torch.exp(lse - merged)[..., None] + o * torch.exp(l - merged)[..., None]
-                lse = merged
+            out, lse = (o.float(), l) if out is None else merge_blocks(out, lse, o, l)
         for work in pending:
             work.wait()
         if step < r - 1:

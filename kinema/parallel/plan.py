@@ -152,6 +152,8 @@ def parallelize(target: Any, plan: ParallelPlan) -> Parallelized:
     if plan.sequence > 1 and split is None:
         known = ", ".join(f.name for f in FAMILIES.values() if f.sequence_split is not None)
         raise KinemaError(f"sequence parallelism covers the {known} families; {type(model).__name__} is not one of their denoisers")
+    if pipeline is not None and getattr(pipeline, "parallel", None) is not None:
+        raise KinemaError("this pipeline already runs a parallel plan; remove it first (the handle's .remove())")
     if plan.guidance > 1 and (pipeline is None or not hasattr(pipeline, "denoise")):
         raise KinemaError("guidance parallelism applies to a diffusion pipeline (it splits the denoising loop's two passes); pass the pipeline")
     u, r = plan.degrees(model.config.num_heads) if plan.sequence > 1 else (1, 1)

@@ -53,6 +53,8 @@ def _guidance_worker(rank: int, world: int, plan: ParallelPlan, heads: int) -> d
         parallelize(pipe.transformer, plan)  # the model alone has no sampling loop to split
     handle = parallelize(pipe, plan)
     assert pipe.parallel is handle and handle.guidance_index == rank // plan.sequence
+    with pytest.raises(KinemaError, match="already runs a parallel plan"):
+        parallelize(pipe, plan)
     calls.clear()
     results = {name: _sample(pipe, **over) for name, over in CALLS.items()}
     assert len(calls) - 3 == guided_calls // 2, (len(calls), guided_calls)

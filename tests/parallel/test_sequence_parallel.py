@@ -217,3 +217,22 @@ def test_parallelize_in_one_process():
         parallelize(model, ParallelPlan(sequence=2))
     with pytest.raises(KinemaError, match="denoiser or a pipeline"):
         parallelize(object(), ParallelPlan())
+
+
+def test_block_attention_and_its_merge():
+    """One key block's output and log-sum-exp (the fused kernel, and the plain maths it falls back
+    to), with grouped queries; blocks merged by their log-sum-exps give attention over all keys."""
+    from kinema.parallel.attention import _plain_with_lse, attention_with_lse, merge_blocks
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(2, 4, 9, 8, generator=g), torch.randn(2, 2, 13, 8, generator=g), torch.randn(2, 2, 13, 6, generator=g)
+    out, lse = attention_with_lse(q, k, v)
+    plain_out, plain_lse = _plain_with_lse(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    assert out.shape == (2, 4, 9, 6) and lse.shape == (2, 4, 9) and lse.dtype == torch.float32
+    assert (out - plain_out).abs().max() < 1e-6 and (lse - plain_lse).abs().max() < 1e-5
+    assert (out - sdpa_attention(q, k, v)).abs().max() < 1e-6
+    merged = None
+    for part in (slice(0, 5), slice(5, 6), slice(6, 13)):
+        o, l = attention_with_lse(q, k[:, :, part], v[:, :, part])
+        merged = (o, l) if merged is None else merge_blocks(*merged, o, l)
+    assert (merged[0] - out).abs().max() < 1e-6 and (merged[1] - lse).abs().max() < 1e-5
