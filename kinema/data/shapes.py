@@ -372,6 +372,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         seed: int = 0,
         length: int = 100_000,
         wording: str = "templates",
+        continue_share: float = 0.0,
+        continue_past: tuple[int, ...] = (17,),
     ) -> None:
         if size < MIN_SIZE:
             raise KinemaError(f"the shapes canvas must be at least {MIN_SIZE} pixels; got {size}")
@@ -379,6 +381,12 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise KinemaError(f"length must be positive; got {length}")
         if wording not in WORDINGS:
             raise KinemaError(f"unknown wording {wording!r}; use one of {', '.join(WORDINGS)}")
+        if not 0.0 <= continue_share <= 1.0:
+            raise KinemaError(f"continue_share must be from 0 to 1; got {continue_share}")
+        if continue_share > 0 and (not continue_past or any(not 1 <= k < frames for k in continue_past)):
+            raise KinemaError(f"continue_past must list past-frame counts from 1 to {frames - 1} (fewer than the clip's frames); got {list(continue_past)}")
+        self.continue_share = continue_share  # the share of items that continue an earlier clip (see continuation_of)
+        self.continue_past = tuple(continue_past)  # how many frames of the earlier clip such an item starts with (one drawn per item)
         self.split = split
         self.wording = wording  # caption vocabulary: "templates" or "wide" (see draw_caption)
         self.combos = combos(split)
@@ -391,20 +399,59 @@ class ShapesDataset(torch.utils.data.Dataset):
         return self.length
 
     def spec(self, index: int) -> tuple[ClipSpec, str]:
-        """The clip spec and caption of item ``index``, without rendering."""
+        """The clip spec and caption of item ``index``, without rendering. For a continuation item
+        (:meth:`continuation`), the spec of its new part, which the caption describes."""
+        spec, text, _past = self._draw(index)
+        return spec, text
+
+    def continuation(self, index: int) -> tuple[ClipSpec, int] | None:
+        """For an item that continues an earlier clip: (the earlier clip's spec, how many of its
+        last frames the item starts with); None for a plain clip."""
+        earlier = self._draw(index)[2]
+        return earlier
+
+    def _draw(self, index: int) -> tuple[ClipSpec, str, tuple[ClipSpec, int] | None]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a data set of length {self.length}")
         rng = np.random.default_rng([self.seed, index])
         colour, shape, motion = self.combos[rng.integers(len(self.combos))]
         spec = sample_spec(colour, shape, motion, rng)
-        return spec, draw_caption(spec, rng, self.wording)
+        if self.continue_share > 0:  # a stream of its own: items of a data set without continuations are unchanged
+            crng = np.random.default_rng([self.seed, index, 1])
+            if crng.random() < self.continue_share:
+                past = int(self.continue_past[crng.integers(len(self.continue_past))])
+                nxt = continuation_of(spec, past, self.frames, crng)
+                if nxt is not None:
+                    return nxt, draw_caption(nxt, rng, self.wording), (spec, past)
+        return spec, draw_caption(spec, rng, self.wording), None
 
     def caption(self, index: int) -> str:
         """Item ``index``'s caption, without rendering."""
         return self.spec(int(index))[1]
 
     def __getitem__(self, index: int) -> dict:
-        spec, text = self.spec(int(index))
-        clip = render_clip(spec, self.size, self.frames)  # (F, H, W, 3) uint8
+        spec, text, earlier = self._draw(int(index))
+        if earlier is None:
+            clip = render_clip(spec, self.size, self.frames)  # (F, H, W, 3) uint8
+        else:  # the earlier clip's last `past` frames, then the new motion's
+            first, past = earlier
+            new = self.frames - past
+            clip = render_sequence([first, spec], [self.frames, new], self.size)[self.frames - past :]  # (F, H, W, 3)
         video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # (3, F, H, W)
         return {"video": video, "caption": text, "colour": spec.colour, "shape": spec.shape, "motion": spec.motion}
+
+
+def continuation_of(spec: ClipSpec, past: int, frames: int, rng: np.random.Generator) -> ClipSpec | None:
+    """The new part of a training item that shows the last ``past`` frames of ``spec``'s clip (of
+    ``frames`` frames), then ``frames - past`` frames of the same object going on with a motion
+    drawn from those it has room for: what a long video's later window or an extension sees (its
+    past, then what its prompt asks for). The new part moves at a clip's speed (a travel drawn
+    from TRAVEL_RANGE per ``frames - 1`` frames, shortened to the room left), and at least
+    MIN_CONTINUE_TRAVEL, so that the judge sees the motion its caption names. None when the object
+    has that much room for no motion (it sits in a corner)."""
+    options = continuations(spec)
+    if not options:
+        return None
+    motion = options[rng.integers(len(options))]
+    travel = float(rng.uniform(*TRAVEL_RANGE)) * (frames - past) / (frames - 1)
+    return continue_spec(spec, motion, travel=min(max(travel, MIN_CONTINUE_TRAVEL), room(spec, motion)))

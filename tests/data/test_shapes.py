@@ -204,3 +204,36 @@ def test_a_clip_continues_from_where_it_ends_at_any_speed():
     assert np.array_equal(video[32:65], render_clip(slow, 64, 33))  # the joins are shared frames
     motions = [judge_clip(video[a:b]).motion for a, b in ((0, 33), (32, 65), (64, 97))]
     assert motions == ["up", "right", "down"]
+
+
+def test_continuation_items_show_the_past_then_the_captioned_new_motion():
+    """data.continue_share: an item may start with the last frames of an earlier clip and go on
+    with the motion its caption names; plain items stay what they were without the option."""
+    from kinema.data.shapes import ShapesDataset, render_clip
+    from kinema.evaluation.judge import judge_clip
+
+    plain = ShapesDataset(length=40, seed=3, wording="wide")
+    mixed = ShapesDataset(length=40, seed=3, wording="wide", continue_share=0.5, continue_past=(9, 17))
+    kinds = {"plain": 0, "continued": 0}
+    for i in range(40):
+        earlier = mixed.continuation(i)
+        item = mixed[i]
+        assert item["video"].shape == (3, 33, 64, 64)
+        if earlier is None:
+            kinds["plain"] += 1
+            assert mixed.caption(i) == plain.caption(i) and torch.equal(item["video"], plain[i]["video"])
+            continue
+        kinds["continued"] += 1
+        first, past = earlier
+        frames = ((item["video"].permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()  # (F, H, W, 3)
+        assert past in (9, 17)
+        assert np.array_equal(frames[:past], render_clip(first, 64, 33)[33 - past :])  # the earlier clip's last frames
+        spec = mixed.spec(i)[0]
+        assert spec.start == first.end and (spec.colour, spec.shape, spec.size) == (first.colour, first.shape, first.size)
+        new = judge_clip(frames[past - 1 :])  # the new part, from the frame it starts at
+        assert (new.colour, new.shape, new.motion) == (spec.colour, spec.shape, spec.motion) == (item["colour"], item["shape"], item["motion"])
+    assert kinds["plain"] >= 10 and kinds["continued"] >= 10
+    with pytest.raises(KinemaError, match="continue_past must list"):
+        ShapesDataset(continue_share=0.5, continue_past=(33,))
+    with pytest.raises(KinemaError, match="continue_share must be from 0 to 1"):
+        ShapesDataset(continue_share=1.5)
