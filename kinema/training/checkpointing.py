@@ -5,6 +5,9 @@ Run directory (``out_dir``)::
 
     checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json (step,
                                 config hash, the frozen VAE's or tokenizer's content hash, lr schedule)
+    checkpoints/step-0000100/   a run of N processes (torchrun): a distributed checkpoint instead,
+                                .metadata + __R_0.distcp (torch.distributed.checkpoint: model, ema,
+                                optim, each process writing its shards) and trainer.json
     checkpoints/latest          the name of the newest complete checkpoint
     latent_cache.safetensors    transformer runs with latent_cache: VAE posteriors of the data set
     token_cache.safetensors     token-ar runs with latent_cache: the tokenizer's ids of the data set
@@ -15,6 +18,11 @@ Checkpoints are written to a temporary directory and renamed into place, so a cr
 a half-written checkpoint behind ``latest``. Resuming refuses a checkpoint written by another
 config (its hash) or on a VAE or tokenizer whose files have changed since (their content hash).
 Tensors are saved from the CPU whatever device the run trains on.
+
+A distributed checkpoint is written the same way (rank 0 renames the temporary directory once every
+process has written its part), and loads onto any number of processes, one included
+(:func:`load_checkpoint`): torch.distributed.checkpoint re-cuts the saved tensors to the shape each
+process holds. A run of N processes also resumes from a one-process checkpoint.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the export's weights fil
 CODEC_SUFFIXES = (".safetensors", ".pth", ".safetensors.index.json")  # a codec directory's weights files (codec_identity)
 CODEC_KEY = "codec_sha256"  # trainer.json: the codec_identity of the frozen VAE or tokenizer (absent in older checkpoints)
 SCHEDULE_KEY = "lr_schedule"  # trainer.json: the run's {"steps", "decay_steps"} (absent in older checkpoints: no decay)
+PROCESSES_KEY = "processes"  # trainer.json of a distributed checkpoint: how many processes wrote it
+DCP_METADATA = ".metadata"  # the file that makes a checkpoint directory a distributed one (torch.distributed.checkpoint)
 
 
 def on_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,15 +103,56 @@ def save_checkpoint(
     if ema is not None:
         save_safetensors(on_cpu(ema.state_dict()), tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    return _publish(tmp, final, _trainer_info(step, chash, codec, schedule))
+
+
+def _trainer_info(step: int, chash: str, codec: str | None, schedule: dict | None, **more) -> dict:
     info = {"step": step, "config_hash": chash, "time": time.time(), **({CODEC_KEY: codec} if codec is not None else {})}
     if schedule is not None:
         info[SCHEDULE_KEY] = schedule
+    return {**info, **more}
+
+
+def _publish(tmp: Path, final: Path, info: dict) -> Path:
+    """Write trainer.json into the complete temporary directory, rename it to ``final`` and point
+    ``latest`` at it."""
     (tmp / "trainer.json").write_text(json.dumps(info, indent=1))
     if final.exists():  # the same step saved again (a resumed run that had already finished)
         shutil.rmtree(final)
     os.rename(tmp, final)
-    with atomic_path(root / "latest") as p:
+    with atomic_path(final.parent / "latest") as p:
         p.write_text(final.name)
+    return final
+
+
+def save_distributed_checkpoint(
+    out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str, world, codec: str | None = None, schedule: dict | None = None
+) -> Path:
+    """:func:`save_checkpoint` for a run of ``world.size`` processes (every process calls it): a
+    distributed checkpoint (torch.distributed.checkpoint) of ``model``, ``ema`` and ``optim``, each
+    process writing the shards it holds (a tensor every process holds whole is written once), into
+    a temporary directory that rank 0 renames into place after all have written. The optimiser
+    state is keyed by parameter name (``get_optimizer_state_dict``), so it loads onto another
+    process count or layout."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    from .distributed import barrier
+
+    root = out_dir / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-{final.name}-dcp"  # one name every process agrees on
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(world)
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    dcp.save(state, checkpoint_id=tmp)  # returns once every process has written and rank 0 the metadata
+    if world.main:
+        _publish(tmp, final, _trainer_info(step, chash, codec, schedule, **{PROCESSES_KEY: world.size}))
+    barrier(world)
     return final
 
 
@@ -218,7 +269,7 @@ def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | No
     if info.get("config_hash") != chash:
         raise KinemaError(
             f"{path} was written by a different training config (hash {info.get('config_hash')} vs {chash}); "
-            "resume with the same config (only steps, threads, checkpoint_every, optim.decay_steps may change) or use a new out_dir"
+            "resume with the same config (only steps, threads, checkpoint_every, device, parallel, optim.decay_steps may change) or use a new out_dir"
         )
     saved = info.get(CODEC_KEY)
     if codec is not None and saved is not None and saved != codec:
@@ -243,19 +294,106 @@ def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | No
         )
 
 
+def is_distributed_checkpoint(path: Path) -> bool:
+    """Whether a checkpoint directory was written by a run of several processes (a DCP one)."""
+    return (path / DCP_METADATA).is_file()
+
+
 def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer) -> int:
-    """Restore model, EMA and optimiser from a checkpoint directory (checked by :func:`check_resumable`); returns its step."""
+    """Restore model, EMA and optimiser from a checkpoint directory (checked by :func:`check_resumable`); returns its step.
+
+    Any checkpoint loads onto any process count: a one-process one (safetensors and optimizer.pt)
+    into one process as it is, into a distributed run (every process calls this) as whole tensors
+    each process takes its part of; a distributed one through torch.distributed.checkpoint, which
+    re-cuts the saved shards to what each process holds (one process: whole tensors, without a
+    process group)."""
     info = read_json(path / "trainer.json")
-    model.load_state_dict(load_safetensors(path / "model.safetensors"), strict=True)
-    if ema is not None:
-        if not (path / "ema.safetensors").is_file():
-            raise CheckpointError(f"{path} has no ema.safetensors but the config has ema_decay > 0")
-        ema.load_state_dict(load_safetensors(path / "ema.safetensors"))
+    if is_distributed_checkpoint(path):
+        _load_distributed(path, model, ema, optimizer)
+    elif _distributed():
+        _load_whole_into_distributed(path, model, ema, optimizer)
+    else:
+        model.load_state_dict(load_safetensors(path / "model.safetensors"), strict=True)
+        if ema is not None:
+            ema.load_state_dict(_ema_file(path))
+        optimizer.load_state_dict(_optimizer_file(path))
+    return int(info["step"])
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _ema_file(path: Path) -> dict[str, torch.Tensor]:
+    if not (path / "ema.safetensors").is_file():
+        raise CheckpointError(f"{path} has no ema.safetensors but the config has ema_decay > 0")
+    return load_safetensors(path / "ema.safetensors")
+
+
+def _optimizer_file(path: Path) -> dict:
     try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        return torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
         raise CheckpointError(f"{path / 'optimizer.pt'} could not be loaded (weights only): {' '.join(str(e).split())[:200]}") from None
-    return int(info["step"])
+
+
+def _load_whole_into_distributed(path: Path, model: nn.Module, ema: EMA | None, optimizer) -> None:
+    """A one-process checkpoint into a distributed run: every process reads the whole tensors and
+    keeps its part (all of them when the model is replicated). The optimiser's state, keyed there
+    by position in its parameter list, is re-keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    from .distributed import distribute_like
+
+    whole = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, load_safetensors(path / "model.safetensors"), options=whole)
+    if ema is not None:
+        saved, shadow = _ema_file(path), ema.state_dict()
+        ema.load_state_dict({k: distribute_like(v, shadow[k]) for k, v in saved.items()} if set(saved) == set(shadow) else saved)
+    raw = _optimizer_file(path)
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    try:
+        by_name = {
+            "state": {order[i]: v for i, v in raw["state"].items()},
+            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in raw["param_groups"]],
+        }
+    except (KeyError, IndexError, TypeError):
+        raise CheckpointError(f"{path / 'optimizer.pt'} does not match this model's parameters") from None
+    set_optimizer_state_dict(model, optimizer, by_name, options=whole)
+
+
+def _load_distributed(path: Path, model: nn.Module, ema: EMA | None, optimizer) -> None:
+    """A distributed checkpoint into this process (every process of a distributed run calls it;
+    one process loads whole tensors with no process group)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict
+
+    try:
+        saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise CheckpointError(f"{path} is not a readable distributed checkpoint: {' '.join(str(e).split())[:200]}") from None
+    if ema is not None and not any(k.startswith("ema.") for k in saved):
+        raise CheckpointError(f"{path} has no EMA weights but the config has ema_decay > 0")
+    # The optimiser's state must exist for DCP to load into it: get_optimizer_state_dict makes it
+    # with one step of zero gradients at learning rate 0, which changes no weight.
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+            dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
+    except Exception as e:  # noqa: BLE001 - DCP raises the same on every process (it gathers their errors)
+        raise CheckpointError(f"{path} does not fit this model and optimiser: {' '.join(str(e).split())[:300]}") from None
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
 
 
 def export_model(out_dir: Path, config: TrainConfig, state: dict[str, torch.Tensor]) -> Path:

@@ -79,6 +79,15 @@ class OptimConfig:
     grad_clip: float = field(default=1.0, metadata=check(NON_NEGATIVE))  # clip the global gradient norm to this (0 disables)
 
 
+@dataclass
+class ParallelConfig:
+    """How a run launched by torchrun (``torchrun --nproc-per-node N -m kinema train``) spreads over
+    its processes; a single process ignores it. Each process computes ``batch_size / N`` of every
+    micro-batch's items and the gradients are averaged, so N processes train as one would."""
+
+    fsdp: bool = False  # shard parameters, gradients and optimiser state over the processes (FSDP2: each of the model's blocks, then the rest); False: every process holds the whole model and the gradients are all-reduced
+
+
 # -- each kind's objective (TrainingKind.objective_config) ------------------------------------------
 @dataclass
 class ReconstructionObjective:
@@ -155,6 +164,7 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # torch intra-op threads; None: every core this process may use
     tokenizer: str | None = None  # token-ar: a VQ tokenizer directory (a vq-tokenizer run's model/), frozen; the model learns its token ids
     device: str | None = None  # "cpu", "cuda", "cuda:1" ...; None: CUDA when there is one, else the CPU (exact resume is promised on the CPU)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # runs started by torchrun: data parallel, or sharded with fsdp: true
 
     def model_config(self):
         """The architecture as the kind's config class; bad fields raise a one-line KinemaError."""
@@ -169,11 +179,12 @@ def training_kinds() -> Mapping[str, "TrainingKind"]:
     return TRAINING_KINDS
 
 
-# Fields left out of the hash: a resumed run may change them. out_dir, threads, checkpoint_every and
-# device do not change the weights (on one device); steps and optim.decay_steps place the
+# Fields left out of the hash: a resumed run may change them. out_dir, threads, checkpoint_every,
+# device and parallel do not change the weights (on one device; N processes compute the gradient of
+# the same items as one, and a distributed checkpoint loads onto any process count); steps and optim.decay_steps place the
 # learning-rate decay, which check_resumable compares against the schedule the checkpoint recorded
 # (a stable-phase checkpoint may take on a decay; one already inside its decay must keep it).
-_RUN_ONLY_FIELDS = ("out_dir", "steps", "threads", "checkpoint_every", "device")
+_RUN_ONLY_FIELDS = ("out_dir", "steps", "threads", "checkpoint_every", "device", "parallel")
 _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # Fields added after runs already existed: hashed only when set, so that a checkpoint written
 # before the field existed still resumes (its config means the field's default).
@@ -190,7 +201,7 @@ _HASHED_OBJECTIVE = {
 
 def config_hash(config: TrainConfig) -> str:
     """A short hash of everything that determines the weights but the learning-rate schedule's
-    placement (not out_dir, steps, threads, checkpoint_every, device, optim.decay_steps)."""
+    placement (not out_dir, steps, threads, checkpoint_every, device, parallel, optim.decay_steps)."""
     d = dataclasses.asdict(config)
     for k in _RUN_ONLY_FIELDS:
         d.pop(k)

@@ -8,6 +8,12 @@ this process. A checkpoint (model, EMA, optimiser state, step) is therefore all 
 needs, and a run interrupted at step k and resumed ends bit-identical to an uninterrupted one (in
 the same precision, thread count and device; promised and tested on the CPU). The draws are made
 on the CPU and moved to the run's device, so a CUDA run sees the same noise as a CPU one.
+
+Started by torchrun (``torchrun --nproc-per-node N -m kinema train CONFIG.yaml``), the same loop runs
+in each of N processes, each computing its share of every micro-batch's items with the same
+generators, and the gradients are averaged (:mod:`.distributed`): N processes train as one does, up
+to the order of floating-point sums. Rank 0 alone writes the metrics, shows the progress bar and
+exports the model; checkpoints are distributed ones that resume on any process count.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import torch
 from torch import nn
 
 from ..errors import KinemaError
+from ..parallel.groups import World
 from ..seeds import derive_seed, make_generator
+from . import distributed
 from .checkpointing import (
     check_resumable,
     codec_identity,
@@ -35,6 +43,7 @@ from .checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    save_distributed_checkpoint,
     truncate_metrics,
 )
 from .config import TrainConfig, config_hash, default_threads, load_config
@@ -106,23 +115,27 @@ def _trainable(config: TrainConfig, out_dir: Path, device: torch.device | str = 
     return model, objective, dataset
 
 
-def accumulate_gradients(model: nn.Module, objective, dataset, config: TrainConfig, step: int) -> float:
+def accumulate_gradients(model: nn.Module, objective, dataset, config: TrainConfig, step: int, world: World | None = None) -> float:
     """Forward and backward the ``grad_accum`` micro-batches of optimiser step ``step`` (0-based),
-    adding into the parameters' ``.grad``; returns the step's mean loss.
+    adding into the parameters' ``.grad``; returns the step's mean loss (over this process's items).
 
     Item k of the step (k < batch_size * grad_accum) is the same data and the same random draws
-    however the step is split into micro-batches, so 2 x batch 1 matches 1 x batch 2.
+    however the step is split into micro-batches, so 2 x batch 1 matches 1 x batch 2; in a
+    distributed ``world`` this process computes its ``batch_size / N`` items of each micro-batch
+    (:func:`.distributed.item_positions`).
     """
+    world = world or World()
     indices = step_indices(config.seed, step, config.batch_size * config.grad_accum, len(dataset))
     step_loss = 0.0
     for micro in range(config.grad_accum):
-        ks = range(micro * config.batch_size, (micro + 1) * config.batch_size)  # positions within the step
+        ks = distributed.item_positions(config.batch_size, micro, world)  # positions within the step
         items = [dataset[indices[k]] for k in ks]
         gens = [make_generator(config.seed, "item", step, k) for k in ks]
         torch.manual_seed(derive_seed(config.seed, "global", step, micro))  # any hidden global draw (dropout) is seeded too
         loss, _logs = objective(model, items, gens)
-        if not torch.isfinite(loss):
-            raise KinemaError(f"loss is {loss.item()} at step {step}; lower optim.lr or use precision fp32")
+        if not distributed.all_finite(loss, world):
+            where = "" if not torch.isfinite(loss) else " on another process"
+            raise KinemaError(f"loss is {loss.item() if not where else 'not finite'}{where} at step {step}; lower optim.lr or use precision fp32")
         (loss / config.grad_accum).backward()
         step_loss += loss.item() / config.grad_accum
     return step_loss
@@ -156,14 +169,27 @@ def train(
     Returns:
         ``out_dir/model``: config.json + diffusion_pytorch_model.safetensors (EMA weights when
         ema_decay > 0).
-    """
-    from ..runtime import check_threads
 
+    Started by torchrun with several processes, every process calls this: it joins the process
+    group (and leaves it at the end if it joined it here), refuses a ``batch_size`` the process
+    count does not divide, and trains its share of each step (see the module's docstring).
+    """
     config = load_config(config)
     if steps is not None:
         config = load_config(dataclasses.replace(config, steps=steps))
-    device = _run_device(config, device)
-    torch.set_num_threads(check_threads(config.threads) if config.threads else default_threads())
+    world, device, owned = distributed.join(_run_device(config, device))
+    try:
+        distributed.check_world(config, world)
+        return _train(config, resume, progress and world.main, device, world)
+    finally:
+        distributed.leave(owned)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.device, world: World) -> Path:
+    from ..runtime import check_threads
+
+    threads = default_threads() if not world.distributed else distributed.default_threads(default_threads())
+    torch.set_num_threads(check_threads(config.threads) if config.threads else threads)
     out_dir = Path(config.out_dir)
     chash = config_hash(config)
     found = latest_checkpoint(out_dir)
@@ -176,28 +202,42 @@ def train(
         check_resumable(found, config, chash, codec)
     created = not out_dir.exists()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return _run(config, out_dir, device, found, chash, codec, progress)
+        if world.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        return _run(config, out_dir, device, found, chash, codec, progress, world)
     except BaseException:
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):  # a run that failed before writing anything leaves no folder
+        if world.main and created and out_dir.is_dir() and not any(out_dir.iterdir()):  # a run that failed before writing anything leaves no folder
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
 
-def _run(config: TrainConfig, out_dir: Path, device: torch.device, found: Path | None, chash: str, codec: str | None, progress: bool) -> Path:
+def _run(
+    config: TrainConfig, out_dir: Path, device: torch.device, found: Path | None, chash: str, codec: str | None, progress: bool, world: World = World()
+) -> Path:
     """The loop itself, in ``out_dir`` (existing), from ``found`` (a checkpoint to resume) or step 0."""
-    for stale in (out_dir / "checkpoints").glob(".tmp-step-*"):  # half-written by a killed run: never referenced
-        shutil.rmtree(stale, ignore_errors=True)
+    if world.main:
+        for stale in (out_dir / "checkpoints").glob(".tmp-step-*"):  # half-written by a killed run: never referenced
+            shutil.rmtree(stale, ignore_errors=True)
+    else:
+        distributed.barrier(world)  # rank 0 first: it writes out_dir and any cache or tokenizer the others then read
     model, objective, dataset = _trainable(config, out_dir, device)
+    if world.main:
+        distributed.barrier(world)
     if found is None and config.init_from:  # a resumed run has them in its checkpoint already
         init_weights_from(model, config.init_from, partial=TRAINING_KINDS[config.model].partial_init)
     freeze_parameters(model, config.freeze)
+    fsdp = world.distributed and config.parallel.fsdp
+    if fsdp:
+        distributed.shard_model(model)
+    else:
+        distributed.broadcast_model(model, world)
     params = [p for p in model.parameters() if p.requires_grad]
     o = config.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     start = load_checkpoint(found, model, ema, optimizer) if found is not None else 0
-    truncate_metrics(out_dir / METRICS_FILE, start)  # steps a killed run logged past its checkpoint
+    if world.main:
+        truncate_metrics(out_dir / METRICS_FILE, start)  # steps a killed run logged past its checkpoint
 
     batch_total = config.batch_size * config.grad_accum
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "-1"))
@@ -212,23 +252,43 @@ def _run(config: TrainConfig, out_dir: Path, device: torch.device, found: Path |
             group["lr"] = lr_at(step, o.lr, o.warmup_steps, config.steps, o.decay_steps)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            step_loss = accumulate_gradients(model, objective, dataset, config, step)
+            step_loss = accumulate_gradients(model, objective, dataset, config, step, world)
+        if world.distributed and not fsdp:  # FSDP averaged them in its backward hooks already
+            distributed.average_gradients(params, world)
         if o.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
         optimizer.step()
         extra = objective.after_step(model, step)  # a tokenizer's codebook update and use
         if ema is not None:
             ema.update(model, step)
+        if world.distributed:  # the metrics of all the step's items
+            step_loss, extra = _split(distributed.mean_over_ranks({"loss": step_loss, **extra}, world, device))
         completed, done = step + 1, done + 1
         bar.update(1)
-        with open(out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"], **extra}) + "\n")
+        if world.main:
+            with open(out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"], **extra}) + "\n")
         shown = {k: f"{extra[k]:.2f}" for k in ("codes_used", "accuracy") if k in extra}
         bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}", **shown)
         if completed % config.checkpoint_every == 0 or completed == config.steps:
-            save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec, schedule)
+            if world.distributed:
+                save_distributed_checkpoint(out_dir, completed, model, ema, optimizer, chash, world, codec, schedule)
+            else:
+                save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec, schedule)
             if completed == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     state = ema.state_dict() if ema is not None else model.state_dict()
-    return export_model(out_dir, config, state)
+    if not world.distributed:
+        return export_model(out_dir, config, state)
+    state = distributed.gather_full(state, world)  # whole tensors on rank 0: the export is plain safetensors
+    if world.main:
+        export_model(out_dir, config, state)
+    distributed.barrier(world)
+    return out_dir / "model"
+
+
+def _split(values: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """(the loss, the other metrics) of :func:`.distributed.mean_over_ranks`'s dict."""
+    values = dict(values)
+    return values.pop("loss"), values
