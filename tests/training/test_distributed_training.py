@@ -68,13 +68,15 @@ def _until_step(src: Path, dst: Path, step: int) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """A one-process reference run, then on two processes: a refused batch, FSDP and data-parallel
-    runs of 10 steps, an FSDP run of 5 steps resumed to 10, and the reference's step-5 checkpoint
-    resumed to 10 with FSDP. Returns the run directories and the refusal."""
+    runs of 10 steps, an FSDP run of 5 steps resumed to 10, the reference's step-5 checkpoint
+    resumed to 10 with FSDP and with data parallel, and a data-parallel run of 5 steps resumed to 10
+    with FSDP. Returns the run directories' root, a config maker and the refusal."""
     root = tmp_path_factory.mktemp("dist")
     vae = train({**yaml.safe_load((REPO / "configs/tiny-vae.yaml").read_text()), "out_dir": str(root / "vae"), "steps": 0}, progress=False)
     cfg = lambda name, **over: transformer_config(root / name, vae, **over)  # noqa: E731
     train(cfg("one"), progress=False)
-    _until_step(root / "one", root / "from_one", 5)
+    for name in ("from_one-fsdp", "from_one-dp"):
+        _until_step(root / "one", root / name, 5)
     fsdp = {"parallel": {"fsdp": True}}
     plan = [
         ("refused", cfg("refused", batch_size=3), {}),
@@ -82,7 +84,10 @@ def runs(tmp_path_factory) -> dict:
         ("dp", cfg("dp"), {}),
         ("split-a", cfg("split", **fsdp), {"steps": 5}),
         ("split-b", cfg("split", **fsdp), {"resume": True}),
-        ("from_one", cfg("from_one", **fsdp), {"resume": True}),
+        ("from_one-fsdp", cfg("from_one-fsdp", **fsdp), {"resume": True}),
+        ("from_one-dp", cfg("from_one-dp"), {"resume": True}),
+        ("dp_then_fsdp-a", cfg("dp_then_fsdp"), {"steps": 5}),
+        ("dp_then_fsdp-b", cfg("dp_then_fsdp", **fsdp), {"resume": True}),
     ]
     results = run_workers(_train_each, 2, plan)
     assert results[0] == results[1]
@@ -146,14 +151,22 @@ def test_two_processes_train_as_one(runs, mode):
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
-def test_fsdp_shards_the_optimizer_state(runs):
-    """The checkpoint's Adam moments are whole tensors of the parameters' shapes (gathered from
-    the two processes' halves) and the config hash is that of the one-process run."""
-    state = _dcp_state(runs["root"] / f"fsdp/checkpoints/step-{STEPS:07d}")
-    weights = state["model"]
-    moments = state["optim"]["state"]
-    assert set(moments) == {k for k in weights if k in moments} and len(moments) > 0
-    assert all(moments[k]["exp_avg"].shape == weights[k].shape for k in moments)
+def test_fsdp_shards_what_data_parallel_replicates(runs):
+    """In the checkpoints' metadata: with FSDP each process wrote its half of every parameter's
+    weights and Adam moments (two chunks each), with data parallel one process wrote them whole;
+    both hold every parameter's moments, and the config hash is the one-process run's."""
+    import torch.distributed.checkpoint as dcp
+
+    def chunks(run: str) -> dict[str, int]:
+        meta = dcp.FileSystemReader(runs["root"] / run / f"checkpoints/step-{STEPS:07d}").read_metadata().state_dict_metadata
+        return {k: len(v.chunks) for k, v in meta.items() if hasattr(v, "chunks")}
+
+    params = list(_weights(runs["root"] / "one", STEPS))
+    for run, n in (("fsdp", 2), ("dp", 1)):
+        got = chunks(run)
+        for name in params:
+            for key in (f"model.{name}", f"ema.{name}", f"optim.state.{name}.exp_avg", f"optim.state.{name}.exp_avg_sq"):
+                assert got[key] == n, (run, key, got[key])
     info = lambda run: json.loads((runs["root"] / run / f"checkpoints/step-{STEPS:07d}/trainer.json").read_text())  # noqa: E731
     assert info("fsdp")["config_hash"] == info("one")["config_hash"] == info("dp")["config_hash"]
 
@@ -204,11 +217,21 @@ def test_distributed_checkpoint_loads_onto_one_process(runs, tmp_path):
     assert (run / f"checkpoints/step-{STEPS:07d}/model.safetensors").is_file()  # one process writes its own format
 
 
-def test_one_process_checkpoint_resumes_on_two_processes(runs):
+@pytest.mark.parametrize("mode", ["fsdp", "dp"])
+def test_one_process_checkpoint_resumes_on_two_processes(runs, mode):
     root = runs["root"]
-    diff = _max_diff(_weights(root / "from_one", STEPS), _weights(root / "one", STEPS))
-    print(f"1 process (5 steps) then 2 processes FSDP (5 steps) vs 1 process (10 steps): max |diff| {diff:.3g}")
-    assert diff <= TOLERANCE and len(_loss(root / "from_one")) == STEPS
+    diff = _max_diff(_weights(root / f"from_one-{mode}", STEPS), _weights(root / "one", STEPS))
+    print(f"1 process (5 steps) then 2 processes {mode} (5 steps) vs 1 process (10 steps): max |diff| {diff:.3g}")
+    assert diff <= TOLERANCE and len(_loss(root / f"from_one-{mode}")) == STEPS
+
+
+def test_a_data_parallel_checkpoint_resumes_sharded(runs):
+    """``parallel`` may change on resume: a data-parallel checkpoint (whole tensors, written once)
+    loads into FSDP's shards."""
+    root = runs["root"]
+    diff = _max_diff(_weights(root / "dp_then_fsdp", STEPS), _weights(root / "one", STEPS))
+    print(f"2 processes dp (5 steps) then fsdp (5 steps) vs 1 process (10 steps): max |diff| {diff:.3g}")
+    assert diff <= TOLERANCE
 
 
 # ------------------------------------------------------------------------------------------------
