@@ -164,11 +164,15 @@ def average_gradients(params: Iterable[nn.Parameter], world: World) -> None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
     buckets: dict[tuple, list[list[torch.Tensor]]] = {}
-    for g in grads:  # one list of buckets per dtype and device, in parameter order (the same on every process)
-        lists = buckets.setdefault((g.dtype, g.device), [[]])
-        if lists[-1] and sum(t.numel() for t in lists[-1]) * g.element_size() + g.numel() * g.element_size() > BUCKET_BYTES:
+    filled: dict[tuple, int] = {}  # bytes in each kind's last bucket
+    for g in grads:  # buckets per dtype and device, in parameter order (the same on every process)
+        kind, size = (g.dtype, g.device), g.numel() * g.element_size()
+        lists = buckets.setdefault(kind, [[]])
+        if lists[-1] and filled[kind] + size > BUCKET_BYTES:
             lists.append([])
+            filled[kind] = 0
         lists[-1].append(g)
+        filled[kind] = filled.get(kind, 0) + size
     for lists in buckets.values():
         for bucket in lists:
             flat = _flatten_dense_tensors(bucket)
@@ -195,6 +199,27 @@ def all_finite(loss: torch.Tensor, world: World) -> bool:
     if world.distributed:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
+
+
+def main_first(world: World, device: torch.device, fn):
+    """``fn()`` on rank 0, then on the other processes (which read what rank 0 wrote: a latent or
+    token cache, a tokenizer); returns its result. When it raises on rank 0 the others stop too,
+    with a KinemaError, instead of waiting for it."""
+    if not world.distributed:
+        return fn()
+    ok = torch.ones(1, dtype=torch.int32, device=device)
+    if world.main:
+        try:
+            result = fn()
+        except BaseException:
+            dist.broadcast(ok.zero_(), src=0)
+            raise
+        dist.broadcast(ok, src=0)
+        return result
+    dist.broadcast(ok, src=0)
+    if not ok.item():
+        raise KinemaError("rank 0 stopped before training began (its error says why)")
+    return fn()
 
 
 def barrier(world: World) -> None:

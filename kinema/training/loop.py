@@ -134,8 +134,8 @@ def accumulate_gradients(model: nn.Module, objective, dataset, config: TrainConf
         torch.manual_seed(derive_seed(config.seed, "global", step, micro))  # any hidden global draw (dropout) is seeded too
         loss, _logs = objective(model, items, gens)
         if not distributed.all_finite(loss, world):
-            where = "" if not torch.isfinite(loss) else " on another process"
-            raise KinemaError(f"loss is {loss.item() if not where else 'not finite'}{where} at step {step}; lower optim.lr or use precision fp32")
+            said = str(loss.item()) if not torch.isfinite(loss) else "not finite on another process"
+            raise KinemaError(f"loss is {said} at step {step}; lower optim.lr or use precision fp32")
         (loss / config.grad_accum).backward()
         step_loss += loss.item() / config.grad_accum
     return step_loss
@@ -215,14 +215,14 @@ def _run(
     config: TrainConfig, out_dir: Path, device: torch.device, found: Path | None, chash: str, codec: str | None, progress: bool, world: World = World()
 ) -> Path:
     """The loop itself, in ``out_dir`` (existing), from ``found`` (a checkpoint to resume) or step 0."""
-    if world.main:
-        for stale in (out_dir / "checkpoints").glob(".tmp-step-*"):  # half-written by a killed run: never referenced
-            shutil.rmtree(stale, ignore_errors=True)
-    else:
-        distributed.barrier(world)  # rank 0 first: it writes out_dir and any cache or tokenizer the others then read
-    model, objective, dataset = _trainable(config, out_dir, device)
-    if world.main:
-        distributed.barrier(world)
+    def prepare():
+        if world.main:
+            for stale in (out_dir / "checkpoints").glob(".tmp-step-*"):  # half-written by a killed run: never referenced
+                shutil.rmtree(stale, ignore_errors=True)
+        return _trainable(config, out_dir, device)
+
+    # Rank 0 first: it writes any cache or tokenizer the others then read.
+    model, objective, dataset = distributed.main_first(world, device, prepare)
     if found is None and config.init_from:  # a resumed run has them in its checkpoint already
         init_weights_from(model, config.init_from, partial=TRAINING_KINDS[config.model].partial_init)
     freeze_parameters(model, config.freeze)

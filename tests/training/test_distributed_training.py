@@ -70,7 +70,8 @@ def runs(tmp_path_factory) -> dict:
     """A one-process reference run, then on two processes: a refused batch, FSDP and data-parallel
     runs of 10 steps, an FSDP run of 5 steps resumed to 10, the reference's step-5 checkpoint
     resumed to 10 with FSDP and with data parallel, and a data-parallel run of 5 steps resumed to 10
-    with FSDP. Returns the run directories' root, a config maker and the refusal."""
+    with FSDP; also a run whose VAE is missing. Returns the run directories' root, a config maker and
+    each rank's results (None, or the message of a refusal)."""
     root = tmp_path_factory.mktemp("dist")
     vae = train({**yaml.safe_load((REPO / "configs/tiny-vae.yaml").read_text()), "out_dir": str(root / "vae"), "steps": 0}, progress=False)
     cfg = lambda name, **over: transformer_config(root / name, vae, **over)  # noqa: E731
@@ -80,6 +81,7 @@ def runs(tmp_path_factory) -> dict:
     fsdp = {"parallel": {"fsdp": True}}
     plan = [
         ("refused", cfg("refused", batch_size=3), {}),
+        ("no_vae", cfg("no_vae") | {"vae": str(root / "gone")}, {}),
         ("fsdp", cfg("fsdp", **fsdp), {}),
         ("dp", cfg("dp"), {}),
         ("split-a", cfg("split", **fsdp), {"steps": 5}),
@@ -90,8 +92,7 @@ def runs(tmp_path_factory) -> dict:
         ("dp_then_fsdp-b", cfg("dp_then_fsdp", **fsdp), {"resume": True}),
     ]
     results = run_workers(_train_each, 2, plan)
-    assert results[0] == results[1]
-    return {"root": root, "vae": vae, "cfg": cfg, "refused": results[0]["refused"]}
+    return {"root": root, "vae": vae, "cfg": cfg, "results": results}
 
 
 def _dcp_state(path: Path) -> dict:
@@ -238,10 +239,18 @@ def test_a_data_parallel_checkpoint_resumes_sharded(runs):
 # Refusals and the command line
 # ------------------------------------------------------------------------------------------------
 def test_a_batch_the_processes_cannot_split_is_refused(runs):
-    assert runs["refused"] == (
-        "batch_size 3 does not split over 2 processes: use a batch_size that is a multiple of 2 (2, 4, 6, ...), or start 1 or 3 processes"
-    )
+    said = "batch_size 3 does not split over 2 processes: use a batch_size that is a multiple of 2 (2, 4, 6, ...), or start 1 or 3 processes"
+    assert [r["refused"] for r in runs["results"]] == [said, said]
     assert not (runs["root"] / "refused").exists()
+    # Every other run of the plan went through on both processes.
+    assert all(r[name] is None for r in runs["results"] for name in r if name not in ("refused", "no_vae"))
+
+
+def test_an_error_on_rank_0_while_preparing_stops_the_others(runs):
+    """Rank 0 prepares first (caches, a tokenizer); when it fails, the others stop at once with a
+    line pointing at its error, instead of waiting in a collective until the timeout."""
+    rank0, rank1 = (r["no_vae"] for r in runs["results"])
+    assert rank0.startswith("vae not found: ") and rank1 == "rank 0 stopped before training began (its error says why)"
 
 
 def test_torchrun_runs_python_m_kinema_train(runs, tmp_path):
