@@ -66,6 +66,8 @@ class DataConfig:
     path: str | None = None  # video_folder: the directory of video files
     captions: str | None = None  # video_folder: a jsonl file of {"file": "a.mp4", "caption": "..."} (default PATH/captions.jsonl)
     wording: str = field(default="templates", metadata=one_of(WORDINGS))  # shapes captions: "templates" (15 sentence patterns, a few synonyms) or "wide" (kinema.data.wording's many synonyms, frames and fillers, a quarter still templates)
+    continue_share: float = field(default=0.0, metadata=check(UNIT))  # shapes: the share of items that continue an earlier clip (its last continue_past frames, then a new motion, captioned): teaches extension and long videos' later windows
+    continue_past: tuple[int, ...] = (17,)  # shapes: the earlier clip's frames such an item starts with (one drawn per item; each 4k+1 and fewer than frames for the Wan VAE)
 
 
 @dataclass
@@ -190,7 +192,7 @@ _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
 # ... and such fields inside a section, with the value that means "as before the field existed".
-_HASHED_WHEN_SET_IN = {"data": {"wording": "templates"}, "objective": {"first_frame_weight": 1.0}}
+_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,)}, "objective": {"first_frame_weight": 1.0}}
 # Before objectives were split per kind, one section held every kind's settings with these
 # defaults; the hash still sees that union, so runs begun then resume.
 _HASHED_OBJECTIVE = {
