@@ -268,24 +268,6 @@ def parallel_plan_from_args(args: argparse.Namespace):
     return ParallelPlan.for_world(world, args.sequence_parallel, args.guidance_parallel, args.ulysses_degree)
 
 
-class _ParallelLoad:
-    """``generate``'s ``pipelines=`` in a torchrun run: loads the pipeline for this call (keeps
-    nothing, as ``pipelines=None`` does) and applies the plan to it."""
-
-    def __init__(self, plan) -> None:
-        self.plan, self.applied = plan, None
-
-    def bytes_of(self, key) -> int:
-        return 0
-
-    def get(self, key, load):
-        from .parallel import parallelize
-
-        pipe = load()
-        self.applied = parallelize(pipe, self.plan)
-        return pipe
-
-
 def _frame_list(text: str) -> list[int]:
     """--prompt-frames: comma-separated whole numbers."""
     try:
@@ -356,7 +338,7 @@ def _generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     request = request_from_args(args)
     plan = parallel_plan_from_args(args)
-    threads_flag, quiet, main_rank, pipelines = args.threads, args.quiet, True, None
+    threads_flag, quiet, main_rank = args.threads, args.quiet, True
     if plan is not None:
         import os
 
@@ -365,16 +347,15 @@ def _generate(args: argparse.Namespace) -> int:
 
         device = groups.local_device(resolve_device(args.device))  # cuda: this process's LOCAL_RANK
         world = groups.init_from_env(device)
-        request = replace(request, device=str(device), offload="none")  # no memory plan: every process keeps its weights
+        request = replace(request, device=str(device))
         if device.type == "cpu" and threads_flag is None:  # the host's cores shared by its processes
             threads_flag = max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
         main_rank, quiet = world.main, args.quiet or not world.main
-        pipelines = _ParallelLoad(plan)
     threads = configure_threads(threads_flag)
     hint = contention_hint(threads) if threads_flag is None and not quiet else None  # the load before our own work
     if args.input is None and args.strength is not None:
         raise KinemaError("--strength applies to video-to-video: give --input too")
-    done = generate(request, write=main_rank, progress_bar=not quiet, callback=_stop_if_interrupted, pipelines=pipelines)
+    done = generate(request, write=main_rank, progress_bar=not quiet, callback=_stop_if_interrupted, parallel=plan)
     if not main_rank:
         return 0
     frames = done.output.frames

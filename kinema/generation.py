@@ -50,6 +50,7 @@ def generate(
     callback: Any = None,
     metadata: Mapping[str, Any] | None = None,
     pipelines: Any = None,
+    parallel: Any = None,
 ) -> Generated:
     """Check ``request``, load its model, generate, and write the video(s) to ``request.output``.
 
@@ -62,6 +63,11 @@ def generate(
             extended), kept under ``"extra"`` in the metadata each video carries.
         pipelines: a :class:`~kinema.pipelines.cache.PipelineCache` to take the loaded model from and
             keep it in (a server's worker); None loads it for this call only.
+        parallel: a :class:`~kinema.parallel.ParallelPlan` for this call, in a process group of its
+            size (torchrun; :func:`kinema.parallel.groups.init_from_env`): every process calls
+            ``generate`` with the same request and gets the same frames; pass ``write`` True on one
+            process only. The weights stay resident in every process (no memory plan), and the
+            pipeline is loaded for this call (not kept in ``pipelines``).
 
     Raises:
         KinemaError: in one line, for anything the request, the model or the machine cannot do,
@@ -129,6 +135,10 @@ def generate(
         free += pipelines.bytes_of(key)  # a kept model's weights are there already: the estimate counts them once
     budget = parse_bytes(request.max_memory)
     planned = wants_plan(budget, request.offload)
+    if parallel is not None:
+        if planned or request.offload not in (None, "auto", "none"):
+            raise KinemaError("max_memory and offload do not combine with several processes: each process keeps its weights resident")
+        request = replace(request, offload="none")
     held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
     filled = request.checked(rules, check_memory=False)
     plan = filled.long_plan(rules)  # None: one call
@@ -159,10 +169,15 @@ def generate(
         return load_pipeline(layout, device=device, dtype=request.dtype, quantize=request.quantize,
                              max_memory=budget, offload=request.offload if planned else None, plan_for=request)  # fmt: skip
 
-    if pipelines is not None and not planned:  # a plan is sized for one request: planned loads are not kept
+    if pipelines is not None and not planned and parallel is None:  # a plan is sized for one request: planned loads are not kept
         pipe = pipelines.get(key, load)
     else:
         pipe = load()
+    if parallel is not None:
+        from .parallel import parallelize
+
+        parallelize(pipe, parallel)  # this call's pipeline only: nothing keeps it
+        extra["parallel"] = {"processes": parallel.world_size, "sequence": parallel.sequence, "guidance": parallel.guidance, "ulysses": parallel.degrees(pipe.transformer.config.num_heads)[0]}
     timings = {"load": time.perf_counter() - t0}
     keywords = call_keywords(request, pipe.rules.sampling_options)
     if plan is not None:  # longer than a window, or its prompt changes: in windows
