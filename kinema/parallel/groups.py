@@ -29,10 +29,13 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    grouped: bool = False  # inside an initialised process group (torchrun's, also of one process)
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """True for several processes, and for one that torchrun started (a group of one: the
+        distributed code paths, nccl or gloo, with nothing to exchange)."""
+        return self.size > 1 or self.grouped
 
     @property
     def main(self) -> bool:
@@ -41,16 +44,16 @@ class World:
 
 
 def launched() -> bool:
-    """True when this process was started by torchrun (or anything that sets its variables)
-    with more than one process in the world."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when this process was started by torchrun (``TORCHELASTIC_RUN_ID``, also for one
+    process), or by anything that sets a ``WORLD_SIZE`` above 1."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def current() -> World:
     """This process's place, from an initialised process group, else from torchrun's variables,
     else a world of one."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), grouped=True)
     return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -62,11 +65,12 @@ def backend_for(device: torch.device | str) -> str:
 def init_from_env(device: torch.device | str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group torchrun describes (once per process; later calls return the same
     world). ``device``: where this process computes (None: CUDA when there is one). A CUDA
-    process is bound to device ``LOCAL_RANK``. A world of one initialises nothing."""
+    process is bound to device ``LOCAL_RANK``. A process torchrun did not start initialises nothing;
+    one it started alone joins a group of one."""
     if dist.is_available() and dist.is_initialized():
         return current()
     world = current()
-    if not world.distributed:
+    if not launched():
         return world
     if not dist.is_available():
         raise KinemaError("this PyTorch build has no torch.distributed; run one process")
@@ -84,7 +88,7 @@ def local_device(device: torch.device | str | None = None) -> torch.device:
     this rank's ``cuda:LOCAL_RANK`` in a distributed run."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and dev.index is None:
-        return torch.device("cuda", current().local_rank if current().distributed else torch.cuda.current_device())
+        return torch.device("cuda", current().local_rank if launched() or current().grouped else torch.cuda.current_device())
     return dev
 
 
