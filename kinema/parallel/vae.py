@@ -27,12 +27,19 @@ are wrong only where they cannot reach the share.
   ends repeat their edge frames, and its upsamplers drop their stream's first frame) and keeps the
   share's frames, which the window's false edges cannot reach.
 
-The warm-up is *tapered*: layer by layer, from the output back to the input, the frames each layer
-must produce exactly are known (:func:`plan_decode`), so the full-resolution layers at the end of
-the decoder, which cost the most, run over their share plus a frame or so, and only the cheap
-low-resolution layers at the start run over the decoder's whole reach (:func:`temporal_reach`: 38
-latent frames for Wan 2.1, which decodes them one at a time; a uniform warm-up that long would
-leave most ranks decoding the whole of an 81-frame clip).
+The reach is long (:func:`temporal_reach`, walked from the decoder's modules: 38 latent frames
+back for Wan 2.1, 31 each way for LTX-Video 0.9.1), longer than most clips, so a uniform warm-up
+would leave most ranks decoding nearly everything. The warm-up is therefore *tapered*: walking the
+decoder from its output back to its input gives the frames each layer must produce exactly
+(:func:`plan_decode`), so the full-resolution layers at the end, which cost the most, run over their
+share and a frame or so, and only the cheap low-resolution layers at the start run over the whole
+reach. Shares are then balanced by modelled work (convolution weights times output pixels), so
+the first rank, which needs no warm-up, takes more frames. Per-layer FLOPs counted on the real
+architectures (Wan 2.1 at 480x832, LTX-Video 0.9.1 at 512x768) give these speed-ups of the slowest
+rank over one process: Wan 2.1, 21 latent frames (81 pixel frames): 1.50x on 2 ranks, 2.04x on 4,
+2.33x on 8; 41 latent frames: 1.71x, 2.56x, 3.42x; LTX 0.9.1, 16 latent frames (121 pixel frames):
+1.35x, 1.55x, 1.69x; 33 latent frames: 1.50x, 2.01x, 2.52x. A rank's memory is the one-process
+decode's (the same streamed chunks) plus the gathered video.
 
 Every rank must pass the same latents and arguments (and, for a VAE that draws noise, generators
 in the same state): each decodes its own share of that one video.
@@ -50,15 +57,22 @@ from torch import nn
 from ..errors import KinemaError
 from ..models.vae.causal import CausalCache, CausalConv3d
 from ..models.vae.ltx_vae import DEFAULT_DECODE_CHUNK, LTXVAE
-from ..models.vae.ltx_vae_blocks import DepthToSpaceUpsample, LTXConv3d, ResGroup, ResnetBlock3D, _flush_groups
+from ..models.vae.ltx_vae_blocks import (
+    Conditioning,
+    DepthToSpaceUpsample,
+    LTXConv3d,
+    ResGroup,
+    ResnetBlock3D,
+    _flush_groups,  # LTXVAE.decode_iter's grouping of the end-of-stream announcements
+)
 from ..models.vae.wan_vae import (
     AttentionBlock,
+    FrameConv2d,
     ResidualBlock,
     Resample,
     RMSNorm,
     SiLU,
     Upsample2x,
-    FrameConv2d,
     WanVAE,
     norm_act_conv,
 )
@@ -214,7 +228,7 @@ def temporal_reach(vae: nn.Module) -> tuple[int, int]:
     """Latent frames ``(back, ahead)`` of the decoder's temporal receptive field: the pixel frames
     of latent frame ``t`` depend on latent frames ``t - back .. t + ahead`` and on no others (within
     the clip). Walks the decoder's modules; a VAE built on the meta device (``build_on_meta``) works,
-    so a config's reach costs no memory. Wan 2.1: (38, 0)."""
+    so a config's reach costs no memory. Wan 2.1: (38, 0); LTX-Video 0.9.1: (31, 31)."""
     steps = _steps(vae)
     rate = _rates(steps)[-1]
     t = 1  # any latent frame after the first: the walk is the same for all of them
@@ -370,7 +384,7 @@ def _decode_wan_share(vae: WanVAE, z: torch.Tensor, share: RankShare, chunk_size
 
 
 @torch.no_grad()
-def _decode_ltx_share(vae: LTXVAE, z: torch.Tensor, cond, share: RankShare, chunk_size: int | None) -> torch.Tensor:
+def _decode_ltx_share(vae: LTXVAE, z: torch.Tensor, cond: Conditioning, share: RankShare, chunk_size: int | None) -> torch.Tensor:
     """The pixel frames of ``share``: the LTX decoder streamed over a window, every step fed only the
     frames of its range in the plan. A step whose range reaches the clip's end is told the end (in
     groups, as ``LTXVAE.decode_iter`` does, so that no step pushes more than ``chunk_size`` latent
@@ -381,7 +395,7 @@ def _decode_ltx_share(vae: LTXVAE, z: torch.Tensor, cond, share: RankShare, chun
     rates = _rates(steps)
     n = z.shape[2]
     true_end = [hi == _first_frame(n, r) - 1 for (_, hi), r in zip(ranges, rates)]
-    # next[i]: the clip index of the next frame to reach step i's input (i = n_steps: the output);
+    # nxt[i]: the clip index of the next frame to reach step i's input (i = n_steps: the output);
     # a stream that starts at frame s of an upsampler's input starts at frame up * s of its output
     nxt = [ranges[0][0]] + [s.time.up * lo for s, (lo, _) in zip(steps, ranges)]
     shapes: list[tuple[int, ...] | None] = [None] * n_steps
@@ -456,6 +470,17 @@ def _decode_args(vae: nn.Module, latents: torch.Tensor, decode_kwargs: dict) -> 
     return args
 
 
+def _draws_noise(vae: LTXVAE, args: dict) -> bool:
+    """Whether an LTX decode with these arguments draws random numbers: noise injected by the
+    decoder's residual blocks (0.9.1), or latents blended with noise (a nonzero noise scale)."""
+    if any(isinstance(m, ResnetBlock3D) and m.per_channel_scale1 is not None for m in vae.decoder.modules()):
+        return True
+    if not vae.config.timestep_conditioning:
+        return False
+    scale = args["decode_noise_scale"] if args["decode_noise_scale"] is not None else args["timestep"]
+    return scale is not None and bool(torch.as_tensor(scale).ne(0).any())
+
+
 def decode_share(vae: nn.Module, latents: torch.Tensor, share: RankShare, **decode_kwargs) -> torch.Tensor:
     """The pixel frames ``share.frames`` of ``vae.decode(latents, **decode_kwargs)``: (B, 3,
     f1 - f0, H, W), computed from the frames of the plan only (:func:`plan_decode`), with no
@@ -498,6 +523,11 @@ def decode_split(vae: nn.Module, latents: torch.Tensor, group: dist.ProcessGroup
     args = _decode_args(vae, latents, decode_kwargs)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return vae.decode(latents, **decode_kwargs)
+    if args.get("generator", False) is None and _draws_noise(vae, args):
+        raise KinemaError(
+            "decode_split: this LTX VAE draws decode noise; pass a generator seeded alike on every rank "
+            "(from the global generator each rank would draw its own)"
+        )
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     plans = plan_decode(vae, latents.shape[2], size, args["chunk_size"])
     share = plans[rank]

@@ -190,6 +190,11 @@ def _split_worker(rank: int, n: int) -> dict:
         after = torch.randn(4, generator=kwargs["generator"]) if "generator" in kwargs else None  # generator in step?
         share = plan_decode(vae, z.shape[2], n, kwargs.get("chunk_size"))[rank]
         out[name] = (video.numpy(), None if after is None else after.numpy(), elapsed, share.latents, share.latent_steps)
+    try:  # a decoder that draws noise from the global generator would draw different noise per rank
+        decode_split(tiny_ltx(TINY_091), CASES["ltx-0.9.1"][1](), timestep=0.05)
+        out["no-generator"] = None
+    except KinemaError as e:
+        out["no-generator"] = str(e)
     if n == 4:  # a subgroup: ranks 1..3 decode together, rank 0 is not in it
         group = dist.new_group([1, 2, 3])
         if rank > 0:
@@ -216,6 +221,7 @@ def test_decode_split_on_gloo_ranks_equals_one_process(n):
                 assert (video - ref).abs().max() <= LTX_TOL, (name, rank)
             if after is not None:
                 assert torch.equal(torch.from_numpy(rank_after), after), (name, rank)  # the generator ends where the decode leaves it
+    assert all("pass a generator seeded alike" in r["no-generator"] for r in results)
     shares = [r["wan-short"][3] for r in results]
     if n == 4:
         assert (3, 3) in shares  # 3 latent frames on 4 ranks: one rank decoded nothing, yet returned the video
