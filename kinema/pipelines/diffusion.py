@@ -42,6 +42,16 @@ class DiffusionPipeline(VideoPipeline):
     # guidance parallelism, half of the processes run the conditional pass and half the unconditional.
     parallel: Any = None
 
+    def vae_decode(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """``self.vae.decode(z, **kwargs)``; under a plan of several processes, split over them by
+        latent frames (:func:`kinema.parallel.vae.decode_split`: every process gets the same whole
+        video, the one-process decode's)."""
+        if self.parallel is not None and self.parallel.plan.world_size > 1:
+            from ..parallel.vae import decode_split
+
+            return decode_split(self.vae, z, **kwargs)
+        return self.vae.decode(z, **kwargs)
+
     @classmethod
     def allowed_samplers(cls, spec: SamplerSpec | DiscreteSamplerSpec | None) -> tuple[str, ...]:
         """The sampler names a model with this scheduler takes (a resolution-dependent shift: Euler

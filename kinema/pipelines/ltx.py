@@ -470,7 +470,7 @@ class LTXPipeline(DiffusionPipeline):
         """
         z = self.vae.denormalize_latents(latents.float())  # float32 math; the VAE casts to its dtype
         if not self.vae.config.timestep_conditioning:
-            return self.vae.decode(z).float()
+            return self.vae_decode(z).float()
         timestep = 0.0 if decode_timestep is None else decode_timestep
         scale = timestep if decode_noise_scale is None else decode_noise_scale
         b = z.shape[0]
@@ -482,7 +482,7 @@ class LTXPipeline(DiffusionPipeline):
         s = torch.as_tensor(scale, dtype=torch.float32, device=z.device).reshape(-1)  # (1,) or (B,)
         z = self.sampler.process.add_noise(z, noise, s)  # diffusers' decode noise: the latents taken to level s
         injected = generator[0] if isinstance(generator, list) else generator
-        return self.vae.decode(z, timestep=timestep, decode_noise_scale=0.0, generator=injected).float()
+        return self.vae_decode(z, timestep=timestep, decode_noise_scale=0.0, generator=injected).float()
 
 
 # Keywords of ``__call__`` that are not request fields (``extend`` passes them through unchecked by the request).

@@ -348,4 +348,4 @@ class WanPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""
         z = self.vae.denormalize_latents(latents.float())  # float32 math; the VAE casts to its dtype
-        return self.vae.decode(z).float()
+        return self.vae_decode(z).float()

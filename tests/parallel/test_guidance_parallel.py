@@ -43,8 +43,18 @@ def _sample(pipe: WanPipeline, **over) -> torch.Tensor:
     return pipe(**{**kw, **over}).latents
 
 
+def _video(pipe: WanPipeline) -> torch.Tensor:
+    """The pipeline's decode of 5 seeded latent frames (17 frames of video), float in [-1, 1]."""
+    latents = torch.randn(1, 4, 5, 6, 6, generator=torch.Generator().manual_seed(5))
+    return pipe.decode_latents(latents)
+
+
 def _guidance_worker(rank: int, world: int, plan: ParallelPlan, heads: int) -> dict:
     pipe = _pipe(heads)
+    whole = []  # calls of the VAE's own decode: under a plan each process decodes only its share (decode_split)
+    plain_decode = pipe.vae.decode
+    pipe.vae.decode = lambda *a, **k: whole.append(1) or plain_decode(*a, **k)
+    video_ref = _video(pipe)
     calls = []  # the transformer's forwards: each rank runs half of a guided call's
     pipe.transformer.register_forward_pre_hook(lambda m, args: calls.append(1))
     references = {name: _sample(pipe, **over) for name, over in CALLS.items()}
@@ -58,6 +68,8 @@ def _guidance_worker(rank: int, world: int, plan: ParallelPlan, heads: int) -> d
     calls.clear()
     results = {name: _sample(pipe, **over) for name, over in CALLS.items()}
     assert len(calls) - 3 == guided_calls // 2, (len(calls), guided_calls)
+    video = _video(pipe)
+    assert whole == [1], whole  # the reference's decode only
     refused = ""
     if plan.sequence > 1:
         try:
@@ -69,6 +81,7 @@ def _guidance_worker(rank: int, world: int, plan: ParallelPlan, heads: int) -> d
     return {
         "diffs": {name: float((results[name] - references[name]).abs().max()) for name in CALLS},
         "latents": results,
+        "video_diff": float((video - video_ref).abs().max()),  # both float32
         "refused": refused,
         "degrees": (handle.mesh.ulysses, handle.mesh.ring) if handle.mesh is not None else None,
     }
@@ -77,6 +90,9 @@ def _guidance_worker(rank: int, world: int, plan: ParallelPlan, heads: int) -> d
 def _check(results: list[dict], label: str) -> None:
     diffs = {name: max(r["diffs"][name] for r in results) for name in CALLS}
     print(f"{label}: max abs difference per call: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()))
+    video = max(r["video_diff"] for r in results)
+    print(f"{label}: decoded video (VAE split over the ranks): max abs difference {video:.2e}")
+    assert video == 0.0  # Wan's split decode is the one-process decode, bit for bit
     for name, diff in diffs.items():
         assert diff <= TOLERANCE, (name, diff)
         assert all(torch.equal(r["latents"][name], results[0]["latents"][name]) for r in results), f"{name}: ranks got other latents"
