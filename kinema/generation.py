@@ -136,6 +136,9 @@ def generate(
     budget = parse_bytes(request.max_memory)
     planned = wants_plan(budget, request.offload)
     if parallel is not None:
+        import torch.distributed as dist
+
+        parallel.check_world(dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)  # before loading
         if planned or request.offload not in (None, "auto", "none"):
             raise KinemaError("max_memory and offload do not combine with several processes: each process keeps its weights resident")
         request = replace(request, offload="none")
