@@ -9,6 +9,7 @@ module-level function of a test module), and what it returns must pickle.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import traceback
 from datetime import timedelta
@@ -33,7 +34,9 @@ def _worker(rank: int, n: int, port: int, fn, args, queue) -> None:
     try:
         dist.init_process_group("gloo", rank=rank, world_size=n, timeout=timedelta(seconds=WORKER_TIMEOUT_S))
         result = fn(rank, n, *args)
-        queue.put((rank, "ok", result))
+        # By value: the queue's own pickler would pass tensors as handles to this process's shared
+        # memory, which are gone once it exits before the parent reads them (a FileNotFoundError there).
+        queue.put((rank, "ok", pickle.dumps(result)))
     except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -56,7 +59,7 @@ def run_workers(fn, n: int, *args, timeout_s: float = 4 * WORKER_TIMEOUT_S) -> l
         for _ in range(n):
             rank, status, value = queue.get(timeout=timeout_s)
             if status == "ok":
-                results[rank] = value
+                results[rank] = pickle.loads(value)
             else:
                 errors.append(f"rank {rank} failed:\n{value}")
                 break
