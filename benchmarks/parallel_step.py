@@ -82,6 +82,19 @@ def _status(field: str) -> int:
     return 0
 
 
+class _Holder:
+    """What :func:`parallelize` takes for guidance parallelism: a pipeline's ``transformer`` and
+    ``denoise`` (the benchmark runs the two passes itself)."""
+
+    parallel = None
+
+    def __init__(self, model) -> None:
+        self.transformer = model
+
+    def denoise(self, *args, **kwargs):  # pragma: no cover - never called here
+        raise NotImplementedError
+
+
 def measure(rank: int, world: int, args_dict: dict) -> dict:
     """One rank's measurement (inside an initialised group when world > 1)."""
     import torch.distributed as dist
@@ -94,8 +107,10 @@ def measure(rank: int, world: int, args_dict: dict) -> dict:
         torch.set_num_threads(args.threads)
     model, x, t, texts, tokens = build(args, device)
     guidance = 2 if args.guidance and world % 2 == 0 else 1
-    plan = ParallelPlan.for_world(world, guidance=guidance)
-    handle = parallelize(model, plan)
+    sequence = world // guidance
+    plan = ParallelPlan.for_world(world, guidance=guidance, ulysses=min(args.ulysses, sequence) if args.ulysses else None)
+    # Guidance parallelism splits a pipeline's denoising loop: a stand-in holding the model takes its place.
+    handle = parallelize(model if guidance == 1 else _Holder(model), plan)
     contexts = [model.prepare_context(c) for c in texts]
     mine = handle.guidance_index if guidance == 2 else None
 
@@ -103,7 +118,7 @@ def measure(rank: int, world: int, args_dict: dict) -> dict:
         with torch.no_grad():
             if mine is None:  # both passes here
                 return torch.stack([model(x, t, ctx) for ctx in contexts])
-            return model(x, t, contexts[mine])
+            return torch.stack(handle.exchange_guidance(model(x, t, contexts[mine])))  # (cond, uncond), as the loop gets them
 
     step()  # warm-up
     base = peak_reset(device)
@@ -117,10 +132,6 @@ def measure(rank: int, world: int, args_dict: dict) -> dict:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     peak = peak_read(device) - base
-    if mine is not None:  # the pair's two predictions, for the comparison
-        both = [torch.empty_like(out) for _ in range(2)]
-        dist.all_gather(both, out.contiguous(), group=handle.guidance_group)
-        out = torch.stack(both)
     return {"rank": rank, "time": statistics.median(times), "peak": peak, "tokens": tokens, "out": out.float().cpu(),
             "plan": f"sequence {plan.sequence} x guidance {plan.guidance}" + (f" (ulysses {plan.degrees(args.heads)[0]}, ring {plan.degrees(args.heads)[1]})" if plan.sequence > 1 else "")}
 
@@ -175,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--guidance", action="store_true", help="guidance parallel: the two passes on two halves of the processes (even counts)")
+    p.add_argument("--ulysses", type=int, default=None, help="the Ulysses degree (1: ring attention alone); default: the most the heads allow")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     p.add_argument("--json", type=Path, default=None)
