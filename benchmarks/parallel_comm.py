@@ -10,8 +10,8 @@ counts the bytes each rank sends per denoising step (both guidance passes) under
   shards of S/P x dim values per block;
 - **guidance parallel** (2 halves) with Ulysses over P/2 inside each half: each rank runs one of
   the two passes on a shard of S/(P/2) tokens, plus one all-gather of the prediction per step;
-- what kinema adds to every plan: one all-gather of the head's output per forward (the model's
-  output is small: out_dim x patch values per token).
+- what kinema adds to every sequence-parallel plan: one all-gather per forward of the last block's
+  token states (S x dim, float32: Wan's residual stream), so the head runs whole on every rank.
 
 Cross-attention needs nothing (each rank holds all text tokens), nor do the feed-forwards.
 Compute per step is counted too (2 x parameters x tokens for the linear layers, 4 x S^2 x dim per
@@ -53,8 +53,8 @@ def volumes(cfg, s: int, gpus: int, bytes_per: int = 2) -> dict[str, float]:
     out_per_token = cfg.out_dim * math.prod(cfg.patch_size)
     shard = s / gpus * d * bytes_per  # one rank's share of one (S, dim) tensor
 
-    def gather_out(p: int) -> float:  # all-gather of the head's output: receive (p-1)/p of it
-        return s * out_per_token * 4 * (p - 1) / p  # float32
+    def gather_out(p: int) -> float:  # all-gather of the last block's states: each rank's shard to the p-1 others
+        return s * d * 4 * (p - 1) / p  # float32
 
     ulysses = 2 * (layers * 4 * shard * (gpus - 1) / gpus + gather_out(gpus))
     ring = 2 * (layers * 2 * shard * (gpus - 1) + gather_out(gpus))
