@@ -63,7 +63,7 @@ from ..models.vae.ltx_vae_blocks import (
     LTXConv3d,
     ResGroup,
     ResnetBlock3D,
-    _flush_groups,  # LTXVAE.decode_iter's grouping of the end-of-stream announcements
+    flush_groups,  # LTXVAE.decode_iter's grouping of the end-of-stream announcements
 )
 from ..models.vae.wan_vae import (
     AttentionBlock,
@@ -430,7 +430,7 @@ def _decode_ltx_share(vae: LTXVAE, z: torch.Tensor, cond: Conditioning, share: R
         run(z[:, :, s : min(s + step_size, hi0 + 1)], 0, 0)
     m = sum(true_end)  # the steps whose range reaches the clip's end (a prefix of the chain) are told the end
     first = 0
-    for stop in _flush_groups([s.lag for s in steps[:m]], float("inf") if chunk_size is None else chunk_size) if m else []:
+    for stop in flush_groups([s.lag for s in steps[:m]], float("inf") if chunk_size is None else chunk_size) if m else []:
         b, c, h, w = shapes[first]
         run(z.new_empty(b, c, 0, h, w), first, stop)
         first = stop
@@ -495,7 +495,7 @@ def decode_share(vae: nn.Module, latents: torch.Tensor, share: RankShare, **deco
         z = latents.to(device=vae.device, dtype=vae.dtype)
         return nothing if share.empty else _decode_wan_share(vae, z, share, args["chunk_size"])
     cap_heap_growth()  # as LTXVAE.decode_iter (see kinema.runtime)
-    z, cond = vae._prepare_decode(latents, args["timestep"], args["decode_noise_scale"], args["generator"])
+    z, cond = vae.prepare_decode(latents, args["timestep"], args["decode_noise_scale"], args["generator"])
     return nothing if share.empty else _decode_ltx_share(vae, z, cond, share, args["chunk_size"])
 
 

@@ -9,7 +9,7 @@ from kinema.checkpoints import ltx_vae as ltx_vae_ckpt
 from kinema.checkpoints.io import build_on_meta
 from kinema.errors import CheckpointError, KinemaError
 from kinema.models.vae.ltx_vae import LTX_VAE_PRESETS, LTXVAE, LTXVAEConfig
-from kinema.models.vae.ltx_vae_blocks import LTXConv3d, _flush_groups
+from kinema.models.vae.ltx_vae_blocks import LTXConv3d, flush_groups
 from tests.contracts import CodecContract
 
 # LTX's structure (patch 4, three 2x resamplers: 32x32x8) at widths 4..32 with one resnet per stage.
@@ -222,11 +222,11 @@ def test_decode_memory_is_bounded_by_the_chunk():
 
 def test_flush_groups_respect_the_budget():
     lags = [1, 2, 2, 1, 1, 0.5, 0.5, 0.25, 0.125]
-    ends = _flush_groups(lags, 2)
+    ends = flush_groups(lags, 2)
     assert ends[-1] == len(lags)
     starts = [0, *ends[:-1]]
     assert all(sum(lags[a:b]) <= 2 or b - a == 1 for a, b in zip(starts, ends))
-    assert _flush_groups(lags, 100) == [len(lags)]
+    assert flush_groups(lags, 100) == [len(lags)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from ...runtime import cap_heap_growth
 from ...sampling.noise import FlowMatching
 from ..codec import CodecProperties
 from .causal import CausalCache
-from .ltx_vae_blocks import Conditioning, Decoder, Encoder, _flush_groups, _randn
+from .ltx_vae_blocks import Conditioning, Decoder, Encoder, flush_groups, _randn
 from .ltx_vae_config import (  # noqa: F401  (the config's names, re-exported with the model)
     DOWN_BLOCK,
     DOWN_BLOCK_095,
@@ -141,7 +141,7 @@ class LTXVAE(CodecProperties, nn.Module):
         if chunk_size is not None and chunk_size <= 0:
             raise KinemaError(f"decode chunk_size must be positive (or None); got {chunk_size}")
         cap_heap_growth()  # resident memory bounded like the live tensors (see kinema.runtime)
-        z, cond = self._prepare_decode(latents, timestep, decode_noise_scale, generator)
+        z, cond = self.prepare_decode(latents, timestep, decode_noise_scale, generator)
         steps = self.decoder.steps()
         cache = CausalCache()
         inputs: list[tuple[int, ...]] = []  # (B, C, H, W) entering each step, for zero-frame inputs
@@ -161,7 +161,7 @@ class LTXVAE(CodecProperties, nn.Module):
             if y.shape[2]:
                 yield y
         first = 0
-        for stop in _flush_groups([s.lag for s in steps], chunk_size):  # then announce the end, a group at a time
+        for stop in flush_groups([s.lag for s in steps], chunk_size):  # then announce the end, a group at a time
             b, c, h, w = inputs[first]
             y = run(z.new_empty(b, c, 0, h, w), first, stop)
             if y.shape[2]:
@@ -211,7 +211,10 @@ class LTXVAE(CodecProperties, nn.Module):
         generator = torch.Generator(self.device).manual_seed(seed)
         return self.decode(self.encode(video).mean, generator=generator).float()
 
-    def _prepare_decode(self, latents, timestep, decode_noise_scale, generator) -> tuple[torch.Tensor, Conditioning]:
+    def prepare_decode(self, latents, timestep, decode_noise_scale, generator) -> tuple[torch.Tensor, Conditioning]:
+        """The checked latents (B, C, T, h, w), with decode noise blended in when the VAE draws it,
+        and the decoder's conditioning: what :meth:`decode_iter` feeds its chain (and what a split
+        decode, :func:`kinema.parallel.vae.decode_split`, feeds each share)."""
         c = self.config.latent_channels
         if latents.dim() != 5 or latents.shape[1] != c:
             raise KinemaError(f"latents must be (B, {c}, T, h, w); got {tuple(latents.shape)}")

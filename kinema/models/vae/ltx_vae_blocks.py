@@ -383,7 +383,7 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: torc
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
-def _flush_groups(lags: Sequence[float], budget: float) -> list[int]:
+def flush_groups(lags: Sequence[float], budget: float) -> list[int]:
     """Where to cut the chain when announcing the end of the stream: consecutive steps whose held-back
     frames add up to at most ``budget`` latent frames (or a single step) end together."""
     ends, held = [], 0.0
