@@ -250,7 +250,7 @@ def _add_parallel(g: argparse.ArgumentParser) -> None:
 def parallel_plan_from_args(args: argparse.Namespace):
     """The processes torchrun started and the parallel flags as a :class:`~kinema.parallel.ParallelPlan`
     (None: one process). Refused in one line: degrees whose product is not the number of processes,
-    flags that need processes this run does not have, a memory plan (each process keeps its weights)."""
+    flags that need processes this run does not have (a memory plan is refused by ``generate``)."""
     from .parallel.groups import current
     from .parallel.plan import ParallelPlan
 
@@ -263,8 +263,6 @@ def parallel_plan_from_args(args: argparse.Namespace):
                 f"launch with torchrun --nproc-per-node {wanted.world_size} -m kinema generate ..."
             )
         return None
-    if args.max_memory is not None or args.offload not in (None, "auto", "none"):
-        raise KinemaError("--max-memory and --offload do not combine with several processes (torchrun): each keeps its weights resident")
     return ParallelPlan.for_world(world, args.sequence_parallel, args.guidance_parallel, args.ulysses_degree)
 
 
@@ -316,17 +314,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .parallel import groups
 
-    main_rank = groups.current().main
     joined = dist.is_available() and dist.is_initialized()  # a group the caller made stays theirs
     try:
-        return _generate(args)
-    except KinemaError:
-        if main_rank:
-            raise
-        return 2  # rank 0 says why, once
+        return _said_once(lambda: _generate(args))
     finally:
         if not joined:
             groups.shutdown()
+
+
+def _said_once(run) -> int:
+    """``run()`` in one of the processes torchrun started (or the only one): a refusal is raised,
+    to be said in one line, by rank 0 alone; the other processes exit 2 without a word."""
+    from .parallel import groups
+
+    main_rank = groups.current().main
+    try:
+        return run()
+    except KinemaError:
+        if main_rank:
+            raise
+        return 2
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -340,8 +347,6 @@ def _generate(args: argparse.Namespace) -> int:
     plan = parallel_plan_from_args(args)
     threads_flag, quiet, main_rank = args.threads, args.quiet, True
     if plan is not None:
-        import os
-
         from .parallel import groups
         from .pipelines.loading import resolve_device
 
@@ -349,7 +354,7 @@ def _generate(args: argparse.Namespace) -> int:
         world = groups.init_from_env(device)
         request = replace(request, device=str(device))
         if device.type == "cpu" and threads_flag is None:  # the host's cores shared by its processes
-            threads_flag = max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
+            threads_flag = groups.cores_per_process(usable_cores())
         main_rank, quiet = world.main, args.quiet or not world.main
     threads = configure_threads(threads_flag)
     hint = contention_hint(threads) if threads_flag is None and not quiet else None  # the load before our own work
@@ -417,16 +422,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise KinemaError(f"--steps must be a positive integer; got {args.steps}")
     device = {} if args.device is None else {"device": args.device}
-    main_rank = groups.current().main
-    try:
+
+    def run() -> int:
         out = train(args.config, resume=args.resume, steps=args.steps, progress=not args.no_progress, **device)
-    except KinemaError:
-        if main_rank:
-            raise
-        return 2  # rank 0 says why, once
-    if main_rank:
-        print(f"model written to {out}")
-    return 0
+        if groups.current().main:
+            print(f"model written to {out}")
+        return 0
+
+    return _said_once(run)
 
 
 def cmd_package(args: argparse.Namespace) -> int:

@@ -140,7 +140,7 @@ def generate(
 
         parallel.check_world(dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)  # before loading
         if planned or request.offload not in (None, "auto", "none"):
-            raise KinemaError("max_memory and offload do not combine with several processes: each process keeps its weights resident")
+            raise RequestError("{0} and {1} do not combine with several processes: each process keeps its weights resident", "max_memory", "offload")
         request = replace(request, offload="none")
     held = (current_rss() or 0) if device.type == "cpu" else 0  # a CPU budget counts the process itself
     filled = request.checked(rules, check_memory=False)
@@ -179,8 +179,9 @@ def generate(
     if parallel is not None:
         from .parallel import parallelize
 
-        parallelize(pipe, parallel)  # this call's pipeline only: nothing keeps it
-        extra["parallel"] = {"processes": parallel.world_size, "sequence": parallel.sequence, "guidance": parallel.guidance, "ulysses": parallel.degrees(pipe.transformer.config.num_heads)[0]}
+        applied = parallelize(pipe, parallel)  # this call's pipeline only: nothing keeps it
+        ulysses = applied.mesh.ulysses if applied.mesh is not None else 1
+        extra["parallel"] = {"processes": parallel.world_size, "sequence": parallel.sequence, "guidance": parallel.guidance, "ulysses": ulysses}
     timings = {"load": time.perf_counter() - t0}
     keywords = call_keywords(request, pipe.rules.sampling_options)
     if plan is not None:  # longer than a window, or its prompt changes: in windows

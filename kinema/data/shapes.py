@@ -407,8 +407,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def continuation(self, index: int) -> tuple[ClipSpec, int] | None:
         """For an item that continues an earlier clip: (the earlier clip's spec, how many of its
         last frames the item starts with); None for a plain clip."""
-        earlier = self._draw(index)[2]
-        return earlier
+        return self._draw(index)[2]
 
     def _draw(self, index: int) -> tuple[ClipSpec, str, tuple[ClipSpec, int] | None]:
         if not 0 <= index < self.length:

@@ -92,6 +92,12 @@ def local_device(device: torch.device | str | None = None) -> torch.device:
     return dev
 
 
+def cores_per_process(cores: int) -> int:
+    """Intra-op threads for one process: the host's ``cores`` shared by the processes torchrun
+    started on it (``LOCAL_WORLD_SIZE``, else the world's size), at least one each."""
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", current().size))))
+
+
 def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():

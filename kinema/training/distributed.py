@@ -26,7 +26,6 @@ Two ways to hold the model:
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Mapping
 
 import torch
@@ -86,12 +85,6 @@ def check_world(config, world: World) -> None:
             f"batch_size {b} does not split over {n} processes: use a batch_size that is a multiple of {n} "
             f"({n}, {2 * n}, {3 * n}, ...), or start {' or '.join(map(str, counts))} processes"
         )
-
-
-def default_threads(cores: int) -> int:
-    """Intra-op threads of one process: the ``cores`` shared by the processes torchrun started on
-    this host (``LOCAL_WORLD_SIZE``), at least one each."""
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", current().size))))
 
 
 def item_positions(batch_size: int, micro: int, world: World) -> range:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import KinemaError
-from ..parallel.groups import World
+from ..parallel.groups import World, cores_per_process
 from ..seeds import derive_seed, make_generator
 from . import distributed
 from .checkpointing import (
@@ -188,7 +188,7 @@ def train(
 def _train(config: TrainConfig, resume: bool, progress: bool, device: torch.device, world: World) -> Path:
     from ..runtime import check_threads
 
-    threads = default_threads() if not world.distributed else distributed.default_threads(default_threads())
+    threads = default_threads() if not world.distributed else cores_per_process(default_threads())
     torch.set_num_threads(check_threads(config.threads) if config.threads else threads)
     out_dir = Path(config.out_dir)
     chash = config_hash(config)
