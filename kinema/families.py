@@ -153,8 +153,8 @@ class SequenceSplit:
     token_axis: int = 1  # the token axis of the token states
 
 
-# Wan: rope cos/sin (S, D/2); the time modulation e (B, 6, dim) is per sample.
-WAN_SPLIT = SequenceSplit(per_token=(("cos", 0), ("sin", 0)), self_attention="self_attn")
+# Wan: rope cos/sin (S, D/2); the time modulation e (B, 1, 6, dim) per sample, or (B, S, 6, dim) with a time per frame.
+WAN_SPLIT = SequenceSplit(per_token=(("e", 1), ("cos", 0), ("sin", 0)), self_attention="self_attn")
 
 
 @dataclass(frozen=True)

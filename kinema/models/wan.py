@@ -195,9 +195,10 @@ class WanBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
     ) -> torch.Tensor:
-        """x (B, S, dim) float32, e (B, 6, dim) float32, kv (cross-attention keys/values), cos/sin (S, D/2) -> (B, S, dim) float32."""
+        """x (B, S, dim) float32, e (B, 1, 6, dim) float32 (one time for every token) or (B, S, 6, dim)
+        (a time per token), kv (cross-attention keys/values), cos/sin (S, D/2) -> (B, S, dim) float32."""
         dtype = getattr(self.ffn[0], "compute_dtype", None) or self.ffn[0].weight.dtype  # compute dtype of the linears (a quantised layer says its own)
-        mod = (self.modulation.float() + e).chunk(6, dim=1)  # 6 x (B, 1, dim)
+        mod = (self.modulation.float().unsqueeze(1) + e).unbind(dim=2)  # 6 x (B, 1 or S, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod
         h = modulate(layer_norm_fp32(x, self.eps), shift_sa, scale_sa).to(dtype)  # (B, S, dim)
         x = x + self.self_attn(h, cos, sin) * gate_sa  # (B, S, dim) float32
@@ -216,8 +217,8 @@ class WanHead(nn.Module):
         self.modulation = randn_parameter(1, 2, dim, divide_by=dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x (B, S, dim) float32, e (B, dim) float32 -> (B, S, out_features)."""
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)  # 2 x (B, 1, dim)
+        """x (B, S, dim) float32, e (B, 1, dim) or (B, S, dim) float32 (a time per token) -> (B, S, out_features)."""
+        shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).unbind(dim=2)  # 2 x (B, 1 or S, dim)
         return self.head(modulate(layer_norm_fp32(x, self.eps), shift, scale).to(self.head.weight.dtype))  # (B, S, out)
 
 
@@ -311,7 +312,10 @@ class WanTransformer(nn.Module):
         Args:
             x: (B, in_dim, F, H, W) latents; for i2v the mask and image latents are already
                 concatenated on the channel axis. F, H, W must be multiples of patch_size.
-            timestep: (B,) or () flow-matching time in [0, 1000].
+            timestep: (B,) or () flow-matching time in [0, 1000]; or (B, F / patch_t), a time per
+                latent frame (as diffusion-forcing models and Wan 2.2's TI2V take it per token):
+                a video's given past frames clean or nearly so while the rest is noisier. Only a
+                model trained with such times (``objective.past_share``) makes sense of them.
             context: (B, L, text_dim) text encoder states, L <= text_len; zero-padded to text_len
                 (as the original model does; padding changes the result, so pass unpadded or
                 zero-padded states, not states of pad tokens).
@@ -338,12 +342,17 @@ class WanTransformer(nn.Module):
         weight = self.patch_embedding.weight.flatten(1).float()  # (dim, C*pt*ph*pw)
         tokens = F.linear(patches.float(), weight, self.patch_embedding.bias.float())  # (B, S, dim) float32 stream
 
-        # Time: sinusoid -> MLP -> 6 modulation vectors, all float32.
-        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep  # (B,)
-        t_emb = timestep_embedding(timestep, c.freq_dim)  # (B, freq_dim)
-        e = self.time_embedding(t_emb.to(self.time_embedding[0].weight.dtype)).float()  # (B, dim)
-        e6 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()  # (B, 6*dim)
-        e6 = e6.unflatten(1, (6, c.dim))  # (B, 6, dim)
+        # Time: sinusoid -> MLP -> 6 modulation vectors, all float32; one set for all tokens, or per token.
+        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep  # (B,) or (B, F/pt)
+        if timestep.ndim == 2 and timestep.shape != (b, grid[0]):
+            raise ValueError(f"a time per frame must be (batch, latent frames / patch_t) = {(b, grid[0])}; got {tuple(timestep.shape)}")
+        t = timestep.reshape(b, -1)  # (B, 1) or (B, F/pt)
+        t_emb = timestep_embedding(t.flatten(), c.freq_dim)  # (B*T, freq_dim)
+        e = self.time_embedding(t_emb.to(self.time_embedding[0].weight.dtype)).float()  # (B*T, dim)
+        e6 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()  # (B*T, 6*dim)
+        e, e6 = e.unflatten(0, t.shape), e6.unflatten(0, t.shape).unflatten(2, (6, c.dim))  # (B, T, dim), (B, T, 6, dim)
+        if timestep.ndim == 2:  # each latent frame's time, computed once per frame, then repeated over its tokens
+            e, e6 = (v.repeat_interleave(grid[1] * grid[2], dim=1) for v in (e, e6))  # (B, S, dim), (B, S, 6, dim)
 
         cos, sin = rope_3d(grid, wan_rope_dims(c.head_dim), ROPE_THETA, device=x.device)  # (S, D/2) each
         for block, kv in zip(self.blocks, cond.kv):

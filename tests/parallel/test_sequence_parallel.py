@@ -34,10 +34,11 @@ def _wan(heads: int) -> WanTransformer:
     return WanTransformer(WanTransformerConfig(dim=12 * heads, ffn_dim=32, num_heads=heads, num_layers=2, text_dim=16, text_len=8, rope_max_seq_len=16)).eval()
 
 
-def _wan_inputs(model: WanTransformer, fhw: tuple[int, int, int]) -> tuple:
+def _wan_inputs(model: WanTransformer, fhw: tuple[int, int, int], per_frame: bool = False) -> tuple:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 16, *fhw, generator=g)  # (B, C, F, H, W), patch (1, 2, 2)
-    return x, torch.tensor([700.0, 30.0]), torch.randn(2, 5, model.config.text_dim, generator=g)
+    t = torch.tensor([[50.0] + [700.0] * (fhw[0] - 1), [0.0] + [30.0] * (fhw[0] - 1)]) if per_frame else torch.tensor([700.0, 30.0])  # a given past's form
+    return x, t, torch.randn(2, 5, model.config.text_dim, generator=g)
 
 
 def _ltx(heads: int) -> LTXTransformer:
@@ -75,6 +76,7 @@ def _cases(world: int) -> list:
         ("wan heads2 9 tokens", wan2, wan_call(wan2, (3, 2, 6)), plan),
         ("wan heads3 18 tokens", wan3, wan_call(wan3, (3, 4, 6)), plan),
         ("wan heads3 3 tokens", wan3, wan_call(wan3, (3, 2, 2)), plan),
+        ("wan heads2 18 tokens per-frame time", wan2, lambda: wan2(*_wan_inputs(wan2, (3, 4, 6), per_frame=True)), plan),
         ("ltx heads2 18 tokens", ltx2, _ltx_call(ltx2, (3, 2, 3), False), plan),
         ("ltx heads2 9 tokens per-token time", ltx2, _ltx_call(ltx2, (1, 3, 3), True), plan),
         ("ltx heads3 9 tokens per-token time", ltx3, _ltx_call(ltx3, (1, 3, 3), True), plan),

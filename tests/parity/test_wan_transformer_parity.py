@@ -113,6 +113,27 @@ def test_i2v_matches_diffusers(tiny_wan_i2v_diffusers_dir, batch):
     assert _max_diff(ours, theirs) <= TOL
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_time_per_frame_matches_diffusers_time_per_token(tiny_wan_t2v_diffusers_dir, batch):
+    """A time per latent frame (a given past clean, the rest noisy) equals diffusers' time per token
+    (Wan 2.2's path in WanTransformer3DModel) with each frame's time on all of its tokens."""
+    ref, directory = tiny_wan_t2v_diffusers_dir
+    model = load_wan_transformer(directory)
+    x, _, text, padded, _ = _inputs(16, batch)
+    per_frame = torch.tensor([[0.0, 20.0, 937.5], [50.0, 500.0, 12.25]][:batch])  # (B, F')
+    with torch.no_grad():
+        ours = model(x, per_frame, text)
+    per_token = per_frame.repeat_interleave((6 // 2) * (8 // 2), dim=1)  # (B, S): patch (1, 2, 2)
+    theirs = _diffusers_out(ref, x, per_token, padded, None)
+    assert _max_diff(ours, theirs) <= TOL
+    with torch.no_grad():  # all frames at one time: the same as the scalar time
+        same = model(x, per_frame[:, 2:].expand(-1, 3), text)
+        scalar = model(x, per_frame[:, 2], text)
+    assert _max_diff(same, scalar) <= 1e-5
+    with pytest.raises(ValueError, match="a time per frame"):
+        model(x, per_frame[:, :2], text)
+
+
 def test_batch_rows_are_independent(tiny_wan_t2v_diffusers_dir):
     _, directory = tiny_wan_t2v_diffusers_dir
     model = load_wan_transformer(directory)
