@@ -23,16 +23,20 @@ CACHE_BATCH = 16  # clips encoded together when building a cache (one at a time 
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):
-    """Items of a latent cache: ``mean`` and ``logvar`` (z, F', h, w) of the VAE posterior, ``caption``."""
+    """Items of a latent cache: ``mean`` and ``logvar`` (z, F', h, w) of the VAE posterior, ``caption``,
+    and ``past`` (how many first frames show an earlier clip) where the data set says it."""
 
-    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor, captions: list[str]) -> None:
-        self.mean, self.logvar, self.captions = mean, logvar, captions
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor, captions: list[str], past: list[int] | None = None) -> None:
+        self.mean, self.logvar, self.captions, self.past = mean, logvar, captions, past
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, index: int) -> dict:
-        return {"mean": self.mean[index], "logvar": self.logvar[index], "caption": self.captions[index]}
+        item = {"mean": self.mean[index], "logvar": self.logvar[index], "caption": self.captions[index]}
+        if self.past is not None:
+            item["past"] = self.past[index]
+        return item
 
 
 class TokenCacheDataset(torch.utils.data.Dataset):
@@ -84,9 +88,11 @@ def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
     Stores the posterior's mean and log-variance (not a sample), so training still draws a fresh
     latent per step from the step's generator.
     """
+    past_of = getattr(dataset, "past_of", None)  # a cheap lookup of each item's past, without rendering (shapes)
+    past = [past_of(i) for i in range(len(dataset))] if past_of is not None else None
     found = _cached(path, key)
     if found is not None:
-        return LatentCacheDataset(found[0]["mean"], found[0]["logvar"], found[1])
+        return LatentCacheDataset(found[0]["mean"], found[0]["logvar"], found[1], past)
 
     def encode(video: torch.Tensor) -> dict[str, torch.Tensor]:
         posterior = vae.encode(video)  # (n, z, F', h, w)
@@ -95,7 +101,7 @@ def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
     outs, captions = _encode_all(dataset, encode, "latent cache")
     mean, logvar = torch.cat([o["mean"] for o in outs]), torch.cat([o["logvar"] for o in outs])
     save_safetensors({"mean": mean, "logvar": logvar}, path, metadata={"key": key, "captions": json.dumps(captions)})
-    return LatentCacheDataset(mean, logvar, captions)
+    return LatentCacheDataset(mean, logvar, captions, past)
 
 
 def token_cache(path: Path, key: str, dataset, tokenizer) -> TokenCacheDataset:

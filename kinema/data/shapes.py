@@ -409,6 +409,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         last frames the item starts with); None for a plain clip."""
         return self._draw(index)[2]
 
+    def past_of(self, index: int) -> int:
+        """How many of item ``index``'s first frames show an earlier clip (a continuation's past); 0 for a plain clip."""
+        earlier = self._draw(int(index))[2]
+        return 0 if earlier is None else earlier[1]
+
     def _draw(self, index: int) -> tuple[ClipSpec, str, tuple[ClipSpec, int] | None]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a data set of length {self.length}")
@@ -437,7 +442,8 @@ class ShapesDataset(torch.utils.data.Dataset):
             new = self.frames - past
             clip = render_sequence([first, spec], [self.frames, new], self.size)[self.frames - past :]  # (F, H, W, 3)
         video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # (3, F, H, W)
-        return {"video": video, "caption": text, "colour": spec.colour, "shape": spec.shape, "motion": spec.motion}
+        past = 0 if earlier is None else earlier[1]  # frames of the earlier clip it starts with
+        return {"video": video, "caption": text, "colour": spec.colour, "shape": spec.shape, "motion": spec.motion, "past": past}
 
 
 def continuation_of(spec: ClipSpec, past: int, frames: int, rng: np.random.Generator) -> ClipSpec | None:

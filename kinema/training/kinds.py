@@ -163,7 +163,13 @@ def _diffusion_objective(config: TrainConfig, arch, out_dir: Path, device: torch
         dataset = latent_cache(out_dir / CACHE_FILE, encoding_cache_key(config.data, config.vae), dataset, vae)
     o = config.objective
     process = FlowMatching(sigma_sampling=o.sigma_sampling, logit_mean=o.logit_mean, logit_std=o.logit_std)
-    return DiffusionObjective(process, vae, text, config.caption_dropout), dataset
+    latent_frames = (config.data.frames - 1) // vae.config.temporal_compression + 1 if getattr(config.data, "frames", None) else None
+    if o.past_share > 0 and not o.past_frames:
+        raise KinemaError("objective.past_frames must list at least one latent-frame count when past_share > 0")
+    if o.past_share > 0 and latent_frames is not None and any(not 1 <= k < latent_frames for k in o.past_frames):
+        raise KinemaError(f"objective.past_frames must list latent-frame counts from 1 to {latent_frames - 1} (a clip of "
+                          f"{config.data.frames} frames has {latent_frames}); got {list(o.past_frames)}")  # fmt: skip
+    return DiffusionObjective(process, vae, text, config.caption_dropout, o.past_share, o.past_frames, o.past_sigma, o.past_from_data), dataset
 
 
 TOKENIZER_FILE = "tokenizer.json"  # a pixel-dit run's BPE tokenizer, under out_dir (trained once, reused on resume)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import KinemaError
 from ..sampling.noise import NoiseProcess
 from ..seeds import make_generator
 
@@ -253,16 +254,73 @@ class VQObjective(Objective):
         return model.quantizer.update_codebook(records, make_generator(self.seed, "codebook", step))
 
 
+def given_past_loss(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    process: NoiseProcess,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    levels: torch.Tensor,
+    past: torch.Tensor,
+    past_noise: torch.Tensor,
+    past_levels: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`diffusion_loss` with each item's first ``past[i]`` latent frames given: taken to
+    ``past_levels[i]`` (with ``past_noise``) instead of ``levels[i]``, the model told a time per
+    frame, and those frames left out of the mean (they are the condition, not the task).
+
+    Args:
+        model_fn: (x_t (B, C, F, H, W), timestep (B, F)) -> prediction, same shape as x_t.
+        x0, noise, past_noise: (B, C, F, H, W); levels, past_levels: (B,); past: (B,) long, 0 to F - 1.
+    """
+    f = x0.shape[2]
+    given = (torch.arange(f, device=x0.device)[None, :] < past[:, None].to(x0.device))  # (B, F) bool
+    g5 = given[:, None, :, None, None]  # (B, 1, F, 1, 1)
+    x_t = torch.where(g5, process.add_noise(x0, past_noise, past_levels), process.add_noise(x0, noise, levels))
+    per_frame = torch.where(given, past_levels[:, None], levels[:, None])  # (B, F)
+    pred = model_fn(x_t, process.model_timestep(per_frame))  # (B, C, F, H, W)
+    err = (pred.float() - process.target(x0, noise, levels).float()).square()  # (B, C, F, H, W)
+    keep = (~g5).float().expand_as(err)
+    return (err * keep).sum() / keep.sum()
+
+
 class DiffusionObjective(Objective):
     """A denoiser trained on a frozen VAE's normalised latents under a noise process, with caption dropout.
 
     Per item and in this order, its generator draws: the caption-dropout coin, the posterior
-    sample's noise, the noise level, the diffusion noise.
+    sample's noise, the noise level, the diffusion noise; with ``past_share`` > 0 then the coin for
+    a given past, its frame count, its noise level and its noise (:func:`given_past_loss`).
     """
 
-    def __init__(self, process: NoiseProcess, vae: nn.Module, text_encoder: Any, caption_dropout: float) -> None:
+    def __init__(self, process: NoiseProcess, vae: nn.Module, text_encoder: Any, caption_dropout: float,
+                 past_share: float = 0.0, past_frames: Sequence[int] = (1,), past_sigma: float = 0.0,
+                 past_from_data: bool = False) -> None:  # fmt: skip
         self.process, self.vae, self.text_encoder, self.caption_dropout = process, vae, text_encoder, caption_dropout
+        self.past_share, self.past_frames, self.past_sigma = past_share, tuple(past_frames), past_sigma
+        self.past_from_data = past_from_data
         self.dropped = 0  # captions replaced by "" so far (for tests and logs)
+
+    @property
+    def gives_past(self) -> bool:
+        return self.past_share > 0 or self.past_from_data
+
+    def draw_past(self, items: list[dict], gens: list[torch.Generator], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per item: how many of its first latent frames are given (its own past's with
+        past_from_data, else with probability past_share a count from past_frames, else 0) and
+        their noise level, (B,) long and (B,) float32."""
+        stride = self.vae.config.temporal_compression
+        counts, levels = [], []
+        for it, g in zip(items, gens):
+            given = bool(torch.rand((), generator=g) < self.past_share)
+            k = self.past_frames[int(torch.randint(len(self.past_frames), (), generator=g))]
+            level = float(torch.rand((), generator=g)) * self.past_sigma
+            own = int(it.get("past", 0)) if self.past_from_data else 0  # pixel frames of an earlier clip
+            if own:
+                given, k = True, min((own - 1) // stride + 1, frames - 1)  # the latent frames that hold them
+            if given and not 1 <= k < frames:
+                raise KinemaError(f"objective.past_frames must be from 1 to {frames - 1} (fewer than the clip's {frames} latent frames); got {k}")
+            counts.append(k if given else 0)
+            levels.append(level)
+        return torch.tensor(counts), torch.tensor(levels)
 
     def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         device = _device(model)
@@ -281,7 +339,14 @@ class DiffusionObjective(Objective):
             levels = self.process.training_levels(gens).to(device)  # (B,)
             noise = stack_randn(x0.shape[1:], gens).to(device)  # (B, z, F', h, w)
             context = self.text_encoder(captions).float().to(device)  # (B, L, text_dim)
-        loss = diffusion_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels)
+            past = None
+            if self.gives_past:
+                past, past_levels = self.draw_past(items, gens, x0.shape[2])
+                past_noise = stack_randn(x0.shape[1:], gens).to(device)  # (B, z, F', h, w)
+        if past is not None and bool(past.any()):
+            loss = given_past_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels, past, past_noise, past_levels.to(device))
+        else:
+            loss = diffusion_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels)
         return loss, {}
 
 

@@ -1,0 +1,172 @@
+"""Training with the past given (objective.past_share, past_from_data, past_sigma): the given latent
+frames reach the model clean but for their own small noise level, told by a time per frame, and are
+left out of the loss; a continuation item is given its own past; nothing changes when it is off;
+a packaged model's card carries past_sigma only when it was trained so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kinema.data.caches import latent_cache
+from kinema.data.shapes import ShapesDataset
+from kinema.errors import KinemaError
+from kinema.sampling.noise import FlowMatching
+from kinema.seeds import make_generator
+from kinema.training import train
+from kinema.training.config import config_hash, load_config
+from kinema.training.objectives import DiffusionObjective, given_past_loss
+
+from .test_training import tiny_vae, transformer_config  # noqa: F401  (tiny_vae is a fixture)
+
+
+class _VAE:
+    class config:
+        temporal_compression = 4
+
+    def normalize_latents(self, z):
+        return z
+
+
+def _text(prompts):
+    return torch.zeros(len(prompts), 4, 16)
+
+
+class _Recorder:
+    """A model that records what it was given and predicts ``value`` everywhere."""
+
+    def __init__(self, value: float = 0.0):
+        self.calls, self.value = [], value
+
+    def __call__(self, x, t, context):
+        self.calls.append((x.clone(), t.clone()))
+        return torch.full_like(x, self.value)
+
+
+def _item(past: int = 0, frames: int = 5) -> dict:
+    g = torch.Generator().manual_seed(past)
+    return {"mean": torch.randn(4, frames, 2, 2, generator=g), "logvar": torch.full((4, frames, 2, 2), -20.0), "caption": "a red square", "past": past}
+
+
+def _gens(n: int, seed: int = 0):
+    return [make_generator(seed, "item", 0, k) for k in range(n)]
+
+
+def test_given_frames_are_nearly_clean_told_their_own_time_and_left_out_of_the_loss():
+    process = FlowMatching()
+    g = torch.Generator().manual_seed(0)
+    x0, noise, past_noise = (torch.randn(2, 4, 5, 2, 2, generator=g) for _ in range(3))
+    levels, past_levels, past = torch.tensor([0.9, 0.5]), torch.tensor([0.05, 0.0]), torch.tensor([2, 0])
+    seen = []
+
+    def model(x, t):
+        seen.append((x, t))
+        return torch.zeros_like(x)
+
+    loss = given_past_loss(model, process, x0, noise, levels, past, past_noise, past_levels)
+    x, t = seen[0]
+    assert t.shape == (2, 5)
+    assert torch.allclose(t[0], torch.tensor([50.0, 50.0, 900.0, 900.0, 900.0])) and torch.allclose(t[1], torch.full((5,), 500.0))
+    assert torch.allclose(x[0, :, :2], 0.95 * x0[0, :, :2] + 0.05 * past_noise[0, :, :2])  # the given frames
+    assert torch.allclose(x[0, :, 2:], 0.1 * x0[0, :, 2:] + 0.9 * noise[0, :, 2:])
+    target = noise - x0
+    keep = torch.ones(2, 1, 5, 1, 1)
+    keep[0, :, :2] = 0
+    assert torch.allclose(loss, (target.square() * keep).sum() / (keep.sum() * 4 * 2 * 2))
+
+    def wrong_on_given(x, t):  # a prediction that is wrong only on the given frames costs nothing
+        out = process.target(x0, noise, levels).clone()
+        out[0, :, :2] += 100.0
+        return out
+
+    assert given_past_loss(wrong_on_given, process, x0, noise, levels, past, past_noise, past_levels).item() == 0.0
+
+
+def test_off_by_default_and_the_draws_before_it_unchanged():
+    items = [_item(past=9), _item(past=0)]
+    plain, with_past = _Recorder(), _Recorder()
+    loss = DiffusionObjective(FlowMatching(), _VAE(), _text, 0.0)(plain, items, _gens(2))[0]
+    assert plain.calls[0][1].shape == (2,)  # one time per item: the past is ignored unless asked for
+    # past_from_data gives the first item its own 9 frames (3 latent frames); the second, no past
+    loss2 = DiffusionObjective(FlowMatching(), _VAE(), _text, 0.0, past_from_data=True, past_sigma=0.1)(with_past, items, _gens(2))[0]
+    (x1, t1), (x2, t2) = plain.calls[0], with_past.calls[0]
+    assert t2.shape == (2, 5)
+    assert (t2[0, :3] <= 100.0).all() and torch.equal(t2[0, 3:], t1[0].expand(2)) and torch.equal(t2[1], t1[1].expand(5))
+    assert torch.equal(x2[:, :, 3:], x1[:, :, 3:]) and torch.equal(x2[1], x1[1])  # the same level and noise as before
+    assert not torch.equal(x2[0, :, :3], x1[0, :, :3]) and loss.item() != loss2.item()
+
+
+def test_past_share_gives_a_past_to_that_share_of_plain_items():
+    rec = _Recorder()
+    n = 300
+    objective = DiffusionObjective(FlowMatching(), _VAE(), _text, 0.0, past_share=0.4, past_frames=(1, 3), past_sigma=0.2)
+    objective(rec, [_item()] * n, _gens(n))
+    t = rec.calls[0][1]  # (n, 5)
+    given = t < t[:, -1:]  # the given frames are told a lower time (at most 200) than the noisy rest
+    counts = given.sum(1)
+    assert set(counts.tolist()) <= {0, 1, 3} and abs((counts > 0).float().mean().item() - 0.4) < 0.08
+    assert (t[given] <= 200.0).all()
+    with pytest.raises(KinemaError, match="past_frames must be from 1 to 4"):
+        DiffusionObjective(FlowMatching(), _VAE(), _text, 0.0, past_share=1.0, past_frames=(5,))(rec, [_item()], _gens(1))
+
+
+def test_shapes_items_and_the_latent_cache_say_each_item_s_past(tmp_path):
+    data = ShapesDataset(split="train", size=64, frames=17, seed=3, length=12, continue_share=0.5, continue_past=(5, 9))
+    pasts = [data.past_of(i) for i in range(len(data))]
+    assert set(pasts) <= {0, 5, 9} and any(pasts) and not all(pasts)
+    assert [data[i]["past"] for i in range(len(data))] == pasts
+    assert all(data.past_of(i) == (0 if data.continuation(i) is None else data.continuation(i)[1]) for i in range(len(data)))
+
+    class Posterior:
+        def __init__(self, video):
+            self.mean = self.logvar = torch.zeros(video.shape[0], 1, 5, 8, 8)
+
+    class VAE:
+        def encode(self, video):
+            return Posterior(video)
+
+    cache = latent_cache(tmp_path / "cache.safetensors", "k", data, VAE())
+    assert [cache[i]["past"] for i in range(len(cache))] == pasts
+    again = latent_cache(tmp_path / "cache.safetensors", "k", data, None)  # read back, not encoded
+    assert [again[i]["past"] for i in range(len(again))] == pasts
+
+
+def test_config_checks_hash_and_the_packaged_card(tiny_vae, tmp_path):  # noqa: F811
+    base = transformer_config(tmp_path / "a", tiny_vae)
+    assert config_hash(load_config(base)) == config_hash(load_config({**base, "objective": {**base["objective"], "past_share": 0.0}}))
+    for bad, message in (
+        ({"past_share": 1.5}, "past_share"),
+        ({"past_sigma": 1.0}, "past_sigma"),
+        ({"past_frames": [0]}, "past_frames"),
+    ):
+        with pytest.raises(KinemaError, match=message):
+            cfg = load_config({**base, "objective": {**base["objective"], **bad}})
+            train(cfg, progress=False)
+    cfg = transformer_config(tmp_path / "p", tiny_vae, steps=2, objective={**base["objective"], "past_share": 0.5, "past_frames": [1], "past_sigma": 0.1})
+    cfg["data"] = {**cfg["data"], "frames": 9}  # 3 latent frames
+    train(cfg, progress=False)  # a time per frame through the whole loop
+    metrics = [json.loads(line) for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["loss"] == m["loss"] for m in metrics)
+
+
+@pytest.mark.parametrize("objective, card", [({"past_from_data": True, "past_sigma": 0.1}, 0.1), ({"past_sigma": 0.1}, None), ({}, None)])
+def test_the_packaged_card_says_past_sigma_only_for_a_model_trained_with_a_past(objective, card, tmp_path):
+    """kinema package copies the objective's past_sigma into the card's sampler, and only from a run that gave a past."""
+    import shutil
+    from pathlib import Path
+
+    import kinema
+    from kinema.pipelines.package import package_trained_model
+
+    shapes = Path(kinema.__file__).parent / "assets" / "shapes"
+    run = tmp_path / "run" / "model"
+    shutil.copytree(shapes / "transformer", run)
+    training = {"model": "wan-transformer", "vae": str(shapes / "vae"), "text_encoder": "minilm", "text_max_length": 32,
+                "data": {"kind": "shapes", "size": 64, "frames": 33}, "objective": {"sigma_sampling": "logit_normal", **objective}}  # fmt: skip
+    (run / "training.json").write_text(json.dumps(training))
+    out = package_trained_model(run, tmp_path / "pkg", sampler={"shift": 3.0})
+    assert json.loads((out / "kinema.json").read_text())["sampler"].get("past_sigma") == card
+    pipe = kinema.load_pipeline(out)
+    assert pipe.sampler.past_sigma == card
