@@ -63,14 +63,17 @@ class DiffusionPipeline(VideoPipeline):
         return tuple(SAMPLERS)
 
     @staticmethod
-    def known_frames(process: Any, clean: torch.Tensor, noise: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def known_frames(process: Any, clean: torch.Tensor, noise: torch.Tensor, highest: float | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``after_step`` for extending a video: the first ``clean.shape[2]`` frames of the sample
         (B, C, F, H, W) replaced by ``clean`` taken to the level the sample is at, always with the
-        same ``noise`` (so the known frames follow one noisy path down to ``clean`` itself)."""
+        same ``noise`` (so the known frames follow one noisy path down to ``clean`` itself); with
+        ``highest`` (a model trained with a given past), to no level above it."""
         k = clean.shape[2]
 
         def put_back(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             past_last = not level.is_floating_point() and int(level) < 0  # a discrete schedule's step onto the clean sample
+            if highest is not None and not past_last:
+                level = level.clamp(max=highest)
             at = clean if past_last else process.add_noise(clean, noise, level)
             return torch.cat([at.to(x.dtype), x[:, :, k:]], dim=2)
 

@@ -171,7 +171,10 @@ def package_trained_model(
         codec_dir = Path(training[codec_key])
         if not codec_dir.is_dir():
             raise CheckpointError(f"the {codec_key} this model trained with ({codec_dir}) is not here; pass its model/ folder with {flag}")
-    trained = {k: v for k, v in (training.get("objective") or {}).items() if k in sampler_keys}  # the process it learned (DDPM's betas)
+    objective = dict(training.get("objective") or {})
+    if not (objective.get("past_share") or objective.get("past_from_data")):  # past_sigma means something only to a model trained with a given past
+        objective.pop("past_sigma", None)
+    trained = {k: v for k, v in objective.items() if k in sampler_keys}  # the process it learned (DDPM's betas; the given past's level)
     sampler = {**cls.package_sampler, **trained, **(sampler or {})}
     cls.sampler_from_card(sampler)  # raises KinemaError on a bad value, before anything is written
     merged = dict(cls.package_defaults)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -70,7 +70,7 @@ class WanPipeline(DiffusionPipeline):
     defaults: WanDefaults
 
     # What a kinema model card of this family holds, and what `kinema package` writes by default.
-    card_sampler_keys = ("name", "shift", "num_train_timesteps")
+    card_sampler_keys = ("name", "shift", "num_train_timesteps", "past_sigma")
     package_sampler = {"name": "unipc", "shift": 1.0}
     package_defaults = {"num_inference_steps": 20, "guidance_scale": 5.0}
 
@@ -81,7 +81,8 @@ class WanPipeline(DiffusionPipeline):
     # -- rules read off the components' configs (before loading) ------------------------------------
     @staticmethod
     def sampler_from_card(sampler: dict[str, Any]) -> SamplerSpec:
-        """A card's ``sampler`` entry (``{"name", "shift", "num_train_timesteps"}``) as the sampler."""
+        """A card's ``sampler`` entry (``{"name", "shift", "num_train_timesteps"}``, and
+        ``past_sigma`` for a model trained with a given past) as the sampler."""
         return SamplerSpec(**sampler)
 
     @classmethod
@@ -252,7 +253,9 @@ class WanPipeline(DiffusionPipeline):
         the text in every block's cross-attention. Extending a video, ``known`` (B, C, K', H', W')
         are the clean latents of its last frames: the first K' latent frames are replaced after every
         step by ``known`` taken to that step's level (from the initial noise's own draw), so the new
-        frames are sampled to follow them and come out clean at the end. Returns the latents and the
+        frames are sampled to follow them and come out clean at the end; for a model trained with a
+        given past (its sampler's ``past_sigma``) they are held at that level instead, nearly clean
+        from the first step, and the model is told a time per frame. Returns the latents and the
         step cache's counts."""
         t0 = time.perf_counter()
         spec = self.sampler.for_size(request.height, request.width)
@@ -271,17 +274,34 @@ class WanPipeline(DiffusionPipeline):
                 return self.transformer.prepare_context(states)
             return self.transformer.prepare_context(states, image_embeds.repeat(states.shape[0] // image_embeds.shape[0], 1, 1))
 
-        after_step = None
-        if known is not None:  # extending: the known latent frames, at each step's level, from the same noise
-            after_step = self.known_frames(spec.process, known, latents[:, :, : known.shape[2]].clone())
+        after_step, timestep_of = None, None
+        if known is not None:  # extending: the known latent frames, from the initial noise's own draw
+            after_step = self.known_frames(spec.process, known, latents[:, :, : known.shape[2]].clone(), spec.past_sigma)
             latents = after_step(latents, sigmas[0])
+            if spec.past_sigma is not None:  # a model trained with a given past: the known frames' own time
+                timestep_of = self.past_times(spec.process, spec.past_sigma, known.shape[2], latents.shape[2])
         cache: dict[str, int] = {}  # step caching: model calls and those skipped
         latents = self.denoise(
             latents, denoiser, prepare, cond, uncond, request.guidance_scale, sampler_, sigmas, timesteps, reporter,
             batch_cfg=batch_cfg, cache_threshold=request.cache_threshold, cache_stats=cache, callback=callback, after_step=after_step,
+            timestep_of=timestep_of,
         )  # fmt: skip
         timings["denoise"] = time.perf_counter() - t0
         return latents, cache or None
+
+    def past_times(self, process: Any, past_sigma: float, known: int, frames: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``timestep_of`` for a model trained with a given past: step times (B,) -> (B, F' / patch_t),
+        the first ``known`` latent frames told the lower of the step's time and ``past_sigma``'s."""
+        pt = self.transformer.config.patch_size[0]
+        if known % pt or frames % pt:
+            raise KinemaError(f"a given past of {known} latent frames does not fill whole time patches of {pt}")
+        given = torch.arange(frames // pt, device=self.device) < known // pt  # (F'/pt,)
+        held = float(process.model_timestep(past_sigma))
+
+        def per_frame(t: torch.Tensor) -> torch.Tensor:
+            return torch.where(given, t.clamp(max=held)[:, None], t[:, None])  # (B, F'/pt)
+
+        return per_frame
 
     @torch.no_grad()
     def extend(

@@ -228,6 +228,10 @@ class SamplerSpec:
     # Wan's original image-to-video rule (generate.py): the shift follows the frame area, as
     # ((most pixels, shift), ...) in rising order, the last one also above; None: ``shift`` at every size.
     area_shift: tuple[tuple[int, float], ...] | None = None
+    # A model trained with its first latent frames given (a time per frame, objective.past_share):
+    # extending a video holds the known frames at this noise level and tells the model so. None:
+    # a model trained on whole clips, whose known frames follow the sample's level (replacement).
+    past_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -244,6 +248,9 @@ class SamplerSpec:
             raise KinemaError(
                 f"a resolution-dependent shift (LTX-Video's schedule) is supported with the euler sampler only; got {self.name!r}"
             )
+        p = self.past_sigma
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1):
+            raise KinemaError(f"past_sigma must be a noise level in [0, 1) (or null: the model was not trained with a given past); got {p!r}")
         if self.shift_terminal is not None:
             if self.resolution_shift is None and self.name != "euler":
                 raise KinemaError("shift_terminal is supported only with the euler sampler (FlowMatchEulerDiscreteScheduler's schedule)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import kinema
 from kinema.cli import main
@@ -109,6 +110,39 @@ def test_the_wan_family_extends_by_putting_the_known_latents_back(tmp_path):
     assert other.latents.shape[2] == 2 + 2 and not np.array_equal(other.frames, out.frames)
     with pytest.raises(KinemaError, match="overlap must be at most 17"):
         pipe.extend(np.concatenate([clip, clip]), "x", num_frames=8, overlap=21, progress_bar=False)
+
+
+def test_a_model_trained_with_a_given_past_sees_it_held_at_its_level_and_told_its_time():
+    """A card whose sampler has past_sigma (a model trained with objective.past_share or
+    past_from_data): the known latent frames stay at that level from the first step (not the
+    step's), the model gets a time per latent frame (the known ones at most past_sigma's), and the
+    input still comes back unchanged; without it the times are one per clip."""
+    import dataclasses
+
+    pipe = kinema.load_pipeline("shapes")
+    clip = pipe("a blue square moving up", num_frames=17, num_inference_steps=2, seed=0, progress_bar=False).frames[0]
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, args: calls.append((args[0].clone(), args[1].clone())))
+    try:
+        plain = pipe.extend(clip, "a blue square moving up", num_frames=8, num_inference_steps=3, guidance_scale=1.0, seed=1, progress_bar=False)
+        assert [t.shape for _, t in calls] == [(1,)] * 3
+        assert not torch.equal(calls[0][0][:, :, :5], calls[1][0][:, :, :5])  # the known frames follow the step's level
+        calls.clear()
+        spec = pipe.sampler
+        pipe.sampler = dataclasses.replace(spec, past_sigma=0.1)
+        try:
+            out = pipe.extend(clip, "a blue square moving up", num_frames=8, num_inference_steps=3, guidance_scale=1.0, seed=1, progress_bar=False)
+        finally:
+            pipe.sampler = spec
+    finally:
+        hook.remove()
+    assert out.frames.shape == (1, 25, 64, 64, 3) and np.array_equal(out.frames[0, :17], clip)
+    assert len(calls) == 3
+    for x, t in calls:
+        assert t.shape == (1, 7)  # 5 known latent frames, 2 new
+        assert torch.allclose(t[0, :5], t[0, 5:].min().clamp(max=100.0).expand(5)) and (t[0, 5:] == t[0, 5]).all()
+        assert torch.equal(x[:, :, :5], calls[0][0][:, :, :5])  # held at one level with one noise throughout
+    assert (calls[0][1][0, 5] > 100.0) and not np.array_equal(out.frames, plain.frames)
 
 
 def test_ltx_video_extends_with_frame_conditioning(tmp_path, capsys):
