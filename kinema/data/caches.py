@@ -40,16 +40,20 @@ class LatentCacheDataset(torch.utils.data.Dataset):
 
 
 class TokenCacheDataset(torch.utils.data.Dataset):
-    """Items of a token cache: ``tokens`` (F', h, w) long ids of the tokenizer, ``caption``."""
+    """Items of a token cache: ``tokens`` (F', h, w) long ids of the tokenizer, ``caption``, and
+    ``past`` where the data set says it (as :class:`LatentCacheDataset`)."""
 
-    def __init__(self, tokens: torch.Tensor, captions: list[str]) -> None:
-        self.tokens, self.captions = tokens, captions  # tokens (n, F', h, w), int16 or int32 as stored
+    def __init__(self, tokens: torch.Tensor, captions: list[str], past: list[int] | None = None) -> None:
+        self.tokens, self.captions, self.past = tokens, captions, past  # tokens (n, F', h, w), int16 or int32 as stored
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, index: int) -> dict:
-        return {"tokens": self.tokens[index].long(), "caption": self.captions[index]}
+        item = {"tokens": self.tokens[index].long(), "caption": self.captions[index]}
+        if self.past is not None:
+            item["past"] = self.past[index]
+        return item
 
 
 def encoding_cache_key(data: Any, encoder_path: str | os.PathLike) -> str:
@@ -82,14 +86,20 @@ def _encode_all(dataset, encode, desc: str) -> tuple[list[dict[str, torch.Tensor
     return outs, captions
 
 
+def _pasts(dataset) -> list[int] | None:
+    """Each item's past (frames of an earlier clip it starts with), looked up without rendering
+    where the data set can (shapes' ``past_of``); None where it cannot."""
+    past_of = getattr(dataset, "past_of", None)
+    return [past_of(i) for i in range(len(dataset))] if past_of is not None else None
+
+
 def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
     """Load the cache at ``path`` if its key matches; otherwise encode every item once and write it.
 
     Stores the posterior's mean and log-variance (not a sample), so training still draws a fresh
     latent per step from the step's generator.
     """
-    past_of = getattr(dataset, "past_of", None)  # a cheap lookup of each item's past, without rendering (shapes)
-    past = [past_of(i) for i in range(len(dataset))] if past_of is not None else None
+    past = _pasts(dataset)
     found = _cached(path, key)
     if found is not None:
         return LatentCacheDataset(found[0]["mean"], found[0]["logvar"], found[1], past)
@@ -110,9 +120,9 @@ def token_cache(path: Path, key: str, dataset, tokenizer) -> TokenCacheDataset:
     or fewer), else int32: (n, F', h, w) under "tokens", the captions in the metadata."""
     found = _cached(path, key)
     if found is not None:
-        return TokenCacheDataset(found[0]["tokens"], found[1])
+        return TokenCacheDataset(found[0]["tokens"], found[1], _pasts(dataset))
     dtype = torch.int16 if tokenizer.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
     outs, captions = _encode_all(dataset, lambda video: {"tokens": tokenizer.encode_tokens(video).to("cpu", dtype)}, "token cache")
     tokens = torch.cat([o["tokens"] for o in outs])  # (n, F', h, w)
     save_safetensors({"tokens": tokens}, path, metadata={"key": key, "captions": json.dumps(captions)})
-    return TokenCacheDataset(tokens, captions)
+    return TokenCacheDataset(tokens, captions, _pasts(dataset))

@@ -145,7 +145,9 @@ class DDPMObjectiveConfig:
 
 @dataclass
 class TokenObjectiveConfig:
-    """token-ar: next-token cross-entropy (no settings)."""
+    """token-ar: next-token cross-entropy."""
+
+    past_from_data: bool = False  # an item that starts with an earlier clip (shapes' data.continue_share) is not scored on that past's tokens: the model reads them, as it reads a video it extends, and learns what follows
 
 
 @dataclass

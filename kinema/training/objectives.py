@@ -159,19 +159,26 @@ def vq_loss(
 # ------------------------------------------------------------------------------------------------
 # Token model
 # ------------------------------------------------------------------------------------------------
-def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, scored: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of the logits against the tokens they predict, and how many were argmax-right.
 
     Args:
         logits: (B, N, V) logits; position p predicts token p (:meth:`kinema.models.token_ar.TokenAR.forward`).
         tokens: (B, N) long token ids in [0, V).
+        scored: (B, N) bool, the positions that count (None: all); the others are read, not predicted.
     Returns:
-        the scalar loss (float32, the mean over all B*N tokens) and the count of positions whose
-        largest logit is the right token (for the token accuracy).
+        the scalar loss (float32, the mean over the scored tokens) and the count of scored positions
+        whose largest logit is the right token (for the token accuracy).
     """
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())  # mean over B*N
+    if scored is None:
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())  # mean over B*N
+        with torch.no_grad():
+            correct = int((logits.argmax(dim=-1) == tokens).sum())
+        return loss, correct
+    per = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none").view_as(tokens)  # (B, N)
+    loss = (per * scored).sum() / scored.sum().clamp(min=1)
     with torch.no_grad():
-        correct = int((logits.argmax(dim=-1) == tokens).sum())
+        correct = int(((logits.argmax(dim=-1) == tokens) & scored).sum())
     return loss, correct
 
 
@@ -390,11 +397,14 @@ class TokenObjective(Objective):
     transformer), and a dropped caption is the text encoder's states of "" (all zero for the toy
     encoder, but not for MiniLM, which encodes "" as its [CLS] and [SEP] tokens), so generation's
     unconditional branch must encode "" with the same encoder. The token accuracy of the step's
-    micro-batches is returned by :meth:`after_step` for the metrics.
+    micro-batches is returned by :meth:`after_step` for the metrics. With ``past_from_data``, an
+    item that starts with an earlier clip's frames (``past``) is scored only after the latent
+    frames that hold them: the model reads that past, as it reads a video it extends.
     """
 
-    def __init__(self, tokenizer: nn.Module, text_encoder: Any, caption_dropout: float) -> None:
+    def __init__(self, tokenizer: nn.Module, text_encoder: Any, caption_dropout: float, past_from_data: bool = False) -> None:
         self.tokenizer, self.text_encoder, self.caption_dropout = tokenizer, text_encoder, caption_dropout
+        self.past_from_data = past_from_data  # an item's past (a continuation's earlier frames) is read, not scored
         self.dropped = 0  # captions replaced by "" so far (for tests and logs)
         self._correct, self._count = 0, 0  # argmax-right tokens and tokens of this step's micro-batches so far
 
@@ -409,10 +419,16 @@ class TokenObjective(Objective):
                 with torch.autocast(device.type, enabled=False):
                     tokens = self.tokenizer.encode_tokens(_videos(items, device))  # (B, F', h, w)
             context = self.text_encoder(captions).float().to(device)  # (B, L, text_dim)
+        scored = None
+        if self.past_from_data and any(it.get("past", 0) for it in items):
+            f, per_frame = tokens.shape[1], tokens.shape[2] * tokens.shape[3]
+            stride = self.tokenizer.temporal_compression
+            given = torch.tensor([(int(it["past"]) - 1) // stride + 1 if it.get("past", 0) else 0 for it in items])  # latent frames holding each past
+            scored = (torch.arange(f)[None, :] >= given[:, None]).repeat_interleave(per_frame, dim=1).to(device)  # (B, N)
         tokens = tokens.flatten(1).long()  # (B, N): frame-major, raster order in a frame
         logits = model(tokens, context)  # (B, N, V) float32; position p predicts token p
-        loss, correct = next_token_loss(logits, tokens)
-        self._correct, self._count = self._correct + correct, self._count + tokens.numel()
+        loss, correct = next_token_loss(logits, tokens, scored)
+        self._correct, self._count = self._correct + correct, self._count + (tokens.numel() if scored is None else int(scored.sum()))
         return loss, {"accuracy": correct / tokens.numel()}
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:

@@ -235,6 +235,17 @@ def test_broken_kinema_card(how, pattern, tmp_path, capsys):
     assert_cli_refuses(["generate", "a red circle", "--model", str(root), "-o", str(out / "x.mp4"), "-q"], capsys, out, pattern)
 
 
+@pytest.mark.parametrize("value", [1.5, -0.1, "low", True, float("nan")])
+def test_a_card_with_a_bad_past_sigma(value, tmp_path, capsys):
+    """The sampler's past_sigma (the level a model trained with a given past holds it at) is checked on load."""
+    root = broken_copy(ASSETS_DIR / "shapes", tmp_path)
+    card = json.loads((root / "kinema.json").read_text())
+    card["sampler"]["past_sigma"] = value
+    (root / "kinema.json").write_text(json.dumps(card))
+    out = tmp_path / "out"
+    assert_cli_refuses(["generate", "a red circle", "--model", str(root), "-o", str(out / "x.mp4"), "-q"], capsys, out, "past_sigma")
+
+
 class Plant:
     """Unpickling this creates a file: the test checks that the file never appears."""
 

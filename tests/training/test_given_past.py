@@ -144,8 +144,13 @@ def test_config_checks_hash_and_the_packaged_card(tiny_vae, tmp_path):  # noqa: 
         with pytest.raises(KinemaError, match=message):
             cfg = load_config({**base, "objective": {**base["objective"], **bad}})
             train(cfg, progress=False)
+    too_long = transformer_config(tmp_path / "long", tiny_vae, steps=1, objective={**base["objective"], "past_share": 0.5, "past_frames": [2, 3]})
+    too_long["data"] = {**too_long["data"], "frames": 5}  # the tiny VAE halves time: 3 latent frames, at most 2 given
+    with pytest.raises(KinemaError, match=r"past_frames must list latent-frame counts from 1 to 2 .*got \[2, 3\]"):
+        train(too_long, progress=False)
+    assert not (tmp_path / "long").exists()
     cfg = transformer_config(tmp_path / "p", tiny_vae, steps=2, objective={**base["objective"], "past_share": 0.5, "past_frames": [1], "past_sigma": 0.1})
-    cfg["data"] = {**cfg["data"], "frames": 9}  # 3 latent frames
+    cfg["data"] = {**cfg["data"], "frames": 9}  # 5 latent frames (the tiny VAE halves time)
     train(cfg, progress=False)  # a time per frame through the whole loop
     metrics = [json.loads(line) for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["loss"] == m["loss"] for m in metrics)
@@ -170,3 +175,31 @@ def test_the_packaged_card_says_past_sigma_only_for_a_model_trained_with_a_past(
     assert json.loads((out / "kinema.json").read_text())["sampler"].get("past_sigma") == card
     pipe = kinema.load_pipeline(out)
     assert pipe.sampler.past_sigma == card
+
+
+def test_the_token_model_reads_a_continuation_s_past_without_being_scored_on_it():
+    """token-ar with objective.past_from_data: the past's latent frames are model input but not in
+    the loss (nor the accuracy); without a past, or with the setting off, every token counts."""
+    from kinema.training.objectives import TokenObjective, next_token_loss
+
+    class Tokenizer:
+        temporal_compression = 4
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 7, (2, 3, 2, 2), generator=g)  # (B, F', h, w): 12 tokens a clip
+    logits = torch.randn(2, 12, 7, generator=g)
+    seen = []
+
+    def model(ids, context):
+        seen.append(ids)
+        return logits
+
+    items = [{"tokens": tokens[0], "caption": "a", "past": 5}, {"tokens": tokens[1], "caption": "b", "past": 0}]
+    loss, _ = TokenObjective(Tokenizer(), _text, 0.0, past_from_data=True)(model, items, _gens(2))
+    scored = torch.ones(2, 12, dtype=torch.bool)
+    scored[0, :8] = False  # 5 pixel frames: latent frames 0 and 1, 4 tokens each
+    per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten(1).flatten(), reduction="none").view(2, 12)
+    assert torch.allclose(loss, per[scored].mean())
+    assert torch.equal(seen[0], tokens.flatten(1))  # the past is still read
+    off, _ = TokenObjective(Tokenizer(), _text, 0.0)(model, items, _gens(2))
+    assert torch.allclose(off, per.mean()) and torch.allclose(next_token_loss(logits, tokens.flatten(1))[0], per.mean())
