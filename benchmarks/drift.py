@@ -137,7 +137,8 @@ def run(args) -> dict:
                 seams_in.append(s_in)
                 seams_out.append(s_out)
                 if args.verbose:
-                    print(f"  {length}x {kind} clip {i}: {' '.join('+' if k else '-' for k in ok)} seam {s_in:.2f}/{s_out:.2f}", file=sys.stderr)
+                    read = " ".join(f"{'+' if k else '-'}{r.colour}/{r.shape}/{r.motion}" for k, r in zip(ok, results))
+                    print(f"  {length}x {kind} clip {i} ({colour} {shape} {motion}): {read} seam {s_in:.2f}/{s_out:.2f}", file=sys.stderr)
             seam = float(np.nanmean(seams_in)) / float(np.mean(seams_out)) if seams_in and not np.all(np.isnan(seams_in)) else float("nan")
             row = {
                 "length": length, "schedule": kind, "clips": args.clips, "windows": n_windows,

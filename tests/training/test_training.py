@@ -790,3 +790,11 @@ def test_the_first_frame_can_weigh_more_in_a_codec_loss():
     assert both.item() > 0 and torch.isfinite(both)
     recon[:, :, 1:] = 0.5  # everywhere wrong by the same amount: any weighting gives the same mean
     assert reconstruction_errors(video, recon, first_frame_weight=6.0)[0].item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_config_in_the_repo_is_valid(name):
+    """The configs the docs tell users to run parse and pass every field check (files they name are
+    checked when a run starts)."""
+    config = load_config(_yaml(name))
+    assert config.model and config.out_dir
