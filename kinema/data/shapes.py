@@ -411,6 +411,8 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def past_of(self, index: int) -> int:
         """How many of item ``index``'s first frames show an earlier clip (a continuation's past); 0 for a plain clip."""
+        if self.continue_share == 0 and 0 <= int(index) < self.length:  # no continuations: nothing to draw
+            return 0
         earlier = self._draw(int(index))[2]
         return 0 if earlier is None else earlier[1]
 

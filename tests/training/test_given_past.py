@@ -118,6 +118,11 @@ def test_shapes_items_and_the_latent_cache_say_each_item_s_past(tmp_path):
     assert set(pasts) <= {0, 5, 9} and any(pasts) and not all(pasts)
     assert [data[i]["past"] for i in range(len(data))] == pasts
     assert all(data.past_of(i) == (0 if data.continuation(i) is None else data.continuation(i)[1]) for i in range(len(data)))
+    plain = ShapesDataset(split="train", size=64, frames=17, seed=3, length=12)
+    assert [plain.past_of(i) for i in range(12)] == [0] * 12 and plain[0]["past"] == 0
+    for d in (data, plain):
+        with pytest.raises(IndexError):
+            d.past_of(12)
 
     class Posterior:
         def __init__(self, video):
