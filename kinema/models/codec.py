@@ -59,6 +59,11 @@ class CodecProperties:
     def spatial_compression(self) -> int:
         return self.config.spatial_compression  # type: ignore[attr-defined]
 
+    def latent_frames(self, frames: int) -> int:
+        """How many latent frames hold the first ``frames`` pixel frames (the first frame alone,
+        then ``temporal_compression`` a latent frame): for a clip of 4k+1 frames, its latent length."""
+        return (frames - 1) // self.temporal_compression + 1
+
 
 class PixelCodecConfig:
     """What a model that works on pixels has in place of a codec: no compression at all."""

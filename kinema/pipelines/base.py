@@ -192,6 +192,13 @@ class VideoPipeline:
     sampling_options: tuple[str, ...] = ()  # the call's keywords that steer its sampler
     samplers: tuple[str, ...] = ()  # sampler names it takes (diffusion)
 
+    @classmethod
+    def trained_sampler(cls, objective: dict[str, Any]) -> dict[str, Any]:
+        """The card's ``sampler`` entries a training run's ``objective`` fixes (what ``kinema
+        package`` copies from ``training.json``): the fields named like ``card_sampler_keys``, the
+        process the model learned (DDPM's betas)."""
+        return {k: v for k, v in objective.items() if k in getattr(cls, "card_sampler_keys", ())}
+
     def __init__(
         self,
         transformer: torch.nn.Module,

@@ -11,7 +11,8 @@ model/
 Every family with ``cards`` in the registry (:mod:`kinema.families`) uses it: the family names its
 two folders (generator, codec), and its pipeline class what the card's ``sampler`` and
 ``defaults`` may hold (``card_sampler_keys``, the fields of ``defaults_type``) and what `kinema
-package` writes unless told otherwise (``package_sampler``, ``package_defaults``). The card is
+package` writes unless told otherwise (``package_sampler``, ``package_defaults``, and what the
+run's objective fixes: ``trained_sampler``). The card is
 read by :func:`kinema.checkpoints.layouts.read_kinema_card`.
 
 The text encoder is named, not stored: it comes from an installed package (all-MiniLM-L6-v2 from
@@ -171,10 +172,7 @@ def package_trained_model(
         codec_dir = Path(training[codec_key])
         if not codec_dir.is_dir():
             raise CheckpointError(f"the {codec_key} this model trained with ({codec_dir}) is not here; pass its model/ folder with {flag}")
-    objective = dict(training.get("objective") or {})
-    if not (objective.get("past_share") or objective.get("past_from_data")):  # past_sigma means something only to a model trained with a given past
-        objective.pop("past_sigma", None)
-    trained = {k: v for k, v in objective.items() if k in sampler_keys}  # the process it learned (DDPM's betas; the given past's level)
+    trained = cls.trained_sampler(training.get("objective") or {})  # the process it learned (DDPM's betas; the given past's level)
     sampler = {**cls.package_sampler, **trained, **(sampler or {})}
     cls.sampler_from_card(sampler)  # raises KinemaError on a bad value, before anything is written
     merged = dict(cls.package_defaults)

@@ -79,6 +79,14 @@ class WanPipeline(DiffusionPipeline):
         return self.codec
 
     # -- rules read off the components' configs (before loading) ------------------------------------
+    @classmethod
+    def trained_sampler(cls, objective: dict[str, Any]) -> dict[str, Any]:
+        """``past_sigma`` from a run that gave its items a past (``past_share`` or ``past_from_data``),
+        the level extending holds the known frames at; from any other run, nothing (its
+        ``past_sigma`` default means no past)."""
+        gave = objective.get("past_share") or objective.get("past_from_data")
+        return {"past_sigma": objective["past_sigma"]} if gave and "past_sigma" in objective else {}
+
     @staticmethod
     def sampler_from_card(sampler: dict[str, Any]) -> SamplerSpec:
         """A card's ``sampler`` entry (``{"name", "shift", "num_train_timesteps"}``, and

@@ -163,7 +163,7 @@ def _diffusion_objective(config: TrainConfig, arch, out_dir: Path, device: torch
         dataset = latent_cache(out_dir / CACHE_FILE, encoding_cache_key(config.data, config.vae), dataset, vae)
     o = config.objective
     process = FlowMatching(sigma_sampling=o.sigma_sampling, logit_mean=o.logit_mean, logit_std=o.logit_std)
-    latent_frames = (config.data.frames - 1) // vae.config.temporal_compression + 1 if getattr(config.data, "frames", None) else None
+    latent_frames = vae.latent_frames(config.data.frames) if getattr(config.data, "frames", None) else None
     if o.past_share > 0 and not o.past_frames:
         raise KinemaError("objective.past_frames must list at least one latent-frame count when past_share > 0")
     if o.past_share > 0 and latent_frames is not None and any(not 1 <= k < latent_frames for k in o.past_frames):

@@ -314,7 +314,6 @@ class DiffusionObjective(Objective):
         """Per item: how many of its first latent frames are given (its own past's with
         past_from_data, else with probability past_share a count from past_frames, else 0) and
         their noise level, (B,) long and (B,) float32."""
-        stride = self.vae.config.temporal_compression
         counts, levels = [], []
         for it, g in zip(items, gens):
             given = bool(torch.rand((), generator=g) < self.past_share)
@@ -322,7 +321,7 @@ class DiffusionObjective(Objective):
             level = float(torch.rand((), generator=g)) * self.past_sigma
             own = int(it.get("past", 0)) if self.past_from_data else 0  # pixel frames of an earlier clip
             if own:
-                given, k = True, min((own - 1) // stride + 1, frames - 1)  # the latent frames that hold them
+                given, k = True, min(self.vae.latent_frames(own), frames - 1)  # the latent frames that hold them
             if given and not 1 <= k < frames:
                 raise KinemaError(f"objective.past_frames must be from 1 to {frames - 1} (fewer than the clip's {frames} latent frames); got {k}")
             counts.append(k if given else 0)
@@ -422,14 +421,14 @@ class TokenObjective(Objective):
         scored = None
         if self.past_from_data and any(it.get("past", 0) for it in items):
             f, per_frame = tokens.shape[1], tokens.shape[2] * tokens.shape[3]
-            stride = self.tokenizer.temporal_compression
-            given = torch.tensor([(int(it["past"]) - 1) // stride + 1 if it.get("past", 0) else 0 for it in items])  # latent frames holding each past
+            given = torch.tensor([self.tokenizer.latent_frames(int(it["past"])) if it.get("past", 0) else 0 for it in items])  # latent frames holding each past
             scored = (torch.arange(f)[None, :] >= given[:, None]).repeat_interleave(per_frame, dim=1).to(device)  # (B, N)
         tokens = tokens.flatten(1).long()  # (B, N): frame-major, raster order in a frame
         logits = model(tokens, context)  # (B, N, V) float32; position p predicts token p
         loss, correct = next_token_loss(logits, tokens, scored)
-        self._correct, self._count = self._correct + correct, self._count + (tokens.numel() if scored is None else int(scored.sum()))
-        return loss, {"accuracy": correct / tokens.numel()}
+        counted = tokens.numel() if scored is None else int(scored.sum())
+        self._correct, self._count = self._correct + correct, self._count + counted
+        return loss, {"accuracy": correct / max(1, counted)}
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
         """The token accuracy (argmax = target) over the step's micro-batches; starts the next step's count."""

@@ -23,8 +23,8 @@ from .test_training import tiny_vae, transformer_config  # noqa: F401  (tiny_vae
 
 
 class _VAE:
-    class config:
-        temporal_compression = 4
+    def latent_frames(self, frames):
+        return (frames - 1) // 4 + 1
 
     def normalize_latents(self, z):
         return z
@@ -188,7 +188,8 @@ def test_the_token_model_reads_a_continuation_s_past_without_being_scored_on_it(
     from kinema.training.objectives import TokenObjective, next_token_loss
 
     class Tokenizer:
-        temporal_compression = 4
+        def latent_frames(self, frames):
+            return (frames - 1) // 4 + 1
 
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 7, (2, 3, 2, 2), generator=g)  # (B, F', h, w): 12 tokens a clip
@@ -200,11 +201,13 @@ def test_the_token_model_reads_a_continuation_s_past_without_being_scored_on_it(
         return logits
 
     items = [{"tokens": tokens[0], "caption": "a", "past": 5}, {"tokens": tokens[1], "caption": "b", "past": 0}]
-    loss, _ = TokenObjective(Tokenizer(), _text, 0.0, past_from_data=True)(model, items, _gens(2))
+    loss, logs = TokenObjective(Tokenizer(), _text, 0.0, past_from_data=True)(model, items, _gens(2))
     scored = torch.ones(2, 12, dtype=torch.bool)
     scored[0, :8] = False  # 5 pixel frames: latent frames 0 and 1, 4 tokens each
     per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten(1).flatten(), reduction="none").view(2, 12)
     assert torch.allclose(loss, per[scored].mean())
+    right = logits.argmax(-1) == tokens.flatten(1)
+    assert logs["accuracy"] == int(right[scored].sum()) / int(scored.sum())  # over the scored tokens, as the step's metric
     assert torch.equal(seen[0], tokens.flatten(1))  # the past is still read
     off, _ = TokenObjective(Tokenizer(), _text, 0.0)(model, items, _gens(2))
     assert torch.allclose(off, per.mean()) and torch.allclose(next_token_loss(logits, tokens.flatten(1))[0], per.mean())
