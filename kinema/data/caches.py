@@ -24,10 +24,13 @@ CACHE_BATCH = 16  # clips encoded together when building a cache (one at a time 
 
 class LatentCacheDataset(torch.utils.data.Dataset):
     """Items of a latent cache: ``mean`` and ``logvar`` (z, F', h, w) of the VAE posterior, ``caption``,
-    and ``past`` (how many first frames show an earlier clip) where the data set says it."""
+    ``past`` (how many first frames show an earlier clip) where the data set says it, and
+    ``roundtrip_mean`` / ``roundtrip_logvar`` (z, K', h, w) where the cache holds the first latent
+    frames' round trip (:func:`codec_roundtrip`)."""
 
-    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor, captions: list[str], past: list[int] | None = None) -> None:
-        self.mean, self.logvar, self.captions, self.past = mean, logvar, captions, past
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor, captions: list[str], past: list[int] | None = None,
+                 roundtrip: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:  # fmt: skip
+        self.mean, self.logvar, self.captions, self.past, self.roundtrip = mean, logvar, captions, past, roundtrip
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -36,6 +39,8 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         item = {"mean": self.mean[index], "logvar": self.logvar[index], "caption": self.captions[index]}
         if self.past is not None:
             item["past"] = self.past[index]
+        if self.roundtrip is not None:
+            item["roundtrip_mean"], item["roundtrip_logvar"] = self.roundtrip[0][index], self.roundtrip[1][index]
         return item
 
 
@@ -93,25 +98,56 @@ def _pasts(dataset) -> list[int] | None:
     return [past_of(i) for i in range(len(dataset))] if past_of is not None else None
 
 
-def latent_cache(path: Path, key: str, dataset, vae) -> LatentCacheDataset:
+def latent_cache(path: Path, key: str, dataset, vae, roundtrip_frames: int = 0) -> LatentCacheDataset:
     """Load the cache at ``path`` if its key matches; otherwise encode every item once and write it.
 
     Stores the posterior's mean and log-variance (not a sample), so training still draws a fresh
-    latent per step from the step's generator.
+    latent per step from the step's generator. With ``roundtrip_frames``, a second file beside it
+    (``<name>-roundtrip.safetensors``, built from the first's means) holds the round trip of each
+    item's first ``roundtrip_frames`` latent frames (:func:`codec_roundtrip`).
     """
     past = _pasts(dataset)
     found = _cached(path, key)
     if found is not None:
-        return LatentCacheDataset(found[0]["mean"], found[0]["logvar"], found[1], past)
+        mean, logvar, captions = found[0]["mean"], found[0]["logvar"], found[1]
+    else:
 
-    def encode(video: torch.Tensor) -> dict[str, torch.Tensor]:
-        posterior = vae.encode(video)  # (n, z, F', h, w)
-        return {"mean": posterior.mean.float().cpu(), "logvar": posterior.logvar.float().cpu()}
+        def encode(video: torch.Tensor) -> dict[str, torch.Tensor]:
+            posterior = vae.encode(video)  # (n, z, F', h, w)
+            return {"mean": posterior.mean.float().cpu(), "logvar": posterior.logvar.float().cpu()}
 
-    outs, captions = _encode_all(dataset, encode, "latent cache")
-    mean, logvar = torch.cat([o["mean"] for o in outs]), torch.cat([o["logvar"] for o in outs])
-    save_safetensors({"mean": mean, "logvar": logvar}, path, metadata={"key": key, "captions": json.dumps(captions)})
-    return LatentCacheDataset(mean, logvar, captions, past)
+        outs, captions = _encode_all(dataset, encode, "latent cache")
+        mean, logvar = torch.cat([o["mean"] for o in outs]), torch.cat([o["logvar"] for o in outs])
+        save_safetensors({"mean": mean, "logvar": logvar}, path, metadata={"key": key, "captions": json.dumps(captions)})
+    roundtrip = _roundtrip_cache(path.with_name(f"{path.stem}-roundtrip.safetensors"), f"{key}:{roundtrip_frames}", mean, vae, roundtrip_frames) if roundtrip_frames else None
+    return LatentCacheDataset(mean, logvar, captions, past, roundtrip)
+
+
+def codec_roundtrip(vae, mean: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a generated past goes through before a later window reads it: the posterior means of
+    clips' first ``frames`` latent frames (n, z, F', h, w), decoded, rounded to 8-bit frames as a
+    video is, and encoded again. Returns that posterior's mean and log-variance (n, z, frames, h, w)
+    float32 on the CPU. The codec is causal, so the first k of these are the round trip of the
+    first k latent frames alone."""
+    with torch.no_grad():
+        video = vae.decode(mean[:, :, :frames].to(vae.device, vae.dtype)).float()  # (n, 3, F, H, W) in [-1, 1]
+        video = ((video / 2 + 0.5).clamp(0, 1) * 255).round() / 255 * 2 - 1  # as the frames written to a video file
+        posterior = vae.encode(video.to(vae.dtype))
+    return posterior.mean.float().cpu(), posterior.logvar.float().cpu()
+
+
+def _roundtrip_cache(path: Path, key: str, mean: torch.Tensor, vae, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The round trip of every cached item's first ``frames`` latent frames, loaded from ``path`` if
+    built for ``key``, else computed in batches of CACHE_BATCH and written there."""
+    found = _cached(path, key)
+    if found is not None:
+        return found[0]["mean"], found[0]["logvar"]
+    from tqdm import tqdm
+
+    outs = [codec_roundtrip(vae, mean[i : i + CACHE_BATCH], frames) for i in tqdm(range(0, len(mean), CACHE_BATCH), desc="round-trip cache", leave=False)]
+    rt_mean, rt_logvar = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    save_safetensors({"mean": rt_mean, "logvar": rt_logvar}, path, metadata={"key": key, "captions": "[]"})
+    return rt_mean, rt_logvar
 
 
 def token_cache(path: Path, key: str, dataset, tokenizer) -> TokenCacheDataset:

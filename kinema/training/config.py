@@ -130,6 +130,7 @@ class DiffusionObjectiveConfig:
     past_frames: tuple[int, ...] = field(default=(1,), metadata=check(AT_LEAST_ONE))  # how many latent frames such an item is given (one drawn per item; each >= 1, fewer than the clip's)
     past_from_data: bool = False  # items that start with an earlier clip (shapes' data.continue_share) are given that past (its latent frames) always
     past_sigma: float = field(default=0.0, metadata=check(UNIT_BELOW_ONE))  # the given frames' noise level is drawn from [0, past_sigma]; a packaged model holds them at past_sigma when extending
+    past_roundtrip: float = field(default=0.0, metadata=check(UNIT))  # share of given pasts taken through the VAE first (decoded, rounded to 8-bit frames, encoded), as a generated past is before a later window reads it
 
 
 @dataclass
@@ -202,7 +203,7 @@ _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
 # ... and such fields inside a section, with the value that means "as before the field existed".
-_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,)}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0}}
+_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,)}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0}}
 # Before objectives were split per kind, one section held every kind's settings with these
 # defaults; the hash still sees that union, so runs begun then resume.
 _HASHED_OBJECTIVE = {

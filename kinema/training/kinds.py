@@ -159,8 +159,6 @@ def _diffusion_objective(config: TrainConfig, arch, out_dir: Path, device: torch
         raise KinemaError(f"the transformer's in_dim/out_dim ({arch.in_dim}/{arch.out_dim}) must equal the VAE's z_dim ({vae.config.z_dim})")
     text = make_text_encoder(config.text_encoder, arch.text_dim, config.text_max_length)
     dataset = make_dataset(config.data)
-    if config.latent_cache:
-        dataset = latent_cache(out_dir / CACHE_FILE, encoding_cache_key(config.data, config.vae), dataset, vae)
     o = config.objective
     process = FlowMatching(sigma_sampling=o.sigma_sampling, logit_mean=o.logit_mean, logit_std=o.logit_std)
     latent_frames = vae.latent_frames(config.data.frames) if getattr(config.data, "frames", None) else None
@@ -169,7 +167,23 @@ def _diffusion_objective(config: TrainConfig, arch, out_dir: Path, device: torch
     if o.past_share > 0 and latent_frames is not None and any(not 1 <= k < latent_frames for k in o.past_frames):
         raise KinemaError(f"objective.past_frames must list latent-frame counts from 1 to {latent_frames - 1} (a clip of "
                           f"{config.data.frames} frames has {latent_frames}); got {list(o.past_frames)}")  # fmt: skip
-    return DiffusionObjective(process, vae, text, config.caption_dropout, o.past_share, o.past_frames, o.past_sigma, o.past_from_data), dataset
+    if o.past_roundtrip > 0 and not (o.past_share > 0 or o.past_from_data):
+        raise KinemaError("objective.past_roundtrip takes given pasts through the VAE: set objective.past_share or objective.past_from_data too")
+    if config.latent_cache:
+        trip = roundtrip_frames(o, config.data, vae, latent_frames) if o.past_roundtrip > 0 else 0
+        dataset = latent_cache(out_dir / CACHE_FILE, encoding_cache_key(config.data, config.vae), dataset, vae, trip)
+    return DiffusionObjective(process, vae, text, config.caption_dropout, o.past_share, o.past_frames, o.past_sigma, o.past_from_data,
+                              o.past_roundtrip), dataset  # fmt: skip
+
+
+def roundtrip_frames(objective: Any, data: Any, vae: Any, latent_frames: int | None) -> int:
+    """The most latent frames a run's given pasts hold (past_frames, and with past_from_data those
+    that hold data.continue_past's longest), fewer than a clip's: what the round-trip cache keeps."""
+    counts = list(objective.past_frames) if objective.past_share > 0 else []
+    if objective.past_from_data and getattr(data, "continue_share", 0) > 0:
+        counts.append(vae.latent_frames(max(data.continue_past)))
+    most = max(counts, default=1)
+    return min(most, latent_frames - 1) if latent_frames else most
 
 
 TOKENIZER_FILE = "tokenizer.json"  # a pixel-dit run's BPE tokenizer, under out_dir (trained once, reused on resume)

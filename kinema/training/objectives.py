@@ -295,30 +295,37 @@ class DiffusionObjective(Objective):
 
     Per item and in this order, its generator draws: the caption-dropout coin, the posterior
     sample's noise, the noise level, the diffusion noise; with ``past_share`` > 0 then the coin for
-    a given past, its frame count, its noise level and its noise (:func:`given_past_loss`).
+    a given past, its frame count, its noise level (with ``past_roundtrip`` > 0, the coin for its
+    round trip) and its noise (:func:`given_past_loss`).
+
+    With ``past_roundtrip``, that share of the given pasts are their round trip through the VAE
+    (:func:`kinema.data.caches.codec_roundtrip`: decoded, rounded to 8-bit frames, encoded; from
+    the latent cache where it holds them, else computed here), as a long video's later window
+    reads the frames the model made before it; the frames to make stay the clip's own.
     """
 
     def __init__(self, process: NoiseProcess, vae: nn.Module, text_encoder: Any, caption_dropout: float,
                  past_share: float = 0.0, past_frames: Sequence[int] = (1,), past_sigma: float = 0.0,
-                 past_from_data: bool = False) -> None:  # fmt: skip
+                 past_from_data: bool = False, past_roundtrip: float = 0.0) -> None:  # fmt: skip
         self.process, self.vae, self.text_encoder, self.caption_dropout = process, vae, text_encoder, caption_dropout
         self.past_share, self.past_frames, self.past_sigma = past_share, tuple(past_frames), past_sigma
-        self.past_from_data = past_from_data
+        self.past_from_data, self.past_roundtrip = past_from_data, past_roundtrip
         self.dropped = 0  # captions replaced by "" so far (for tests and logs)
 
     @property
     def gives_past(self) -> bool:
         return self.past_share > 0 or self.past_from_data
 
-    def draw_past(self, items: list[dict], gens: list[torch.Generator], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_past(self, items: list[dict], gens: list[torch.Generator], frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per item: how many of its first latent frames are given (its own past's with
-        past_from_data, else with probability past_share a count from past_frames, else 0) and
-        their noise level, (B,) long and (B,) float32."""
-        counts, levels = [], []
+        past_from_data, else with probability past_share a count from past_frames, else 0), their
+        noise level and whether they are given as their round trip, (B,) long, float32 and bool."""
+        counts, levels, trips = [], [], []
         for it, g in zip(items, gens):
             given = bool(torch.rand((), generator=g) < self.past_share)
             k = self.past_frames[int(torch.randint(len(self.past_frames), (), generator=g))]
             level = float(torch.rand((), generator=g)) * self.past_sigma
+            trips.append(self.past_roundtrip > 0 and bool(torch.rand((), generator=g) < self.past_roundtrip))  # drawn only when asked: earlier runs resume
             own = int(it.get("past", 0)) if self.past_from_data else 0  # pixel frames of an earlier clip
             if own:
                 given, k = True, min(self.vae.latent_frames(own), frames - 1)  # the latent frames that hold them
@@ -326,7 +333,8 @@ class DiffusionObjective(Objective):
                 raise KinemaError(f"objective.past_frames must be from 1 to {frames - 1} (fewer than the clip's {frames} latent frames); got {k}")
             counts.append(k if given else 0)
             levels.append(level)
-        return torch.tensor(counts), torch.tensor(levels)
+        counts_ = torch.tensor(counts)
+        return counts_, torch.tensor(levels), torch.tensor(trips, dtype=torch.bool) & (counts_ > 0)
 
     def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         device = _device(model)
@@ -340,20 +348,45 @@ class DiffusionObjective(Objective):
                 with torch.autocast(device.type, enabled=False):
                     posterior = self.vae.encode(_videos(items, device))
                 mean, logvar = posterior.mean.float(), posterior.logvar.float()
-            z = mean + torch.exp(0.5 * logvar) * stack_randn(mean.shape[1:], gens).to(device)  # (B, z, F', h, w)
+            eps = stack_randn(mean.shape[1:], gens).to(device)  # (B, z, F', h, w)
+            z = mean + torch.exp(0.5 * logvar) * eps
             x0 = self.vae.normalize_latents(z)  # (B, z, F', h, w)
             levels = self.process.training_levels(gens).to(device)  # (B,)
             noise = stack_randn(x0.shape[1:], gens).to(device)  # (B, z, F', h, w)
             context = self.text_encoder(captions).float().to(device)  # (B, L, text_dim)
             past = None
             if self.gives_past:
-                past, past_levels = self.draw_past(items, gens, x0.shape[2])
+                past, past_levels, trips = self.draw_past(items, gens, x0.shape[2])
                 past_noise = stack_randn(x0.shape[1:], gens).to(device)  # (B, z, F', h, w)
+                if bool(trips.any()):
+                    x0 = self.roundtrip_past(items, x0, mean, eps, past, trips)
         if past is not None and bool(past.any()):
             loss = given_past_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels, past, past_noise, past_levels.to(device))
         else:
             loss = diffusion_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels)
         return loss, {}
+
+
+    def roundtrip_past(self, items: list[dict], x0: torch.Tensor, mean: torch.Tensor, eps: torch.Tensor, past: torch.Tensor,
+                       trips: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """``x0`` (B, z, F', h, w) with the given past of the rows in ``trips`` replaced by its round
+        trip (the cache's, else computed from ``mean``), sampled with the rows' own posterior noise."""
+        rows = trips.nonzero().flatten().tolist()
+        k = int(past[rows].max())
+        if all("roundtrip_mean" in items[i] and items[i]["roundtrip_mean"].shape[1] >= k for i in rows):
+            rt_mean = torch.stack([items[i]["roundtrip_mean"][:, :k] for i in rows]).float().to(x0.device)
+            rt_logvar = torch.stack([items[i]["roundtrip_logvar"][:, :k] for i in rows]).float().to(x0.device)
+        else:
+            from ..data.caches import codec_roundtrip
+
+            with torch.autocast(x0.device.type, enabled=False):
+                rt_mean, rt_logvar = (t.to(x0.device) for t in codec_roundtrip(self.vae, mean[rows], k))
+        given = self.vae.normalize_latents(rt_mean + torch.exp(0.5 * rt_logvar) * eps[rows, :, :k])  # (R, z, k, h, w)
+        x0 = x0.clone()
+        for j, i in enumerate(rows):
+            n = int(past[i])
+            x0[i, :, :n] = given[j, :, :n]
+        return x0
 
 
 class PixelDiffusionObjective(Objective):

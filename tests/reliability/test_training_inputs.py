@@ -130,6 +130,8 @@ def test_missing_training_config(tmp_path, capsys):
         ({"objective.past_frames": [0, 2]}, "past_frames"),
         ({"objective.past_frames": "three"}, "past_frames"),
         ({"objective.past_from_data": "yes"}, "past_from_data"),
+        ({"objective.past_roundtrip": 1.5}, "past_roundtrip"),
+        ({"objective.past_roundtrip": "often"}, "past_roundtrip"),
         ({"objective.past_length": 3}, "past_length"),
         ({"init_from": "/no/such/checkpoint"}, "init_from|not found"),
     ],

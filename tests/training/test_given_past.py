@@ -211,3 +211,78 @@ def test_the_token_model_reads_a_continuation_s_past_without_being_scored_on_it(
     assert torch.equal(seen[0], tokens.flatten(1))  # the past is still read
     off, _ = TokenObjective(Tokenizer(), _text, 0.0)(model, items, _gens(2))
     assert torch.allclose(off, per.mean()) and torch.allclose(next_token_loss(logits, tokens.flatten(1))[0], per.mean())
+
+
+class _RoundTripVAE(_VAE):
+    """A codec whose round trip is visible: decoding halves (clamped), encoding adds 0.25."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self):
+        self.decoded = 0
+
+    def decode(self, z):
+        self.decoded += 1
+        return z.clamp(-1, 1) * 0.5
+
+    def encode(self, video):
+        class Posterior:
+            mean = video + 0.25
+            logvar = torch.full_like(video, -20.0)
+
+        return Posterior
+
+
+def test_past_roundtrip_gives_the_past_as_the_codec_gives_it_back_and_keeps_the_frames_to_make():
+    """objective.past_roundtrip: a given past is its round trip (decoded, rounded to 8-bit frames,
+    encoded), from the cache's item where it holds one, else computed; the frames after it, their
+    level and noise are as without it."""
+    from kinema.data.caches import codec_roundtrip
+
+    items = [_item(past=9), _item(past=0), _item(past=5)]  # 3, 0 and 2 latent frames given
+    plain, tripped, cached = _Recorder(), _Recorder(), _Recorder()
+    DiffusionObjective(FlowMatching(), _VAE(), _text, 0.0, past_from_data=True)(plain, items, _gens(3))
+    vae = _RoundTripVAE()
+    DiffusionObjective(FlowMatching(), vae, _text, 0.0, past_from_data=True, past_roundtrip=1.0)(tripped, items, _gens(3))
+    assert vae.decoded == 1  # one batch of the given pasts, computed
+    (x1, t1), (x2, t2) = plain.calls[0], tripped.calls[0]
+    assert torch.equal(t1, t2) and torch.equal(x2[:, :, 3:], x1[:, :, 3:]) and torch.equal(x2[1], x1[1])
+    for i, k in ((0, 3), (2, 2)):
+        expected = ((items[i]["mean"][:, :k].clamp(-1, 1) * 0.5 / 2 + 0.5) * 255).round() / 255 * 2 - 1 + 0.25
+        assert torch.allclose(x2[i, :, :k], expected, atol=1e-3)  # past_sigma 0: the given frames (and a posterior std of 5e-5)
+        assert torch.equal(x2[i, :, k:], x1[i, :, k:])
+    rt_mean, rt_logvar = codec_roundtrip(vae, torch.stack([it["mean"] for it in items]), 3)
+    with_cache = [{**it, "roundtrip_mean": rt_mean[i], "roundtrip_logvar": rt_logvar[i]} for i, it in enumerate(items)]
+    vae.decoded = 0
+    DiffusionObjective(FlowMatching(), vae, _text, 0.0, past_from_data=True, past_roundtrip=1.0)(cached, with_cache, _gens(3))
+    assert vae.decoded == 0 and torch.equal(cached.calls[0][0], x2)  # read from the items, the same
+
+
+def test_the_round_trip_cache_and_the_codec_s_causality(tiny_vae, tmp_path):  # noqa: F811
+    """latent_cache keeps the round trip of the first latent frames in a file of its own, read back
+    without the codec; of a causal codec, the first k of a longer round trip are the round trip of k."""
+    from kinema.checkpoints.wan_vae import load_wan_vae
+    from kinema.data.caches import codec_roundtrip
+
+    vae = load_wan_vae(tiny_vae)
+    data = ShapesDataset(split="train", size=64, frames=9, seed=3, length=3)
+    cache = latent_cache(tmp_path / "cache.safetensors", "k", data, vae, roundtrip_frames=2)
+    assert (tmp_path / "cache-roundtrip.safetensors").is_file() and cache[0]["roundtrip_mean"].shape[1] == 2
+    again = latent_cache(tmp_path / "cache.safetensors", "k", data, None, roundtrip_frames=2)  # read back, not computed
+    assert torch.equal(again[2]["roundtrip_mean"], cache[2]["roundtrip_mean"]) and "roundtrip_mean" not in latent_cache(tmp_path / "cache.safetensors", "k", data, None)[0]
+    mean = torch.stack([cache[i]["mean"] for i in range(3)])
+    longer, _ = codec_roundtrip(vae, mean, mean.shape[2])
+    shorter, _ = codec_roundtrip(vae, mean, 2)
+    assert torch.allclose(longer[:, :, :2], shorter, atol=1e-5) and torch.allclose(shorter, torch.stack([cache[i]["roundtrip_mean"] for i in range(3)]))
+
+
+def test_past_roundtrip_config(tiny_vae, tmp_path):  # noqa: F811
+    base = transformer_config(tmp_path / "a", tiny_vae)
+    assert config_hash(load_config(base)) == config_hash(load_config({**base, "objective": {**base["objective"], "past_roundtrip": 0.0}}))
+    for bad, message in (({"past_roundtrip": 1.5}, "past_roundtrip"), ({"past_roundtrip": 0.5}, "past_roundtrip takes given pasts through the VAE")):
+        with pytest.raises(KinemaError, match=message):
+            train(load_config({**base, "objective": {**base["objective"], **bad}}), progress=False)
+    cfg = transformer_config(tmp_path / "p", tiny_vae, steps=2, objective={**base["objective"], "past_share": 1.0, "past_frames": [2], "past_roundtrip": 1.0})
+    cfg["data"] = {**cfg["data"], "frames": 9}
+    train(cfg, progress=False)  # through the whole loop (with the latent cache where the tiny config has one)
+    assert len((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()) == 2
