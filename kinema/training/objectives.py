@@ -366,7 +366,6 @@ class DiffusionObjective(Objective):
             loss = diffusion_loss(lambda x, t: model(x, t, context), self.process, x0, noise, levels)
         return loss, {}
 
-
     def roundtrip_past(self, items: list[dict], x0: torch.Tensor, mean: torch.Tensor, eps: torch.Tensor, past: torch.Tensor,
                        trips: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """``x0`` (B, z, F', h, w) with the given past of the rows in ``trips`` replaced by its round
