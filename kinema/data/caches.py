@@ -129,9 +129,11 @@ def codec_roundtrip(vae, mean: torch.Tensor, frames: int) -> tuple[torch.Tensor,
     video is, and encoded again. Returns that posterior's mean and log-variance (n, z, frames, h, w)
     float32 on the CPU. The codec is causal, so the first k of these are the round trip of the
     first k latent frames alone."""
+    from ..video import to_uint8
+
     with torch.no_grad():
-        video = vae.decode(mean[:, :, :frames].to(vae.device, vae.dtype)).float()  # (n, 3, F, H, W) in [-1, 1]
-        video = ((video / 2 + 0.5).clamp(0, 1) * 255).round() / 255 * 2 - 1  # as the frames written to a video file
+        frames_u8 = to_uint8(vae.decode(mean[:, :, :frames].to(vae.device, vae.dtype)))  # (n, F, H, W, 3): the frames a video file gets
+        video = frames_u8.permute(0, 4, 1, 2, 3).float() / 255 * 2 - 1  # (n, 3, F, H, W) in [-1, 1]
         posterior = vae.encode(video.to(vae.dtype))
     return posterior.mean.float().cpu(), posterior.logvar.float().cpu()
 
