@@ -59,7 +59,7 @@ def make_dataset(data) -> "torch.utils.data.Dataset":
 
         return SyntheticClips(size=data.size, frames=data.frames, seed=data.seed, length=data.length)
     if data.kind == "shapes":
-        return ShapesDataset(split=data.split, size=data.size, frames=data.frames, seed=data.seed, length=data.length, wording=data.wording, continue_share=data.continue_share, continue_past=tuple(data.continue_past))
+        return ShapesDataset(split=data.split, size=data.size, frames=data.frames, seed=data.seed, length=data.length, wording=data.wording, continue_share=data.continue_share, continue_past=tuple(data.continue_past), clip_frames=data.clip_frames)
     from .video_folder import VideoFolderDataset
 
     return VideoFolderDataset(data.path, data.captions, size=data.size, frames=data.frames)

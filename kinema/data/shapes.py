@@ -374,6 +374,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         wording: str = "templates",
         continue_share: float = 0.0,
         continue_past: tuple[int, ...] = (17,),
+        clip_frames: int | None = None,
     ) -> None:
         if size < MIN_SIZE:
             raise KinemaError(f"the shapes canvas must be at least {MIN_SIZE} pixels; got {size}")
@@ -383,15 +384,21 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise KinemaError(f"unknown wording {wording!r}; use one of {', '.join(WORDINGS)}")
         if not 0.0 <= continue_share <= 1.0:
             raise KinemaError(f"continue_share must be from 0 to 1; got {continue_share}")
-        if continue_share > 0 and (not continue_past or any(not 1 <= k < frames for k in continue_past)):
-            raise KinemaError(f"continue_past must list past-frame counts from 1 to {frames - 1} (fewer than the clip's frames); got {list(continue_past)}")
+        clip = frames if clip_frames is None else clip_frames
+        if not 2 <= clip <= frames:
+            raise KinemaError(f"clip_frames must be from 2 to the item's {frames} frames; got {clip_frames}")
+        if clip < frames and continue_share < 1:
+            raise KinemaError(f"an item of {frames} frames is longer than a clip of {clip}: it must continue an earlier clip, so set continue_share to 1; got {continue_share}")
+        if continue_share > 0 and (not continue_past or any(not 1 <= k <= min(clip, frames - 1) for k in continue_past)):
+            raise KinemaError(f"continue_past must list past-frame counts from 1 to {min(clip, frames - 1)} (fewer than the item's frames, at most a clip's); got {list(continue_past)}")
         self.continue_share = continue_share  # the share of items that continue an earlier clip (see continuation_of)
         self.continue_past = tuple(continue_past)  # how many frames of the earlier clip such an item starts with (one drawn per item)
         self.split = split
         self.wording = wording  # caption vocabulary: "templates" or "wide" (see draw_caption)
         self.combos = combos(split)
         self.size = size  # canvas side in pixels
-        self.frames = frames  # frames per clip
+        self.frames = frames  # frames per item
+        self.clip_frames = clip  # frames of one clip of the world: the unit of its speeds (TRAVEL_RANGE), and the earlier clip a continuation starts from
         self.seed = seed  # base seed: item i uses np.random.default_rng([seed, i])
         self.length = length  # number of items (the world is infinite; this is an epoch)
 
@@ -426,7 +433,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             crng = np.random.default_rng([self.seed, index, 1])
             if crng.random() < self.continue_share:
                 past = int(self.continue_past[crng.integers(len(self.continue_past))])
-                nxt = continuation_of(spec, past, self.frames, crng)
+                nxt = continuation_of(spec, past, self.frames, crng, clip_frames=self.clip_frames)
                 if nxt is not None:
                     return nxt, draw_caption(nxt, rng, self.wording), (spec, past)
         return spec, draw_caption(spec, rng, self.wording), None
@@ -442,23 +449,24 @@ class ShapesDataset(torch.utils.data.Dataset):
         else:  # the earlier clip's last `past` frames, then the new motion's
             first, past = earlier
             new = self.frames - past
-            clip = render_sequence([first, spec], [self.frames, new], self.size)[self.frames - past :]  # (F, H, W, 3)
+            clip = render_sequence([first, spec], [self.clip_frames, new], self.size)[self.clip_frames - past :]  # (F, H, W, 3)
         video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # (3, F, H, W)
         past = 0 if earlier is None else earlier[1]  # frames of the earlier clip it starts with
         return {"video": video, "caption": text, "colour": spec.colour, "shape": spec.shape, "motion": spec.motion, "past": past}
 
 
-def continuation_of(spec: ClipSpec, past: int, frames: int, rng: np.random.Generator) -> ClipSpec | None:
-    """The new part of a training item that shows the last ``past`` frames of ``spec``'s clip (of
-    ``frames`` frames), then ``frames - past`` frames of the same object going on with a motion
-    drawn from those it has room for: what a long video's later window or an extension sees (its
-    past, then what its prompt asks for). The new part moves at a clip's speed (a travel drawn
-    from TRAVEL_RANGE per ``frames - 1`` frames, shortened to the room left), and at least
+def continuation_of(spec: ClipSpec, past: int, frames: int, rng: np.random.Generator, clip_frames: int | None = None) -> ClipSpec | None:
+    """The new part of a training item of ``frames`` frames that shows the last ``past`` frames of
+    ``spec``'s clip (of ``clip_frames`` frames, default ``frames``), then ``frames - past`` frames
+    of the same object going on with a motion drawn from those it has room for: what a long video's
+    later window or an extension sees (its past, then what its prompt asks for). The new part moves
+    at a clip's speed (a travel drawn from TRAVEL_RANGE per ``clip_frames - 1`` frames, shortened
+    to the room left), and at least
     MIN_CONTINUE_TRAVEL, so that the judge sees the motion its caption names. None when the object
     has that much room for no motion (it sits in a corner)."""
     options = continuations(spec)
     if not options:
         return None
     motion = options[rng.integers(len(options))]
-    travel = float(rng.uniform(*TRAVEL_RANGE)) * (frames - past) / (frames - 1)
+    travel = float(rng.uniform(*TRAVEL_RANGE)) * (frames - past) / ((clip_frames or frames) - 1)
     return continue_spec(spec, motion, travel=min(max(travel, MIN_CONTINUE_TRAVEL), room(spec, motion)))

@@ -68,6 +68,7 @@ class DataConfig:
     wording: str = field(default="templates", metadata=one_of(WORDINGS))  # shapes captions: "templates" (15 sentence patterns, a few synonyms) or "wide" (kinema.data.wording's many synonyms, frames and fillers, a quarter still templates)
     continue_share: float = field(default=0.0, metadata=check(UNIT))  # shapes: the share of items that continue an earlier clip (its last continue_past frames, then a new motion, captioned): teaches extension and long videos' later windows
     continue_past: tuple[int, ...] = (17,)  # shapes: the earlier clip's frames such an item starts with (one drawn per item; each 4k+1 and fewer than frames for the Wan VAE)
+    clip_frames: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # shapes: frames of one clip of the world (its speeds' unit; default: frames). Fewer than frames: every item (continue_share 1) is an earlier clip's last continue_past frames and a continuation at a clip's speed, longer than a clip, as a long video is
 
 
 @dataclass
@@ -203,7 +204,7 @@ _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
 # ... and such fields inside a section, with the value that means "as before the field existed".
-_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,)}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0}}
+_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,), "clip_frames": None}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0}}
 # Before objectives were split per kind, one section held every kind's settings with these
 # defaults; the hash still sees that union, so runs begun then resume.
 _HASHED_OBJECTIVE = {

@@ -237,3 +237,42 @@ def test_continuation_items_show_the_past_then_the_captioned_new_motion():
         ShapesDataset(continue_share=0.5, continue_past=(33,))
     with pytest.raises(KinemaError, match="continue_share must be from 0 to 1"):
         ShapesDataset(continue_share=1.5)
+
+
+def test_items_longer_than_a_clip_are_a_whole_clip_and_its_continuation_at_a_clip_speed():
+    """data.clip_frames below data.frames: every item is an earlier clip of clip_frames frames (its
+    last continue_past of them) and then the same object going on at a clip's speed, as a long
+    video's windows are, so a model sees the positions and time offsets a long video reaches."""
+    from kinema.data.shapes import TRAVEL_RANGE, ShapesDataset, render_clip
+    from kinema.evaluation.judge import judge_clip
+
+    data = ShapesDataset(length=12, seed=5, frames=49, clip_frames=17, continue_share=1.0, continue_past=(17, 9))
+    seen = set()
+    for i in range(12):
+        item, (first, past), spec = data[i], data.continuation(i), data.spec(i)[0]
+        seen.add(past)
+        assert item["video"].shape == (3, 49, 64, 64) and item["past"] == past
+        frames = ((item["video"].permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
+        assert np.array_equal(frames[:past], render_clip(first, 64, 17)[17 - past :])  # the earlier clip, at a clip's length
+        assert spec.start == first.end and spec.travel <= TRAVEL_RANGE[1] * (49 - past) / 16 + 1e-9  # a clip's speed over the new frames
+        new = judge_clip(frames[past - 1 :])
+        assert (new.colour, new.shape, new.motion) == (spec.colour, spec.shape, spec.motion)
+    assert seen == {9, 17}
+    assert ShapesDataset(length=3, seed=5, continue_share=0.5, continue_past=(9,), clip_frames=33)[1]["video"].shape == (3, 33, 64, 64)  # the default: a clip
+    for kwargs, message in (
+        ({"frames": 49, "clip_frames": 17, "continue_share": 0.5, "continue_past": (9,)}, "must continue an earlier clip, so set continue_share to 1"),
+        ({"frames": 49, "clip_frames": 17, "continue_share": 1.0, "continue_past": (25,)}, "continue_past must list past-frame counts from 1 to 17"),
+        ({"frames": 33, "clip_frames": 49}, "clip_frames must be from 2 to the item's 33 frames"),
+    ):
+        with pytest.raises(KinemaError, match=message):
+            ShapesDataset(**kwargs)
+
+
+def test_clip_frames_is_hashed_only_when_set():
+    from kinema.training.config import DataConfig, TrainConfig, config_hash
+
+    def cfg(**data):
+        return TrainConfig(model="wan-transformer", architecture={}, out_dir="x", data=DataConfig(**data))
+
+    assert config_hash(cfg()) == config_hash(cfg(clip_frames=None))
+    assert config_hash(cfg(frames=65, clip_frames=33)) != config_hash(cfg(frames=65))
