@@ -399,6 +399,10 @@ def test_package_a_token_ar_run(ar_model_dir, tmp_path, capsys):
     (run / "training.json").write_text(json.dumps({**json.loads((run / "training.json").read_text()), "tokenizer": str(tmp_path / "gone")}))
     assert main(["package", str(run), "--out", str(tmp_path / "p2"), "--tokenizer", str(other)]) == 0
     assert json.loads((tmp_path / "p2" / KINEMA_MODEL_FILE).read_text())["sampler"]["temperature"] == 1.0
+    # a run on items longer than a clip (data.clip_frames): the default is a clip of its world, not an item
+    (run / "training.json").write_text(json.dumps({**json.loads((run / "training.json").read_text()), "data": {"kind": "shapes", "size": 16, "frames": 9, "clip_frames": 5}}))
+    assert main(["package", str(run), "--out", str(tmp_path / "p3"), "--tokenizer", str(other)]) == 0
+    assert json.loads((tmp_path / "p3" / KINEMA_MODEL_FILE).read_text())["defaults"]["num_frames"] == 5
     capsys.readouterr()
     # refused: the tokenizer is gone, wan-only options, a VAE
     assert main(["package", str(run), "--out", str(tmp_path / "a")]) == 2
