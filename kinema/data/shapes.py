@@ -172,11 +172,13 @@ def render_sequence(specs: list[ClipSpec], frames: list[int], size: int = DEFAUL
     return np.concatenate(parts)
 
 
-def sample_spec(colour: str, shape: str, motion: str, rng: np.random.Generator) -> ClipSpec:
-    """Draw size, start and travel so the object stays inside the canvas (with MARGIN) on every frame."""
+def sample_spec(colour: str, shape: str, motion: str, rng: np.random.Generator, clips: float = 1.0) -> ClipSpec:
+    """Draw size, start and travel so the object stays inside the canvas (with MARGIN) on every frame.
+    With ``clips`` > 1 the spec spans that many clips at one clip's speed (a travel per clip from
+    TRAVEL_RANGE, at most what lets the whole travel fit the canvas)."""
     size = float(rng.uniform(*SIZE_RANGE))
-    travel = float(rng.uniform(*TRAVEL_RANGE))
     lo, hi = size / 2 + MARGIN, 1 - size / 2 - MARGIN  # allowed range of the centre on each axis
+    travel = float(rng.uniform(TRAVEL_RANGE[0], min(TRAVEL_RANGE[1], (hi - lo) / clips))) * clips  # one clip: TRAVEL_RANGE as drawn always
     dx, dy = DIRECTIONS[motion]
     start = []
     for d in (dx, dy):
@@ -387,8 +389,9 @@ class ShapesDataset(torch.utils.data.Dataset):
         clip = frames if clip_frames is None else clip_frames
         if not 2 <= clip <= frames:
             raise KinemaError(f"clip_frames must be from 2 to the item's {frames} frames; got {clip_frames}")
-        if clip < frames and continue_share < 1:
-            raise KinemaError(f"an item of {frames} frames is longer than a clip of {clip}: it must continue an earlier clip, so set continue_share to 1; got {continue_share}")
+        span = 1 - SIZE_RANGE[1] - 2 * MARGIN  # the least room a centre has on an axis
+        if continue_share < 1 and (frames - 1) / (clip - 1) * TRAVEL_RANGE[0] > span:
+            raise KinemaError(f"a plain item of {frames} frames is {(frames - 1) / (clip - 1):g} clips of {clip}: more than an object can cross at a clip's speed; use fewer frames, or continue_share 1")
         if continue_share > 0 and (not continue_past or any(not 1 <= k <= min(clip, frames - 1) for k in continue_past)):
             raise KinemaError(f"continue_past must list past-frame counts from 1 to {min(clip, frames - 1)} (fewer than the item's frames, at most a clip's); got {list(continue_past)}")
         self.continue_share = continue_share  # the share of items that continue an earlier clip (see continuation_of)
@@ -428,14 +431,19 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a data set of length {self.length}")
         rng = np.random.default_rng([self.seed, index])
         colour, shape, motion = self.combos[rng.integers(len(self.combos))]
-        spec = sample_spec(colour, shape, motion, rng)
+        past = 0
         if self.continue_share > 0:  # a stream of its own: items of a data set without continuations are unchanged
             crng = np.random.default_rng([self.seed, index, 1])
             if crng.random() < self.continue_share:
                 past = int(self.continue_past[crng.integers(len(self.continue_past))])
-                nxt = continuation_of(spec, past, self.frames, crng, clip_frames=self.clip_frames)
-                if nxt is not None:
-                    return nxt, draw_caption(nxt, rng, self.wording), (spec, past)
+        if not past and self.clip_frames < self.frames:  # a plain item longer than a clip: one motion throughout, at a clip's speed
+            spec = sample_spec(colour, shape, motion, rng, clips=(self.frames - 1) / (self.clip_frames - 1))
+            return spec, draw_caption(spec, rng, self.wording), None
+        spec = sample_spec(colour, shape, motion, rng)
+        if past:
+            nxt = continuation_of(spec, past, self.frames, crng, clip_frames=self.clip_frames)
+            if nxt is not None:
+                return nxt, draw_caption(nxt, rng, self.wording), (spec, past)
         return spec, draw_caption(spec, rng, self.wording), None
 
     def caption(self, index: int) -> str:

@@ -240,28 +240,38 @@ def test_continuation_items_show_the_past_then_the_captioned_new_motion():
 
 
 def test_items_longer_than_a_clip_are_a_whole_clip_and_its_continuation_at_a_clip_speed():
-    """data.clip_frames below data.frames: every item is an earlier clip of clip_frames frames (its
-    last continue_past of them) and then the same object going on at a clip's speed, as a long
-    video's windows are, so a model sees the positions and time offsets a long video reaches."""
+    """data.clip_frames below data.frames: a continuation item is an earlier clip of clip_frames
+    frames (its last continue_past of them) and then the same object going on at a clip's speed, as
+    a long video's windows are; a plain item is one motion at a clip's speed for the whole item. A
+    model sees the positions and time offsets a long video reaches."""
     from kinema.data.shapes import TRAVEL_RANGE, ShapesDataset, render_clip
     from kinema.evaluation.judge import judge_clip
 
-    data = ShapesDataset(length=12, seed=5, frames=49, clip_frames=17, continue_share=1.0, continue_past=(17, 9))
+    data = ShapesDataset(length=16, seed=5, frames=33, clip_frames=17, continue_share=0.6, continue_past=(17, 9))
     seen = set()
-    for i in range(12):
-        item, (first, past), spec = data[i], data.continuation(i), data.spec(i)[0]
+    for i in range(16):
+        item, earlier, spec = data[i], data.continuation(i), data.spec(i)[0]
+        if earlier is None:  # a plain item: one motion over two clips, each clip's travel in TRAVEL_RANGE
+            seen.add(0)
+            assert item["past"] == 0 and TRAVEL_RANGE[0] * 2 - 1e-9 <= spec.travel <= TRAVEL_RANGE[1] * 2 + 1e-9
+            frames = ((item["video"].permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
+            assert np.array_equal(frames, render_clip(spec, 64, 33))
+            assert [judge_clip(frames[a : a + 17]).motion for a in (0, 16)] == [spec.motion] * 2
+            continue
+        first, past = earlier
         seen.add(past)
-        assert item["video"].shape == (3, 49, 64, 64) and item["past"] == past
+        assert item["video"].shape == (3, 33, 64, 64) and item["past"] == past
         frames = ((item["video"].permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
         assert np.array_equal(frames[:past], render_clip(first, 64, 17)[17 - past :])  # the earlier clip, at a clip's length
-        assert spec.start == first.end and spec.travel <= TRAVEL_RANGE[1] * (49 - past) / 16 + 1e-9  # a clip's speed over the new frames
+        assert spec.start == first.end and spec.travel <= TRAVEL_RANGE[1] * (33 - past) / 16 + 1e-9  # a clip's speed over the new frames
         new = judge_clip(frames[past - 1 :])
         assert (new.colour, new.shape, new.motion) == (spec.colour, spec.shape, spec.motion)
-    assert seen == {9, 17}
+    assert seen == {0, 9, 17}
     assert ShapesDataset(length=3, seed=5, continue_share=0.5, continue_past=(9,), clip_frames=33)[1]["video"].shape == (3, 33, 64, 64)  # the default: a clip
     for kwargs, message in (
-        ({"frames": 49, "clip_frames": 17, "continue_share": 0.5, "continue_past": (9,)}, "must continue an earlier clip, so set continue_share to 1"),
+        ({"frames": 49, "clip_frames": 1}, "clip_frames must be from 2"),
         ({"frames": 49, "clip_frames": 17, "continue_share": 1.0, "continue_past": (25,)}, "continue_past must list past-frame counts from 1 to 17"),
+        ({"frames": 49, "clip_frames": 17, "continue_share": 0.5, "continue_past": (9,)}, "a plain item of 49 frames is 3 clips of 17: more than an object can cross"),
         ({"frames": 33, "clip_frames": 49}, "clip_frames must be from 2 to the item's 33 frames"),
     ):
         with pytest.raises(KinemaError, match=message):

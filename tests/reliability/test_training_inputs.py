@@ -85,7 +85,7 @@ VAE_CASES = [
     ({"data.kind": "video_folder"}, "data.path"),
     ({"data.clip_frames": "a clip"}, "data.clip_frames"),
     ({"data.kind": "shapes", "data.size": 64, "data.clip_frames": 9}, "clip_frames must be from 2 to the item's 5 frames"),
-    ({"data.kind": "shapes", "data.size": 64, "data.clip_frames": 3}, "must continue an earlier clip, so set continue_share to 1"),
+    ({"data.kind": "shapes", "data.size": 64, "data.clip_frames": 1}, "clip_frames must be from 2"),
     ({"objective.kl_weight": -1.0}, "kl_weight"),
     ({"objective.sigma_sampling": "uniform"}, "sigma_sampling"),
     ({"latent_cache": True}, "latent_cache"),
