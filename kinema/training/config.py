@@ -68,7 +68,7 @@ class DataConfig:
     wording: str = field(default="templates", metadata=one_of(WORDINGS))  # shapes captions: "templates" (15 sentence patterns, a few synonyms) or "wide" (kinema.data.wording's many synonyms, frames and fillers, a quarter still templates)
     continue_share: float = field(default=0.0, metadata=check(UNIT))  # shapes: the share of items that continue an earlier clip (its last continue_past frames, then a new motion, captioned): teaches extension and long videos' later windows
     continue_past: tuple[int, ...] = (17,)  # shapes: the earlier clip's frames such an item starts with (one drawn per item; each 4k+1 and fewer than frames for the Wan VAE)
-    clip_frames: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # shapes: frames of one clip of the world (its speeds' unit; default: frames). Fewer than frames: every item (continue_share 1) is an earlier clip's last continue_past frames and a continuation at a clip's speed, longer than a clip, as a long video is
+    clip_frames: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # shapes: frames of one clip of the world (its speeds' unit; default: frames). Fewer than frames: items longer than a clip, as a long video is: a continuation is an earlier clip's last continue_past frames, then a new motion at a clip's speed; a plain item one motion at a clip's speed throughout
 
 
 @dataclass
