@@ -178,7 +178,7 @@ def package_trained_model(
     merged = dict(cls.package_defaults)
     data = training.get("data", {})
     if data.get("size") and data.get("frames"):
-        merged.update(height=data["size"], width=data["size"], num_frames=data.get("clip_frames") or data["frames"])  # a clip of its world: items may be longer (data.clip_frames)
+        merged.update(height=data["size"], width=data["size"], num_frames=(data.get("clip_frames") if data.get("kind") == "shapes" else None) or data["frames"])  # a clip of its world: shapes items may be longer (data.clip_frames)
     if data.get("kind") == "shapes":
         from ..data.shapes import DEFAULT_FPS
 
