@@ -124,7 +124,7 @@ def generate(
             raise RequestError(f"{{0}} and {{1}} come from the video to continue ({head.shape[2]}x{head.shape[1]}); leave them out", "height", "width")
         request = replace(request, height=head.shape[1], width=head.shape[2])
         if request.overlap is None:
-            request = replace(request, overlap=rules.default_overlap(len(head)))
+            request = replace(request, overlap=rules.default_overlap(len(head), request.window))
         elif request.overlap > len(head):
             raise RequestError(f"{{0}} is {request.overlap} frames but the video has {len(head)}", "overlap")
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits

@@ -486,10 +486,13 @@ class ModelRules:
             if max(height, width) > most:
                 raise KinemaError(f"height and width must be at most {most:,} for this model (its positions); got {height}x{width}")
 
-    def default_overlap(self, available: int) -> int:
+    def default_overlap(self, available: int, window: int | None = None) -> int:
         """Extending a clip of ``available`` frames: the most of its last frames the model takes as
-        the past (``t j + offset``, within :attr:`context_frames`)."""
+        the past (``t j + offset``, within :attr:`context_frames`), leaving a group of new frames in
+        each ``window`` when one is given."""
         limit = min(available, self.context_frames or available)
+        if window is not None and window - self.temporal_multiple >= max(1, self.frames_offset):  # a smaller window: its own error, later
+            limit = min(limit, window - self.temporal_multiple)
         return frames_that_fit(limit, limit, self.temporal_multiple, self.frames_offset)
 
     def check_overlap_form(self, overlap: int) -> None:
@@ -611,7 +614,7 @@ def plan_windows(rules: ModelRules, frames: list[int], window: int | None, overl
             lo = max(o + t, (window - o) // t * t + o)
             raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames and hold at least one group of new frames after the past; got {window}, try {lo} or {lo + t}", "window")
         if overlap is None:
-            overlap = rules.default_overlap(window - t)
+            overlap = rules.default_overlap(window - t, window)
         rules.check_overlap_form(overlap)
         if overlap >= window - t + 1:
             raise RequestError(f"{{0}} ({overlap}) must leave room in each {{1}} ({window} frames) for {t} new frames or more", "overlap", "window")

@@ -397,7 +397,7 @@ class VideoPipeline:
                     raise KinemaError(f"the size comes from the video to continue ({head.shape[-1]}x{head.shape[-2]}); leave {name} out")
                 keywords.pop(name, None)
             if overlap is None:
-                overlap = self.rules.default_overlap(head.shape[2])
+                overlap = self.rules.default_overlap(head.shape[2], window)
         schedule = [tuple(entry) if isinstance(entry, (list, tuple)) else entry for entry in prompt_schedule] if prompt_schedule is not None else None
         request = self.check_call(
             prompt=prompt if schedule is None or prompt is not None else _first_prompt(schedule), prompt_embeds=None, negative_prompt=keywords.get("negative_prompt"),

@@ -185,6 +185,26 @@ def test_extending_beyond_a_window_and_with_new_prompts(tmp_path, shapes):
     assert read_video(tmp_path / "p.mp4")[0].shape[0] == 33
 
 
+def test_a_window_given_without_an_overlap_takes_a_past_that_fits_it(tmp_path, shapes):
+    """The default past is the most the model sees that leaves a group of new frames in the window
+    asked for (not an error about an overlap nobody gave)."""
+    r = rules()
+    assert [r.default_overlap(33, w) for w in (None, 33, 21, 13, 9, 5)] == [17, 17, 17, 9, 5, 1]
+    assert r.default_overlap(7, 33) == 5 and r.default_overlap(33, 3) == 17  # a short video; a window too small is the plan's error
+    assert rules(t=2, o=0, clip=8, context=4).default_overlap(8, 6) == 4
+    kw = dict(num_inference_steps=2, progress_bar=False)
+    clip = shapes("a cyan square moving left", num_frames=17, seed=0, **kw).frames[0]
+    source = tmp_path / "in.mp4"
+    write_video(clip, source, fps=16)
+    done = generate(GenerationRequest("a cyan square moving left", extend=str(source), num_frames=8, window=13, num_inference_steps=2),
+                    write=False, progress_bar=False)  # fmt: skip
+    assert done.request.overlap == 9 and done.output.frames.shape == (1, 25, 64, 64, 3)
+    out = shapes.long_video(prompt="a cyan square moving left", num_frames=8, video=clip, window=9, seed=0, **kw)
+    assert out.frames.shape == (1, 25, 64, 64, 3) and np.array_equal(out.frames[0, :17], clip)
+    with pytest.raises(KinemaError, match="window must be 4k\\+1 frames and hold at least one group of new frames"):
+        shapes.long_video(prompt="a cyan square moving left", num_frames=8, video=clip, window=3, seed=0, **kw)
+
+
 def test_the_token_model_slides_its_own_window(tmp_path):
     """shapes-ar makes any length in one call (no windows of kinema's); a prompt schedule continues
     its clip with the next prompt."""
