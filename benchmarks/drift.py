@@ -123,9 +123,13 @@ def run(args) -> dict:
                         else:
                             sched.append([text, n])
                     kw = {"num_inference_steps": args.steps} if args.steps and "num_inference_steps" in pipe.rules.sampling_options else {}
-                    out = pipe.long_video(prompt_schedule=sched, seed=args.seed + 1000 * i, progress_bar=False, **kw)
+                    if args.guidance is not None:
+                        kw["guidance_scale"] = args.guidance
+                    if args.temperature is not None:
+                        kw["temperature"] = args.temperature
+                    out = pipe.long_video(prompt_schedule=sched, overlap=args.overlap, seed=args.seed + 1000 * i, progress_bar=False, **kw)
                     frames = out.frames[0]
-                    request = GenerationRequest(prompt_schedule=sched).checked(pipe.rules)
+                    request = GenerationRequest(prompt_schedule=sched, overlap=args.overlap).checked(pipe.rules)
                     plan = request.long_plan(pipe.rules)
                     seams = joins(plan) if plan is not None else []
                 results = judge_windows(frames, wins)
@@ -149,7 +153,8 @@ def run(args) -> dict:
             rows.append(row)
             print(f"{length}x {kind}: windows followed {row['followed']:.1%} of {n_windows}, identity kept {row['identity']:.1%}, "
                   f"seam {row['seam']:.2f} ({row['seam_change']:.2f} vs {row['inside_change']:.2f}), {row['seconds']:.0f} s", flush=True)  # fmt: skip
-    return {"model": "reference" if args.reference else args.model, "steps": args.steps, "seed": args.seed, "rows": rows}
+    return {"model": "reference" if args.reference else args.model, "steps": args.steps, "guidance": args.guidance, "overlap": args.overlap,
+            "temperature": args.temperature, "seed": args.seed, "rows": rows}
 
 
 def main() -> None:
@@ -159,6 +164,9 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--lengths", type=int, nargs="+", default=[2, 4, 8], help="video lengths in clips")
     p.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None, help="token models: sampling temperature (default: the model's)")
+    p.add_argument("--overlap", type=int, default=None, help="frames of the past each later window sees (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the rows here")
