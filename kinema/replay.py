@@ -265,6 +265,8 @@ def read_metadata_text(path: str | os.PathLike) -> str:
     video, or carries no kinema tag."""
     import av
 
+    from .video import ffmpeg_reason
+
     path = Path(path)
     if not path.is_file():
         raise KinemaError(f"video file not found: {path}" if not path.exists() else f"{path} is not a file")
@@ -272,7 +274,7 @@ def read_metadata_text(path: str | os.PathLike) -> str:
         with av.open(str(path)) as container:
             tags = dict(container.metadata)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise KinemaError(f"{path} is not a video file kinema can read: {' '.join(str(e).split())}") from None
+        raise KinemaError(f"{path} is not a video file kinema can read: {ffmpeg_reason(e)}") from None
     text = next((v for k, v in tags.items() if k.lower() == METADATA_KEY), None)
     if text is None:
         raise KinemaError(f"{path} carries no kinema metadata (a video kinema generate wrote has it; this one was made otherwise or re-encoded)")

@@ -135,20 +135,39 @@ def write_video(
     return write_bytes_atomically(path, data)
 
 
+def _missing(path: Path, kind: str) -> KinemaError:
+    """The one-line error for a path that is not a readable file."""
+    if path.is_dir():
+        return KinemaError(f"{path} is a directory, not a {kind} file")
+    return KinemaError(f"{kind} file not found: {path}")
+
+
+def ffmpeg_reason(error: Exception) -> str:
+    """FFmpeg's reason on one line, without the errno and path PyAV adds
+    (``[Errno 1094995529] Invalid data found when processing input: 'x.mp4'``)."""
+    reason = " ".join(str(getattr(error, "strerror", None) or error).split())
+    return reason[:1].lower() + reason[1:]
+
+
+def _unreadable(path: Path, kind: str, error: Exception) -> KinemaError:
+    reason = f"it holds no {kind} stream" if isinstance(error, IndexError) else ffmpeg_reason(error)
+    return KinemaError(f"could not read {kind} {path}: {reason}")
+
+
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Read a whole video as uint8 (F, H, W, 3) and its frame rate."""
     import av
 
     path = Path(path)
     if not path.is_file():
-        raise KinemaError(f"video file not found: {path}")
+        raise _missing(path, "video")
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     except (av.FFmpegError, IndexError) as e:
-        raise KinemaError(f"could not read video {path}: {' '.join(str(e).split())}") from None
+        raise _unreadable(path, "video", e) from None
     if not frames:
         raise KinemaError(f"video {path} has no frames")
     return np.stack(frames), fps
@@ -162,14 +181,14 @@ def probe_video(path: str | os.PathLike) -> int | None:
 
     path = Path(path)
     if not path.is_file():
-        raise KinemaError(f"video file not found: {path}")
+        raise _missing(path, "video")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise KinemaError(f"{path} holds no video stream")
             frames = container.streams.video[0].frames
     except av.FFmpegError as e:
-        raise KinemaError(f"could not read video {path}: {' '.join(str(e).split())}") from None
+        raise _unreadable(path, "video", e) from None
     return int(frames) if frames else None
 
 
@@ -179,13 +198,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise KinemaError(f"image file not found: {path}")
+        raise _missing(path, "image")
     try:
         with av.open(str(path)) as container:
             frame = next(container.decode(container.streams.video[0]), None)
             image = frame.to_ndarray(format="rgb24") if frame is not None else None
     except (av.FFmpegError, IndexError) as e:
-        raise KinemaError(f"could not read image {path}: {' '.join(str(e).split())}") from None
+        raise _unreadable(path, "image", e) from None
     if image is None:
         raise KinemaError(f"image {path} has no picture in it")
     return image
