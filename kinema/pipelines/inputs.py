@@ -4,6 +4,7 @@ uint8 or float) to float tensors, with one-line errors for anything else."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,8 @@ def videos_to_tensor(video: Any) -> torch.Tensor:
     uint8 (what ``kinema.video.read_video`` and a pipeline's ``frames`` give) or float in [0, 1]; or
     a list of frames (PIL images or (H, W, 3) arrays), one video.
     """
+    if isinstance(video, (str, os.PathLike)):
+        raise KinemaError(f"video is a path ({str(video)!r}); give its frames: frames, fps = kinema.video.read_video(path)")
     if isinstance(video, (list, tuple)):
         if not video:
             raise KinemaError("video is an empty list")
@@ -103,8 +106,8 @@ def videos_to_tensor(video: Any) -> torch.Tensor:
             t = t[None]
     if t.dim() != 5 or t.shape[-1] != 3:
         raise KinemaError(f"video must be frames (F, H, W, 3) or (N, F, H, W, 3), channels last; got shape {tuple(t.shape)}")
-    if not t.shape[0] or not t.shape[2] or not t.shape[3]:
-        raise KinemaError(f"video has no pixels: shape {tuple(t.shape)}")
+    if not all(t.shape[:4]):
+        raise KinemaError(f"video has no {'frames' if t.shape[0] and not t.shape[1] else 'pixels'}: shape {tuple(t.shape)}")
     return t.permute(0, 4, 1, 2, 3).contiguous()  # (N, 3, F, H, W)
 
 

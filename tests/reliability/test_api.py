@@ -162,6 +162,32 @@ def test_token_call_refuses(ar_pipe, kwargs, pattern):
     assert_api_refuses(lambda: ar_pipe("a red circle", num_frames=1, progress_bar=False, **kwargs), pattern)
 
 
+_CLIP = np.zeros((9, 64, 64, 3), np.uint8)
+EXTEND_CASES = [
+    (dict(video="in.mp4"), "video is a path .*read_video"),
+    (dict(video=_CLIP[:0]), "video has no frames"),
+    (dict(video=_CLIP[0]), "video must be frames \\(F, H, W, 3\\)"),
+    (dict(video=_CLIP.transpose(0, 3, 1, 2)), "channels last"),
+    (dict(video=np.full((9, 64, 64, 3), 2.0, np.float32)), "uint8 or float in \\[0, 1\\]"),
+    (dict(video=np.full((9, 64, 64, 3), np.nan, np.float32)), "NaN or infinite"),
+    (dict(video=np.stack([_CLIP, _CLIP])), "extend continues one video"),
+    (dict(video=[_CLIP[0], _CLIP[0, :32]]), "frames of a video must all have the same size"),
+    (dict(video=_CLIP, overlap=13), "overlap is 13 frames but the video has 9"),
+    (dict(video=_CLIP, overlap=4), "overlap must be 4k\\+1"),
+    (dict(video=_CLIP, num_frames=5), "multiple of 4 for this model when extending"),
+    (dict(video=_CLIP, height=32), "extend takes its size from the video"),
+]
+
+
+@pytest.mark.parametrize("model", ["pipe", "ar_pipe"])
+@pytest.mark.parametrize("kwargs, pattern", EXTEND_CASES, ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None)
+def test_extend_refuses(model, kwargs, pattern, request):
+    """Both families' ``extend`` refuse a bad video or count in one line, before sampling."""
+    pipe = request.getfixturevalue(model)
+    call = {"prompt": "a red circle moving right", "num_frames": 4, "progress_bar": False, **kwargs}
+    assert_api_refuses(lambda: pipe.extend(**call), pattern)
+
+
 @pytest.mark.parametrize(
     "source, pattern",
     [
