@@ -614,7 +614,7 @@ def plan_windows(rules: ModelRules, frames: list[int], window: int | None, overl
             lo = max(o + t, (window - o) // t * t + o)
             raise RequestError(f"{{0}} must be {t}k{'+' + str(o) if o else ''} frames and hold at least one group of new frames after the past; got {window}, try {lo} or {lo + t}", "window")
         if overlap is None:
-            overlap = rules.default_overlap(window - t, window)
+            overlap = rules.default_overlap(window - t)
         rules.check_overlap_form(overlap)
         if overlap >= window - t + 1:
             raise RequestError(f"{{0}} ({overlap}) must leave room in each {{1}} ({window} frames) for {t} new frames or more", "overlap", "window")
