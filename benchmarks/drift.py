@@ -141,7 +141,7 @@ def run(args) -> dict:
                 seams_in.append(s_in)
                 seams_out.append(s_out)
                 if args.verbose:
-                    read = " ".join(f"{'+' if k else '-'}{r.colour}/{r.shape}/{r.motion}" for k, r in zip(ok, results))
+                    read = " ".join(f"{'+' if k else '-'}{r.colour}/{r.shape}/{r.motion}{'(' + ','.join(r.failures) + ')' if r.failures else ''}" for k, r in zip(ok, results))
                     print(f"  {length}x {kind} clip {i} ({colour} {shape} {motion}): {read} seam {s_in:.2f}/{s_out:.2f}", file=sys.stderr)
             seam = float(np.nanmean(seams_in)) / float(np.mean(seams_out)) if seams_in and not np.all(np.isnan(seams_in)) else float("nan")
             row = {
