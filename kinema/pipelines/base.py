@@ -358,7 +358,8 @@ class VideoPipeline:
 
         The first window is a clip of up to ``window`` frames (default: the model's clip) with the
         first prompt; each later one continues the video so far (:meth:`extend`): it sees the
-        ``overlap`` frames before it and adds up to ``window - overlap`` new ones, with the prompt
+        ``overlap`` frames before it (as many as there are, when the video so far is shorter) and
+        adds up to ``window - overlap`` new ones, with the prompt
         of the schedule entry those frames belong to. A model that slides its own window (the token
         model) makes each prompt's frames in one call. Window ``i`` draws its noise from ``seed + i``
         (or from ``generator``, in turn), so the same call gives the same video.
@@ -451,7 +452,10 @@ class VideoPipeline:
                 step(1)
             for i, (segment, new) in enumerate(steps, 1):
                 window_keywords = {k: v for k, v in keywords.items() if k not in ("height", "width")}
-                out = self.extend(clip, prompt=schedule[segment][0], num_frames=new, overlap=request.overlap, output_type="np",
+                past = request.overlap
+                if past is not None and past > len(clip):  # a first prompt shorter than the past: all of it the model can take
+                    past = self.rules.default_overlap(len(clip))
+                out = self.extend(clip, prompt=schedule[segment][0], num_frames=new, overlap=past, output_type="np",
                                   callback=callback, progress_bar=progress_bar, fps=fps, **window_seed(i), **window_keywords)  # fmt: skip
                 clip = add(out)
                 step(1)

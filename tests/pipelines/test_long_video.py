@@ -205,6 +205,16 @@ def test_a_window_given_without_an_overlap_takes_a_past_that_fits_it(tmp_path, s
         shapes.long_video(prompt="a cyan square moving left", num_frames=8, video=clip, window=3, seed=0, **kw)
 
 
+def test_a_first_prompt_shorter_than_the_past_is_all_the_next_window_sees(shapes):
+    """A schedule whose first prompt has fewer frames than the overlap (default or given): the next
+    window continues from all of them (it said 'overlap is 17 frames but the video has 1')."""
+    kw = dict(num_inference_steps=2, progress_bar=False, seed=0)
+    first = shapes("a red circle moving left", num_frames=5, **kw).frames[0]
+    out = shapes.long_video(prompt_schedule=[("a red circle moving left", 5), ("a red circle moving up", 8)], overlap=17, **kw)
+    assert out.frames.shape == (1, 13, 64, 64, 3) and np.array_equal(out.frames[0, :5], first)
+    assert shapes.long_video(prompt_schedule=[("a red circle moving left", 1), ("a red circle moving up", 32)], **kw).frames.shape[1] == 33
+
+
 def test_the_token_model_slides_its_own_window(tmp_path):
     """shapes-ar makes any length in one call (no windows of kinema's); a prompt schedule continues
     its clip with the next prompt."""
