@@ -10,6 +10,12 @@ size), greedy decoding of random text states:
   generating with the cache (flat: the sliding window keeps ``window_frames`` frames), beside the
   peak of one full forward over the clip (what recomputation and training pay, which grows).
 
+- ``schedule``: a prompt schedule (``--prompts`` prompts of ``--frames-per-prompt`` frames, each
+  with its own text) made as the pipeline makes it, one KV cache carried from prompt to prompt,
+  against the way it was made before: each prompt a new cache that feeds every earlier frame
+  again under its text. Their ratio, and whether the first prompt's tokens agree (the later ones
+  differ by design: carried, the past keeps the keys it was made with).
+
 Peak memory: on CUDA the allocator's peak above what was allocated before the call; on the CPU
 the process' peak resident memory above its resident memory before the call (Linux ``VmHWM``;
 small differences are the allocator's noise).
@@ -17,6 +23,7 @@ small differences are the allocator's noise).
     python benchmarks/bench_token_ar.py                                   # ar-shapes, 16 frames; 64, 32, 16
     python benchmarks/bench_token_ar.py --device cuda --dtype bfloat16
     python benchmarks/bench_token_ar.py --frames 2 --lengths 1,2,4 --dim 64   # seconds: a smoke run
+    python benchmarks/bench_token_ar.py --what schedule --prompts 4 --frames-per-prompt 8
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch
 from harness import reset_peak, rss_kib
 
 from kinema.models.token_ar import TOKEN_AR_PRESETS, TokenAR
-from kinema.sampling.tokens import generate
+from kinema.sampling.tokens import generate, new_generation_cache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TEXT_TOKENS = 16  # text states per prompt
@@ -142,6 +149,39 @@ def bench_memory(args, model: TokenAR, text: torch.Tensor) -> dict:
     return {"rows": rows}
 
 
+def bench_schedule(args, model: TokenAR, text: torch.Tensor) -> dict:
+    c = model.config
+    greedy = lambda logits: logits.argmax(-1)  # noqa: E731
+    g = torch.Generator().manual_seed(2)
+    texts = [text] + [torch.randn(text.shape, generator=g).to(text) for _ in range(args.prompts - 1)]  # a text per prompt
+    frames = [args.frames_per_prompt] * args.prompts
+    generate(model, text, None, 1, greedy, progress=False)  # warm-up
+
+    def carried():
+        cache, tokens = new_generation_cache(model, texts[0], None), None
+        for t, n in zip(texts, frames):
+            tokens = generate(model, t, None, n, greedy, prefix=tokens, cache=cache, progress=args.progress)
+        return tokens
+
+    def fed_again():
+        tokens = None
+        for t, n in zip(texts, frames):
+            tokens = generate(model, t, None, n, greedy, prefix=tokens, progress=args.progress)
+        return tokens
+
+    out, seconds = {}, {}
+    for name, run in (("fed again", fed_again), ("carried", carried)):
+        out[name], seconds[name] = _timed(run, args.device)
+    ratio = seconds["fed again"] / seconds["carried"]
+    same_first = bool(torch.equal(out["carried"][:, : frames[0]], out["fed again"][:, : frames[0]]))
+    fed = sum(sum(frames[:i]) for i in range(len(frames)))  # earlier frames fed again at each prompt change
+    print(f"schedule: {args.prompts} prompts x {args.frames_per_prompt} frames x {c.tokens_per_frame} tokens, batch {args.batch}")
+    print(f"  fed again {seconds['fed again']:8.3f} s  ({sum(frames)} frames made, {fed} fed again)")
+    print(f"  carried   {seconds['carried']:8.3f} s  ({sum(frames)} frames made, none fed again)")
+    print(f"  carried/fed-again speed {ratio:.2f}x; the first prompt's tokens agree: {'yes' if same_first else 'NO'}")
+    return {"seconds": seconds, "ratio": ratio, "frames_fed_again": fed, "first_prompt_same": same_first}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="ar-shapes", choices=sorted(TOKEN_AR_PRESETS))
@@ -151,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--what", default="speed,memory", help="measurements, comma-separated: speed, memory")
+    p.add_argument("--what", default="speed,memory", help="measurements, comma-separated: speed, memory, schedule")
+    p.add_argument("--prompts", type=int, default=4, help="schedule: prompts in the schedule")
+    p.add_argument("--frames-per-prompt", type=int, default=8, help="schedule: frames each prompt makes")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--progress", action="store_true", help="show the generation progress bars")
     p.add_argument("--json", help="also write the results here")
@@ -161,9 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     model, text = _setup(args)
     results = {"preset": args.preset, "parameters": model.num_parameters(), "layers": model.config.layers}
     for what in args.what.split(","):
-        if what not in ("speed", "memory"):
-            p.error(f"unknown measurement {what!r}; choose from speed, memory")
-        results[what] = (bench_speed if what == "speed" else bench_memory)(args, model, text)
+        bench = {"speed": bench_speed, "memory": bench_memory, "schedule": bench_schedule}.get(what)
+        if bench is None:
+            p.error(f"unknown measurement {what!r}; choose from speed, memory, schedule")
+        results[what] = bench(args, model, text)
     print(f"({args.preset}{f' at dim {args.dim}' if args.dim else ''}: {results['parameters'] / 1e6:.2f} M parameters, "
           f"layers {model.config.layers}; {args.dtype} on {args.device}, {args.threads} threads, torch {torch.__version__})")  # fmt: skip
     if args.json:

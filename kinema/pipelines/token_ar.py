@@ -27,7 +27,7 @@ from ..errors import CheckpointError, KinemaError
 from ..models.token_ar import TokenAR
 from ..models.vae.vq_video import VQVideoTokenizer
 from ..request import MemoryModel, ModelRules
-from ..sampling.tokens import TokenSampling, generate, guided_logits, token_picker
+from ..sampling.tokens import TokenSampling, generate, guided_logits, new_generation_cache, token_picker
 from ..text import TextEncoder
 from .base import (
     ProgressCallback,
@@ -330,13 +330,14 @@ class TokenARPipeline(VideoPipeline):
 
     def _sample_tokens(
         self, request: Any, reporter: Reporter, texts: tuple, options: tuple, generator: Any, seed: int | None, token_frames: int,
-        *, use_cache: bool = True, prefix: torch.Tensor | None = None,
+        *, use_cache: bool = True, prefix: torch.Tensor | None = None, keep: dict | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
         """The call's text states (``texts``: prompt, negative prompt, their precomputed states and
         masks), then ``token_frames`` frames of tokens, one grid after another, cond and uncond as
         one batch; continuing a clip, after ``prefix`` (1, P, h, w), the given frames' tokens.
-        ``options``: temperature, top_k, top_p, typical_p. Returns the tokens (B, P + token_frames,
-        h, w) and the timings of the two stages."""
+        ``options``: temperature, top_k, top_p, typical_p. ``keep``: a dict whose ``"cache"`` goes
+        on from the call before (made here on the first call), so the prefix is not fed again.
+        Returns the tokens (B, P + token_frames, h, w) and the timings of the two stages."""
         prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_mask, negative_mask = texts
         rule = self.sampling_rule(*options, request.guidance_scale)
 
@@ -349,6 +350,13 @@ class TokenARPipeline(VideoPipeline):
             )  # fmt: skip
             step(1)
         generators = make_generators(generator, seed, cond.batch_size)
+        cache = None
+        if keep is not None:
+            cache = keep.get("cache") or new_generation_cache(
+                self.transformer, cond.states, cond.mask, uncond_text=uncond.states if uncond is not None else None,
+                uncond_mask=uncond.mask if uncond is not None else None,
+            )  # fmt: skip
+            keep["cache"] = cache
         timings["text"] = time.perf_counter() - t0
 
         # 2. tokens: (B, F', h, w)
@@ -360,7 +368,7 @@ class TokenARPipeline(VideoPipeline):
                 uncond_mask=uncond.mask if uncond is not None else None,
                 guidance=(lambda c, u: guided_logits(c, u, rule.guidance_scale)) if uncond is not None else None,
                 use_cache=use_cache, on_frame=lambda done: step(1),
-                prefix=prefix.repeat(cond.batch_size, 1, 1, 1) if prefix is not None else None,
+                prefix=prefix.repeat(cond.batch_size, 1, 1, 1) if prefix is not None else None, cache=cache,
             )  # fmt: skip
         timings["tokens"] = time.perf_counter() - t0
         return tokens, timings
@@ -370,8 +378,9 @@ class TokenARPipeline(VideoPipeline):
         generator: torch.Generator | None, output_type: str, callback: Any, progress_bar: bool, fps: float | None, reporter: Reporter,
     ) -> VideoOutput:  # fmt: skip
         """A long video's prompts, natively: each prompt's frames of tokens follow all the tokens before
-        them through the KV cache (a new prompt changes only the text the cross-attention reads), and
-        the whole video decodes once, so no join passes through the tokenizer twice. A video to
+        them through one KV cache, carried from prompt to prompt (a new prompt changes only the text
+        the cross-attention reads from there on; the past keeps the keys it was made with and is not
+        fed again), and the whole video decodes once, so no join passes through the tokenizer twice. A video to
         continue is encoded once (its last ``overlap`` frames, as :meth:`extend` does) and comes back
         unchanged at the head. Prompt ``i`` samples from ``seed + i`` (or from ``generator``)."""
         from .inputs import videos_to_tensor
@@ -386,12 +395,14 @@ class TokenARPipeline(VideoPipeline):
             tokens = self.tokenizer.encode_tokens(past)  # (1, j + 1, h, w)
         segments = ([(0, first)] if first else []) + list(steps)
         timings: dict[str, float] = {}
+        keep: dict[str, Any] = {}  # the KV cache, from one prompt to the next
         with reporter.stage("windows", len(segments), desc="prompts", unit="prompt") as step:
             for i, (entry, frames) in enumerate(segments):
                 token_frames = (frames - 1) // t + 1 if tokens is None else frames // t
                 seed = None if generator is not None else (request.seed + i) % 2**64
                 tokens, spent = self._sample_tokens(
                     request, reporter, (schedule[entry][0], negative, None, None, None, None), options, generator, seed, token_frames, prefix=tokens,
+                    keep=keep,
                 )  # fmt: skip
                 for k, v in spent.items():
                     timings[k] = timings.get(k, 0.0) + v

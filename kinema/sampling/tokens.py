@@ -28,7 +28,7 @@ from ..errors import KinemaError, RequestError
 from ..schema import quoted
 
 if TYPE_CHECKING:
-    from ..models.token_ar import TokenAR
+    from ..models.token_ar import TokenAR, TokenARCache
 
 __all__ = [
     "TokenSampling",
@@ -36,6 +36,7 @@ __all__ = [
     "filter_logits",
     "generate",
     "guided_logits",
+    "new_generation_cache",
     "sample_tokens",
     "token_picker",
     "top_k_filter",
@@ -286,6 +287,7 @@ def generate(
     progress: bool = False,
     on_frame: Callable[[int], None] | None = None,
     prefix: torch.Tensor | None = None,
+    cache: "TokenARCache | None" = None,
 ) -> torch.Tensor:
     """Generate a clip's tokens, frame by frame and token by token.
 
@@ -310,6 +312,12 @@ def generate(
             clip): they fill the first P frames and the KV cache exactly as if the model had made
             them, and ``num_frames`` more are generated after them. With greedy picking, P frames
             then more continue a clip exactly as one call of P + more frames would.
+        cache: a KV cache to go on with (from :func:`new_generation_cache`, for the same batch and
+            guidance), kept by the caller between calls: a long video whose prompt changes. It has
+            consumed the first ``cache.position`` tokens of ``prefix`` (those of earlier calls, each
+            under the text it was made with; 0 for a new cache); this call reads its own text from
+            here on, feeds the rest of the prefix and generates after it. The caller's object is
+            advanced in place. None: a new cache for this call alone.
 
     Returns:
         (B, num_frames, h, w) long token ids (the prefix's frames first when given, then the
@@ -339,7 +347,17 @@ def generate(
     out = torch.zeros(b, num_frames * hw, dtype=torch.long, device=device)  # (B, N)
     if given:
         out[:, : given * hw] = rearrange(prefix.to(device), "b f h w -> b (f h w)")  # the given frames, as if made
-    cache = model.new_cache(prepared) if use_cache else None
+    if cache is None:
+        cache = model.new_cache(prepared) if use_cache else None
+    else:
+        if not use_cache:
+            raise KinemaError("a cache to go on with needs use_cache=True")
+        if cache.batch_size != prepared.batch_size or cache.position > given * hw:
+            raise KinemaError(
+                f"the cache to go on with holds a batch of {cache.batch_size} at token {cache.position}; this call has a batch of "
+                f"{prepared.batch_size} (guidance doubles it) and {given * hw} given tokens"
+            )
+        cache.text = prepared  # a new prompt: what the cross-attention reads from here on
 
     def logits_at(p: int) -> torch.Tensor:
         """Logits (B, V) of position p, guided when asked."""
@@ -359,7 +377,7 @@ def generate(
 
     with tqdm(total=num_frames - given, desc="frames", unit="frame", disable=not progress, leave=False) as bar:
         if cache is not None:
-            for p in range(given * hw):  # the given frames into the cache: each token fed as its successor's input
+            for p in range(cache.position, given * hw):  # the given frames into the cache: each token fed as its successor's input
                 model.step(None if p == 0 else (out[:, p - 1] if guidance is None else torch.cat([out[:, p - 1]] * 2)), cache)
         for frame in range(given, num_frames):
             for p in range(frame * hw, (frame + 1) * hw):
@@ -372,6 +390,21 @@ def generate(
             if on_frame is not None:
                 on_frame(frame + 1 - given)
     return rearrange(out, "b (f h w) -> b f h w", f=num_frames, h=c.grid[0], w=c.grid[1])  # (B, F, h, w)
+
+
+def new_generation_cache(
+    model: "TokenAR",
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    *,
+    uncond_text: torch.Tensor | None = None,
+    uncond_mask: torch.Tensor | None = None,
+) -> "TokenARCache":
+    """An empty KV cache for :func:`generate` calls that go on from each other (``cache=``): the
+    batch of ``text``, doubled with ``uncond_text`` for guidance. Its text is the first call's."""
+    if uncond_text is not None:
+        text, text_mask = _concat_text(text, text_mask, uncond_text, uncond_mask)
+    return model.new_cache(model.prepare_text(text, text_mask))
 
 
 def _concat_text(

@@ -23,7 +23,7 @@ from kinema.models.token_ar import (
     spatial_mask,
     temporal_mask,
 )
-from kinema.sampling.tokens import generate
+from kinema.sampling.tokens import generate, new_generation_cache
 from tests.contracts import ModelContract
 
 TINY = TOKEN_AR_PRESETS["ar-tiny"]()  # grid 2x3 (6 tokens a frame), window 3, layers "STST", GQA 4 -> 2
@@ -332,6 +332,70 @@ def test_generate_resumes_from_given_frames_exactly(given, guided):
     # the prefix is kept as given, whatever the model would have made
     other = torch.randint(0, TINY.vocab_size, (2, given, *TINY.grid), generator=torch.Generator().manual_seed(9))
     assert torch.equal(generate(model, text, mask, 2, _greedy, prefix=other, progress=False, **extra)[:, :given], other)
+
+
+@pytest.mark.parametrize("given", [1, 2, 4])  # the prompt changes inside the 3-frame window, at its edge, past it
+@pytest.mark.parametrize("guided", [False, True])
+def test_a_carried_cache_goes_on_under_a_new_text_without_feeding_the_past_again(given, guided):
+    """A long video whose prompt changes: the cache of the first call goes on into the second. The
+    past keeps the keys it was made with under the first text, and only what follows reads the
+    second: the same as stepping the model by hand. With one text throughout, one call exactly."""
+    model = _model()
+    text, mask = _text()
+    other, _ = _text(seed=7)
+    extra = {}
+    if guided:
+        extra = dict(uncond_text=torch.zeros(2, 2, TINY.text_dim, dtype=torch.float64), guidance=lambda c, u: u + 2.0 * (c - u))
+    uncond = {k: v for k, v in extra.items() if k == "uncond_text"}
+    cache = new_generation_cache(model, text, mask, **uncond)
+    first = generate(model, text, mask, given, _greedy, cache=cache, progress=False, **extra)
+    assert torch.equal(first, generate(model, text, mask, given, _greedy, progress=False, **extra))
+    assert cache.position == given * HW
+    both = generate(model, other, mask, 5 - given, _greedy, prefix=first, cache=cache, progress=False, **extra)
+    assert torch.equal(both[:, :given], first) and cache.position == 5 * HW
+
+    # by hand: the first frames stepped under the first text, then the text swapped
+    def texts(states):
+        if not guided:
+            return states, mask
+        pad = torch.zeros(2, 5, TINY.text_dim, dtype=torch.float64)
+        pad[:, :2] = extra["uncond_text"]
+        pad_mask = torch.zeros(2, 5, dtype=torch.bool)
+        pad_mask[:, :2] = True
+        return torch.cat([states, pad]), torch.cat([mask, pad_mask])
+
+    hand = model.new_cache(model.prepare_text(*texts(text)))
+    flat = both.flatten(1)
+    for p in range(5 * HW):
+        if p == given * HW:
+            hand.text = model.prepare_text(*texts(other))
+        token = None if p == 0 else (flat[:, p - 1] if not guided else torch.cat([flat[:, p - 1]] * 2))
+        logits = model.step(token, hand)
+        if p >= given * HW:
+            picked = (logits[2:] + 2.0 * (logits[:2] - logits[2:])) if guided else logits
+            assert torch.equal(picked.argmax(-1), flat[:, p]), p
+    # the past was not made again under the new text: feeding it again reads another continuation
+    refed = generate(model, other, mask, 5 - given, _greedy, prefix=first, progress=False, **extra)
+    assert not torch.equal(refed, both)
+    # one text throughout: a carried cache is one call
+    cache = new_generation_cache(model, text, mask, **uncond)
+    head = generate(model, text, mask, given, _greedy, cache=cache, progress=False, **extra)
+    tail = generate(model, text, mask, 5 - given, _greedy, prefix=head, cache=cache, progress=False, **extra)
+    assert torch.equal(tail, generate(model, text, mask, 5, _greedy, progress=False, **extra))
+
+
+def test_generate_refuses_a_cache_it_cannot_go_on_with():
+    model = _model()
+    text, mask = _text()
+    cache = new_generation_cache(model, text, mask)
+    made = generate(model, text, mask, 2, _greedy, cache=cache, progress=False)
+    with pytest.raises(KinemaError, match="the cache to go on with holds a batch of 2 at token 12"):
+        generate(model, text, mask, 1, _greedy, prefix=made[:, :1], cache=cache, progress=False)  # fewer given tokens than it consumed
+    with pytest.raises(KinemaError, match="batch of 4 \\(guidance doubles it\\)"):
+        generate(model, text, mask, 1, _greedy, prefix=made, cache=cache, progress=False,
+                 uncond_text=torch.zeros(2, 2, TINY.text_dim, dtype=torch.float64), guidance=lambda c, u: c)  # fmt: skip
+    with pytest.raises(KinemaError, match="needs use_cache=True"):
+        generate(model, text, mask, 1, _greedy, prefix=made, cache=cache, use_cache=False, progress=False)
 
 
 def test_generate_refuses_a_bad_prefix():

@@ -237,3 +237,20 @@ def test_the_token_model_slides_its_own_window(tmp_path):
     clip = whole.frames[0, :9]
     more = pipe.long_video(prompt_schedule=[("a green circle moving left", 4), ("a green circle moving up", 4)], video=clip, **kw)
     assert more.frames.shape == (1, 17, 64, 64, 3) and np.array_equal(more.frames[0, :9], clip)
+
+
+def test_the_token_model_feeds_its_past_once_across_prompt_changes(monkeypatch):
+    """A prompt change does not feed the frames before it through the model again: one KV cache
+    goes from prompt to prompt, so a schedule costs the steps of its frames, however it is split;
+    a continued video's frames are fed once, at the start."""
+    pipe = kinema.load_pipeline("shapes-ar")
+    model, hw, steps = pipe.transformer, pipe.transformer.config.tokens_per_frame, []
+    original = model.step
+    monkeypatch.setattr(model, "step", lambda token, cache: (steps.append(cache.position), original(token, cache))[1])
+    kw = dict(temperature=0, seed=0, progress_bar=False)
+    schedule = [("a green circle moving right", 5), ("a green circle moving left", 4), ("a green circle moving up", 4)]
+    out = pipe.long_video(prompt_schedule=schedule, **kw)
+    assert out.latents.shape[1] == 4 and steps == list(range(4 * hw))  # each position once, in order
+    steps.clear()
+    pipe.long_video(prompt_schedule=schedule[1:], video=out.frames[0, :5], **kw)
+    assert steps == list(range(4 * hw))  # the video's 2 latent frames fed once, then 2 made
