@@ -323,6 +323,17 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _is_schedule_entry(item: Any) -> bool:
+    """``(prompt, frames)``: what a prompt schedule holds (frames a whole number or None)."""
+    return (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)
+            and (item[1] is None or (isinstance(item[1], int) and not isinstance(item[1], bool))))  # fmt: skip
+
+
+def is_prompt_schedule(value: Any) -> bool:
+    """A non-empty list of ``(prompt, frames)`` pairs (not a list of prompts)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(_is_schedule_entry(item) for item in value)
+
+
 def check_prompts(prompt: Any, name: str = "prompt", *, allow_empty: bool = False) -> list[str]:
     """A prompt or a non-empty list of them, each text (valid UTF-8, at most
     :data:`MAX_PROMPT_CHARS` characters; with words unless ``allow_empty``). Returns the list."""
@@ -331,7 +342,8 @@ def check_prompts(prompt: Any, name: str = "prompt", *, allow_empty: bool = Fals
         raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got {quoted(prompt)}", name)
     for p in prompts:
         if not isinstance(p, str):
-            raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got an item {quoted(p)}", name)
+            hint = "; a list of (prompt, frames) pairs is a prompt schedule: give it as prompt_schedule= (long_video, GenerationRequest)" if _is_schedule_entry(p) else ""
+            raise RequestError(f"{{0}} must be a string or a non-empty list of strings; got an item {quoted(p)}{hint}", name)
         if not _is_utf8(p):
             shown = p.encode("utf-8", "backslashreplace").decode()[:60]
             raise RequestError(f"{{0}} is not valid UTF-8 text: {braces(repr(shown))}", name)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import KinemaError
-from ..request import SAMPLING_OPTIONS, GenerationRequest, ModelRules
+from ..request import SAMPLING_OPTIONS, GenerationRequest, ModelRules, is_prompt_schedule
 from ..video import to_uint8
 from .inputs import reconstruct_frames
 from .output import VideoOutput
@@ -365,7 +365,8 @@ class VideoPipeline:
         (or from ``generator``, in turn), so the same call gives the same video.
 
         Args:
-            prompt, num_frames: one prompt for the whole video and its length; or
+            prompt, num_frames: one prompt for the whole video and its length (a list of
+                ``(prompt, frames)`` pairs is taken as ``prompt_schedule``); or
             prompt_schedule: ``[(prompt, frames), ...]`` in order (frames None: an even share of
                 ``num_frames``); the first takes the codec's lone first frame (``4k + 1`` for Wan),
                 the others whole groups (``4k``).
@@ -380,6 +381,8 @@ class VideoPipeline:
         """
         if output_type not in ("np", "pt"):
             raise KinemaError(f"a long video is made in windows and comes back as frames: output_type must be 'np' or 'pt'; got {output_type!r}")
+        if prompt_schedule is None and is_prompt_schedule(prompt):  # long_video([("...", 33), ("...", 32)])
+            prompt, prompt_schedule = None, prompt
         if prompt is None and prompt_schedule is None:
             raise KinemaError('long_video needs prompt= (with num_frames=) or prompt_schedule=, e.g. [("a red circle moving left", 33)]')
         if isinstance(prompt, (list, tuple)):

@@ -135,6 +135,8 @@ def test_a_prompt_schedule_changes_the_prompt_at_its_frame(shapes):
     out = shapes.long_video(prompt_schedule=[("a white square moving up", 17), ("a white square moving down", 16)], **kw)
     assert out.frames.shape[1] == 33
     assert np.array_equal(out.frames[0, :17], shapes("a white square moving up", num_frames=17, **kw).frames[0])
+    pairs = shapes.long_video([["a white square moving up", 17], ("a white square moving down", None)], num_frames=33, **kw)
+    assert np.array_equal(pairs.frames, out.frames)  # a list of (prompt, frames) pairs as the prompt is the schedule
     same_text = shapes.long_video(prompt_schedule=[("a white square moving up", 17), ("a white square moving up", 16)], **kw)
     assert np.array_equal(same_text.frames[0, :17], out.frames[0, :17]) and not np.array_equal(same_text.frames, out.frames)
     with pytest.raises(KinemaError, match="output_type must be 'np' or 'pt'"):

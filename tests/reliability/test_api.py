@@ -55,6 +55,7 @@ CALL_CASES = [
     (dict(prompt=123), "prompt must be a string"),
     (dict(prompt=[]), "prompt must be a string or a non-empty list"),
     (dict(prompt=["a red circle", 3]), "got an item 3"),
+    (dict(prompt=[("a red circle", 17), ("a blue circle", 16)]), "is a prompt schedule: give it as prompt_schedule="),
     (dict(prompt="  "), "prompt is empty"),
     (dict(negative_prompt=5), "negative_prompt"),
     (dict(num_frames=True), "num_frames must be a whole number; got True"),
