@@ -265,11 +265,11 @@ def read_metadata_text(path: str | os.PathLike) -> str:
     video, or carries no kinema tag."""
     import av
 
-    from .video import ffmpeg_reason
+    from .video import ffmpeg_reason, missing_file
 
     path = Path(path)
     if not path.is_file():
-        raise KinemaError(f"video file not found: {path}" if not path.exists() else f"{path} is not a file")
+        raise missing_file(path, "video")
     try:
         with av.open(str(path)) as container:
             tags = dict(container.metadata)

@@ -135,11 +135,14 @@ def write_video(
     return write_bytes_atomically(path, data)
 
 
-def _missing(path: Path, kind: str) -> KinemaError:
-    """The one-line error for a path that is not a readable file."""
+def missing_file(path: Path, kind: str) -> KinemaError:
+    """The one-line error for a path that is not a regular file: missing, a folder, or another kind
+    of entry (a device, a pipe)."""
+    if not path.exists():
+        return KinemaError(f"{kind} file not found: {path}")
     if path.is_dir():
         return KinemaError(f"{path} is a directory, not a {kind} file")
-    return KinemaError(f"{kind} file not found: {path}")
+    return KinemaError(f"{path} is not a file")
 
 
 def ffmpeg_reason(error: Exception) -> str:
@@ -160,7 +163,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
     path = Path(path)
     if not path.is_file():
-        raise _missing(path, "video")
+        raise missing_file(path, "video")
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -181,7 +184,7 @@ def probe_video(path: str | os.PathLike) -> int | None:
 
     path = Path(path)
     if not path.is_file():
-        raise _missing(path, "video")
+        raise missing_file(path, "video")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -198,7 +201,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise _missing(path, "image")
+        raise missing_file(path, "image")
     try:
         with av.open(str(path)) as container:
             frame = next(container.decode(container.streams.video[0]), None)
