@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cache", type=float, default=None, metavar="THRESHOLD", help="diffusion models: step caching threshold (off by default)")
     _add_token_sampling(x)
     x.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**64 - 1 (default 0)")
-    x.add_argument("--output", "-o", default=None, help="output path (default: INPUT's name with -extended, beside it)")
+    x.add_argument("--output", "-o", default=None, help="output path (default: INPUT's name with -extended, beside it; .mp4 unless INPUT is .mkv or .mov)")
     x.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     x.add_argument("--dtype", default=None, help="float32, bfloat16 or auto (default: as stored)")
     x.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
@@ -393,7 +393,10 @@ def cmd_extend(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     prompt, schedule = prompts_from_args(args, 'kinema extend INPUT.mp4 "the circle turns and moves right"')
     source = Path(args.input)
-    output = args.output or str(source.with_name(f"{source.stem}-extended{source.suffix or '.mp4'}"))
+    from .video import CONTAINER_FORMATS
+
+    suffix = source.suffix if source.suffix.lower() in CONTAINER_FORMATS else ".mp4"  # a .png, .gif or .webm input: an mp4 beside it
+    output = args.output or str(source.with_name(f"{source.stem}-extended{suffix}"))
     if Path(output).resolve() == source.resolve():
         raise KinemaError(f"--output is the input video {args.input}; write the extension elsewhere")
     request = GenerationRequest(

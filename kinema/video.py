@@ -157,8 +157,16 @@ def _unreadable(path: Path, kind: str, error: Exception) -> KinemaError:
     return KinemaError(f"could not read {kind} {path}: {reason}")
 
 
+def is_still_image(demuxer: str) -> bool:
+    """Whether FFmpeg's demuxer (``container.format.name``) reads still images: its piped image
+    readers (``png_pipe``, ``jpeg_pipe``, ``webp_pipe`` ...) and ``image2``. GIF and APNG have
+    demuxers of their own and keep their frame rate."""
+    return demuxer == "image2" or demuxer.endswith("_pipe")
+
+
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Read a whole video as uint8 (F, H, W, 3) and its frame rate."""
+    """Read a whole video as uint8 (F, H, W, 3) and its frame rate (0.0 where it has none: a still
+    image read as a one-frame video, whose 25 fps is FFmpeg's placeholder, not the picture's)."""
     import av
 
     path = Path(path)
@@ -167,7 +175,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            fps = 0.0 if is_still_image(container.format.name) else float(stream.average_rate or stream.guessed_rate or 0)
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     except (av.FFmpegError, IndexError) as e:
         raise _unreadable(path, "video", e) from None

@@ -70,6 +70,32 @@ def test_extend_refuses_a_video_of_another_size_or_a_batch(pipe, clip):
         pipe.extend(np.stack([clip, clip]), "a red circle", num_frames=4, progress_bar=False)
 
 
+@pytest.mark.parametrize("height, width, hint", [(70, 70, "64x64 or 80x80"), (64, 40, "32x64 or 48x80"), (8, 64, "64x16 or 80x32")])
+def test_a_diffusion_model_refuses_a_video_whose_sides_are_not_its_stride(height, width, hint):
+    wan = kinema.load_pipeline("shapes")  # sides in multiples of 16
+    video = np.zeros((5, height, width, 3), np.uint8)
+    with pytest.raises(KinemaError, match=f"the video is {width}x{height}; this model makes frames whose sides are multiples of 16: resize it first \\(to {hint}\\)"):
+        wan.extend(video, "a red circle moving left", num_frames=4, progress_bar=False)
+
+
+def test_a_still_image_continues_at_the_model_frame_rate(clip, tmp_path):
+    """FFmpeg reads a picture as one frame at a made-up 25 fps: a picture has no frame rate, so the
+    continuation takes the model's; an animated GIF keeps its own."""
+    from PIL import Image
+
+    Image.fromarray(clip[0]).save(tmp_path / "still.png")
+    frames, fps = read_video(tmp_path / "still.png")
+    assert frames.shape == (1, 64, 64, 3) and fps == 0.0
+    Image.fromarray(clip[0]).save(tmp_path / "still.webp", lossless=True)
+    assert read_video(tmp_path / "still.webp")[1] == 0.0
+    gif = [Image.fromarray(f) for f in clip[:3]]
+    gif[0].save(tmp_path / "moving.gif", save_all=True, append_images=gif[1:], duration=100, loop=0)
+    assert read_video(tmp_path / "moving.gif")[1] == 10.0
+    assert main(["extend", str(tmp_path / "still.png"), "a red circle moving left", "--model", MODEL, "--frames", "4", "-q"]) == 0
+    frames, fps = read_video(tmp_path / "still-extended.mp4")
+    assert frames.shape == (5, 64, 64, 3) and fps == kinema.load_pipeline(MODEL).fps
+
+
 def test_command_line_extend_info_and_replay(clip, tmp_path, capsys):
     source = tmp_path / "in.mp4"
     write_video(clip, source, fps=12)
