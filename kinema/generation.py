@@ -122,6 +122,7 @@ def generate(
         head = media["extend"]
         if (request.height, request.width) not in ((None, None), tuple(head.shape[1:3])):
             raise RequestError(f"{{0}} and {{1}} come from the video to continue ({head.shape[2]}x{head.shape[1]}); leave them out", "height", "width")
+        rules.check_video_to_continue(*head.shape[1:3])
         request = replace(request, height=head.shape[1], width=head.shape[2])
         if request.overlap is None:
             request = replace(request, overlap=rules.default_overlap(len(head), request.window))

@@ -311,8 +311,6 @@ class TokenARPipeline(VideoPipeline):
         """
         frames, overlap, num_frames = self.extension_input(video, overlap, num_frames, unknown)
         f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
-        if (h, w) != self.frame_size:
-            raise KinemaError(f"the video is {w}x{h}; this model makes {self.frame_size[1]}x{self.frame_size[0]} frames: resize it first")
         request = self.check_call(
             unknown=unknown, prompt=prompt, prompt_embeds=prompt_embeds, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
             output_type=output_type, height=h, width=w, num_frames=num_frames, temperature=temperature, top_k=top_k,

@@ -177,6 +177,8 @@ EXTEND_CASES = [
     (dict(video=_CLIP, overlap=4), "overlap must be 4k\\+1"),
     (dict(video=_CLIP, num_frames=5), "multiple of 4 for this model when extending"),
     (dict(video=_CLIP, height=32), "extend takes its size from the video"),
+    (dict(video=np.zeros((9, 72, 72, 3), np.uint8)), "the video is 72x72; this model makes .*frames.*: resize it first"),
+    (dict(video=np.zeros((9, 64, 40, 3), np.uint8)), "the video is 40x64; this model makes .*frames.*: resize it first"),
 ]
 
 

@@ -20,6 +20,7 @@ def inputs(tmp_path):
     (tmp_path / "text.mp4").write_text("not a video")
     (tmp_path / "empty").mkdir()
     (tmp_path / "f.txt").write_text("x")
+    write_video(np.zeros((9, 72, 72, 3), np.uint8), tmp_path / "odd.mp4", fps=16)  # sides no model here makes
     return tmp_path
 
 
@@ -40,6 +41,8 @@ def inputs(tmp_path):
         (["{tmp}/in.mp4", "x", "--frames", "6"], "multiple of 4"),
         (["{tmp}/in.mp4", "x", "-o", "{tmp}/in.mp4"], "is the input video"),
         (["{tmp}/in.mp4", "x", "--seed", "-1"], "--seed must be a whole number"),
+        (["{tmp}/odd.mp4", "x"], "the video is 72x72; this model makes frames whose sides are multiples of 16: resize it first \\(to 64x64 or 80x80\\)"),
+        (["{tmp}/odd.mp4", "x", "--model", TOKEN_MODEL], "the video is 72x72; this model makes 64x64 frames: resize it first"),
     ],
 )
 def test_extend_refuses(args, pattern, inputs, capsys, monkeypatch):
