@@ -125,8 +125,9 @@ def run(args) -> dict:
                     kw = {"num_inference_steps": args.steps} if args.steps and "num_inference_steps" in pipe.rules.sampling_options else {}
                     if args.guidance is not None:
                         kw["guidance_scale"] = args.guidance
-                    if args.temperature is not None:
-                        kw["temperature"] = args.temperature
+                    for name in ("temperature", "top_k", "top_p"):
+                        if getattr(args, name) is not None:
+                            kw[name] = getattr(args, name)
                     out = pipe.long_video(prompt_schedule=sched, overlap=args.overlap, seed=args.seed + 1000 * i, progress_bar=False, **kw)
                     frames = out.frames[0]
                     request = GenerationRequest(prompt_schedule=sched, overlap=args.overlap).checked(pipe.rules)
@@ -154,7 +155,7 @@ def run(args) -> dict:
             print(f"{length}x {kind}: windows followed {row['followed']:.1%} of {n_windows}, identity kept {row['identity']:.1%}, "
                   f"seam {row['seam']:.2f} ({row['seam_change']:.2f} vs {row['inside_change']:.2f}), {row['seconds']:.0f} s", flush=True)  # fmt: skip
     return {"model": "reference" if args.reference else args.model, "steps": args.steps, "guidance": args.guidance, "overlap": args.overlap,
-            "temperature": args.temperature, "seed": args.seed, "rows": rows}
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "rows": rows}
 
 
 def main() -> None:
@@ -166,6 +167,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="token models: sampling temperature (default: the model's)")
+    p.add_argument("--top-k", type=int, default=None, help="token models: keep the k likeliest tokens (default: the model's)")
+    p.add_argument("--top-p", type=float, default=None, help="token models: nucleus sampling's mass (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="frames of the past each later window sees (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
