@@ -118,16 +118,8 @@ def generate(
     if "image" in media and rules.image_size_rule and request.height is None and request.width is None:
         height, width = rules.size_for_image(*media["image"].shape[:2], request.max_area)  # (H, W, 3): the picture decides (Wan's rule)
         request = replace(request, height=height, width=width, max_area=None)
-    if "extend" in media:  # continuing a video: its size, and as much of its end as the model can see
-        head = media["extend"]
-        if (request.height, request.width) not in ((None, None), tuple(head.shape[1:3])):
-            raise RequestError(f"{{0}} and {{1}} come from the video to continue ({head.shape[2]}x{head.shape[1]}); leave them out", "height", "width")
-        rules.check_video_to_continue(*head.shape[1:3])
-        request = replace(request, height=head.shape[1], width=head.shape[2])
-        if request.overlap is None:
-            request = replace(request, overlap=rules.default_overlap(len(head), request.window))
-        elif request.overlap > len(head):
-            raise RequestError(f"{{0}} is {request.overlap} frames but the video has {len(head)}", "overlap")
+    if "extend" in media:
+        request = continuing(request, rules, media["extend"])
     if "video" in media and request.num_frames is None:  # video-to-video: as much of the input as fits
         request = replace(request, num_frames=frames_that_fit(len(media["video"]), rules.defaults.num_frames, rules.temporal_multiple, rules.frames_offset))
     free = available_memory(device)
@@ -257,6 +249,20 @@ def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...])
         if getattr(request, name) is not None:
             keywords[name] = getattr(request, name)
     return keywords
+
+
+def continuing(request: GenerationRequest, rules: Any, head: Any) -> GenerationRequest:
+    """A request that continues ``head`` (F, H, W, 3) with its size and, unless it sets one, as much
+    of the video's end as the model can see; one-line errors for a video or overlap that cannot be."""
+    if (request.height, request.width) not in ((None, None), tuple(head.shape[1:3])):
+        raise RequestError(f"{{0}} and {{1}} come from the video to continue ({head.shape[2]}x{head.shape[1]}); leave them out", "height", "width")
+    rules.check_video_to_continue(*head.shape[1:3])
+    request = replace(request, height=head.shape[1], width=head.shape[2])
+    if request.overlap is None:
+        return replace(request, overlap=rules.default_overlap(len(head), request.window))
+    if request.overlap > len(head):
+        raise RequestError(f"{{0}} is {request.overlap} frames but the video has {len(head)}", "overlap")
+    return request
 
 
 def read_media(request: GenerationRequest) -> dict[str, Any]:

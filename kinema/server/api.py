@@ -93,6 +93,7 @@ class ServerState:
     # -- requests ------------------------------------------------------------------------------------
     def build_request(self, raw: dict[str, Any], uploads: dict[str, Path] | None = None) -> tuple[ServedModel, dict[str, Any]]:
         """A client's fields (and stored uploads) as a checked request's JSON; ApiError(400) if bad."""
+        from ..generation import continuing
         from ..request import GenerationRequest
         from ..video import read_image, read_video
 
@@ -139,9 +140,10 @@ class ServerState:
             request.checked(model.rules, check_memory=False)
             if request.image is not None:
                 read_image(request.image)
-            for path in (request.video, request.extend):
-                if path is not None:
-                    read_video(path)
+            if request.video is not None:
+                read_video(request.video)
+            if request.extend is not None:  # its size and length against the model's, as the worker will
+                continuing(request, model.rules, read_video(request.extend)[0]).checked(model.rules, check_memory=False)
         except RequestError as e:
             raise ApiError(400, str(e), param=e.fields[0] if e.fields else None) from None
         except KinemaError as e:

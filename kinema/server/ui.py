@@ -26,13 +26,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the
 POLL_SECONDS = 0.5
 MAX_WAIT_SECONDS = 7 * 24 * 3600  # a page follows one job at most this long
 GALLERY_ROWS = 50
-TASKS = {"text-to-video": "text", "image-to-video": "image", "video-to-video": "video"}
+TASKS = {"text-to-video": "text", "image-to-video": "image", "video-to-video": "video", "continue a video": "extend"}
 # The form's fields, in the order the handlers take them (each a request field, or a page control).
 FORM = ("model", "task", "image", "video", "prompt", "negative_prompt", "width", "height", "num_frames", "num_inference_steps",
         "guidance_scale", "shift", "sampler", "seed", "random_seed", "strength", "cache_threshold", "temperature", "top_k",
-        "top_p", "typical_p", "max_memory", "prompt_extend")  # fmt: skip
+        "top_p", "typical_p", "max_memory", "overlap", "schedule", "prompt_frames", "prompt_extend")  # fmt: skip
 # Settings whose default lives in the model's card (shift, token sampling) or means "off": text boxes, empty for the model's own.
-TEXT_NUMBERS = ("shift", "strength", "cache_threshold", "temperature", "top_k", "top_p", "typical_p")
+TEXT_NUMBERS = ("shift", "strength", "cache_threshold", "temperature", "top_k", "top_p", "typical_p", "overlap")
+WHOLE_NUMBERS = ("top_k", "overlap")
 GALLERY_COLUMNS = ["id", "status", "model", "prompt", "seed", "size", "frames", "steps", "error"]
 
 
@@ -42,7 +43,7 @@ def form_request(state: ServerState, values: dict[str, Any]) -> tuple[dict[str, 
     raw: dict[str, Any] = {}
     for name in FORM:
         value = values.get(name)
-        if name in ("model", "task", "image", "video", "random_seed") or value is None:
+        if name in ("model", "task", "image", "video", "random_seed", "schedule", "prompt_frames") or value is None:
             continue
         if name == "prompt_extend":
             raw[name] = bool(value)
@@ -56,6 +57,11 @@ def form_request(state: ServerState, values: dict[str, Any]) -> tuple[dict[str, 
         if name in ("width", "height", "num_frames", "num_inference_steps", "top_k", "seed") and isinstance(value, float) and value.is_integer():
             value = int(value)
         raw[name] = value
+    if values.get("schedule"):
+        raw.pop("prompt", None)
+        raw["prompt_schedule"] = prompt_schedule(values.get("prompt"), values.get("prompt_frames"))
+        if all(n is not None for _, n in raw["prompt_schedule"]):
+            raw.pop("num_frames", None)  # the prompts' frames are the video's
     raw["model"] = values.get("model") or state.default_model
     served = state.models.get(raw["model"])
     if served is not None:  # the controls a model does not take are hidden on the page: their values are not sent
@@ -68,20 +74,44 @@ def form_request(state: ServerState, values: dict[str, Any]) -> tuple[dict[str, 
         raw["seed"] = "random"
     if task != "video":
         raw.pop("strength", None)
+    if task == "extend":
+        raw.pop("width", None), raw.pop("height", None)  # the video's own size
+    else:
+        raw.pop("overlap", None)
     files: dict[str, Path] = {}
-    if task in ("image", "video"):
-        given = values.get(task)
+    if task in ("image", "video", "extend"):
+        given = values.get("image" if task == "image" else "video")
         if not given:
-            raise ApiError(400, f"{'image' if task == 'image' else 'video'}-to-video needs an input {task}: upload one")
+            what = {"image": "image-to-video needs an input image", "video": "video-to-video needs an input video", "extend": "continuing a video needs one"}
+            raise ApiError(400, f"{what[task]}: upload one")
         files[task] = Path(given)
     return raw, files, task
 
 
+def prompt_schedule(text: Any, frames: Any) -> list[list[Any]]:
+    """The form's prompts, one a line, and their frames ("33, 32"; empty: shared out) as the API's
+    ``prompt_schedule``; ApiError(400) where the counts do not match the lines."""
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if not lines:
+        raise ApiError(400, "a prompt for each part of the video, one a line: none given", param="prompt")
+    counts: list[int | None] = [None] * len(lines)
+    if str(frames or "").strip():
+        parts = [p.strip() for p in str(frames).replace(";", ",").split(",")]
+        try:
+            given = [int(p) for p in parts]
+        except ValueError:
+            raise ApiError(400, f"frames per prompt must be whole numbers separated by commas, e.g. 33, 32; got {str(frames)[:80]!r}", param="prompt_schedule") from None
+        if len(given) != len(lines):
+            raise ApiError(400, f"frames per prompt gives {len(given)} count(s) for {len(lines)} prompt line(s); give one per line or none", param="prompt_schedule")
+        counts = list(given)
+    return [[line, n] for line, n in zip(lines, counts)]
+
+
 def _number(name: str, text: str) -> float | int:
     try:
-        return int(text) if name == "top_k" else float(text)
+        return int(text) if name in WHOLE_NUMBERS else float(text)
     except ValueError:
-        kind = "a whole number" if name == "top_k" else "a number"
+        kind = "a whole number" if name in WHOLE_NUMBERS else "a number"
         raise ApiError(400, f"{name} must be {kind} (or empty for the model's own); got {text!r}", param=name) from None
 
 
@@ -120,7 +150,8 @@ def gallery_rows(state: ServerState) -> list[list[Any]]:
     for job in state.queue.list(limit=GALLERY_ROWS):
         s = job.settings or {}
         width, height = s.get("width", job.request.get("width")), s.get("height", job.request.get("height"))
-        prompt = job.request.get("prompt")
+        sched = job.request.get("prompt_schedule")
+        prompt = [p for p, _ in sched] if sched else job.request.get("prompt")
         rows.append([
             job.id, job.status, job.model, prompt if isinstance(prompt, str) else " | ".join(prompt or []), job.request.get("seed", 0),
             f"{width}x{height}" if width and height else "", s.get("num_frames", job.request.get("num_frames")) or "",
@@ -133,7 +164,8 @@ def model_controls(state: ServerState, name: str) -> dict[str, Any]:
     """What the form shows for a model: its tasks, samplers, and whether token options apply."""
     model = state.models.get(name) or state.models[state.default_model]
     r = model.rules
-    tasks = [t for t, ok in (("text-to-video", not r.requires_image), ("image-to-video", r.supports_image), ("video-to-video", r.supports_video)) if ok]
+    tasks = [t for t, ok in (("text-to-video", not r.requires_image), ("image-to-video", r.supports_image), ("video-to-video", r.supports_video),
+                             ("continue a video", r.supports_extend)) if ok]  # fmt: skip
     d = r.defaults
     return {
         "tasks": tasks,
@@ -182,8 +214,11 @@ def build_ui(state: ServerState):
                     model = gr.Dropdown(list(state.models), value=state.default_model, label="model", elem_id="model")
                     task = gr.Radio(first["tasks"], value=first["tasks"][0], label="task", elem_id="task")
                 image = gr.Image(type="filepath", label="first frame (image-to-video)", visible=first["tasks"][0] == "image-to-video", elem_id="image")
-                video = gr.Video(label="input video (video-to-video)", visible=False, elem_id="input-video")
+                video = gr.Video(label="input video", visible=False, elem_id="input-video")
                 prompt = gr.Textbox(label="prompt", lines=3, placeholder="a red circle moving left", elem_id="prompt")
+                with gr.Row():
+                    schedule = gr.Checkbox(label="one prompt a line: the video changes prompt as it goes", value=False, elem_id="schedule")
+                    prompt_frames = gr.Textbox(label="frames per prompt (e.g. 33, 32; empty: the frames shared out)", visible=False, elem_id="prompt-frames")
                 with gr.Row():
                     enhance = gr.Button("Enhance prompt", visible=state.prompt_extend is not None, elem_id="enhance")
                 negative = gr.Textbox(label="negative prompt", lines=1, elem_id="negative")
@@ -201,6 +236,7 @@ def build_ui(state: ServerState):
                         seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed")
                         random_seed = gr.Checkbox(label="random seed", value=False, elem_id="random-seed")
                         strength = gr.Textbox(label="strength (video-to-video)", placeholder="0.8", visible=False, elem_id="strength")
+                        overlap = gr.Textbox(label="past frames the model sees", placeholder="model's own", visible=False, elem_id="overlap")
                         cache = gr.Textbox(label="step cache threshold", placeholder="off", visible=first["diffusion"], elem_id="cache")
                     with gr.Row(visible=first["tokens"]) as token_row:
                         temperature = gr.Textbox(label="temperature", placeholder="model's own", elem_id="temperature")
@@ -231,7 +267,7 @@ def build_ui(state: ServerState):
         timer = gr.Timer(3.0)
 
         inputs = [model, task, image, video, prompt, negative, width, height, frames, steps, guidance, shift, sampler, seed,
-                  random_seed, strength, cache, temperature, top_k, top_p, typical_p, max_memory]  # fmt: skip
+                  random_seed, strength, cache, temperature, top_k, top_p, typical_p, max_memory, overlap, schedule, prompt_frames]  # fmt: skip
 
         def values_of(args: tuple) -> dict[str, Any]:
             return dict(zip(FORM, args))
@@ -250,9 +286,13 @@ def build_ui(state: ServerState):
         model.input(on_model, model, [task, steps, shift, sampler, cache, token_row, defaults, width, height, frames, guidance])
 
         def on_task(name: str):
-            return gr.update(visible=name == "image-to-video"), gr.update(visible=name == "video-to-video"), gr.update(visible=name == "video-to-video")
+            extending = name == "continue a video"
+            return (gr.update(visible=name == "image-to-video"), gr.update(visible=name in ("video-to-video", "continue a video")),
+                    gr.update(visible=name == "video-to-video"), gr.update(visible=extending), gr.update(interactive=not extending),
+                    gr.update(interactive=not extending), gr.update(label="new frames" if extending else "frames"))  # fmt: skip
 
-        task.change(on_task, task, [image, video, strength])
+        task.change(on_task, task, [image, video, strength, overlap, width, height, frames])
+        schedule.change(lambda on: gr.update(visible=bool(on)), schedule, prompt_frames)
 
         def on_submit(*args):
             *form, enhanced_by = args
@@ -332,16 +372,21 @@ def build_ui(state: ServerState):
         def on_reuse(picked: str | None):
             job = state.queue.get(picked) if picked else None
             if job is None:
-                return [gr.update()] * len(REUSED) + ["pick a job in the gallery first"]
+                return [gr.update()] * (len(REUSED) + 3) + ["pick a job in the gallery first"]
             r = {**job.request, **(job.settings or {})}  # what it ran with, the model's defaults filled in
             name = job.model if job.model in state.models else state.default_model
             values = [name]
+            sched = job.request.get("prompt_schedule")
             for k in REUSED[1:]:
                 v = r.get(k)
+                if k == "prompt" and sched:
+                    v = "\n".join(p for p, _ in sched)
                 v = v[0] if isinstance(v, list) else v
                 if k in TEXT_NUMBERS or k in ("sampler", "max_memory", "negative_prompt"):
                     v = "" if v is None else str(v)
                 values.append(v)
+            frames_each = ", ".join(str(n) for _, n in sched) if sched and all(n is not None for _, n in sched) else ""
+            values += [bool(sched), gr.update(value=frames_each, visible=bool(sched))]
             return values + [False, f"settings of {job.id} loaded: press Generate to run it again"]
 
         def on_rerun(picked: str | None):
@@ -361,9 +406,9 @@ def build_ui(state: ServerState):
         cancel.click(on_cancel, job_id, status, cancels=[rerun_wait])
 
         REUSED = ["model", "prompt", "negative_prompt", "width", "height", "num_frames", "num_inference_steps", "guidance_scale",
-                  "shift", "sampler", "seed", "strength", "cache_threshold", "temperature", "top_k", "top_p", "typical_p", "max_memory"]  # fmt: skip
-        reuse.click(on_reuse, picked_id, [model, prompt, negative, width, height, frames, steps, guidance, shift, sampler, seed,
-                                          strength, cache, temperature, top_k, top_p, typical_p, max_memory, random_seed, status])  # fmt: skip
+                  "shift", "sampler", "seed", "strength", "cache_threshold", "temperature", "top_k", "top_p", "typical_p", "max_memory", "overlap"]  # fmt: skip
+        reuse.click(on_reuse, picked_id, [model, prompt, negative, width, height, frames, steps, guidance, shift, sampler, seed, strength, cache,
+                                          temperature, top_k, top_p, typical_p, max_memory, overlap, schedule, prompt_frames, random_seed, status])  # fmt: skip
     return page
 
 

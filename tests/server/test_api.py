@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kinema.video import read_video
+from kinema.video import read_video, write_video
 
 from .harness import TINY, Server, decoded, multipart
 
@@ -288,3 +288,51 @@ def test_the_page_sends_only_what_the_model_takes(tmp_path):
         form_request(state, {**values, "top_k": "many"})
     with pytest.raises(ApiError, match="num_frames must be 4k\\+1|4k\\+1"):
         submit_form(state, {**values, "num_frames": 6})
+
+
+def test_the_page_continues_a_video_and_changes_prompt(tmp_path):
+    """The page's "continue a video" task sends the upload as ``extend`` with its overlap (the
+    video sets the size), and "one prompt a line" sends a prompt schedule; bad values are one line."""
+    from kinema.server.api import ApiError, ServerState
+    from kinema.server.app import served_models
+    from kinema.server.queue import JobQueue
+    from kinema.server.ui import form_request, model_controls, submit_form
+
+    state = ServerState(JobQueue(tmp_path / "q"), served_models(None))
+    assert "continue a video" in model_controls(state, "shapes")["tasks"] and "continue a video" in model_controls(state, "shapes-ar")["tasks"]
+    write_video(np.zeros((9, 64, 64, 3), np.uint8), tmp_path / "in.mp4", fps=16)
+    write_video(np.zeros((9, 72, 72, 3), np.uint8), tmp_path / "odd.mp4", fps=16)
+    values = {"model": "shapes", "task": "continue a video", "video": str(tmp_path / "in.mp4"), "prompt": "a red circle moving right",
+              "width": 64, "height": 64, "num_frames": 8, "num_inference_steps": 2, "overlap": "5", "seed": 1, "strength": "0.5"}  # fmt: skip
+    raw, files, task = form_request(state, values)
+    assert task == "extend" and set(files) == {"extend"} and raw["overlap"] == 5
+    assert "width" not in raw and "height" not in raw and "strength" not in raw
+    job = state.queue.get(submit_form(state, values))
+    assert job.request["extend"].endswith("extend.mp4") and job.request["overlap"] == 5 and job.request["num_frames"] == 8
+    with pytest.raises(ApiError, match="the video is 72x72; this model makes frames whose sides are multiples of 16: resize it first"):
+        submit_form(state, {**values, "video": str(tmp_path / "odd.mp4")})
+    with pytest.raises(ApiError, match="overlap is 13 frames but the video has 9"):
+        submit_form(state, {**values, "overlap": "13"})
+    with pytest.raises(ApiError, match="overlap must be a whole number"):
+        form_request(state, {**values, "overlap": "some"})
+    with pytest.raises(ApiError, match="continuing a video needs one: upload one"):
+        form_request(state, {**values, "video": None})
+    assert "overlap" not in form_request(state, {**values, "task": "text-to-video"})[0]  # a hidden field is not sent
+
+    two = "a red circle moving left\n\n  a red circle moving right  \n"
+    sched = {"model": "shapes", "task": "text-to-video", "prompt": two, "schedule": True, "prompt_frames": "33, 32", "num_frames": 33,
+             "width": 64, "height": 64, "num_inference_steps": 2, "seed": 0}  # fmt: skip
+    raw, _, _ = form_request(state, sched)
+    assert raw["prompt_schedule"] == [["a red circle moving left", 33], ["a red circle moving right", 32]] and "num_frames" not in raw and "prompt" not in raw
+    job = state.queue.get(submit_form(state, sched))
+    assert [n for _, n in job.request["prompt_schedule"]] == [33, 32]
+    shared = form_request(state, {**sched, "prompt_frames": "", "num_frames": 65})[0]
+    assert shared["prompt_schedule"] == [["a red circle moving left", None], ["a red circle moving right", None]] and shared["num_frames"] == 65
+    state.queue.get(submit_form(state, {**sched, "prompt_frames": "", "num_frames": 65}))
+    for frames, pattern in [("33", "gives 1 count\\(s\\) for 2 prompt line\\(s\\)"), ("33, many", "whole numbers separated by commas"),
+                            ("33, 30", "a multiple of 4")]:  # fmt: skip
+        with pytest.raises(ApiError, match=pattern):
+            submit_form(state, {**sched, "prompt_frames": frames})
+    with pytest.raises(ApiError, match="one a line: none given"):
+        form_request(state, {**sched, "prompt": " \n "})
+    assert form_request(state, {**sched, "schedule": False})[0]["prompt"] == two.strip()  # unticked: one prompt, as typed

@@ -80,3 +80,50 @@ def test_generate_from_the_page(tmp_path):
                 b.screenshot(shots / "serve-done.png")
         finally:
             b.close()
+
+
+def test_continue_a_video_from_the_page(tmp_path):
+    """The "continue a video" task: upload a clip, the past's length shows, Generate makes the clip
+    followed by the new frames; "one prompt a line" shows the frames-per-prompt box."""
+    import numpy as np
+
+    from kinema.video import read_video, write_video
+
+    clip = np.zeros((9, 64, 64, 3), np.uint8)
+    clip[:, 20:40, 20:40] = (230, 40, 40)
+    write_video(clip, tmp_path / "in.mp4", fps=12)
+    with Server(tmp_path / "queue", ui=True) as server:
+        b = Browser(tmp_path / "profile")
+        try:
+            b.goto(server.url + "/")
+            b.wait_for("!!document.querySelector('#task') && !!document.querySelector('#generate')", timeout=90)
+            visible = "(s => { const e = document.querySelector(s); return !!e && e.getClientRects().length > 0; })"
+            assert not b.js(f"{visible}('#overlap')") and not b.js(f"{visible}('#prompt-frames')")
+            b.click("#schedule label")
+            b.wait_for(f"{visible}('#prompt-frames')", timeout=30)
+            b.click("#schedule label")
+            for _ in range(3):  # the radio can be there a moment before its handler
+                b.click("#task label", text="continue a video")
+                try:
+                    b.wait_for(f"{visible}('#overlap') && {visible}('#input-video')", timeout=10)
+                    break
+                except AssertionError:
+                    continue
+            root = b.send("DOM.getDocument", depth=-1, pierce=True)["root"]["nodeId"]
+            node = b.send("DOM.querySelector", nodeId=root, selector="#input-video input[type=file]")["nodeId"]
+            b.send("DOM.setFileInputFiles", nodeId=node, files=[str(tmp_path / "in.mp4")])
+            b.wait_for("!!document.querySelector('#input-video video')", timeout=60)
+            b.type_into("#prompt textarea", "a red square moving right")
+            b.type_into("#frames input", "4")
+            b.type_into("#steps input", "2")
+            b.type_into("#overlap textarea, #overlap input", "5")
+            b.click("#generate")
+            src = b.wait_for("(() => { const v = document.querySelector('#result video'); return v && v.src ? v.src : ''; })()", timeout=300)
+            assert "done:" in _status(b), _status(b)
+            (tmp_path / "out.mp4").write_bytes(urllib.request.urlopen(src, timeout=60).read())
+            frames, fps = read_video(tmp_path / "out.mp4")
+            assert frames.shape == (13, 64, 64, 3) and fps == 12  # the clip, then 4 new frames, at its rate
+            jobs = server.call("GET", "/v1/videos")[1]["data"]
+            assert jobs[0]["request"]["overlap"] == 5 and jobs[0]["request"]["extend"].startswith("extend")
+        finally:
+            b.close()
