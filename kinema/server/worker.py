@@ -33,6 +33,27 @@ def percent(stage: str, step: int, total: int) -> float:
     return round(lo + (hi - lo) * (step / total if total else 1.0), 1)
 
 
+class JobPercent:
+    """A job's progress in percent, never going back: a long video's windows (or prompts) each run
+    their stages from the start, so each window's stages fill that window's share of the job."""
+
+    def __init__(self) -> None:
+        self.windows: tuple[int, int] | None = None  # (windows done, windows) once a long video reports them
+        self.last = 0.0
+
+    def __call__(self, stage: str, step: int, total: int) -> float:
+        if stage == "windows":
+            self.windows = (step, max(total, 1))
+            value = 99.0 * min(step, total) / max(total, 1)
+        elif self.windows is not None:
+            done, n = self.windows
+            value = 99.0 * (min(done, n - 1) + percent(stage, step, total) / 100.0) / n
+        else:
+            value = percent(stage, step, total)
+        self.last = max(self.last, round(value, 1))
+        return self.last
+
+
 def one_line(error: BaseException) -> str:
     """An exception as the one line a job's error shows."""
     text = " ".join(str(error).split())
@@ -49,12 +70,14 @@ def run_job(queue: JobQueue, job: Job, *, device: str | None, pipelines: Any, ex
     from ..request import GenerationRequest
 
     last = [0.0]
+    job_percent = JobPercent()
 
     def report(progress) -> None:
+        value = job_percent(progress.stage, progress.step, progress.total)  # every report: a long video's windows are counted
         now = time.monotonic()
         if now - last[0] >= PROGRESS_SECONDS or progress.step == progress.total:
             last[0] = now
-            if queue.set_progress(job.id, percent(progress.stage, progress.step, progress.total), progress.stage):
+            if queue.set_progress(job.id, value, progress.stage):
                 raise Cancelled(job.id)
         elif queue.cancel_requested(job.id):
             raise Cancelled(job.id)

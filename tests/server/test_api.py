@@ -336,3 +336,23 @@ def test_the_page_continues_a_video_and_changes_prompt(tmp_path):
     with pytest.raises(ApiError, match="one a line: none given"):
         form_request(state, {**sched, "prompt": " \n "})
     assert form_request(state, {**sched, "schedule": False})[0]["prompt"] == two.strip()  # unticked: one prompt, as typed
+
+
+def test_a_long_video_job_progress_only_goes_forward():
+    """Each window of a long video runs text, sampling and decoding from the start: the job's percent
+    gives each window its share instead of going back to 10% three times."""
+    from kinema.server.worker import JobPercent, percent
+
+    one = JobPercent()
+    assert [one(*r) for r in [("text", 1, 1), ("denoise", 10, 20), ("decode", 1, 1)]] == [percent("text", 1, 1), percent("denoise", 10, 20), percent("decode", 1, 1)]
+    job = JobPercent()
+    seen = []
+    for w in range(3):
+        seen.append(job("windows", w, 3))
+        for stage, total in (("text", 1), ("denoise", 20), ("decode", 1)):
+            seen += [job(stage, k, total) for k in range(total + 1)]
+    seen.append(job("windows", 3, 3))
+    assert seen == sorted(seen) and seen[-1] == 99.0  # never back, done at the end
+    inside = seen[1 : 1 + 25]  # the first window's stages
+    assert max(inside) <= 33.0 and max(seen[27:52]) <= 66.0 and min(seen[27:52]) >= 33.0
+    assert len(set(seen)) > 40  # it moves within each window, not only between them
