@@ -11,6 +11,7 @@ extension model when its button is pressed (a server started with ``--prompt-ext
 # No `from __future__ import annotations` here: gradio reads its event handlers' annotations
 # (gr.SelectData) as objects.
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -96,11 +97,11 @@ def prompt_schedule(text: Any, frames: Any) -> list[list[Any]]:
         raise ApiError(400, "a prompt for each part of the video, one a line: none given", param="prompt")
     counts: list[int | None] = [None] * len(lines)
     if str(frames or "").strip():
-        parts = [p.strip() for p in str(frames).replace(";", ",").split(",")]
+        parts = re.split(r"[\s,;]+", str(frames).strip(" \t\n,;"))  # "33, 32", "33 32", "33;32"
         try:
             given = [int(p) for p in parts]
         except ValueError:
-            raise ApiError(400, f"frames per prompt must be whole numbers separated by commas, e.g. 33, 32; got {str(frames)[:80]!r}", param="prompt_schedule") from None
+            raise ApiError(400, f"frames per prompt must be whole numbers, e.g. 33, 32; got {str(frames)[:80]!r}", param="prompt_schedule") from None
         if len(given) != len(lines):
             raise ApiError(400, f"frames per prompt gives {len(given)} count(s) for {len(lines)} prompt line(s); give one per line or none", param="prompt_schedule")
         counts = list(given)
@@ -218,7 +219,7 @@ def build_ui(state: ServerState):
                 prompt = gr.Textbox(label="prompt", lines=3, placeholder="a red circle moving left", elem_id="prompt")
                 with gr.Row():
                     schedule = gr.Checkbox(label="one prompt a line: the video changes prompt as it goes", value=False, elem_id="schedule")
-                    prompt_frames = gr.Textbox(label="frames per prompt (e.g. 33, 32; empty: the frames shared out)", visible=False, elem_id="prompt-frames")
+                    prompt_frames = gr.Textbox(label="frames per prompt (e.g. 33, 32; empty: the frames field shared out)", visible=False, elem_id="prompt-frames")
                 with gr.Row():
                     enhance = gr.Button("Enhance prompt", visible=state.prompt_extend is not None, elem_id="enhance")
                 negative = gr.Textbox(label="negative prompt", lines=1, elem_id="negative")

@@ -322,6 +322,8 @@ def test_the_page_continues_a_video_and_changes_prompt(tmp_path):
     two = "a red circle moving left\n\n  a red circle moving right  \n"
     sched = {"model": "shapes", "task": "text-to-video", "prompt": two, "schedule": True, "prompt_frames": "33, 32", "num_frames": 33,
              "width": 64, "height": 64, "num_inference_steps": 2, "seed": 0}  # fmt: skip
+    for spelled in ("33 32", "33;32", " 33, 32, "):
+        assert [n for _, n in form_request(state, {**sched, "prompt_frames": spelled})[0]["prompt_schedule"]] == [33, 32]
     raw, _, _ = form_request(state, sched)
     assert raw["prompt_schedule"] == [["a red circle moving left", 33], ["a red circle moving right", 32]] and "num_frames" not in raw and "prompt" not in raw
     job = state.queue.get(submit_form(state, sched))
@@ -329,7 +331,7 @@ def test_the_page_continues_a_video_and_changes_prompt(tmp_path):
     shared = form_request(state, {**sched, "prompt_frames": "", "num_frames": 65})[0]
     assert shared["prompt_schedule"] == [["a red circle moving left", None], ["a red circle moving right", None]] and shared["num_frames"] == 65
     state.queue.get(submit_form(state, {**sched, "prompt_frames": "", "num_frames": 65}))
-    for frames, pattern in [("33", "gives 1 count\\(s\\) for 2 prompt line\\(s\\)"), ("33, many", "whole numbers separated by commas"),
+    for frames, pattern in [("33", "gives 1 count\\(s\\) for 2 prompt line\\(s\\)"), ("33, many", "frames per prompt must be whole numbers"),
                             ("33, 30", "a multiple of 4")]:  # fmt: skip
         with pytest.raises(ApiError, match=pattern):
             submit_form(state, {**sched, "prompt_frames": frames})
