@@ -473,16 +473,6 @@ class ModelRules:
                 f"num_frames must be {t}k{'+' + str(o) if o else ''} for this {codec} ({first}, ...); got {num_frames}, try {lo} or {lo + t}"
             )
 
-    def check_video_to_continue(self, height: int, width: int) -> None:
-        """A video to continue sets the size: one-line KinemaError, naming sizes to resize it to,
-        where the model cannot make frames of its size."""
-        fixed, s = self.frame_size, self.spatial_multiple
-        if fixed is not None and (height, width) != tuple(fixed):
-            raise KinemaError(f"the video is {width}x{height}; this model makes {fixed[1]}x{fixed[0]} frames: resize it first")
-        if fixed is None and (height % s or width % s):
-            w, h = max(s, width // s * s), max(s, height // s * s)
-            raise KinemaError(f"the video is {width}x{height}; this model makes frames whose sides are multiples of {s}: resize it first (to {w}x{h} or {w + s}x{h + s})")
-
     def check_size(self, height: int, width: int, num_frames: int) -> None:
         """Frames ``t k + 1``, sizes multiples of the stride (or a token model's one size), within
         the positions the generator knows; one-line KinemaErrors naming the nearest valid values."""

@@ -484,7 +484,9 @@ class VideoPipeline:
         if frames.shape[0] != 1:
             raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
         f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
-        self.rules.check_video_to_continue(h, w)
+        from ..generation import check_video_to_continue
+
+        check_video_to_continue(self.rules, h, w)
         for name, size in (("height", h), ("width", w)):
             given = unknown.pop(name, None)
             if given is not None and given != size:

@@ -99,16 +99,17 @@ def test_continue_a_video_from_the_page(tmp_path):
             b.wait_for("!!document.querySelector('#task') && !!document.querySelector('#generate')", timeout=90)
             visible = "(s => { const e = document.querySelector(s); return !!e && e.getClientRects().length > 0; })"
             assert not b.js(f"{visible}('#overlap')") and not b.js(f"{visible}('#prompt-frames')")
-            b.click("#schedule label")
-            b.wait_for(f"{visible}('#prompt-frames')", timeout=30)
-            b.click("#schedule label")
-            for _ in range(3):  # the radio can be there a moment before its handler
+            for _ in range(12):  # the radio can be there a moment before its handler; choosing it again changes nothing
                 b.click("#task label", text="continue a video")
                 try:
                     b.wait_for(f"{visible}('#overlap') && {visible}('#input-video')", timeout=10)
                     break
                 except AssertionError:
                     continue
+            b.click("#schedule label")  # the page's handlers answer by now
+            b.wait_for(f"{visible}('#prompt-frames')", timeout=30)
+            b.click("#schedule label")
+            b.wait_for(f"!{visible}('#prompt-frames')", timeout=30)
             root = b.send("DOM.getDocument", depth=-1, pierce=True)["root"]["nodeId"]
             node = b.send("DOM.querySelector", nodeId=root, selector="#input-video input[type=file]")["nodeId"]
             b.send("DOM.setFileInputFiles", nodeId=node, files=[str(tmp_path / "in.mp4")])
