@@ -360,7 +360,9 @@ class VideoPipeline:
         first prompt; each later one continues the video so far (:meth:`extend`): it sees the
         ``overlap`` frames before it (as many as there are, when the video so far is shorter) and
         adds up to ``window - overlap`` new ones, with the prompt
-        of the schedule entry those frames belong to. A model that slides its own window (the token
+        of the schedule entry those frames belong to; the ``JOIN_FADE_FRAMES`` frames before each
+        join fade into the window's own decode of them (:func:`fade_into`), never into ``video``'s.
+        A model that slides its own window (the token
         model) makes each prompt's frames in one call. Window ``i`` draws its noise from ``seed + i``
         (or from ``generator``, in turn), so the same call gives the same video.
 
@@ -460,7 +462,10 @@ class VideoPipeline:
                     past = self.rules.default_overlap(len(clip))
                 out = self.extend(clip, prompt=schedule[segment][0], num_frames=new, overlap=past, output_type="np",
                                   callback=callback, progress_bar=progress_bar, fps=fps, **window_seed(i), **window_keywords)  # fmt: skip
+                joined = len(clip)
                 clip = add(out)
+                if out.past is not None:
+                    clip = fade_into(clip, out.past[0], joined, keep=len(video) if video is not None else 0)
                 step(1)
         assert out is not None  # at least one window ran: a video to continue gets at least one group of new frames
         frames = clip[None]  # (1, F, H, W, 3) uint8
@@ -505,10 +510,23 @@ class VideoPipeline:
         then the last ``num_frames`` frames of the decoded window (B, 3, f, H, W) in [-1, 1]."""
 
         def decode() -> torch.Tensor:
-            new = decode_window()[:, :, -num_frames:]  # (B, 3, num_frames, H, W) in [-1, 1]
+            window = decode_window()  # (B, 3, overlap + num_frames, H, W) in [-1, 1]
+            decode.past = window[:, :, :-num_frames]  # the window's own rendering of the past, for with_past
+            new = window[:, :, -num_frames:]
             return torch.cat([head.to(new.device, new.dtype).expand(new.shape[0], -1, -1, -1, -1) * 2 - 1, new], dim=2)
 
+        decode.past = None
         return decode
+
+    @staticmethod
+    def with_past(out: VideoOutput, decode: Callable[[], torch.Tensor]) -> VideoOutput:
+        """``out`` of an :meth:`extend` with ``past``: the window's decode of the past that
+        :meth:`extension_frames`' ``decode`` kept, as uint8 frames like ``out.frames``."""
+        rendered = getattr(decode, "past", None)
+        if out.frames is not None and rendered is not None:
+            past = to_uint8(rendered)
+            out.past = past.numpy() if isinstance(out.frames, np.ndarray) else past
+        return out
 
     # -- codec ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -544,6 +562,25 @@ class VideoPipeline:
             step(1)
         timings["decode"] = time.perf_counter() - t0
         return VideoOutput(frames=frames.numpy() if output_type == "np" else frames, latents=latents, fps=fps, timings=timings, cache=cache)
+
+
+JOIN_FADE_FRAMES = 8  # frames before each join of a long video faded into the next window's rendering of them
+
+
+def fade_into(clip: np.ndarray, rendered: np.ndarray, join: int, keep: int = 0, frames: int = JOIN_FADE_FRAMES) -> np.ndarray:
+    """A long video's join made smooth: ``clip`` (F, H, W, 3) uint8 whose new window starts at
+    ``join``; the ``frames`` frames before it fade from what they were into ``rendered`` (the new
+    window's own decode of the past it saw, ending at ``join``), linearly, so that the last one is
+    nearly the window's and the jump into its new frames is spread out. Frames before ``keep`` (a
+    video given to continue) stay as they were."""
+    k = min(frames, len(rendered), join - keep)
+    if k <= 0:
+        return clip
+    out = clip.copy()
+    weights = np.arange(1, k + 1, dtype=np.float32) / (k + 1)  # (k,): the window's share, rising towards the join
+    before = clip[join - k : join].astype(np.float32)
+    out[join - k : join] = np.clip(np.rint(before + weights[:, None, None, None] * (rendered[-k:].astype(np.float32) - before)), 0, 255).astype(np.uint8)
+    return out
 
 
 def _first_prompt(schedule: Any) -> Any:

@@ -400,8 +400,10 @@ class LTXPipeline(DiffusionPipeline):
         head = (frames[0].permute(1, 2, 3, 0) * 255).round().to(torch.uint8)  # (F, H, W, 3): the input as it was
         new = out.frames[:, -num_frames:]  # (B, num_frames, H, W, 3) uint8
         video_out = torch.cat([head[None].expand(new.shape[0], -1, -1, -1, -1).to(new.device), new], dim=1)
+        rendered = out.frames[:, :-num_frames]  # (B, overlap, H, W, 3): the window's own decode of the past
         return VideoOutput(frames=video_out.numpy() if output_type == "np" else video_out, latents=out.latents,
-                           fps=float(fps if fps is not None else rate), timings=out.timings, cache=out.cache)  # fmt: skip
+                           fps=float(fps if fps is not None else rate), timings=out.timings, cache=out.cache,
+                           past=rendered.numpy() if output_type == "np" else rendered)  # fmt: skip
 
     # -- pieces of the call ----------------------------------------------------------------------
     def _decode_settings(self, timestep, noise_scale) -> tuple[Any, Any]:

@@ -25,6 +25,9 @@ class VideoOutput:
             tokenizer), for ``kinema generate --timings`` and benchmarks.
         cache: with step caching (``cache_threshold=``), the model calls of the sampling loop
             ("calls") and those that ran only the first block ("skipped"); None without.
+        past: from ``extend``, the window's own decode of the input's last ``overlap`` frames
+            (batch, overlap, height, width, 3) uint8, as ``frames``: what a long video fades its
+            frames before a join into (the output keeps the input's frames as they were); else None.
     """
 
     frames: np.ndarray | torch.Tensor | None
@@ -32,3 +35,4 @@ class VideoOutput:
     fps: float
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int] | None = None
+    past: np.ndarray | torch.Tensor | None = None  # extend: the new window's own decode of the past it was given

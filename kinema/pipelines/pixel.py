@@ -299,4 +299,4 @@ class PixelPipeline(DiffusionPipeline):
         known = (frames[:, :, f_in - request.overlap :].to(self.device, torch.float32) * 2 - 1).repeat(batch, 1, 1, 1, 1)  # (B, 3, K, H, W)
         latents, cache_stats = self.sample_pixels(request, spec, reporter, timings, latents, cond, uncond, batch_cfg, None, generators, known=known)
         decode = self.extension_frames(frames, lambda: self.codec.decode(latents), request.num_frames)  # the input as it was, then the new frames
-        return self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache_stats)
+        return self.with_past(self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache_stats), decode)

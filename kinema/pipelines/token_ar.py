@@ -324,7 +324,7 @@ class TokenARPipeline(VideoPipeline):
             prefix=self.tokenizer.encode_tokens(past),  # (1, j + 1, h, w): the overlap's tokens
         )  # fmt: skip
         decode = self.extension_frames(frames, lambda: self.decode_tokens(tokens), request.num_frames)  # the input as it was, then the new frames
-        return self.finish(tokens, output_type, timings, decode, reporter, fps=fps)
+        return self.with_past(self.finish(tokens, output_type, timings, decode, reporter, fps=fps), decode)
 
     def _sample_tokens(
         self, request: Any, reporter: Reporter, texts: tuple, options: tuple, generator: Any, seed: int | None, token_frames: int,

@@ -371,7 +371,7 @@ class WanPipeline(DiffusionPipeline):
         known = self.vae.normalize_latents(self.vae.encode(past).mode().float()).repeat(cond.batch_size, 1, 1, 1, 1)  # (B, z, K', h', w')
         latents, cache = self.sample_latents(window, reporter, timings, latents, cond, uncond, sampler, shift, batch_cfg, None, known=known)
         decode = self.extension_frames(frames, lambda: self.decode_latents(latents), request.num_frames)  # the input as it was, then the new frames
-        return self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache)
+        return self.with_past(self.finish(latents, output_type, timings, decode, reporter, fps=fps, cache=cache), decode)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F', H', W') -> video (B, 3, F, H, W) float32 in [-1, 1]."""

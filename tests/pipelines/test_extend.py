@@ -131,6 +131,9 @@ def test_the_wan_family_extends_by_putting_the_known_latents_back(tmp_path):
     out = pipe.extend(clip, "a blue square moving up", num_frames=8, num_inference_steps=4, seed=1, progress_bar=False)
     assert out.frames.shape == (1, 25, 64, 64, 3) and np.array_equal(out.frames[0, :17], clip)
     assert out.latents.shape[2] == 5 + 2  # the default overlap, 17 frames (half the 33-frame clip): 5 latent frames; 8 new: 2
+    assert out.past.shape == (1, 17, 64, 64, 3)  # the window's decode of the past it was given: close to it, not it
+    assert 0 < np.abs(out.past.astype(int) - clip[-17:].astype(int)).mean() < 4
+    assert pipe.extend(clip, "x", num_frames=8, num_inference_steps=2, output_type="latent", progress_bar=False).past is None
     assert np.array_equal(pipe.extend(clip, "a blue square moving up", num_frames=8, num_inference_steps=4, seed=1, progress_bar=False).frames, out.frames)
     other = pipe.extend(clip, "a blue square moving up", num_frames=8, overlap=5, num_inference_steps=4, seed=1, progress_bar=False)
     assert other.latents.shape[2] == 2 + 2 and not np.array_equal(other.frames, out.frames)
@@ -183,6 +186,8 @@ def test_ltx_video_extends_with_frame_conditioning(tmp_path, capsys):
     out = pipe.extend(clip, "a red ball", num_frames=8, num_inference_steps=2, seed=0, progress_bar=False)
     assert out.frames.shape == (1, 17, 32, 32, 3) and np.array_equal(out.frames[0, :9], clip)
     assert out.latents.shape[2] == 2 + 1  # 9 known frames (8k+1: 2 latent frames), 8 new (1)
+    assert out.past.shape == (1, 9, 32, 32, 3) and out.past.dtype == np.uint8  # the window's own decode of the 9 it was given
+    assert np.abs(out.past.astype(int) - clip.astype(int)).mean() > 0  # a rendering, not the input handed back
     assert np.array_equal(pipe.extend(clip, "a red ball", num_frames=8, num_inference_steps=2, seed=0, progress_bar=False).frames, out.frames)
     with pytest.raises(KinemaError, match="extend takes no image"):
         pipe.extend(clip, "a red ball", num_frames=8, image=clip[0], progress_bar=False)

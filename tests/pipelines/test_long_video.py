@@ -13,6 +13,7 @@ import pytest
 import kinema
 from kinema.cli import main
 from kinema.errors import KinemaError
+from kinema.pipelines.base import fade_into
 from kinema.generation import generate
 from kinema.replay import read_metadata
 from kinema.request import GenerationRequest, ModelRules, plan_windows, share_frames
@@ -115,30 +116,46 @@ def shapes():
 
 def test_a_long_video_is_windows_that_continue_each_other(shapes):
     """65 frames of a 33-frame model: the first window is the plain clip of the same seed, each later
-    window keeps every frame before it, and the same call gives the same video."""
+    window continues the video so far, whose last 8 frames fade into the window's own rendering of
+    them, and the same call gives the same video."""
     kw = dict(num_inference_steps=3, seed=4, progress_bar=False)
     stages = []
     out = shapes.long_video("a yellow circle moving right", num_frames=65, callback=lambda p: stages.append(p.stage), **kw)
     assert out.frames.shape == (1, 65, 64, 64, 3) and out.frames.dtype == np.uint8
     clip = shapes("a yellow circle moving right", num_frames=33, **kw).frames[0]
-    assert np.array_equal(out.frames[0, :33], clip)  # window 0 is the plain clip
-    two = shapes.extend(clip, "a yellow circle moving right", num_frames=16, num_inference_steps=3, seed=5, progress_bar=False).frames[0]
-    assert np.array_equal(out.frames[0, :49], two)  # window 1 continues it with seed + 1
+    assert np.array_equal(out.frames[0, :25], clip[:25])  # window 0 is the plain clip, up to the frames that fade
+    two = shapes.extend(clip, "a yellow circle moving right", num_frames=16, num_inference_steps=3, seed=5, progress_bar=False)
+    assert np.array_equal(two.frames[0, :33], clip) and two.past.shape == (1, 17, 64, 64, 3)  # extend itself keeps its input
+    faded = fade_into(two.frames[0], two.past[0], 33)
+    assert np.array_equal(out.frames[0, :41], faded[:41])  # window 1 continues it with seed + 1; 25-32 fade into its past
+    assert not np.array_equal(faded[25:33], clip[25:33])
     assert np.array_equal(shapes.long_video("a yellow circle moving right", num_frames=65, **kw).frames, out.frames)
     assert stages.count("windows") == 4  # 0, 1, 2, 3 of 3 windows
     pt = shapes.long_video("a yellow circle moving right", num_frames=41, output_type="pt", **kw)
-    assert tuple(pt.frames.shape) == (1, 41, 64, 64, 3) and np.array_equal(pt.frames[0, :33].numpy(), clip)
+    assert tuple(pt.frames.shape) == (1, 41, 64, 64, 3) and np.array_equal(pt.frames[0, :25].numpy(), clip[:25])
+
+
+def test_a_join_fades_into_the_next_window():
+    """``fade_into``: the frames before a join move linearly towards the window's rendering of them
+    (the last most), no further back than the rendering reaches, and never into a given video."""
+    clip = np.zeros((20, 2, 2, 3), np.uint8)
+    rendered = np.full((5, 2, 2, 3), 90, np.uint8)  # the window's decode of frames 11-15
+    out = fade_into(clip, rendered, 16, frames=8)
+    assert [int(v) for v in out[:, 0, 0, 0]] == [0] * 11 + [15, 30, 45, 60, 75] + [0] * 4  # 5 frames: all it rendered, k/(5+1) of the way
+    assert np.array_equal(fade_into(clip, rendered, 16, frames=2)[:, 0, 0, 0], [0] * 14 + [30, 60] + [0] * 4)
+    assert np.array_equal(fade_into(clip, rendered, 16, keep=14, frames=8)[:, 0, 0, 0], [0] * 14 + [30, 60] + [0] * 4)  # frames of a given video stay
+    assert fade_into(clip, rendered, 16, keep=16) is clip and not clip.any()  # the join right after a given video: nothing to fade
 
 
 def test_a_prompt_schedule_changes_the_prompt_at_its_frame(shapes):
     kw = dict(num_inference_steps=3, seed=0, progress_bar=False)
     out = shapes.long_video(prompt_schedule=[("a white square moving up", 17), ("a white square moving down", 16)], **kw)
     assert out.frames.shape[1] == 33
-    assert np.array_equal(out.frames[0, :17], shapes("a white square moving up", num_frames=17, **kw).frames[0])
+    assert np.array_equal(out.frames[0, :9], shapes("a white square moving up", num_frames=17, **kw).frames[0, :9])  # then 8 frames fade into the next window
     pairs = shapes.long_video([["a white square moving up", 17], ("a white square moving down", None)], num_frames=33, **kw)
     assert np.array_equal(pairs.frames, out.frames)  # a list of (prompt, frames) pairs as the prompt is the schedule
     same_text = shapes.long_video(prompt_schedule=[("a white square moving up", 17), ("a white square moving up", 16)], **kw)
-    assert np.array_equal(same_text.frames[0, :17], out.frames[0, :17]) and not np.array_equal(same_text.frames, out.frames)
+    assert np.array_equal(same_text.frames[0, :9], out.frames[0, :9]) and not np.array_equal(same_text.frames, out.frames)
     with pytest.raises(KinemaError, match="output_type must be 'np' or 'pt'"):
         shapes.long_video("a", num_frames=65, output_type="latent", progress_bar=False)
     for kwargs, words in ((dict(), "needs prompt= .* or prompt_schedule="), (dict(prompt=["a", "b"], num_frames=65), "one video: give one prompt"),
@@ -213,7 +230,9 @@ def test_a_first_prompt_shorter_than_the_past_is_all_the_next_window_sees(shapes
     kw = dict(num_inference_steps=2, progress_bar=False, seed=0)
     first = shapes("a red circle moving left", num_frames=5, **kw).frames[0]
     out = shapes.long_video(prompt_schedule=[("a red circle moving left", 5), ("a red circle moving up", 8)], overlap=17, **kw)
-    assert out.frames.shape == (1, 13, 64, 64, 3) and np.array_equal(out.frames[0, :5], first)
+    assert out.frames.shape == (1, 13, 64, 64, 3)
+    two = shapes.extend(first, "a red circle moving up", num_frames=8, overlap=5, num_inference_steps=2, seed=1, progress_bar=False)
+    assert np.array_equal(out.frames[0], fade_into(two.frames[0], two.past[0], 5))  # all 5 frames seen, all 5 fade into the window's
     assert shapes.long_video(prompt_schedule=[("a red circle moving left", 1), ("a red circle moving up", 32)], **kw).frames.shape[1] == 33
 
 

@@ -256,6 +256,7 @@ def test_extend_in_pixel_space(pipe, sampler):
     clip = pipe("a red circle moving left", seed=0, sampler=sampler, progress_bar=False).frames[0]  # (F, H, W, 3)
     f = clip.shape[0]
     out = pipe.extend(clip, "a red circle moving left", num_frames=2, overlap=2, seed=1, sampler=sampler, progress_bar=False)
+    assert out.past.shape[:2] == (1, 2)  # the window's decode of the 2 frames it was given
     assert out.frames.shape == (1, f + 2, *clip.shape[1:]) and np.array_equal(out.frames[0, :f], clip)
     assert out.latents.shape[2] == 4  # the window: 2 known frames, 2 new
     # the known frames come out of sampling as they went in (the last step puts the clean ones back)
