@@ -423,7 +423,7 @@ class VideoPipeline:
             plan_first, steps = plan.first, list(plan.steps)
         reporter = Reporter(callback, progress_bar)
         return self.run_windows(
-            request, schedule, plan_first, steps, video if head is not None else None, keywords,
+            request, schedule, plan_first, steps, head[0].permute(1, 2, 3, 0) if head is not None else None, keywords,  # (F, H, W, 3) in [0, 1], whatever form it came in
             generator=generator, output_type=output_type, callback=callback, progress_bar=progress_bar, fps=fps, reporter=reporter,
         )  # fmt: skip
 
@@ -432,7 +432,7 @@ class VideoPipeline:
         generator: torch.Generator | None, output_type: str, callback: Any, progress_bar: bool, fps: float | None, reporter: Reporter,
     ) -> VideoOutput:  # fmt: skip
         """Run a long video's windows (see :meth:`long_video`): a clip of ``first`` frames with the
-        first prompt (unless ``video`` comes first), then ``steps[i] = (schedule entry, new frames)``,
+        first prompt (unless ``video``, (F, H, W, 3) in [0, 1], comes first), then ``steps[i] = (schedule entry, new frames)``,
         each continuing the video so far through :meth:`extend`. A family that can continue its own
         output more exactly overrides this (the token model, from its own tokens)."""
         timings: dict[str, float] = {}

@@ -220,6 +220,9 @@ def test_a_window_given_without_an_overlap_takes_a_past_that_fits_it(tmp_path, s
     assert done.request.overlap == 9 and done.output.frames.shape == (1, 25, 64, 64, 3)
     out = shapes.long_video(prompt="a cyan square moving left", num_frames=8, video=clip, window=9, seed=0, **kw)
     assert out.frames.shape == (1, 25, 64, 64, 3) and np.array_equal(out.frames[0, :17], clip)
+    for same in (clip[None], clip.astype(np.float32) / 255):  # the clip as a batch of one, or as floats: the same video
+        again = shapes.long_video(prompt="a cyan square moving left", num_frames=8, video=same, window=9, seed=0, **kw)
+        assert np.array_equal(again.frames, out.frames)  # (a batch of one was counted as 1 frame: its past shrank, its frames faded)
     with pytest.raises(KinemaError, match="window must be 4k\\+1 frames and hold at least one group of new frames"):
         shapes.long_video(prompt="a cyan square moving left", num_frames=8, video=clip, window=3, seed=0, **kw)
 
