@@ -75,8 +75,9 @@ def form_request(state: ServerState, values: dict[str, Any]) -> tuple[dict[str, 
         raw["seed"] = "random"
     if task != "video":
         raw.pop("strength", None)
-    if task == "extend":
-        raw.pop("width", None), raw.pop("height", None)  # the video's own size
+    if task == "extend":  # the video's own size
+        raw.pop("width", None)
+        raw.pop("height", None)
     else:
         raw.pop("overlap", None)
     files: dict[str, Path] = {}
