@@ -150,6 +150,7 @@ class TokenObjectiveConfig:
     """token-ar: next-token cross-entropy."""
 
     past_from_data: bool = False  # an item that starts with an earlier clip (shapes' data.continue_share) is not scored on that past's tokens: the model reads them, as it reads a video it extends, and learns what follows
+    token_noise: float = field(default=0.0, metadata=check(UNIT_BELOW_ONE))  # share of the tokens the model reads replaced by random codebook ids (the targets stay the clip's own): a sampled video's past holds tokens no clip has, and a model that only ever read clean ones copies each such token on, frame after frame
 
 
 @dataclass
@@ -204,7 +205,7 @@ _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
 # ... and such fields inside a section, with the value that means "as before the field existed".
-_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,), "clip_frames": None}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0}}
+_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,), "clip_frames": None}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0, "token_noise": 0.0}}
 # Before objectives were split per kind, one section held every kind's settings with these
 # defaults; the hash still sees that union, so runs begun then resume.
 _HASHED_OBJECTIVE = {

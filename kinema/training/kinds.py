@@ -230,7 +230,7 @@ def _token_objective(config: TrainConfig, arch, out_dir: Path, device: torch.dev
     dataset = make_dataset(config.data)
     if config.latent_cache:
         dataset = token_cache(out_dir / TOKEN_CACHE_FILE, encoding_cache_key(config.data, config.tokenizer), dataset, tokenizer)
-    return TokenObjective(tokenizer, text, config.caption_dropout, config.objective.past_from_data), dataset
+    return TokenObjective(tokenizer, text, config.caption_dropout, config.objective.past_from_data, config.objective.token_noise), dataset
 
 
 # ------------------------------------------------------------------------------------------------

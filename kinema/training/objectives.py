@@ -419,6 +419,17 @@ class PixelDiffusionObjective(Objective):
         return loss, {}
 
 
+def corrupt_tokens(tokens: torch.Tensor, gens: Sequence[torch.Generator], share: float, vocab_size: int) -> torch.Tensor:
+    """tokens (B, N) with about ``share`` of each row replaced by ids drawn uniformly from the
+    codebook; row i's coins and ids come from ``gens[i]`` (on the CPU, so any device draws alike)."""
+    rows = []
+    for row, g in zip(tokens, gens):
+        hit = torch.rand(row.shape, generator=g) < share
+        ids = torch.randint(0, vocab_size, row.shape, generator=g)
+        rows.append(torch.where(hit.to(row.device), ids.to(row.device), row))
+    return torch.stack(rows)
+
+
 class TokenObjective(Objective):
     """Next-token cross-entropy for the token model on a frozen VQ tokenizer's ids, with caption dropout.
 
@@ -430,12 +441,17 @@ class TokenObjective(Objective):
     unconditional branch must encode "" with the same encoder. The token accuracy of the step's
     micro-batches is returned by :meth:`after_step` for the metrics. With ``past_from_data``, an
     item that starts with an earlier clip's frames (``past``) is scored only after the latent
-    frames that hold them: the model reads that past, as it reads a video it extends.
+    frames that hold them: the model reads that past, as it reads a video it extends. With
+    ``token_noise`` > 0 that share of the tokens the model reads is replaced by random ids (drawn
+    by each item's generator after its caption coin), while the targets stay the clip's own: the
+    model learns to predict a token from a past that holds mistakes, as a sampled video's does.
     """
 
-    def __init__(self, tokenizer: nn.Module, text_encoder: Any, caption_dropout: float, past_from_data: bool = False) -> None:
+    def __init__(self, tokenizer: nn.Module, text_encoder: Any, caption_dropout: float, past_from_data: bool = False,
+                 token_noise: float = 0.0) -> None:  # fmt: skip
         self.tokenizer, self.text_encoder, self.caption_dropout = tokenizer, text_encoder, caption_dropout
         self.past_from_data = past_from_data  # an item's past (a continuation's earlier frames) is read, not scored
+        self.token_noise = token_noise  # share of the read tokens replaced by random ids
         self.dropped = 0  # captions replaced by "" so far (for tests and logs)
         self._correct, self._count = 0, 0  # argmax-right tokens and tokens of this step's micro-batches so far
 
@@ -456,7 +472,8 @@ class TokenObjective(Objective):
             given = torch.tensor([self.tokenizer.latent_frames(int(it["past"])) if it.get("past", 0) else 0 for it in items])  # latent frames holding each past
             scored = (torch.arange(f)[None, :] >= given[:, None]).repeat_interleave(per_frame, dim=1).to(device)  # (B, N)
         tokens = tokens.flatten(1).long()  # (B, N): frame-major, raster order in a frame
-        logits = model(tokens, context)  # (B, N, V) float32; position p predicts token p
+        read = corrupt_tokens(tokens, gens, self.token_noise, model.config.vocab_size) if self.token_noise > 0 else tokens
+        logits = model(read, context)  # (B, N, V) float32; position p reads token p-1 and predicts token p
         loss, correct = next_token_loss(logits, tokens, scored)
         counted = tokens.numel() if scored is None else int(scored.sum())
         self._correct, self._count = self._correct + correct, self._count + counted

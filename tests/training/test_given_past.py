@@ -213,6 +213,50 @@ def test_the_token_model_reads_a_continuation_s_past_without_being_scored_on_it(
     assert torch.allclose(off, per.mean()) and torch.allclose(next_token_loss(logits, tokens.flatten(1))[0], per.mean())
 
 
+def test_the_token_model_reads_noisy_tokens_but_is_scored_on_the_clip_s_own():
+    """objective.token_noise: about that share of the tokens the model reads are random codebook
+    ids, drawn from each item's own generator (the same generators, the same ids), while the loss
+    and the accuracy are against the clip's tokens; at 0 the model reads the clip itself."""
+    from kinema.training.objectives import TokenObjective, corrupt_tokens
+
+    class Tokenizer:
+        def latent_frames(self, frames):
+            return (frames - 1) // 4 + 1
+
+    class Model:
+        config = type("Config", (), {"vocab_size": 50})()
+
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, ids, context):
+            self.seen.append(ids)
+            return logits
+
+    tokens = torch.randint(0, 50, (2, 9, 8, 8), generator=torch.Generator().manual_seed(0))  # 576 tokens a clip
+    logits = torch.randn(2, 9 * 64, 50, generator=torch.Generator().manual_seed(1))
+    items = [{"tokens": tokens[0], "caption": "a"}, {"tokens": tokens[1], "caption": "b"}]
+    clean = tokens.flatten(1)
+    model = Model()
+    loss, logs = TokenObjective(Tokenizer(), _text, 0.0, token_noise=0.2)(model, items, _gens(2))
+    read = model.seen[0]
+    changed = (read != clean).float().mean(1)
+    assert ((changed > 0.12) & (changed < 0.25)).all()  # about a fifth (a random id may be the clip's own: 1 in 50)
+    assert read.min() >= 0 and read.max() < 50
+    per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), clean.flatten(), reduction="none")
+    assert torch.allclose(loss, per.mean())  # scored on the clip, not on what was read
+    assert logs["accuracy"] == int((logits.argmax(-1) == clean).sum()) / clean.numel()
+    TokenObjective(Tokenizer(), _text, 0.0, token_noise=0.2)(model, items, _gens(2))
+    assert torch.equal(model.seen[1], read)  # the same generators draw the same noise
+    gens = _gens(2)
+    [torch.rand((), generator=g) for g in gens]  # each item's caption coin comes first
+    assert torch.equal(corrupt_tokens(clean, gens, 0.2, 50), read)  # then row i's noise, from generator i
+    TokenObjective(Tokenizer(), _text, 0.0)(model, items, _gens(2))
+    assert torch.equal(model.seen[2], clean)
+    with pytest.raises(KinemaError, match="token_noise"):
+        load_config({"model": "token-ar", "architecture": {}, "out_dir": "x", "objective": {"token_noise": 1.0}})
+
+
 class _RoundTripVAE(_VAE):
     """A codec whose round trip is visible: decoding halves (clamped), encoding adds 0.25."""
 
