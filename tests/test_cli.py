@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import kinema
+
 from kinema.cli import main
 from kinema.video import read_video
 from tests.helpers import save_diffusers_wan_pipeline
@@ -392,7 +394,11 @@ def test_package_a_token_ar_run(ar_model_dir, tmp_path, capsys):
     card = json.loads((out / KINEMA_MODEL_FILE).read_text())
     assert card["pipeline"] == "token-ar" and card["text_encoder"] == {"kind": "minilm", "max_length": 16}
     assert card["sampler"] == {"temperature": 0.8, "top_k": 5, "top_p": 1.0, "typical_p": 1.0}
-    assert card["defaults"] == {"guidance_scale": 2.0, "height": 16, "width": 16, "num_frames": 5}
+    # 5-frame items are 2 token frames, which the model's 2-frame window holds whole: it never saw
+    # the window slide, so its long videos are windows of its clip
+    assert json.loads((ar_model_dir / "transformer" / "config.json").read_text())["window_frames"] == 2
+    assert card["defaults"] == {"guidance_scale": 2.0, "height": 16, "width": 16, "num_frames": 5, "slide": False}
+    assert not kinema.load_pipeline(out).rules.slides
     # --tokenizer overrides the one training.json names
     other = tmp_path / "other-tokenizer"
     shutil.copytree(ar_model_dir / "tokenizer", other)
@@ -403,6 +409,8 @@ def test_package_a_token_ar_run(ar_model_dir, tmp_path, capsys):
     (run / "training.json").write_text(json.dumps({**json.loads((run / "training.json").read_text()), "data": {"kind": "shapes", "size": 16, "frames": 9, "clip_frames": 5}}))
     assert main(["package", str(run), "--out", str(tmp_path / "p3"), "--tokenizer", str(other)]) == 0
     assert json.loads((tmp_path / "p3" / KINEMA_MODEL_FILE).read_text())["defaults"]["num_frames"] == 5
+    assert "slide" not in json.loads((tmp_path / "p3" / KINEMA_MODEL_FILE).read_text())["defaults"]  # 9-frame items: 3 token frames, the window slid
+    assert kinema.load_pipeline(tmp_path / "p3").rules.slides
     capsys.readouterr()
     # refused: the tokenizer is gone, wan-only options, a VAE
     assert main(["package", str(run), "--out", str(tmp_path / "a")]) == 2

@@ -199,6 +199,12 @@ class VideoPipeline:
         process the model learned (DDPM's betas)."""
         return {k: v for k, v in objective.items() if k in getattr(cls, "card_sampler_keys", ())}
 
+    @classmethod
+    def trained_defaults(cls, training: dict[str, Any], generator_config: dict[str, Any], codec_config: dict[str, Any]) -> dict[str, Any]:
+        """The card's ``defaults`` entries a training run fixes beyond its clip size (``training.json``
+        and the model's and codec's ``config.json``): none, unless a family says (the token model's ``slide``)."""
+        return {}
+
     def __init__(
         self,
         transformer: torch.nn.Module,

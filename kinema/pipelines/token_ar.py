@@ -26,7 +26,7 @@ import torch
 from ..errors import CheckpointError, KinemaError
 from ..models.token_ar import TokenAR
 from ..models.vae.vq_video import VQVideoTokenizer
-from ..request import MemoryModel, ModelRules
+from ..request import MemoryModel, ModelRules, half_window
 from ..sampling.tokens import TokenSampling, generate, guided_logits, new_generation_cache, token_picker
 from ..text import TextEncoder
 from .base import (
@@ -52,6 +52,15 @@ class TokenARDefaults:
     num_frames: int = TOKEN_AR_DEFAULT_FRAMES
     guidance_scale: float = TOKEN_AR_DEFAULT_GUIDANCE
     fps: float = TOKEN_AR_FPS
+    # A long video: True, one call whose KV cache slides on past num_frames (a model trained on items
+    # longer than its temporal window, so it has seen the window slide); False, windows of num_frames,
+    # each a continuation that re-reads its past from the frames, as the diffusion families' do (a
+    # model trained on clips its window holds whole, which meets positions past its clip nowhere else).
+    slide: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slide, bool):
+            raise TypeError(f"defaults.slide must be true or false; got {self.slide!r}")
 
 
 class TokenARPipeline(VideoPipeline):
@@ -166,9 +175,23 @@ class TokenARPipeline(VideoPipeline):
             sampling_options=cls.sampling_options,
             memory=memory,
             supports_extend=True,  # the input's tokens fill the KV cache; generation goes on (extend)
-            slides=True,  # any length in one call: its temporal layers keep a sliding window of frames
-            context_frames=tokenizer.temporal_compression * (transformer.receptive_frames - 1) + 1,  # what its stacked windows reach
+            slides=defaults.slide,  # any length in one call: its temporal layers keep a sliding window of frames
+            # the past a continuation reads: what its stacked windows reach, or for a model made in windows half its clip (as Wan's)
+            context_frames=tokenizer.temporal_compression * (transformer.receptive_frames - 1) + 1 if defaults.slide
+            else half_window(defaults.num_frames, tokenizer.temporal_compression),
         )
+
+    @classmethod
+    def trained_defaults(cls, training: dict[str, Any], generator_config: dict[str, Any], codec_config: dict[str, Any]) -> dict[str, Any]:
+        """``slide: false`` for a run whose items its temporal window held whole (their token frames
+        at most ``window_frames``): that model never saw its window slide, nor a position past its
+        items, so its long videos are made in windows of its clip."""
+        from ..models.token_ar import TokenARConfig
+
+        frames = (training.get("data") or {}).get("frames")
+        stride = 2 ** sum(bool(d) for d in codec_config.get("temporal_downsample", ()))  # the tokenizer's (Wan's causal autoencoder)
+        window = generator_config.get("window_frames", TokenARConfig.window_frames)
+        return {"slide": False} if frames and (frames - 1) // stride + 1 <= window else {}
 
     def sampling_rule(
         self,
@@ -301,8 +324,9 @@ class TokenARPipeline(VideoPipeline):
             prompt: what happens next (or ``prompt_embeds``); the other arguments as in ``__call__``.
             num_frames: new frames, a multiple of the tokenizer's time stride ``t`` (default: the
                 model's default clip less its first frame).
-            overlap: the input's last frames the model sees, ``t j + 1`` (default: as many as its
-                stacked windows reach, within the input).
+            overlap: the input's last frames the model sees, ``t j + 1`` (default: as many as it
+                reads, ``rules.context_frames``, within the input: what its stacked windows reach,
+                or half its clip for a model whose card says ``slide: false``).
             fps: the frame rate of the output (default: the model's; ``generate`` passes the input's).
 
         Returns:
@@ -380,7 +404,11 @@ class TokenARPipeline(VideoPipeline):
         the cross-attention reads from there on; the past keeps the keys it was made with and is not
         fed again), and the whole video decodes once, so no join passes through the tokenizer twice. A video to
         continue is encoded once (its last ``overlap`` frames, as :meth:`extend` does) and comes back
-        unchanged at the head. Prompt ``i`` samples from ``seed + i`` (or from ``generator``)."""
+        unchanged at the head. Prompt ``i`` samples from ``seed + i`` (or from ``generator``). A model
+        whose card says ``slide: false`` runs kinema's windows instead (:meth:`VideoPipeline.run_windows`)."""
+        if not self.rules.slides:
+            return super().run_windows(request, schedule, first, steps, video, keywords, generator=generator, output_type=output_type,
+                                       callback=callback, progress_bar=progress_bar, fps=fps, reporter=reporter)  # fmt: skip
         from .inputs import videos_to_tensor
 
         t = self.vae_scale_factor_temporal

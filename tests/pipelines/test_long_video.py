@@ -239,14 +239,20 @@ def test_a_first_prompt_shorter_than_the_past_is_all_the_next_window_sees(shapes
     assert shapes.long_video(prompt_schedule=[("a red circle moving left", 1), ("a red circle moving up", 32)], **kw).frames.shape[1] == 33
 
 
-def test_the_token_model_slides_its_own_window(tmp_path):
-    """shapes-ar makes any length in one call (no windows of kinema's); a prompt schedule continues
-    its clip with the next prompt."""
-    from kinema.checkpoints.layouts import resolve_model
+def sliding(pipe):
+    """The pipeline as a token model whose card says ``slide: true`` (trained on items longer than its window)."""
+    pipe.defaults = dataclasses.replace(pipe.defaults, slide=True)
+    pipe.__dict__.pop("rules", None)  # a cached property: read again from the defaults
+    return pipe
 
-    r = resolve_model("shapes-ar").rules()
-    assert r.window_frames is None and GenerationRequest("a", model="shapes-ar", num_frames=65).checked(r).long_plan(r) is None
-    pipe = kinema.load_pipeline("shapes-ar")
+
+def test_a_token_model_with_slide_makes_any_length_in_one_call(tmp_path):
+    """A token model whose card says slide: true makes any length in one call (no windows of
+    kinema's); a prompt schedule continues its clip with the next prompt."""
+    pipe = sliding(kinema.load_pipeline("shapes-ar"))
+    r = pipe.rules
+    assert r.slides and r.window_frames is None and GenerationRequest("a", model="shapes-ar", num_frames=65).checked(r).long_plan(r) is None
+    assert r.context_frames == 4 * 60 + 1  # as far back as its 4 temporal layers' 16-frame windows reach
     kw = dict(temperature=0, seed=0, progress_bar=False)
     out = pipe.long_video(prompt_schedule=[("a green circle moving right", 9), ("a green circle moving left", 8)], **kw)
     assert out.frames.shape == (1, 17, 64, 64, 3) and out.latents.shape[1] == 3 + 2
@@ -263,11 +269,35 @@ def test_the_token_model_slides_its_own_window(tmp_path):
     assert more.frames.shape == (1, 17, 64, 64, 3) and np.array_equal(more.frames[0, :9], clip)
 
 
+def test_the_shipped_token_model_makes_long_videos_in_windows_of_its_clip():
+    """shapes-ar was trained on 33-frame clips, which its 16-frame window holds whole, so its card
+    says slide: false: past 33 frames a long video is windows, each a continuation (extend) that
+    re-reads half a clip of the video so far, as Wan's are; up to 33 frames it is one call."""
+    from kinema.checkpoints.layouts import resolve_model
+
+    r = resolve_model("shapes-ar").rules()
+    assert not r.slides and r.window_frames == 33 and r.context_frames == 17
+    assert GenerationRequest("a", model="shapes-ar", num_frames=33).checked(r).long_plan(r) is None
+    plan = GenerationRequest("a", model="shapes-ar", num_frames=49).checked(r).long_plan(r)
+    assert (plan.first, plan.steps) == (33, ((0, 16),))
+    pipe = kinema.load_pipeline("shapes-ar")
+    kw = dict(temperature=0, progress_bar=False)
+    out = pipe.long_video("a green circle moving right", num_frames=49, seed=3, **kw)
+    assert out.frames.shape == (1, 49, 64, 64, 3)
+    clip = pipe("a green circle moving right", num_frames=33, seed=3, **kw).frames[0]
+    assert np.array_equal(out.frames[0, :25], clip[:25])  # window 0 is the plain clip, up to the frames that fade
+    two = pipe.extend(clip, "a green circle moving right", num_frames=16, overlap=17, seed=4, **kw)
+    assert two.past.shape == (1, 17, 64, 64, 3) and two.latents.shape[1] == 5 + 4  # a 33-frame window: 17 read, 16 made
+    assert np.array_equal(out.frames[0], fade_into(two.frames[0], two.past[0], 33))
+    with pytest.raises(KinemaError, match="at most 17 frames"):
+        GenerationRequest("a", model="shapes-ar", extend="in.mp4", overlap=21).checked(r)
+
+
 def test_the_token_model_feeds_its_past_once_across_prompt_changes(monkeypatch):
     """A prompt change does not feed the frames before it through the model again: one KV cache
     goes from prompt to prompt, so a schedule costs the steps of its frames, however it is split;
     a continued video's frames are fed once, at the start."""
-    pipe = kinema.load_pipeline("shapes-ar")
+    pipe = sliding(kinema.load_pipeline("shapes-ar"))
     model, hw, steps = pipe.transformer, pipe.transformer.config.tokens_per_frame, []
     original = model.step
     monkeypatch.setattr(model, "step", lambda token, cache: (steps.append(cache.position), original(token, cache))[1])

@@ -44,7 +44,7 @@ P = ["--prompt", "a red circle moving left", "--prompt", "a red circle moving ri
         (["a red circle", "--overlap", "5"], "--overlap applies to continuing a video"),
         ([*P, "--image", "{tmp}/in.mp4"], "leave out --image"),
         ([*P, "--model", "shapes-ar", "--prompt-frames", "9,6"], "multiple of 4"),
-        (["a red circle", "--model", "shapes-ar", "--frames", "65", "--overlap", "9"], "--overlap applies to continuing a video"),
+        (["a red circle", "--model", "shapes-ar", "--frames", "33", "--overlap", "9"], "--overlap applies to continuing a video"),
     ],
 )
 def test_generate_refuses(args, pattern, inputs, capsys, monkeypatch):

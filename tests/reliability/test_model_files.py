@@ -210,6 +210,7 @@ def test_token_model_with_nan_weights_is_an_error(tmp_path, capsys):
         ("card-unknown-pipeline", "pipeline"),
         ("card-bad-default", "kinema.json: defaults: num_frames must be a positive integer; got -3"),
         ("card-nan-guidance", "kinema.json: defaults: guidance_scale must be a finite number"),
+        ("card-bad-slide", "kinema.json: defaults.slide must be true or false; got 'no'"),
         ("card-bad-sampler", "temperature"),
         ("tokenizer-missing", "tokenizer"),
     ],
@@ -228,6 +229,8 @@ def test_broken_kinema_card(how, pattern, tmp_path, capsys):
             card["defaults"]["num_frames"] = -3
         elif how == "card-nan-guidance":
             card["defaults"]["guidance_scale"] = float("nan")
+        elif how == "card-bad-slide":
+            card["defaults"]["slide"] = "no"
         else:
             card["sampler"]["temperature"] = "hot"
         (root / "kinema.json").write_text(json.dumps(card))
