@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -200,9 +201,10 @@ class VideoPipeline:
         return {k: v for k, v in objective.items() if k in getattr(cls, "card_sampler_keys", ())}
 
     @classmethod
-    def trained_defaults(cls, training: dict[str, Any], generator_config: dict[str, Any], codec_config: dict[str, Any]) -> dict[str, Any]:
-        """The card's ``defaults`` entries a training run fixes beyond its clip size (``training.json``
-        and the model's and codec's ``config.json``): none, unless a family says (the token model's ``slide``)."""
+    def trained_defaults(cls, training: dict[str, Any], model_dir: Path, codec_dir: Path | None) -> dict[str, Any]:
+        """The card's ``defaults`` entries a training run fixes beyond its clip size (its
+        ``training.json``, its exported ``model_dir`` and its codec's folder): none, unless a family
+        says (the token model's ``slide``)."""
         return {}
 
     def __init__(

@@ -183,8 +183,7 @@ def package_trained_model(
         from ..data.shapes import DEFAULT_FPS
 
         merged["fps"] = DEFAULT_FPS
-    configs = [path / "config.json" if path is not None else None for path in (transformer_dir, Path(codec_dir) if codec_dir is not None else None)]
-    merged.update(cls.trained_defaults(training, *(read_json(c) if c is not None and c.is_file() else {} for c in configs)))
+    merged.update(cls.trained_defaults(training, transformer_dir, Path(codec_dir) if codec_dir is not None else None))
     merged.update(defaults or {})
     text = {"kind": training["text_encoder"], "max_length": training["text_max_length"]}
     return write_kinema_model(out_dir, transformer_dir, codec_dir, text_encoder=text, sampler=sampler, defaults=merged, pipeline=fam.name)

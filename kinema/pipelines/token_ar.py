@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -182,16 +183,20 @@ class TokenARPipeline(VideoPipeline):
         )
 
     @classmethod
-    def trained_defaults(cls, training: dict[str, Any], generator_config: dict[str, Any], codec_config: dict[str, Any]) -> dict[str, Any]:
+    def trained_defaults(cls, training: dict[str, Any], model_dir: Path, codec_dir: Path | None) -> dict[str, Any]:
         """``slide: false`` for a run whose items its temporal window held whole (their token frames
         at most ``window_frames``): that model never saw its window slide, nor a position past its
         items, so its long videos are made in windows of its clip."""
-        from ..models.token_ar import TokenARConfig
+        from ..checkpoints.io import read_json
+        from ..checkpoints.token_ar import from_json
+        from ..checkpoints.vq_video import codec_config
 
         frames = (training.get("data") or {}).get("frames")
-        stride = 2 ** sum(bool(d) for d in codec_config.get("temporal_downsample", ()))  # the tokenizer's (Wan's causal autoencoder)
-        window = generator_config.get("window_frames", TokenARConfig.window_frames)
-        return {"slide": False} if frames and (frames - 1) // stride + 1 <= window else {}
+        if not frames or codec_dir is None:
+            return {}
+        window = from_json(read_json(model_dir / "config.json")).window_frames
+        token_frames = (frames - 1) // codec_config(codec_dir).temporal_compression + 1
+        return {"slide": False} if token_frames <= window else {}
 
     def sampling_rule(
         self,
