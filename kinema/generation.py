@@ -251,20 +251,11 @@ def call_keywords(request: GenerationRequest, sampling_options: tuple[str, ...])
     return keywords
 
 
-def check_video_to_continue(rules: Any, height: int, width: int) -> None:
-    """A video to continue sets the size: one-line KinemaError, naming sizes to resize it to,
-    where the model (its :class:`~kinema.request.ModelRules`) cannot make frames of its size."""
-    fixed, s = rules.frame_size, rules.spatial_multiple
-    if fixed is not None and (height, width) != tuple(fixed):
-        raise KinemaError(f"the video is {width}x{height}; this model makes {fixed[1]}x{fixed[0]} frames: resize it first")
-    if fixed is None and (height % s or width % s):
-        w, h = max(s, width // s * s), max(s, height // s * s)
-        raise KinemaError(f"the video is {width}x{height}; this model makes frames whose sides are multiples of {s}: resize it first (to {w}x{h} or {w + s}x{h + s})")
-
-
 def continuing(request: GenerationRequest, rules: Any, head: Any) -> GenerationRequest:
     """A request that continues ``head`` (F, H, W, 3) with its size and, unless it sets one, as much
     of the video's end as the model can see; one-line errors for a video or overlap that cannot be."""
+    from .pipelines.inputs import check_video_to_continue
+
     if (request.height, request.width) not in ((None, None), tuple(head.shape[1:3])):
         raise RequestError(f"{{0}} and {{1}} come from the video to continue ({head.shape[2]}x{head.shape[1]}); leave them out", "height", "width")
     check_video_to_continue(rules, *head.shape[1:3])

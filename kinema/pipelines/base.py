@@ -25,7 +25,7 @@ import torch
 from ..errors import KinemaError
 from ..request import SAMPLING_OPTIONS, GenerationRequest, ModelRules, is_prompt_schedule
 from ..video import to_uint8
-from .inputs import reconstruct_frames
+from .inputs import check_video_to_continue, reconstruct_frames
 from .output import VideoOutput
 
 
@@ -497,8 +497,6 @@ class VideoPipeline:
         if frames.shape[0] != 1:
             raise KinemaError(f"extend continues one video (F, H, W, 3); got a batch of {frames.shape[0]}")
         f_in, (h, w) = frames.shape[2], tuple(frames.shape[-2:])
-        from ..generation import check_video_to_continue
-
         check_video_to_continue(self.rules, h, w)
         for name, size in (("height", h), ("width", w)):
             given = unknown.pop(name, None)

@@ -125,3 +125,14 @@ def resize_and_crop(x: torch.Tensor, height: int, width: int, mode: str = "bilin
     y = y.reshape(*lead, rh, rw)
     top, left = (rh - height) // 2, (rw - width) // 2
     return y[..., top : top + height, left : left + width]
+
+
+def check_video_to_continue(rules: Any, height: int, width: int) -> None:
+    """A video to continue sets the size: one-line KinemaError, naming sizes to resize it to,
+    where the model (its :class:`~kinema.request.ModelRules`) cannot make frames of its size."""
+    fixed, s = rules.frame_size, rules.spatial_multiple
+    if fixed is not None and (height, width) != tuple(fixed):
+        raise KinemaError(f"the video is {width}x{height}; this model makes {fixed[1]}x{fixed[0]} frames: resize it first")
+    if fixed is None and (height % s or width % s):
+        w, h = max(s, width // s * s), max(s, height // s * s)
+        raise KinemaError(f"the video is {width}x{height}; this model makes frames whose sides are multiples of {s}: resize it first (to {w}x{h} or {w + s}x{h + s})")
