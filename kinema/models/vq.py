@@ -101,6 +101,17 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(False))
 
+    frozen = False  # set by freeze(): the codebook stays as it is (no EMA step, no restarts)
+
+    def freeze(self) -> None:
+        """Keep the codebook exactly as it is from now on: :meth:`update_codebook` moves nothing,
+        and without ema its gradient is off. A trained tokenizer's ids then mean the same codes
+        (a decoder fine-tune under a token model trained on those ids); a codebook never seeded
+        raises at the first update."""
+        self.frozen = True
+        if not self.ema:
+            self.codebook.requires_grad_(False)
+
     def extra_repr(self) -> str:
         return f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}, ema={self.ema}, restart_after={self.restart_after}"
 
@@ -234,6 +245,10 @@ class VectorQuantizer(nn.Module):
         indices, x, dist = (torch.cat(parts) for parts in zip(*records))  # (N,), (N, D), (N,)
         counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
         stats = {"perplexity": float(perplexity(counts)), "codes_used": float((counts > 0).float().mean()), "codes_restarted": 0.0}
+        if self.frozen:
+            if not bool(self.initialized):
+                raise KinemaError("freeze: the quantizer's codebook was never trained (nothing seeded it); start from a trained tokenizer (init_from) or leave quantizer out of freeze")
+            return stats
         if not bool(self.initialized):
             self.init_from_samples(x, generator)
             return stats

@@ -243,18 +243,30 @@ def _export_state(path: Path) -> dict[str, torch.Tensor]:
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> None:
     """Keep the parameters whose names start with one of ``prefixes`` (a module path such as
     ``encoder`` or ``blocks.0``) fixed: no gradients, no optimiser state, and the EMA keeps them
-    exactly. Raises KinemaError for a prefix that names no parameter, and when no parameter is
-    left to train."""
+    exactly. A module whose state moves otherwise (a VQ codebook's EMA) and that has a ``freeze()``
+    method is frozen by it too. Raises KinemaError for a prefix that names nothing to freeze, and
+    when no parameter is left to train."""
     names = [n for n, _ in model.named_parameters()]
-    tops = sorted({n.split(".")[0] for n in names})
+    tops = sorted({n.split(".")[0] for n, _ in model.named_children()} | {n.split(".")[0] for n in names})
     for prefix in prefixes:
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+        module = _submodule(model, prefix)
+        if module is not None and callable(getattr(module, "freeze", None)):
+            module.freeze()
+        elif not any(n == prefix or n.startswith(prefix + ".") for n in names):
             raise KinemaError(f"freeze: {prefix!r} names no parameter of this model; its top-level modules are {tops}")
     for n, p in model.named_parameters():
         if any(n == prefix or n.startswith(prefix + ".") for prefix in prefixes):
             p.requires_grad_(False)
     if prefixes and not any(p.requires_grad for p in model.parameters()):
         raise KinemaError(f"freeze: {list(prefixes)} leaves no parameter to train (top-level modules: {tops}); freeze fewer modules")
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path`` (``"quantizer"``, ``"blocks.0"``), or None where there is none."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def check_resumable(path: Path, config: TrainConfig, chash: str, codec: str | None) -> None:

@@ -175,7 +175,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=100, metadata=check(AT_LEAST_ONE))  # save a resumable checkpoint every this many steps (and at the end)
     seed: int = field(default=0, metadata=check(NON_NEGATIVE))  # seeds model init, data order, noise, sigmas and caption dropout (all from (seed, step))
     init_from: str | None = None  # start from these weights instead of a random init: a run's checkpoint folder (its EMA weights) or a weights file keyed like the model; vq-tokenizer: also a wan-vae's (or a run's model/ export), whose encoder, conv1, conv2 and decoder load whole while the codebook and its projections start fresh
-    freeze: list[str] = field(default_factory=list, metadata=FREEZE_WORDS)  # parameter-name prefixes kept fixed (e.g. ["encoder", "conv1"]: train a VAE's decoder only, so latents already encoded stay valid)
+    freeze: list[str] = field(default_factory=list, metadata=FREEZE_WORDS)  # parameter-name prefixes kept fixed (e.g. ["encoder", "conv1"]: train a VAE's decoder only, so latents already encoded stay valid; a VQ tokenizer's "quantizer" keeps its codebook, so its ids do too)
     threads: int | None = field(default=None, metadata=check(AT_LEAST_ONE))  # torch intra-op threads; None: every core this process may use
     tokenizer: str | None = None  # token-ar: a VQ tokenizer directory (a vq-tokenizer run's model/), frozen; the model learns its token ids
     device: str | None = None  # "cpu", "cuda", "cuda:1" ...; None: CUDA when there is one, else the CPU (exact resume is promised on the CPU)

@@ -635,6 +635,42 @@ def test_vq_objective_collects_the_assignments_of_one_step(tmp_path):
     assert 0 < stats["codes_used"] <= 1 and objective.after_step(model, 1) == {}
 
 
+def test_a_frozen_codebook_keeps_every_id_and_the_decoder_learns(tmp_path):
+    """freeze: [encoder, conv1, quant_proj, quantizer] fine-tunes a trained tokenizer's decoder
+    alone: the codebook takes no EMA step and restarts nothing (restart_after 2 would, at every
+    step), so every clip encodes to the same ids, while the decoder moves; a resumed run goes on
+    the same; a codebook never trained cannot be frozen."""
+    import shutil
+
+    from kinema.checkpoints.vq_video import load_vq_tokenizer
+
+    first = train(vq_config(tmp_path / "a", steps=2), progress=False)
+    frozen = ["encoder", "conv1", "quant_proj", "quantizer"]
+    cfg = vq_config(tmp_path / "b", steps=4, checkpoint_every=2, init_from=str(first), freeze=frozen, data={"kind": "synthetic", "size": 16, "frames": 5, "length": 8, "seed": 1})
+    out = train(cfg, progress=False)
+    before, after = load_vq_tokenizer(first), load_vq_tokenizer(out)
+    kept = {k: v for k, v in before.state_dict().items() if k.startswith(tuple(f + "." for f in frozen))}
+    assert any(k.startswith("quantizer.codebook") for k in kept)
+    assert all(torch.equal(after.state_dict()[k], v) for k, v in kept.items())  # bit for bit, EMA weights included
+    assert any(not torch.equal(after.state_dict()[k], v) for k, v in before.state_dict().items() if k.startswith("decoder."))
+    metrics = [json.loads(line) for line in (tmp_path / "b" / METRICS_FILE).read_text().splitlines()]
+    assert [m["codes_restarted"] for m in metrics] == [0.0] * 4
+    video = torch.rand(2, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode_tokens(video), after.encode_tokens(video))
+        assert not torch.equal(before.decode_tokens(before.encode_tokens(video)), after.decode_tokens(after.encode_tokens(video)))
+    # stopped after step 2 and resumed: the same weights at step 4
+    ckpts = tmp_path / "c" / "checkpoints"
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    shutil.rmtree(ckpts / "step-0000004")
+    shutil.rmtree(tmp_path / "c" / "model")
+    (ckpts / "latest").write_text("step-0000002")
+    resumed = train({**cfg, "out_dir": str(tmp_path / "c")}, resume=True, progress=False)
+    assert all(torch.equal(load_vq_tokenizer(resumed).state_dict()[k], v) for k, v in after.state_dict().items())
+    with pytest.raises(KinemaError, match="codebook was never trained"):
+        train(vq_config(tmp_path / "d", steps=1, freeze=["quantizer"]), progress=False)
+
+
 def test_vq_tokenizer_starts_from_a_wan_vae(tiny_vae, tmp_path):
     from kinema.checkpoints.wan_vae import load_wan_vae
     from kinema.training.checkpointing import init_weights_from
