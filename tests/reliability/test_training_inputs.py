@@ -102,6 +102,19 @@ def test_bad_training_config(over, pattern, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "over, pattern",
+    [
+        ({"freeze": ["quantizer"]}, "codebook was never trained"),  # nothing seeded it: no init_from
+        ({"freeze": ["quantizer.codebook"]}, "names no parameter"),  # a buffer, not a module
+        ({"freeze": ["codebook"]}, "names no parameter.*quantizer"),
+        ({"freeze": ["encoder", "conv1", "quant_proj", "quantizer", "post_quant_proj", "conv2", "decoder"]}, "leaves no parameter to train"),
+    ],
+)
+def test_bad_vq_tokenizer_config(over, pattern, tmp_path, capsys):
+    _train_refuses(_config("tiny-vq.yaml", tmp_path, **over), tmp_path, capsys, pattern)
+
+
+@pytest.mark.parametrize(
     "text, pattern",
     [
         ("model: wan-vae\narchitecture: {base_dim: 8\n", "not valid YAML"),
