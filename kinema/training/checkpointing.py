@@ -4,7 +4,8 @@ parameters, and the exported model.
 Run directory (``out_dir``)::
 
     checkpoints/step-0000100/   model.safetensors, ema.safetensors, optimizer.pt, trainer.json (step,
-                                config hash, the frozen VAE's or tokenizer's content hash, lr schedule)
+                                config hash, the frozen VAE's or tokenizer's content hash, lr schedule),
+                                objective.pt (a codec run's discriminator, with adversarial_weight > 0)
     checkpoints/step-0000100/   a run of N processes (torchrun): a distributed checkpoint instead,
                                 .metadata + __R_0.distcp (torch.distributed.checkpoint: model, ema,
                                 optim, each process writing its shards) and trainer.json
@@ -55,6 +56,7 @@ CODEC_SUFFIXES = (".safetensors", ".pth", ".safetensors.index.json")  # a codec 
 CODEC_KEY = "codec_sha256"  # trainer.json: the codec_identity of the frozen VAE or tokenizer (absent in older checkpoints)
 SCHEDULE_KEY = "lr_schedule"  # trainer.json: the run's {"steps", "decay_steps"} (absent in older checkpoints: no decay)
 PROCESSES_KEY = "processes"  # trainer.json of a distributed checkpoint: how many processes wrote it
+OBJECTIVE_FILE = "objective.pt"  # a checkpoint's objective state (a codec's discriminator and its optimiser), when it has one
 DCP_METADATA = ".metadata"  # the file that makes a checkpoint directory a distributed one (torch.distributed.checkpoint)
 
 
@@ -87,13 +89,16 @@ def codec_identity(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint(
-    out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str, codec: str | None = None, schedule: dict | None = None
+    out_dir: Path, step: int, model: nn.Module, ema: EMA | None, optimizer, chash: str, codec: str | None = None, schedule: dict | None = None,
+    objective_state: dict | None = None,
 ) -> Path:
     """Write out_dir/checkpoints/step-XXXXXXX atomically (temp dir, then rename) and point ``latest`` at it.
 
     ``codec``: the :func:`codec_identity` of the frozen VAE or tokenizer the run trains on (None: none),
     recorded in trainer.json as ``codec_sha256`` for :func:`check_resumable`; ``schedule``, the
-    run's ``{"steps", "decay_steps"}``, as ``lr_schedule``."""
+    run's ``{"steps", "decay_steps"}``, as ``lr_schedule``; ``objective_state``, what the objective
+    keeps of its own (a codec's discriminator and its optimiser: ``Objective.state_dict``), as
+    ``objective.pt``."""
     root = out_dir / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -103,6 +108,8 @@ def save_checkpoint(
     if ema is not None:
         save_safetensors(on_cpu(ema.state_dict()), tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if objective_state is not None:
+        torch.save(objective_state, tmp / OBJECTIVE_FILE)
     return _publish(tmp, final, _trainer_info(step, chash, codec, schedule))
 
 
@@ -311,7 +318,7 @@ def is_distributed_checkpoint(path: Path) -> bool:
     return (path / DCP_METADATA).is_file()
 
 
-def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer) -> int:
+def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer, objective=None) -> int:
     """Restore model, EMA and optimiser from a checkpoint directory (checked by :func:`check_resumable`); returns its step.
 
     Any checkpoint loads onto any process count: a one-process one (safetensors and optimizer.pt)
@@ -329,6 +336,8 @@ def load_checkpoint(path: Path, model: nn.Module, ema: EMA | None, optimizer) ->
         if ema is not None:
             ema.load_state_dict(_ema_file(path))
         optimizer.load_state_dict(_optimizer_file(path))
+    if objective is not None and objective.state_dict() is not None:
+        objective.load_state_dict(_weights_only(path / OBJECTIVE_FILE, "the config trains a discriminator"))
     return int(info["step"])
 
 
@@ -345,10 +354,17 @@ def _ema_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _optimizer_file(path: Path) -> dict:
+    return _weights_only(path / "optimizer.pt")
+
+
+def _weights_only(file: Path, why: str = "") -> dict:
+    """A checkpoint's ``.pt`` file, loaded with ``weights_only=True`` (tensors and plain containers)."""
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent} has no {file.name}" + (f" but {why}" if why else ""))
     try:
-        return torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
-        raise CheckpointError(f"{path / 'optimizer.pt'} could not be loaded (weights only): {' '.join(str(e).split())[:200]}") from None
+        raise CheckpointError(f"{file} could not be loaded (weights only): {' '.join(str(e).split())[:200]}") from None
 
 
 def _load_whole_into_distributed(path: Path, model: nn.Module, ema: EMA | None, optimizer) -> None:

@@ -101,6 +101,12 @@ class ReconstructionObjective:
     mse_weight: float = field(default=1.0, metadata=check(NON_NEGATIVE))  # weight of the MSE reconstruction term
     foreground_weight: float = field(default=0.0, metadata=check(NON_NEGATIVE))  # extra weight of pixels away from each clip's typical (median) colour
     first_frame_weight: float = field(default=1.0, metadata=check(POSITIVE))  # weight of the first frame's pixels against the others' (a causal codec codes it alone)
+    # An adversarial term (kinema.training.adversarial, VQGAN's hinge loss): a patch discriminator learns
+    # real clips from reconstructions, and the codec is pushed toward what it cannot tell from real.
+    adversarial_weight: float = field(default=0.0, metadata=check(NON_NEGATIVE))  # the term's gradient at the reconstruction, as a multiple of the reconstruction loss's; 0: no discriminator
+    adversarial_start: int = field(default=0, metadata=check(NON_NEGATIVE))  # optimiser step from which the codec's adversarial term counts (the discriminator learns from the first)
+    discriminator_lr: float = field(default=1e-4, metadata=check(POSITIVE))  # the discriminator's Adam rate (betas 0.5, 0.9), constant
+    discriminator_channels: int = field(default=32, metadata=check(AT_LEAST_ONE))  # the discriminator's first width (doubling over its 3 layers)
 
 
 @dataclass
@@ -205,7 +211,8 @@ _RUN_ONLY_OPTIM_FIELDS = ("decay_steps",)
 # before the field existed still resumes (its config means the field's default).
 _HASHED_WHEN_SET = ("freeze", "tokenizer")
 # ... and such fields inside a section, with the value that means "as before the field existed".
-_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,), "clip_frames": None}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0, "token_noise": 0.0}}
+_HASHED_WHEN_SET_IN = {"data": {"wording": "templates", "continue_share": 0.0, "continue_past": (17,), "clip_frames": None}, "objective": {"first_frame_weight": 1.0, "past_share": 0.0, "past_frames": (1,), "past_from_data": False, "past_sigma": 0.0, "past_roundtrip": 0.0, "token_noise": 0.0,
+                                    "adversarial_weight": 0.0, "adversarial_start": 0, "discriminator_lr": 1e-4, "discriminator_channels": 32}}
 # Before objectives were split per kind, one section held every kind's settings with these
 # defaults; the hash still sees that union, so runs begun then resume.
 _HASHED_OBJECTIVE = {

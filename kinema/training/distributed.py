@@ -78,6 +78,8 @@ def check_world(config, world: World) -> None:
     why = ONE_PROCESS_KINDS.get(config.model)
     if why is not None:
         raise KinemaError(f"a {config.model} trains on one process ({why}); start it without torchrun")
+    if getattr(config.objective, "adversarial_weight", 0) > 0:
+        raise KinemaError("objective.adversarial_weight trains a discriminator on one process (its steps are not shared); start it without torchrun")
     n, b = world.size, config.batch_size
     if b % n:
         counts = [d for d in range(1, b + 1) if b % d == 0]

@@ -143,12 +143,25 @@ def _build_vq_tokenizer(config: TrainConfig, arch) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # Objectives and data
 # ------------------------------------------------------------------------------------------------
+def check_adversarial(config: TrainConfig) -> None:
+    """Refuse, in one line, clips too small for the discriminator of ``objective.adversarial_weight``
+    (each of its layers halves the frame's side)."""
+    from .adversarial import DISCRIMINATOR_LAYERS
+
+    size, least = getattr(config.data, "size", None), 2**DISCRIMINATOR_LAYERS
+    if config.objective.adversarial_weight > 0 and size is not None and size < least:
+        raise KinemaError(f"objective.adversarial_weight needs data.size of at least {least} (the discriminator halves a frame's side "
+                          f"{DISCRIMINATOR_LAYERS} times); got {size}")  # fmt: skip
+
+
 def _vae_objective(config: TrainConfig, arch, out_dir: Path, device: torch.device):
-    return VAEObjective(config.objective), make_dataset(config.data)
+    check_adversarial(config)
+    return VAEObjective(config.objective, config.seed, device), make_dataset(config.data)
 
 
 def _vq_objective(config: TrainConfig, arch, out_dir: Path, device: torch.device):
-    return VQObjective(config.objective, config.seed), make_dataset(config.data)
+    check_adversarial(config)
+    return VQObjective(config.objective, config.seed, device), make_dataset(config.data)
 
 
 def _diffusion_objective(config: TrainConfig, arch, out_dir: Path, device: torch.device):

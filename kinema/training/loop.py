@@ -235,7 +235,7 @@ def _run(
     o = config.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    start = load_checkpoint(found, model, ema, optimizer) if found is not None else 0
+    start = load_checkpoint(found, model, ema, optimizer, objective) if found is not None else 0
     if world.main:
         truncate_metrics(out_dir / METRICS_FILE, start)  # steps a killed run logged past its checkpoint
 
@@ -251,6 +251,7 @@ def _run(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, o.lr, o.warmup_steps, config.steps, o.decay_steps)
         optimizer.zero_grad(set_to_none=True)
+        objective.begin_step(step)
         with autocast:
             step_loss = accumulate_gradients(model, objective, dataset, config, step, world)
         if world.distributed and not fsdp:  # FSDP averaged them in its backward hooks already
@@ -268,13 +269,13 @@ def _run(
         if world.main:
             with open(out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps({"step": completed, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"], **extra}) + "\n")
-        shown = {k: f"{extra[k]:.2f}" for k in ("codes_used", "accuracy") if k in extra}
+        shown = {k: f"{extra[k]:.2f}" for k in ("codes_used", "accuracy", "d_loss") if k in extra}
         bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{done * batch_total / (time.perf_counter() - t0):.2f}", **shown)
         if completed % config.checkpoint_every == 0 or completed == config.steps:
             if world.distributed:
                 save_distributed_checkpoint(out_dir, completed, model, ema, optimizer, chash, world, codec, schedule)
             else:
-                save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec, schedule)
+                save_checkpoint(out_dir, completed, model, ema, optimizer, chash, codec, schedule, objective.state_dict())
             if completed == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

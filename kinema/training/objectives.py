@@ -223,12 +223,53 @@ class Objective:
         """Work after an optimiser step (a codebook's update) and extra metrics; none by default."""
         return {}
 
+    def begin_step(self, step: int) -> None:
+        """Told the optimiser step (0-based) before its micro-batches; nothing by default."""
 
-class VAEObjective(Objective):
+    def state_dict(self) -> dict[str, Any] | None:
+        """What a checkpoint must keep of the objective itself (a discriminator), None: nothing."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise KinemaError(f"{type(self).__name__} keeps no state to load")
+
+
+class CodecObjective(Objective):
+    """What a codec's objectives share: with ``adversarial_weight`` > 0 an
+    :class:`~kinema.training.adversarial.Adversary` (a discriminator, trained beside the codec and
+    kept in its checkpoints) adds its term to the loss."""
+
+    def __init__(self, objective: Any, seed: int, device: torch.device | str = "cpu") -> None:
+        self.o, self.seed = objective, seed
+        self.adversary = None
+        if objective.adversarial_weight > 0:
+            from .adversarial import Adversary
+
+            self.adversary = Adversary(objective, seed, torch.device(device))
+
+    def with_adversary(self, video: torch.Tensor, recon: torch.Tensor, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
+        if self.adversary is None:
+            return loss, logs
+        return loss + self.adversary.generator_term(video, recon, loss), logs
+
+    def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        return self.adversary.update() if self.adversary is not None else {}
+
+    def begin_step(self, step: int) -> None:
+        if self.adversary is not None:
+            self.adversary.begin_step(step)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.adversary.state_dict() if self.adversary is not None else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.adversary is None:
+            super().load_state_dict(state)
+        self.adversary.load_state_dict(state)
+
+
+class VAEObjective(CodecObjective):
     """Reconstruction + KL for the Wan VAE; the latent is a posterior sample drawn per item."""
-
-    def __init__(self, objective: Any) -> None:
-        self.o = objective
 
     def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         video = _videos(items, _device(model))  # (B, 3, F, H, W)
@@ -236,29 +277,32 @@ class VAEObjective(Objective):
         eps = stack_randn(posterior.mean.shape[1:], gens).to(posterior.mean.device, posterior.mean.dtype)
         recon = model.decode(posterior.mean + posterior.std * eps)  # (B, 3, F, H, W)
         o = self.o
-        return vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight, o.first_frame_weight)
+        loss, logs = vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight, o.first_frame_weight)
+        return self.with_adversary(video, recon, loss, logs)
 
 
-class VQObjective(Objective):
+class VQObjective(CodecObjective):
     """Reconstruction (L1 + MSE, optionally foreground-weighted) + the quantiser's commitment loss
     for the VQ tokenizer. Draws nothing per item; after each optimiser step the codebook takes its
     EMA step and restarts dead codes with a generator from (seed, "codebook", step)."""
 
-    def __init__(self, objective: Any, seed: int) -> None:
-        self.o, self.seed = objective, seed
+    def __init__(self, objective: Any, seed: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(objective, seed, device)
         self.assignments: list = []  # the quantiser's Assignments of this optimiser step's micro-batches so far
 
     def __call__(self, model: nn.Module, items: list[dict], gens: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         video = _videos(items, _device(model))  # (B, 3, F, H, W)
         recon, quantizer = model(video)  # (B, 3, F, H, W), scalars and the assignments
         self.assignments.append(quantizer["assignments"])
-        return vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight, self.o.first_frame_weight)
+        loss, logs = vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight, self.o.first_frame_weight)
+        return self.with_adversary(video, recon, loss, logs)
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
         """Move the codebook by the step's assignments (then forget them); returns its use
-        (perplexity, codes_used, codes_restarted)."""
+        (perplexity, codes_used, codes_restarted), and the discriminator's step's metrics."""
         records, self.assignments = self.assignments, []
-        return model.quantizer.update_codebook(records, make_generator(self.seed, "codebook", step))
+        use = model.quantizer.update_codebook(records, make_generator(self.seed, "codebook", step))
+        return {**use, **super().after_step(model, step)}
 
 
 def given_past_loss(

@@ -91,6 +91,13 @@ VAE_CASES = [
     ({"latent_cache": True}, "latent_cache"),
     ({"grad_checkpointing": True}, "grad_checkpointing"),
     ({"freeze": "encoder"}, "freeze"),
+    ({"objective.adversarial_weight": -0.5}, "adversarial_weight"),
+    ({"objective.adversarial_weight": "strong"}, "adversarial_weight"),
+    ({"objective.adversarial_start": -1}, "adversarial_start"),
+    ({"objective.discriminator_lr": 0.0}, "discriminator_lr"),
+    ({"objective.discriminator_channels": 0}, "discriminator_channels"),
+    ({"objective.adversarial_weight": 0.5, "data.size": 4}, "needs data.size of at least 8"),
+    ({"objective.discriminator_layers": 4}, "discriminator_layers"),
     ({"tokenizer": "runs/x"}, "tokenizer is for"),
     ({"out_dir": DROP}, "out_dir"),
 ]
@@ -107,6 +114,8 @@ def test_bad_training_config(over, pattern, tmp_path, capsys):
         ({"freeze": ["quantizer"]}, "codebook was never trained"),  # nothing seeded it: no init_from
         ({"freeze": ["quantizer.codebook"]}, "names no parameter"),  # a buffer, not a module
         ({"freeze": ["codebook"]}, "names no parameter.*quantizer"),
+        ({"objective.adversarial_weight": 0.5, "data.size": 6}, "needs data.size of at least 8"),
+        ({"objective.adversarial_start": 1.5}, "adversarial_start"),
         ({"freeze": ["encoder", "conv1", "quant_proj", "quantizer", "post_quant_proj", "conv2", "decoder"]}, "leaves no parameter to train"),
     ],
 )
@@ -149,6 +158,7 @@ def test_missing_training_config(tmp_path, capsys):
         ({"objective.past_roundtrip": 1.5}, "past_roundtrip"),
         ({"objective.past_roundtrip": "often"}, "past_roundtrip"),
         ({"objective.past_length": 3}, "past_length"),
+        ({"objective.adversarial_weight": 0.5}, "unknown key.*adversarial_weight"),  # a codec's setting, not a transformer's
         ({"init_from": "/no/such/checkpoint"}, "init_from|not found"),
     ],
 )

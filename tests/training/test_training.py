@@ -594,6 +594,7 @@ def test_fields_added_later_leave_old_config_hashes_alone():
     assert config_hash(dataclasses.replace(cfg, tokenizer="runs/vq/model")) != "962a2bad93f51c8a"
     assert config_hash(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, wording="wide"))) != "962a2bad93f51c8a"
     assert config_hash(dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, first_frame_weight=6.0))) != "962a2bad93f51c8a"
+    assert config_hash(dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, adversarial_weight=0.5))) != "962a2bad93f51c8a"
 
 
 # ------------------------------------------------------------------------------------------------
