@@ -51,7 +51,7 @@ from .ema import EMA
 from .kinds import TRAINING_KINDS
 
 KILL_AFTER_STEP_ENV = "KINEMA_TRAIN_KILL_AFTER_STEP"  # tests: SIGKILL the process right after saving this step
-METRICS_FILE = "metrics.jsonl"  # one line per optimiser step, under out_dir: "step", "loss", "lr", plus a vq-tokenizer's "perplexity", "codes_used", "codes_restarted" or a token-ar's "accuracy"
+METRICS_FILE = "metrics.jsonl"  # one line per optimiser step, under out_dir: "step", "loss", "lr", plus a vq-tokenizer's "perplexity", "codes_used", "codes_restarted", a token-ar's "accuracy", a codec's discriminator's "d_loss", "g_adv", "adv_weight"
 
 
 # ------------------------------------------------------------------------------------------------
