@@ -20,6 +20,7 @@ pushes the decoder to commit to one sharp picture instead.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ class PatchDiscriminator(nn.Module):
     """(B, 3, F, H, W) in [-1, 1] -> (B, 1, F, H / 2**layers, W / 2**layers) real-or-made logits.
 
     ``layers`` convolutions of kernel (3, 4, 4) and stride (1, 2, 2), ``channels`` doubling each
-    time, group norm after all but the first and LeakyReLU(0.2), then one 3x3x3 convolution to a
+    time, group norm (a quarter of the width in groups, at most 32) after all but the first and LeakyReLU(0.2), then one 3x3x3 convolution to a
     logit per space-time patch (PatchGAN's design, in 3D so that flicker is seen too)."""
 
     def __init__(self, channels: int = 32, layers: int = DISCRIMINATOR_LAYERS) -> None:
@@ -48,7 +49,8 @@ class PatchDiscriminator(nn.Module):
             c_out = channels * 2**i
             mods.append(nn.Conv3d(c_in, c_out, (3, 4, 4), stride=(1, 2, 2), padding=(1, 1, 1)))
             if i > 0:
-                mods.append(nn.GroupNorm(min(32, c_out // 4) or 1, c_out))
+                groups = min(32, c_out // 4) or 1
+                mods.append(nn.GroupNorm(math.gcd(c_out, groups), c_out))  # a count that divides the width (16 for 64)
             mods.append(nn.LeakyReLU(0.2))
             c_in = c_out
         mods.append(nn.Conv3d(c_in, 1, 3, padding=1))
