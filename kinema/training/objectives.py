@@ -11,6 +11,8 @@ comes in through explicit generators (one per item, seeded from (seed, step, ite
   default, as the Stable Diffusion / Wan autoencoders) so it only keeps the posterior in range.
 - The VQ tokenizer: the same reconstruction terms plus the quantiser's commitment loss (its codebook
   follows the encoder by EMA, :mod:`kinema.models.vq`).
+- Either codec may add an adversarial term (``objective.adversarial_weight``): a discriminator the
+  objective holds and trains after each step (:mod:`.adversarial`), kept in the checkpoints.
 - The token model: next-token cross-entropy, averaged over every token of every clip (the model
   shifts its input itself, so the logits at position p are scored against token p).
 
