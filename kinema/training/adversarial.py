@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..seeds import derive_seed
+from .checkpointing import on_cpu
 
 DISCRIMINATOR_BETAS = (0.5, 0.9)  # VQGAN's Adam betas for the discriminator
 MAX_BALANCE = 1e4  # cap on the balanced weight (VQGAN's), for a discriminator whose gradient vanishes
@@ -140,7 +141,7 @@ class Adversary:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"discriminator": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, "optimizer": self.optimizer.state_dict()}
+        return {"discriminator": on_cpu(self.net.state_dict()), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["discriminator"], strict=True)

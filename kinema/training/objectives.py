@@ -249,10 +249,11 @@ class CodecObjective(Objective):
 
             self.adversary = Adversary(objective, seed, torch.device(device))
 
-    def with_adversary(self, video: torch.Tensor, recon: torch.Tensor, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
+    def with_adversary(self, video: torch.Tensor, recon: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the adversarial term, when there is one."""
         if self.adversary is None:
-            return loss, logs
-        return loss + self.adversary.generator_term(video, recon, loss), logs
+            return loss
+        return loss + self.adversary.generator_term(video, recon, loss)
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
         return self.adversary.update() if self.adversary is not None else {}
@@ -280,7 +281,7 @@ class VAEObjective(CodecObjective):
         recon = model.decode(posterior.mean + posterior.std * eps)  # (B, 3, F, H, W)
         o = self.o
         loss, logs = vae_loss(video, recon, posterior.mean, posterior.logvar, o.l1_weight, o.mse_weight, o.kl_weight, o.foreground_weight, o.first_frame_weight)
-        return self.with_adversary(video, recon, loss, logs)
+        return self.with_adversary(video, recon, loss), logs
 
 
 class VQObjective(CodecObjective):
@@ -297,7 +298,7 @@ class VQObjective(CodecObjective):
         recon, quantizer = model(video)  # (B, 3, F, H, W), scalars and the assignments
         self.assignments.append(quantizer["assignments"])
         loss, logs = vq_loss(video, recon, quantizer, self.o.l1_weight, self.o.mse_weight, self.o.foreground_weight, self.o.first_frame_weight)
-        return self.with_adversary(video, recon, loss, logs)
+        return self.with_adversary(video, recon, loss), logs
 
     def after_step(self, model: nn.Module, step: int) -> dict[str, float]:
         """Move the codebook by the step's assignments (then forget them); returns its use
