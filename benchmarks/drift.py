@@ -17,7 +17,10 @@ Per clip, the shapes-world judge reads every judged window (its frames and the f
 - **identity kept**: the share of clips whose windows all show the colour and shape of the first;
 - **seam**: the mean absolute frame-to-frame change (0-255) at the joins between the model's own
   generation windows (where a new window's first frame follows the frames it was given) divided by
-  the mean change between the other consecutive frames. 1 is a seam no different from motion.
+  the mean change between the other consecutive frames. 1 is a seam no different from motion;
+- **size**: the median over clips of the object's area in the last window over its area in the
+  first (the judge's mask, median over each window's frames): 1 is a size kept, above 1 an object
+  that grows as the windows go on (which rounds a square's corners and pushes it into the edge).
 
 ``--reference`` runs the same on ground truth (the object goes on from where it is with the next
 motion, at its first speed as far as the canvas allows, as :func:`kinema.data.shapes.continue_spec`
@@ -102,7 +105,7 @@ def run(args) -> dict:
         for kind in ("same", "sequence"):
             if kind == "same" and length > 2:
                 continue
-            followed, kept, seams_in, seams_out, n_windows, t0 = 0, 0, [], [], 0, time.perf_counter()
+            followed, kept, seams_in, seams_out, sizes, n_windows, t0 = 0, 0, [], [], [], 0, time.perf_counter()
             for i in range(args.clips):
                 colour, shape, motion = ALL_COMBOS[(7 * i + args.seed) % len(ALL_COMBOS)]
                 wins = schedule(colour, shape, motion, length, kind, first, later)
@@ -138,22 +141,26 @@ def run(args) -> dict:
                 followed += sum(ok)
                 n_windows += len(ok)
                 kept += all(r.colour == results[0].colour and r.shape == results[0].shape and r.colour is not None for r in results)
+                if results[0].area and results[-1].area is not None:
+                    sizes.append(results[-1].area / results[0].area)
                 s_in, s_out = seam_ratio(frames, seams)
                 seams_in.append(s_in)
                 seams_out.append(s_out)
                 if args.verbose:
                     read = " ".join(f"{'+' if k else '-'}{r.colour}/{r.shape}/{r.motion}{'(' + ','.join(r.failures) + ')' if r.failures else ''}" for k, r in zip(ok, results))
-                    print(f"  {length}x {kind} clip {i} ({colour} {shape} {motion}): {read} seam {s_in:.2f}/{s_out:.2f}", file=sys.stderr)
+                    size = " ".join(f"{r.area * 100:.1f}" if r.area is not None else "-" for r in results)
+                    print(f"  {length}x {kind} clip {i} ({colour} {shape} {motion}): {read} seam {s_in:.2f}/{s_out:.2f} area % {size}", file=sys.stderr)
             seam = float(np.nanmean(seams_in)) / float(np.mean(seams_out)) if seams_in and not np.all(np.isnan(seams_in)) else float("nan")
             row = {
                 "length": length, "schedule": kind, "clips": args.clips, "windows": n_windows,
                 "followed": followed / n_windows, "identity": kept / args.clips, "seam": seam,
                 "seam_change": float(np.nanmean(seams_in)) if seams else float("nan"), "inside_change": float(np.mean(seams_out)),
+                "size": float(np.median(sizes)) if sizes else float("nan"),
                 "seconds": time.perf_counter() - t0,
             }  # fmt: skip
             rows.append(row)
             print(f"{length}x {kind}: windows followed {row['followed']:.1%} of {n_windows}, identity kept {row['identity']:.1%}, "
-                  f"seam {row['seam']:.2f} ({row['seam_change']:.2f} vs {row['inside_change']:.2f}), {row['seconds']:.0f} s", flush=True)  # fmt: skip
+                  f"seam {row['seam']:.2f} ({row['seam_change']:.2f} vs {row['inside_change']:.2f}), size {row['size']:.2f}, {row['seconds']:.0f} s", flush=True)  # fmt: skip
     return {"model": "reference" if args.reference else args.model, "steps": args.steps, "guidance": args.guidance, "overlap": args.overlap,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "rows": rows}
 
@@ -178,10 +185,10 @@ def main() -> None:
     report = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    print("\n| length | prompts | windows | followed | identity kept | seam ratio |\n|---|---|---:|---:|---:|---:|")
+    print("\n| length | prompts | windows | followed | identity kept | seam ratio | size |\n|---|---|---:|---:|---:|---:|---:|")
     for r in report["rows"]:
         seam = "no joins" if r["seam"] != r["seam"] else f"{r['seam']:.2f}"  # NaN: made in one call (a model that slides its own window)
-        print(f"| {r['length']}x | {r['schedule']} | {r['windows']} | {r['followed']:.1%} | {r['identity']:.1%} | {seam} |")
+        print(f"| {r['length']}x | {r['schedule']} | {r['windows']} | {r['followed']:.1%} | {r['identity']:.1%} | {seam} | {r['size']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class JudgeResult:
     fill: float | None = None  # median fill ratio of the object mask in its bounding box
     core_fill: float | None = None  # median fill ratio in the core box (edge spurs dropped)
     displacement: tuple[float, float] | None = None  # centroid (dx, dy) first -> last frame, fraction of side
+    area: float | None = None  # median object mask area over the frames that show it, fraction of the canvas
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,7 @@ class JudgeResult:
             "fill": self.fill,
             "core_fill": self.core_fill,
             "displacement": list(self.displacement) if self.displacement is not None else None,
+            "area": self.area,
         }
 
 
@@ -218,7 +220,8 @@ def judge_clip(frames: np.ndarray, background: tuple[int, int, int] = BACKGROUND
         motion = "right" if dx > 0 else "left"
     else:
         motion = "down" if dy > 0 else "up"
-    return JudgeResult(colour, shape, motion, failures, fill=fill, core_fill=core, displacement=(float(dx), float(dy)))
+    return JudgeResult(colour, shape, motion, failures, fill=fill, core_fill=core, displacement=(float(dx), float(dy)),
+                       area=float(np.median(area[present])) / (h * w))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------

@@ -154,3 +154,17 @@ def test_label_components():
     for k in range(10):  # ...joined end to end, alternately at the right and the left
         snake[0, 2 * k : 2 * k + 3, 19 if k % 2 == 0 else 1] = True
     assert len(np.unique(_label(snake))) - 1 == 1
+
+
+@pytest.mark.parametrize("shape,fill", [("square", 1.0), ("circle", np.pi / 4), ("triangle", 0.5)])
+@pytest.mark.parametrize("size", [0.2, 0.3])
+def test_judge_reads_the_object_area(shape, fill, size):
+    """``area`` is the object's share of the canvas: (size x side)^2 times the shape's fill, so a
+    long video's windows can be compared for an object that grows (benchmarks/drift.py)."""
+    spec = ClipSpec("blue", shape, "right", size=size, start=(0.4, 0.5), travel=0.3)
+    result = judge_clip(render_clip(spec, size=64))
+    assert result.area == pytest.approx(size**2 * fill, rel=0.15), result.area  # whole pixels of a 13-22 px object
+    bigger = judge_clip(render_clip(ClipSpec("blue", shape, "right", size=size * 1.2, start=(0.4, 0.5), travel=0.3), size=64))
+    assert bigger.area == pytest.approx((size * 1.2) ** 2 * fill, rel=0.15) and bigger.area > result.area * 1.2
+    assert judge_clip(np.full((8, 64, 64, 3), BACKGROUND, dtype=np.uint8)).area is None
+    assert result.to_dict()["area"] == result.area
