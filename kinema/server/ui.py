@@ -162,6 +162,16 @@ def gallery_rows(state: ServerState) -> list[list[Any]]:
     return rows
 
 
+def gallery_update(state: ServerState, shown: list[list[Any]] | None) -> tuple[Any, list[list[Any]]]:
+    """The gallery's rows now, and the table's update: the rows where they differ from ``shown``
+    (what the page last got), else no change. The page's timer asks every few seconds, and
+    re-rendering an unchanged table would replace its cells under a click that picks a job."""
+    import gradio as gr
+
+    rows = gallery_rows(state)
+    return (gr.update() if rows == shown else rows), rows
+
+
 def model_controls(state: ServerState, name: str) -> dict[str, Any]:
     """What the form shows for a model: its tasks, samplers, and whether token options apply."""
     model = state.models.get(name) or state.models[state.default_model]
@@ -256,7 +266,9 @@ def build_ui(state: ServerState):
         gr.Markdown("## Gallery")
         with gr.Row():
             refresh = gr.Button("Refresh", size="sm", elem_id="refresh")
-        table = gr.Dataframe(headers=GALLERY_COLUMNS, value=gallery_rows(state), interactive=False, wrap=True, elem_id="gallery")
+        first_rows = gallery_rows(state)
+        table = gr.Dataframe(headers=GALLERY_COLUMNS, value=first_rows, interactive=False, wrap=True, elem_id="gallery")
+        shown = gr.State(first_rows)  # the rows this page's table shows (gallery_update)
         with gr.Row():
             with gr.Column(scale=2):
                 picked_video = gr.Video(label="picked", interactive=False, elem_id="picked-video")
@@ -331,7 +343,7 @@ def build_ui(state: ServerState):
         # default would make the second page's progress wait for the first page's job to end).
         submitted = generate.click(on_submit, [*inputs, enhanced], [job_id, status], concurrency_limit=None)
         waiting = submitted.then(on_wait, job_id, [result, status], concurrency_limit=None)
-        waiting.then(lambda: gallery_rows(state), None, table)
+        waiting.then(lambda rows: gallery_update(state, rows), shown, [table, shown])
 
         def on_cancel(current: str | None):
             if current is None:
@@ -354,8 +366,8 @@ def build_ui(state: ServerState):
 
         enhance.click(on_enhance, [prompt, seed, random_seed], [prompt, status, seed, random_seed, enhanced])
 
-        refresh.click(lambda: gallery_rows(state), None, table)
-        timer.tick(lambda: gallery_rows(state), None, table)
+        refresh.click(lambda rows: gallery_update(state, rows), shown, [table, shown])
+        timer.tick(lambda rows: gallery_update(state, rows), shown, [table, shown])
 
         def on_pick(evt: gr.SelectData, rows):
             try:
@@ -404,7 +416,7 @@ def build_ui(state: ServerState):
             return again.id, f"queued: {again.id} (the settings of {job.id})"
 
         rerun_wait = rerun.click(on_rerun, picked_id, [job_id, status], concurrency_limit=None).then(on_wait, job_id, [result, status], concurrency_limit=None)
-        rerun_wait.then(lambda: gallery_rows(state), None, table)
+        rerun_wait.then(lambda rows: gallery_update(state, rows), shown, [table, shown])
         cancel.click(on_cancel, job_id, status, cancels=[rerun_wait])
 
         REUSED = ["model", "prompt", "negative_prompt", "width", "height", "num_frames", "num_inference_steps", "guidance_scale",

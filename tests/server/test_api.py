@@ -358,3 +358,23 @@ def test_a_long_video_job_progress_only_goes_forward():
     inside = seen[1 : 1 + 25]  # the first window's stages
     assert max(inside) <= 33.0 and max(seen[27:52]) <= 66.0 and min(seen[27:52]) >= 33.0
     assert len(set(seen)) > 40  # it moves within each window, not only between them
+
+
+def test_the_gallery_table_is_sent_only_when_its_rows_change(tmp_path):
+    """The page's timer asks for the gallery every few seconds; an unchanged table is not sent
+    again (re-rendered, its cells would be replaced under a click picking a job)."""
+    from kinema.server.api import ServerState
+    from kinema.server.app import served_models
+    from kinema.server.queue import JobQueue
+    from kinema.server.ui import gallery_update, submit_form
+
+    state = ServerState(JobQueue(tmp_path / "q"), served_models(None))
+    table, rows = gallery_update(state, None)
+    assert table == [] and rows == []
+    table, rows = gallery_update(state, rows)
+    assert isinstance(table, dict) and set(table) == {"__type__"} and rows == []  # gr.update(): no change
+    job = submit_form(state, {"model": "shapes", "prompt": "a red circle moving left", "width": 64, "height": 64, "num_frames": 5,
+                              "num_inference_steps": 2, "seed": 3})  # fmt: skip
+    table, rows = gallery_update(state, rows)
+    assert table == rows and [r[0] for r in rows] == [job]
+    assert gallery_update(state, rows)[0] == {"__type__": "update"}
