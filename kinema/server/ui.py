@@ -269,6 +269,9 @@ def build_ui(state: ServerState):
         first_rows = gallery_rows(state)
         table = gr.Dataframe(headers=GALLERY_COLUMNS, value=first_rows, interactive=False, wrap=True, elem_id="gallery")
         shown = gr.State(first_rows)  # the rows this page's table shows (gallery_update)
+
+        def refresh_gallery(rows):
+            return gallery_update(state, rows)
         with gr.Row():
             with gr.Column(scale=2):
                 picked_video = gr.Video(label="picked", interactive=False, elem_id="picked-video")
@@ -343,7 +346,7 @@ def build_ui(state: ServerState):
         # default would make the second page's progress wait for the first page's job to end).
         submitted = generate.click(on_submit, [*inputs, enhanced], [job_id, status], concurrency_limit=None)
         waiting = submitted.then(on_wait, job_id, [result, status], concurrency_limit=None)
-        waiting.then(lambda rows: gallery_update(state, rows), shown, [table, shown])
+        waiting.then(refresh_gallery, shown, [table, shown])
 
         def on_cancel(current: str | None):
             if current is None:
@@ -366,8 +369,8 @@ def build_ui(state: ServerState):
 
         enhance.click(on_enhance, [prompt, seed, random_seed], [prompt, status, seed, random_seed, enhanced])
 
-        refresh.click(lambda rows: gallery_update(state, rows), shown, [table, shown])
-        timer.tick(lambda rows: gallery_update(state, rows), shown, [table, shown])
+        refresh.click(refresh_gallery, shown, [table, shown])
+        timer.tick(refresh_gallery, shown, [table, shown])
 
         def on_pick(evt: gr.SelectData, rows):
             try:
@@ -416,7 +419,7 @@ def build_ui(state: ServerState):
             return again.id, f"queued: {again.id} (the settings of {job.id})"
 
         rerun_wait = rerun.click(on_rerun, picked_id, [job_id, status], concurrency_limit=None).then(on_wait, job_id, [result, status], concurrency_limit=None)
-        rerun_wait.then(lambda rows: gallery_update(state, rows), shown, [table, shown])
+        rerun_wait.then(refresh_gallery, shown, [table, shown])
         cancel.click(on_cancel, job_id, status, cancels=[rerun_wait])
 
         REUSED = ["model", "prompt", "negative_prompt", "width", "height", "num_frames", "num_inference_steps", "guidance_scale",
